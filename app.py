@@ -1,0 +1,45 @@
+"""userhub-sync: keeps UserHub in step with a Cognito user pool. Thin on purpose: logic is in chalicelib/.
+
+Decorator arguments come from the stage's environment variables (Chalice copies them into os.environ before
+importing this file), so one app serves every stage of .chalice/config.json.
+"""
+
+import os
+
+from chalice import Chalice, Cron
+
+from chalicelib import entrypoints
+
+app = Chalice(app_name="userhub-sync")
+
+EVENTS_QUEUE_NAME = os.environ.get("EVENTS_QUEUE_NAME", "userhub-sync-events")
+DELIVER_BATCH_SIZE = int(os.environ.get("DELIVER_BATCH_SIZE", "10"))
+# Lambda needs a batching window of at least 1 s for batches over 10
+DELIVER_BATCHING_WINDOW = int(os.environ.get("DELIVER_BATCHING_WINDOW_SECONDS", 0 if DELIVER_BATCH_SIZE <= 10 else 1))
+RECONCILE_SCHEDULE = os.environ.get("RECONCILE_SCHEDULE") or Cron(0, 3, "*", "*", "?", "*")  # 03:00 UTC nightly
+
+
+@app.lambda_function(name="post_auth")
+def post_auth(event, context):
+    return entrypoints.post_auth(event, context)
+
+
+@app.lambda_function(name="post_confirmation")
+def post_confirmation(event, context):
+    return entrypoints.post_auth(event, context)
+
+
+@app.on_sqs_message(queue=EVENTS_QUEUE_NAME, batch_size=DELIVER_BATCH_SIZE,
+                    maximum_batching_window_in_seconds=DELIVER_BATCHING_WINDOW)
+def deliver(event):
+    return entrypoints.deliver(event.to_dict(), event.context)
+
+
+@app.schedule(RECONCILE_SCHEDULE, name="reconcile")
+def reconcile(event):
+    return entrypoints.reconcile(event.to_dict(), event.context)
+
+
+@app.lambda_function(name="reconcile_continue")
+def reconcile_continue(event, context):
+    return entrypoints.reconcile(event, context)

@@ -1,0 +1,120 @@
+"""Configuration from environment variables, validated once at first use.
+
+Read lazily (not at import) so a cold start pays for pydantic only in the functions that need it, and so a bad
+value surfaces as one `ConfigError` naming the variable instead of a stack trace from deep inside a handler.
+post_auth does not use this module: it reads its three variables with `os.environ` to stay light.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+from typing import Annotated
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_API_URL = "https://api.userhub.com"
+SQS_MAX_VISIBILITY_SECONDS = 43_200  # SQS refuses more than 12 h
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed; the message names the environment variable."""
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+class Settings(BaseSettings):
+    """Every variable of DESIGN.md, plus the tunables with their defaults (see docs/CONFIGURATION.md)."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
+
+    # --- UserHub
+    userhub_api_url: str = DEFAULT_API_URL
+    userhub_connection_id: str = Field(pattern=r"^conn_[A-Za-z0-9_-]+$")
+    userhub_admin_key_parameter: str | None = None
+    userhub_admin_key_secret_id: str | None = None
+    userhub_admin_key: SecretStr | None = None
+
+    # --- AWS resources
+    events_queue_name: str = Field(min_length=1, max_length=80)
+    dead_letter_queue_name: str = Field(min_length=1, max_length=80)
+    user_pool_id: str | None = Field(default=None, pattern=r"^[\w-]+_[0-9a-zA-Z]+$")
+    snapshot_bucket: str | None = None
+
+    # --- delivery tunables
+    delivery_concurrency: int = Field(default=16, ge=1, le=512)
+    userhub_connect_timeout: PositiveFloat = 2.0
+    userhub_read_timeout: PositiveFloat = 5.0
+    retry_base_seconds: int = Field(default=30, ge=0, le=SQS_MAX_VISIBILITY_SECONDS)
+    retry_max_seconds: int = Field(default=SQS_MAX_VISIBILITY_SECONDS, ge=1, le=SQS_MAX_VISIBILITY_SECONDS)
+    retry_jitter: float = Field(default=0.25, ge=0, le=1)
+    max_receive_count: int = Field(default=13, ge=1, le=1000)  # used only when the queue has no redrive policy
+    deliver_time_margin_seconds: float = Field(default=1.5, ge=0)
+
+    # --- reconcile tunables
+    reconcile_rate_limit: PositiveFloat = Field(default=5.0, le=30.0)  # ListUsers is 30 req/s per account, shared
+    reconcile_time_margin_seconds: float = Field(default=60.0, ge=0)
+    reconcile_max_invocations: int = Field(default=200, ge=1)
+
+    @field_validator("userhub_api_url")
+    @classmethod
+    def _https_unless_loopback(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("https", "http") or not parts.hostname:
+            raise ValueError("must be an http(s) URL such as https://api.userhub.com")
+        if parts.scheme == "http" and not _is_loopback(parts.hostname):
+            raise ValueError("plain http:// is allowed only for loopback hosts (127.0.0.1, ::1, localhost)")
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ValueError("must be a base URL without path, query or fragment")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> Settings:
+        if not (self.userhub_admin_key_parameter or self.userhub_admin_key_secret_id or self.userhub_admin_key):
+            raise ValueError(
+                "USERHUB_ADMIN_KEY_PARAMETER, USERHUB_ADMIN_KEY_SECRET_ID or USERHUB_ADMIN_KEY: one must be set"
+            )
+        return self
+
+    def require(self, name: str) -> str:
+        """The value of an optional variable that this code path cannot do without."""
+        value = getattr(self, name.lower())
+        if not value:
+            raise ConfigError(f"{name.upper()}: required here but not set")
+        return value
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        loc = "/".join(str(part).upper() for part in item["loc"]) or "configuration"
+        message = item["msg"].removeprefix("Value error, ")
+        # never echo the input: it may be a secret
+        lines.append(f"{loc}: {message}" if item["loc"] else message)
+    return "invalid configuration: " + "; ".join(lines)
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process-wide settings, built from the environment on first call."""
+    try:
+        return Settings()  # type: ignore[call-arg]
+    except ValidationError as error:
+        raise ConfigError(_describe(error)) from None
+
+
+def reset_settings() -> None:
+    """Forget the cached settings (tests, the CLI switching stages)."""
+    get_settings.cache_clear()

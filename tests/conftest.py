@@ -1,0 +1,85 @@
+"""Shared fixtures: one moto server per test process (real HTTP), reset for every test that asks for AWS.
+
+No test talks to real AWS: the session fixture points AWS_ENDPOINT_URL at loopback before anything builds a
+boto3 client, and the credentials are moto's dummies.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import boto3
+import pytest
+
+from userhub_sync.local import MotoServer, aws_environ, patched_environ
+from userhub_sync.queues import QueueSpec, QueueState, ensure_queues
+
+ADMIN_KEY = "userhub_admin_test_key_0123456789"  # a fixture value, not a real key
+CONNECTION_ID = "conn_test123"
+POOL_ID = "us-east-1_TestPool1"
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[MotoServer]:
+    server = MotoServer().start()
+    with patched_environ(aws_environ(server.endpoint)):
+        yield server
+    server.stop()
+
+
+@dataclass
+class Stack:
+    moto: MotoServer
+    sqs: object
+    queues: QueueState
+    spec: QueueSpec
+
+    def client(self, service: str):
+        return boto3.client(service)
+
+
+def stage_environ(userhub_url: str = "http://127.0.0.1:9", **overrides: str | None) -> dict[str, str | None]:
+    """The DESIGN.md variables for a local run, as a test would set them."""
+    env: dict[str, str | None] = {
+        "USERHUB_API_URL": userhub_url,
+        "USERHUB_CONNECTION_ID": CONNECTION_ID,
+        "USERHUB_ADMIN_KEY": ADMIN_KEY,
+        "USERHUB_ADMIN_KEY_PARAMETER": None,
+        "USERHUB_ADMIN_KEY_SECRET_ID": None,
+        "EVENTS_QUEUE_NAME": "test-events",
+        "DEAD_LETTER_QUEUE_NAME": "test-dlq",
+        "EVENTS_QUEUE_URL": None,
+        "USER_POOL_ID": POOL_ID,
+        "SNAPSHOT_BUCKET": "test-snapshots",
+        "RETRY_BASE_SECONDS": "1",
+        "USERHUB_SYNC_METRICS": "off",
+    }
+    env.update(overrides)
+    return env
+
+
+@pytest.fixture
+def aws(moto_server: MotoServer) -> Iterator[Stack]:
+    """A clean moto with the events queue and its DLQ (max receive count 4, short visibility for tests)."""
+    moto_server.reset()
+    from chalicelib.delivery import reset_deliverer
+    from chalicelib.settings import reset_settings
+
+    reset_settings()
+    reset_deliverer()
+    sqs = boto3.client("sqs")
+    spec = QueueSpec("test-events", "test-dlq", max_receive_count=4, visibility_timeout=30)
+    state = ensure_queues(sqs, spec)
+    with patched_environ(stage_environ()):
+        yield Stack(moto_server, sqs, state, spec)
+    reset_settings()
+    reset_deliverer()
+
+
+@pytest.fixture(autouse=True)
+def _no_real_aws_credentials() -> Iterator[None]:
+    """Belt and braces: a test that forgot the moto fixture still cannot reach AWS with real credentials."""
+    assert os.environ.get("AWS_ENDPOINT_URL", "http://127.0.0.1").startswith(("http://127.0.0.1", "http://localhost"))
+    yield

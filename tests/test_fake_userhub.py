@@ -1,0 +1,448 @@
+"""The fake UserHub is what every delivery test trusts, so it is tested over real HTTP like its clients use it."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+from urllib.parse import quote
+
+import httpx
+import pytest
+
+from userhub_sync.fake_userhub import FakeUserHub, Fault
+
+KEY = "userhub_admin_test"
+CONN = "conn_test1"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+def sdk_quote(value: str) -> str:
+    """The official SDK's path encoding (reference §4): `@` and `:` stay, `/ ? # % space |` and non-ASCII go."""
+    return quote(value, safe="-._~!$&'()*+,;=:@'")
+
+
+def event_path(external_id: str, connection: str = CONN, verb: str = "event") -> str:
+    return f"/admin/v1/users/{sdk_quote(f'{external_id}@{connection}')}:{verb}"
+
+
+@pytest.fixture
+def hub() -> Iterator[FakeUserHub]:
+    with FakeUserHub(seed=1234) as fake:
+        yield fake
+
+
+@pytest.fixture
+def client(hub: FakeUserHub) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=hub.url, headers=AUTH, timeout=5) as c:
+        yield c
+
+
+# ------------------------------------------------------------------------------------------------ auth
+
+
+def test_auth_missing_bad_key_and_rotation(hub: FakeUserHub, client: httpx.Client) -> None:
+    unauthenticated = {"code": "UNAUTHENTICATED", "message": "Invalid API key"}
+    for headers in ({}, {"Authorization": KEY}, {"Authorization": "Basic abc"}, {"Authorization": "Bearer nope"}):
+        r = httpx.post(hub.url + event_path("alice"), headers=headers, json={})
+        assert r.status_code == 401
+        assert r.headers["content-type"] == "application/json"
+        assert r.json() == unauthenticated
+    assert client.post(event_path("alice"), json={}).status_code == 200
+
+    hub.set_admin_keys(["userhub_admin_new"])
+    assert client.post(event_path("alice"), json={}).status_code == 401
+    r = client.post(event_path("alice"), json={}, headers={"Authorization": "Bearer userhub_admin_new"})
+    assert r.status_code == 200
+    assert [e.external_id for e in hub.events()] == ["alice", "alice"]  # 401s are not events
+
+
+# ------------------------------------------------------------------------------------------------ :event
+
+
+def test_event_type_recorded_and_empty_body_is_changed(hub: FakeUserHub, client: httpx.Client) -> None:
+    r = client.post(event_path("alice"), json={"type": "SIGNIN"})
+    assert (r.status_code, r.json(), r.headers["content-type"]) == (200, {}, "application/json")
+    # The guide's snippet passes the body as `data:`, so nothing at all is sent: that must count as CHANGED.
+    r = client.post(event_path("bob"))
+    assert r.status_code == 200
+    assert client.post(event_path("carol"), json={"type": "SIGNUP", "wait": True}).status_code == 200
+
+    assert [(e.external_id, e.connection_id, e.type, e.wait) for e in hub.events()] == [
+        ("alice", CONN, "SIGNIN", False),
+        ("bob", CONN, "CHANGED", False),
+        ("carol", CONN, "SIGNUP", True),
+    ]
+    signin, empty, _ = hub.journal()
+    assert signin.body == '{"type":"SIGNIN"}' and signin.headers["content-type"] == "application/json"
+    assert empty.body == "" and "content-type" not in empty.headers
+    assert {u["accountConnections"][0]["externalId"] for u in hub.users()} == {"alice", "bob", "carol"}
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        (b'{"type": "LOGIN"}', "type"),
+        (b'{"type": "SIGNIN", "wait": "yes"}', "wait"),
+        (b'{"type": ', None),
+        (b"[1, 2]", None),
+    ],
+)
+def test_event_rejects_bad_bodies(hub: FakeUserHub, client: httpx.Client, body: bytes, param: str | None) -> None:
+    r = client.post(event_path("alice"), content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 400
+    assert r.json()["code"] == "INVALID_ARGUMENT"
+    assert r.json().get("param") == param
+    assert hub.events() == []
+
+
+def test_event_id_without_at_and_unknown_connection() -> None:
+    with FakeUserHub(connections=[CONN]) as fake, httpx.Client(base_url=fake.url, headers=AUTH) as c:
+        r = c.post("/admin/v1/users/usr_123:event", json={})
+        assert (r.status_code, r.json()["code"], r.json()["param"]) == (400, "INVALID_ARGUMENT", "userId")
+        r = c.post(event_path("alice", "conn_other"), json={})
+        assert (r.status_code, r.json()["code"]) == (404, "NOT_FOUND")
+        assert c.post(event_path("alice"), json={}).status_code == 200
+        assert len(fake.events()) == 1
+
+
+@pytest.mark.parametrize(
+    ("external_id", "connection", "encoded"),
+    [
+        ("a b/c?d#e%f", "conn", "a%20b%2Fc%3Fd%23e%25f@conn"),
+        ("auth0|123", "conn_1", "auth0%7C123@conn_1"),
+        ("user+tag@example.com", "conn_1", "user+tag@example.com@conn_1"),
+        ("a@b@example.com", "conn_2", "a@b@example.com@conn_2"),
+        ("us-east-1:abc/def", "conn_123", "us-east-1:abc%2Fdef@conn_123"),
+        ("event:import", CONN, f"event:import@{CONN}"),
+        ("jürgen ユーザー", CONN, f"j%C3%BCrgen%20%E3%83%A6%E3%83%BC%E3%82%B6%E3%83%BC@{CONN}"),
+    ],
+)
+def test_ids_decode_on_last_colon_and_last_at(
+    hub: FakeUserHub, client: httpx.Client, external_id: str, connection: str, encoded: str
+) -> None:
+    path = event_path(external_id, connection)
+    assert path == f"/admin/v1/users/{encoded}:event"  # guards the test's own encoding
+    r = client.post(path, json={"type": "SIGNIN"})
+    assert r.status_code == 200, r.text
+    (entry,) = hub.journal()
+    assert entry.raw_path == path
+    assert (entry.decoded_id, entry.external_id, entry.connection_id, entry.verb) == (
+        f"{external_id}@{connection}",
+        external_id,
+        connection,
+        "event",
+    )
+    (event,) = hub.events()
+    assert (event.external_id, event.connection_id, event.type) == (external_id, connection, "SIGNIN")
+
+
+# ------------------------------------------------------------------------------------------------ users
+
+
+def test_import_get_and_list_users(hub: FakeUserHub, client: httpx.Client) -> None:
+    first = client.post(event_path("a@b@example.com", verb="import"), json={})
+    assert first.status_code == 200
+    user = first.json()
+    assert user["id"].startswith("usr_") and user["state"] == "ACTIVE"
+    connection = user["accountConnections"][0]
+    assert connection["externalId"] == "a@b@example.com"
+    assert connection["connection"] == connection["connection"] | {"id": CONN, "type": "AMAZON_COGNITO"}
+    assert user["createTime"].endswith("Z")
+    again = client.post(event_path("a@b@example.com", verb="import"), json={})
+    assert again.json() == user  # a no-op on an existing user
+
+    assert client.get(f"/admin/v1/users/{user['id']}").json() == user
+    assert client.get(f"/admin/v1/users/{sdk_quote('a@b@example.com@' + CONN)}").json()["id"] == user["id"]
+    r = client.get("/admin/v1/users/usr_999")
+    assert (r.status_code, r.json()) == (404, {"code": "NOT_FOUND", "message": "User not found"})
+
+    for name in ("u1", "u2", "u3", "u4"):
+        client.post(event_path(name, verb="import"), json={})
+    seen, token, pages = [], None, 0
+    while True:
+        params = {"pageSize": 2} | ({"pageToken": token} if token else {})
+        page = client.get("/admin/v1/users", params=params).json()
+        seen += [u["id"] for u in page["users"]]
+        pages += 1
+        token = page.get("nextPageToken")
+        if token is None:
+            break
+    assert pages == 3 and len(seen) == 5 == len(set(seen))
+    assert client.get("/admin/v1/users", params={"pageToken": "!!"}).status_code == 400
+
+
+def test_seeded_directory_decides_import(hub: FakeUserHub, client: httpx.Client) -> None:
+    hub.seed_users(["known"], CONN)
+    assert client.post(event_path("known", verb="import"), json={}).status_code == 200
+    r = client.post(event_path("ghost", verb="import"), json={})
+    assert (r.status_code, r.json()["code"]) == (404, "NOT_FOUND")
+    # :event swallows the failed import unless wait is set (reference §5.1)
+    assert client.post(event_path("ghost"), json={"type": "SIGNIN"}).status_code == 200
+    assert client.post(event_path("ghost"), json={"wait": True}).status_code == 404
+    assert [u["displayName"] for u in hub.users()] == ["known"]
+    assert client.post(event_path("other", "conn_unseeded", verb="import"), json={}).status_code == 200
+
+
+def test_unknown_admin_routes_are_json_404(client: httpx.Client) -> None:
+    for method, path in [("POST", "/admin/v1/users/x@c:connect"), ("GET", "/admin/v2/x"), ("DELETE", "/nope")]:
+        r = client.request(method, path)
+        assert r.status_code == 404, path
+        assert r.headers["content-type"] == "application/json"
+        assert r.json()["code"] == "NOT_FOUND"
+
+
+# ------------------------------------------------------------------------------------------------ faults
+
+
+@pytest.mark.parametrize(
+    ("fault", "status", "content_type", "body"),
+    [
+        (
+            Fault(status=429, retry_after="7"),
+            429,
+            "application/json",
+            {"code": "RESOURCE_EXHAUSTED", "message": "API call rate limited"},
+        ),
+        (Fault(status=429, body_format="text"), 429, "text/plain; charset=utf-8", "API call rate limited"),
+        (Fault(status=500), 500, "application/json", {"code": "INTERNAL", "message": "Internal error"}),
+        (Fault(status=503), 503, "application/json", {"code": "UNAVAILABLE", "message": "Service unavailable"}),
+        (Fault(status=502, body_format="html"), 502, "text/html; charset=utf-8", "<html>bad gateway</html>"),
+        (
+            Fault(status=400, reason="USER_PENDING_DELETION", param="userId", message="pending"),
+            400,
+            "application/json",
+            {"code": "INVALID_ARGUMENT", "message": "pending", "reason": "USER_PENDING_DELETION", "param": "userId"},
+        ),
+        (
+            Fault(status=400, code="FAILED_PRECONDITION", reason="X"),
+            400,
+            "application/json",
+            {"code": "FAILED_PRECONDITION", "message": "Invalid argument", "reason": "X"},
+        ),
+        (Fault(kind="bad_json_200"), 200, "application/json", None),
+        (Fault(kind="bad_json_200", body_format="html"), 200, "text/html; charset=utf-8", None),
+    ],
+)
+def test_status_faults(
+    hub: FakeUserHub, client: httpx.Client, fault: Fault, status: int, content_type: str, body: object
+) -> None:
+    hub.add_fault(fault)
+    r = client.post(event_path("alice"), json={"type": "SIGNIN"})
+    assert r.status_code == status
+    assert r.headers["content-type"] == content_type
+    assert r.headers.get("retry-after") == fault.retry_after
+    assert int(r.headers["content-length"]) == len(r.content)
+    if body is None:
+        with pytest.raises(json.JSONDecodeError):
+            r.json()
+    elif isinstance(body, str):
+        assert r.text == body
+    else:
+        assert r.json() == body
+    assert hub.events() == []  # a faulted request never reaches the API logic
+    assert [(e.status, e.fault) for e in hub.journal()] == [(status, fault.kind)]
+
+
+def test_retry_after_http_date_is_verbatim(hub: FakeUserHub, client: httpx.Client) -> None:
+    date = "Wed, 21 Oct 2015 07:28:00 GMT"
+    hub.add_fault(Fault(status=503, retry_after=date))
+    assert client.post(event_path("alice"), json={}).headers["retry-after"] == date
+
+
+def test_latency_fault_then_normal_answer(hub: FakeUserHub, client: httpx.Client) -> None:
+    hub.add_fault(Fault(kind="latency", latency_ms=150, count=1))
+    start = time.perf_counter()
+    r = client.post(event_path("alice"), json={})
+    assert r.status_code == 200 and time.perf_counter() - start >= 0.15
+    hub.add_fault(Fault(kind="latency", latency_ms=300, count=1))
+    with pytest.raises(httpx.ReadTimeout):
+        client.post(event_path("alice"), json={}, timeout=0.05)
+    assert [e.fault for e in hub.journal()] == ["latency", "latency"]
+
+
+def test_drop_closes_without_response(hub: FakeUserHub, client: httpx.Client) -> None:
+    assert client.get("/admin/v1/users").status_code == 200  # warm a keep-alive connection first
+    hub.add_fault(Fault(kind="drop", count=1))
+    with pytest.raises(httpx.TransportError):
+        client.post(event_path("alice"), json={"type": "SIGNIN"})
+    assert client.post(event_path("alice"), json={"type": "SIGNIN"}).status_code == 200
+    dropped = hub.journal()[1]
+    assert (dropped.status, dropped.fault, dropped.external_id) == (None, "drop", "alice")
+    assert len(hub.events()) == 1
+
+
+def test_count_expiry(hub: FakeUserHub, client: httpx.Client) -> None:
+    hub.add_fault(Fault(status=503, count=2))
+    statuses = [client.post(event_path("alice"), json={}).status_code for _ in range(4)]
+    assert statuses == [503, 503, 200, 200]
+    assert hub.faults() == []
+
+
+def test_probability_is_seeded_and_deterministic(client: httpx.Client, hub: FakeUserHub) -> None:
+    def run() -> list[int]:
+        hub.reset()  # reseeds the fake's random.Random
+        hub.add_fault(Fault(status=500, probability=0.3))
+        return [client.post(event_path("alice"), json={}).status_code for _ in range(60)]
+
+    first = run()
+    assert run() == first
+    rng = random.Random(1234)  # the fixture's seed; one draw per matching request
+    assert first == [500 if rng.random() < 0.3 else 200 for _ in range(60)]
+    assert 8 <= first.count(500) <= 30
+
+
+def test_match_external_id_and_path_regex(hub: FakeUserHub, client: httpx.Client) -> None:
+    hub.add_fault(Fault(status=500, match_external_id="a b/c"))
+    hub.add_fault(Fault(status=429, match_path_regex=r":import$"))
+    assert client.post(event_path("a b/c"), json={}).status_code == 500
+    assert client.post(event_path("bob"), json={}).status_code == 200
+    assert client.post(event_path("bob", verb="import"), json={}).status_code == 429
+    assert client.post(event_path("a b/c", verb="import"), json={}).status_code == 500  # first match wins
+    hub.clear_faults()
+    assert client.post(event_path("a b/c"), json={}).status_code == 200
+
+
+def test_invalid_fault_rejected() -> None:
+    with pytest.raises(ValueError):
+        Fault(kind="explode")
+    with pytest.raises(ValueError):
+        Fault(body_format="xml")
+    with pytest.raises(ValueError):
+        Fault.from_dict({"kind": "status", "stauts": 500})
+
+
+# ------------------------------------------------------------------------------------------------ concurrency
+
+
+def test_concurrent_requests_overlap_their_latency() -> None:
+    n = 64
+    with (
+        FakeUserHub(latency_ms=100) as fake,
+        httpx.Client(base_url=fake.url, headers=AUTH, limits=httpx.Limits(max_connections=n), timeout=10) as c,
+        ThreadPoolExecutor(max_workers=n) as pool,
+    ):
+        start = time.perf_counter()
+        statuses = list(pool.map(lambda i: c.post(event_path(f"user{i}"), json={}).status_code, range(n)))
+        elapsed = time.perf_counter() - start
+        assert statuses == [200] * n
+        assert elapsed < 2.0, f"{n} requests of 100 ms took {elapsed:.2f}s: the fake serialises requests"
+        assert len(fake.events()) == n and len(fake.users()) == n
+
+
+# ------------------------------------------------------------------------------------------------ control routes
+
+
+def test_control_routes_over_http(hub: FakeUserHub, client: httpx.Client) -> None:
+    ctl = httpx.Client(base_url=hub.url)  # no auth on control routes
+    assert ctl.get("/_fake/health").json() == {"status": "ok"}
+
+    r = ctl.post("/_fake/faults", json=[{"status": 429, "retry_after": "1", "count": 1}, {"kind": "drop", "count": 1}])
+    assert r.status_code == 200 and len(r.json()["faults"]) == 2
+    assert client.post(event_path("alice"), json={}).status_code == 429
+    with pytest.raises(httpx.TransportError):
+        client.post(event_path("alice"), json={})
+    assert client.post(event_path("alice"), json={"type": "SIGNIN"}).status_code == 200
+    assert ctl.post("/_fake/faults", json={"kind": "nope"}).status_code == 400
+    ctl.post("/_fake/faults", json={"status": 500})
+    assert ctl.delete("/_fake/faults").status_code == 200
+    assert client.post(event_path("alice"), json={}).status_code == 200
+
+    journal = ctl.get("/_fake/requests").json()
+    assert [(e["status"], e["fault"]) for e in journal] == [(429, "status"), (None, "drop"), (200, None), (200, None)]
+    assert all(e["raw_path"].startswith("/admin/") for e in journal)  # control calls stay out of the journal
+    events = ctl.get("/_fake/events").json()
+    assert [(e["external_id"], e["type"]) for e in events] == [("alice", "SIGNIN"), ("alice", "CHANGED")]
+
+    assert ctl.post("/_fake/seed", json={"connection": CONN, "external_ids": ["known"]}).status_code == 200
+    assert client.post(event_path("ghost", verb="import"), json={}).status_code == 404
+    assert ctl.post("/_fake/seed", json={"connection": CONN}).status_code == 400
+
+    assert ctl.post("/_fake/keys", json={"admin_keys": ["k2"]}).status_code == 200
+    assert client.post(event_path("known", verb="import"), json={}).status_code == 401
+    assert client.post(event_path("known", verb="import"), headers={"Authorization": "Bearer k2"}).status_code == 200
+
+    assert ctl.post("/_fake/reset").status_code == 200
+    assert ctl.get("/_fake/requests").json() == [] and ctl.get("/_fake/events").json() == []
+    assert hub.users() == [] and hub.faults() == []
+    assert ctl.get("/_fake/nope").status_code == 404
+    ctl.close()
+
+
+# ------------------------------------------------------------------------------------------------ journal
+
+
+def test_journal_contents(hub: FakeUserHub, client: httpx.Client) -> None:
+    before = time.time()
+    headers = {"Authorization": "Bearer  weird spacing", "User-Agent": "UserHub-AmazonCognito/1.0", "X-Trace": "t1"}
+    client.post(event_path("us-east-1:abc"), json={"type": "SIGNIN"}, headers=headers)
+    client.get("/admin/v1/users", params={"pageSize": 5})
+    event, listing = hub.journal()
+
+    assert event.method == "POST" and event.verb == "event" and event.status == 401 and event.fault is None
+    assert event.headers["authorization"] == "Bearer  weird spacing"  # exactly as received
+    assert event.headers["user-agent"] == "UserHub-AmazonCognito/1.0" and event.headers["x-trace"] == "t1"
+    assert all(name == name.lower() for name in event.headers)
+    assert event.body == '{"type":"SIGNIN"}'
+    assert before <= event.ts <= listing.ts <= time.time()
+
+    assert (listing.method, listing.verb, listing.raw_path, listing.status) == (
+        "GET",
+        "list",
+        "/admin/v1/users?pageSize=5",
+        200,
+    )
+    assert listing.headers["authorization"] == AUTH["Authorization"]
+    assert listing.body == "" and listing.decoded_id is None
+    json.dumps([asdict(e) for e in hub.journal()])  # serialisable as promised
+
+
+# ------------------------------------------------------------------------------------------------ lifecycle
+
+
+def test_stop_cuts_keep_alive_connections() -> None:
+    fake = FakeUserHub().start()
+    with httpx.Client(base_url=fake.url, headers=AUTH, timeout=2) as c:
+        assert c.get("/admin/v1/users").status_code == 200
+        fake.stop()
+        with pytest.raises(httpx.TransportError):
+            c.get("/admin/v1/users")
+
+
+def test_official_sdk_talks_to_the_fake(hub: FakeUserHub) -> None:
+    sdk = pytest.importorskip("userhub_sdk")
+    api = sdk.AdminApi(KEY, base_url=hub.url)
+    api.users.report_event("us-east-1:abc/def@conn_123", type="SIGNIN")
+    user = api.users.import_account("user+tag@example.com@conn_123")
+    assert api.users.get(user.id).account_connections[0].external_id == "user+tag@example.com"
+    assert [(e.external_id, e.type) for e in hub.events()] == [("us-east-1:abc/def", "SIGNIN")]
+    assert hub.journal()[0].raw_path == "/admin/v1/users/us-east-1:abc%2Fdef@conn_123:event"
+
+
+def test_module_entry_point_prints_real_port() -> None:
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "userhub_sync.fake_userhub", "--port", "0", "--admin-key", "k1", "--admin-key", "k2"],
+        cwd=root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().strip()
+        assert line.startswith("fake UserHub listening on http://127.0.0.1:"), line
+        url = line.rsplit(" ", 1)[1]
+        assert not url.endswith(":0")
+        r = httpx.post(url + event_path("alice"), headers={"Authorization": "Bearer k2"}, json={}, timeout=5)
+        assert r.status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=5)
+    assert "k2" not in (proc.stderr.read() if proc.stderr else "")  # keys never reach the logs

@@ -1,0 +1,99 @@
+"""The stage's two queues: what they must look like, and creating or checking them (idempotent).
+
+Shared by `bootstrap`, `demo` and the tests so that every queue this project meets has the same redrive, retention
+and encryption.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+DLQ_RETENTION_SECONDS = 14 * 24 * 3600  # the SQS maximum; longer than the events queue's
+EVENTS_RETENTION_SECONDS = 4 * 24 * 3600  # SQS default; the retry horizon (≥ 24 h) fits well inside
+
+
+@dataclass(frozen=True)
+class QueueSpec:
+    events_name: str
+    dlq_name: str
+    max_receive_count: int = 13
+    visibility_timeout: int = 360  # ≥ 6 × deliver's 60 s timeout, as AWS advises for Lambda event sources
+    events_retention: int = EVENTS_RETENTION_SECONDS
+    dlq_retention: int = DLQ_RETENTION_SECONDS
+    kms_key: str | None = None  # None: SQS-managed SSE (SqsManagedSseEnabled)
+
+    def encryption(self) -> dict[str, str]:
+        if self.kms_key:
+            return {"KmsMasterKeyId": self.kms_key}
+        return {"SqsManagedSseEnabled": "true"}
+
+    def dlq_attributes(self) -> dict[str, str]:
+        return {"MessageRetentionPeriod": str(self.dlq_retention), **self.encryption()}
+
+    def events_attributes(self, dlq_arn: str) -> dict[str, str]:
+        return {
+            "MessageRetentionPeriod": str(self.events_retention),
+            "VisibilityTimeout": str(self.visibility_timeout),
+            "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": self.max_receive_count}),
+            **self.encryption(),
+        }
+
+
+@dataclass
+class QueueState:
+    events_url: str
+    dlq_url: str
+    dlq_arn: str
+    created: list[str]
+    drift: list[str]
+
+
+def _get_url(sqs: Any, name: str) -> str | None:
+    try:
+        return sqs.get_queue_url(QueueName=name)["QueueUrl"]
+    except sqs.exceptions.QueueDoesNotExist:
+        return None
+
+
+def _drift(actual: dict[str, str], wanted: dict[str, str], name: str) -> list[str]:
+    problems = []
+    for key, value in wanted.items():
+        have = actual.get(key)
+        if key == "RedrivePolicy":
+            same = have is not None and json.loads(have) == json.loads(value)
+        else:
+            same = have == value
+        if not same:
+            problems.append(f"{name}: {key} is {have!r}, expected {value!r}")
+    return problems
+
+
+def ensure_queues(sqs: Any, spec: QueueSpec, *, fix: bool = True) -> QueueState:
+    """Create the DLQ and the events queue if absent; report (and with `fix`, correct) attributes that drifted."""
+    created: list[str] = []
+    drift: list[str] = []
+    dlq_url = _get_url(sqs, spec.dlq_name)
+    if dlq_url is None:
+        dlq_url = sqs.create_queue(QueueName=spec.dlq_name, Attributes=spec.dlq_attributes())["QueueUrl"]
+        created.append(spec.dlq_name)
+    attrs = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["All"])["Attributes"]
+    dlq_arn = attrs["QueueArn"]
+    if spec.dlq_name not in created:
+        found = _drift(attrs, spec.dlq_attributes(), spec.dlq_name)
+        drift += found
+        if found and fix:
+            sqs.set_queue_attributes(QueueUrl=dlq_url, Attributes=spec.dlq_attributes())
+    wanted = spec.events_attributes(dlq_arn)
+    events_url = _get_url(sqs, spec.events_name)
+    if events_url is None:
+        events_url = sqs.create_queue(QueueName=spec.events_name, Attributes=wanted)["QueueUrl"]
+        created.append(spec.events_name)
+    else:
+        attrs = sqs.get_queue_attributes(QueueUrl=events_url, AttributeNames=["All"])["Attributes"]
+        found = _drift(attrs, wanted, spec.events_name)
+        drift += found
+        if found and fix:
+            sqs.set_queue_attributes(QueueUrl=events_url, Attributes=wanted)
+    return QueueState(events_url, dlq_url, dlq_arn, created, drift)

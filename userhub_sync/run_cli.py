@@ -1,0 +1,96 @@
+"""Commands that run the pipeline on this machine: `demo`, `worker` and `fake-userhub`."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+console = Console(stderr=False)
+err = Console(stderr=True)
+
+
+def demo(
+    signins: Annotated[int, typer.Option(min=1, max=5000, help="Sign-ins to send through post_auth.")] = 300,
+    fault_rate: Annotated[float, typer.Option(min=0.0, max=0.9, help="Share of calls failing transiently.")] = 0.2,
+    permanent: Annotated[int, typer.Option(min=0, help="Users UserHub rejects with 400 (they go to the DLQ).")] = 3,
+    seed: Annotated[int, typer.Option(help="Random seed, for a repeatable run.")] = 7,
+) -> None:
+    """Run the whole pipeline locally (moto + fake UserHub, faults injected); exit 0 only if nothing was lost."""
+    from userhub_sync.demo import print_report, run_demo
+
+    report = run_demo(signins=signins, fault_rate=fault_rate, permanent=permanent, seed=seed, console=console)
+    print_report(report, console)
+    if report.lost or report.dead_lettered != report.expected_dead:
+        raise typer.Exit(1)
+
+
+def worker(
+    stage: Annotated[str | None, typer.Option(help="Read this stage's variables from .chalice/config.json.")] = None,
+    drain: Annotated[bool, typer.Option(help="Stop once nothing is visible or in flight.")] = False,
+    batch_size: Annotated[int, typer.Option(min=1, max=100, help="Records per invocation (BatchSize).")] = 10,
+    wait_seconds: Annotated[int, typer.Option(min=0, max=20, help="Long-poll wait per receive.")] = 5,
+    function_timeout: Annotated[float, typer.Option(min=1, help="The invocation time budget deliver sees (s).")] = 60.0,
+) -> None:
+    """Run `deliver` against the stage's events queue outside Lambda, with Lambda's SQS semantics."""
+    import boto3
+
+    import app
+    from chalicelib.settings import ConfigError, get_settings
+    from userhub_sync.stage import StageError, apply_stage
+    from userhub_sync.worker import BatchResult, LocalEventSource
+
+    try:
+        apply_stage(stage, "deliver")
+        settings = get_settings()
+        sqs = boto3.client("sqs")
+        url = sqs.get_queue_url(QueueName=settings.events_queue_name)["QueueUrl"]
+    except (ConfigError, StageError) as error:
+        err.print(f"[red]error:[/] {error}")
+        raise typer.Exit(2) from None
+    except Exception as error:
+        err.print(f"[red]error:[/] cannot reach the events queue: {error}")
+        raise typer.Exit(1) from None
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    source = LocalEventSource(sqs, url, app.deliver, batch_size=batch_size, wait_seconds=wait_seconds,
+                              function_timeout=function_timeout)
+    console.print(f"worker polling {url} (batch {batch_size}); Ctrl-C to stop")
+
+    def show(result: BatchResult) -> None:
+        if result.received:
+            note = f" ({result.error})" if result.error else ""
+            console.print(f"batch: {result.received} received, {result.deleted} done, {result.failed} to retry{note}")
+
+    try:
+        totals = source.run(drain=drain, should_stop=stop.is_set, on_batch=show)
+    except KeyboardInterrupt:
+        totals = source.totals
+    console.print(f"total: {totals.received} received, {totals.deleted} done, {totals.failed} retried later")
+
+
+def fake_userhub(
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0 picks a free one).")] = 8765,
+    admin_key: Annotated[list[str] | None, typer.Option(help="Accepted Admin key (repeatable).")] = None,
+    latency_ms: Annotated[float, typer.Option(min=0, help="Added latency per request.")] = 0.0,
+    verbose: Annotated[bool, typer.Option(help="Log each request.")] = False,
+) -> None:
+    """The local UserHub stand-in used by demo, tests and benchmarks (faults via POST /_fake/faults)."""
+    from userhub_sync.fake_userhub import main as fake_main
+
+    argv = ["--port", str(port), "--latency-ms", str(latency_ms)]
+    for key in admin_key or []:
+        argv += ["--admin-key", key]
+    if verbose:
+        argv.append("--verbose")
+    raise typer.Exit(fake_main(argv))
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to the CLI."""
+    app.command()(demo)
+    app.command()(worker)
+    app.command(name="fake-userhub")(fake_userhub)
