@@ -9,6 +9,7 @@ keep trying for a day without a scheduler or a database.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
 from collections.abc import Callable
@@ -147,23 +148,29 @@ class QueueDirectory:
             self._urls[name] = self._sqs.get_queue_url(**kwargs)["QueueUrl"]
         return self._urls[name]
 
-    def source_url(self, source_arn: str | None) -> str:
+    def source_url(self, source_arn: str | None) -> str | None:
+        """The URL of the queue a record came from; None if even the configured events queue is unknown."""
         parts = (source_arn or "").split(":")
-        if len(parts) == 6 and parts[2] == "sqs":
-            return self.url(parts[5], parts[4])
-        return self.url(self._settings.events_queue_name)
+        candidates = [(parts[5], parts[4])] if len(parts) == 6 and parts[2] == "sqs" else []
+        candidates.append((self._settings.events_queue_name, None))
+        for name, account in candidates:
+            try:
+                return self.url(name, account)
+            except Exception as error:  # a synthetic event, or no permission: fall back, never fail the batch
+                log.warning("queue URL unknown", extra={"queue": name, "error": type(error).__name__})
+        return None
 
     def dlq_url(self) -> str:
         return self.url(self._settings.dead_letter_queue_name)
 
-    def max_receive_count(self, source_url: str) -> int:
+    def max_receive_count(self, source_url: str | None) -> int:
         """The redrive policy's maxReceiveCount: we dead-letter on that attempt ourselves, with the reason."""
+        if source_url is None:
+            return self._settings.max_receive_count
         if source_url not in self._max_receive:
             count = self._settings.max_receive_count
             try:
                 attrs = self._sqs.get_queue_attributes(QueueUrl=source_url, AttributeNames=["RedrivePolicy"])
-                import json
-
                 policy = json.loads(attrs.get("Attributes", {}).get("RedrivePolicy") or "{}")
                 count = int(policy.get("maxReceiveCount") or count)
             except Exception as error:  # the fallback is documented; log and carry on
@@ -306,7 +313,9 @@ class Deliverer:
     def _by_queue(self, outcomes: list[Outcome]) -> dict[str, list[Outcome]]:
         grouped: dict[str, list[Outcome]] = {}
         for outcome in outcomes:
-            grouped.setdefault(self.queues.source_url(outcome.record.source_arn), []).append(outcome)
+            url = self.queues.source_url(outcome.record.source_arn)
+            if url is not None:  # unknown queue: nothing to change; Lambda's own retry still applies
+                grouped.setdefault(url, []).append(outcome)
         return grouped
 
     def _change_visibility(self, retries: list[Outcome]) -> None:
@@ -326,7 +335,13 @@ class Deliverer:
         """Send to the DLQ with the reason; only confirmed sends are reported as done (and deleted)."""
         if not dead:
             return
-        dlq_url = self.queues.dlq_url()
+        try:
+            dlq_url = self.queues.dlq_url()
+        except Exception as error:  # no DLQ: keep the messages in the events queue rather than lose them
+            log.error("dead-letter queue unknown", extra={"error": f"{type(error).__name__}: {error}"})
+            for outcome in dead:
+                outcome.kind, outcome.visibility = Kind.RETRY, None
+            return
         confirmed: list[Outcome] = []
         for chunk in _chunks(dead, 10):
             entries = [{"Id": str(i), "MessageBody": o.record.body or "<empty>",

@@ -74,7 +74,7 @@ def parse_message(body: str | bytes | None) -> SyncMessage:
         raise PoisonMessage(f"body is JSON {type(data).__name__}, not an object")
     version = data.get("v")
     if version != VERSION or isinstance(version, bool):
-        raise PoisonMessage(f"unsupported message version {str(version)[:20]!r} (this code reads v{VERSION})")
+        raise PoisonMessage(f"unsupported message version {json.dumps(version)[:20]} (this code reads v{VERSION})")
     try:
         return SyncMessage.model_validate(data)
     except ValidationError as error:

@@ -57,11 +57,23 @@ class JsonFormatter(logging.Formatter):
         return redact(json.dumps(entry, default=str, ensure_ascii=False))
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is now (test capture, the CLI's redirection), not what it was at setup."""
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: object) -> None:
+        pass
+
+
 def get_logger(name: str) -> logging.Logger:
     """A logger under `userhub_sync` whose lines are JSON on stderr (Lambda sends both streams to CloudWatch)."""
     root = logging.getLogger("userhub_sync")
     if not getattr(root, "_userhub_sync_configured", False):
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(JsonFormatter())
         root.addHandler(handler)
         root.setLevel(os.environ.get("LOG_LEVEL", "INFO").upper())

@@ -67,6 +67,8 @@ class Settings(BaseSettings):
     reconcile_rate_limit: PositiveFloat = Field(default=5.0, le=30.0)  # ListUsers is 30 req/s per account, shared
     reconcile_time_margin_seconds: float = Field(default=60.0, ge=0)
     reconcile_max_invocations: int = Field(default=200, ge=1)
+    reconcile_max_restarts: int = Field(default=5, ge=0, le=100)  # scans restarted after a rejected page token
+    reconcile_continue_function: str | None = None  # default: derived from the running function's name
 
     @field_validator("userhub_api_url")
     @classmethod

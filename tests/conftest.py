@@ -83,3 +83,60 @@ def _no_real_aws_credentials() -> Iterator[None]:
     """Belt and braces: a test that forgot the moto fixture still cannot reach AWS with real credentials."""
     assert os.environ.get("AWS_ENDPOINT_URL", "http://127.0.0.1").startswith(("http://127.0.0.1", "http://localhost"))
     yield
+
+
+@pytest.fixture
+def hub() -> Iterator[object]:
+    """The fake UserHub over real HTTP on loopback, accepting the fixture key."""
+    from userhub_sync.fake_userhub import FakeUserHub
+
+    with FakeUserHub(admin_keys=[ADMIN_KEY], seed=1) as server:
+        yield server
+
+
+@pytest.fixture
+def pipeline(aws: Stack, hub) -> Iterator[Stack]:
+    """moto queues + fake UserHub, with the DESIGN variables pointing at both."""
+    from chalicelib.post_auth import queue
+
+    queue.reset()
+    with patched_environ(stage_environ(hub.url)):
+        yield aws
+    queue.reset()
+
+
+def signin_event(username: str, pool: str = POOL_ID) -> dict:
+    return {
+        "version": "1",
+        "triggerSource": "PostAuthentication_Authentication",
+        "region": "us-east-1",
+        "userPoolId": pool,
+        "userName": username,
+        "callerContext": {"awsSdkVersion": "aws-sdk-unknown-unknown", "clientId": "client123"},
+        "request": {"userAttributes": {"sub": "1111-2222", "email": "x@example.com"}, "newDeviceUsed": False},
+        "response": {},
+    }
+
+
+def message_body(username: str, type_: str = "SIGNIN", **fields: object) -> str:
+    import json
+
+    body = {"v": 1, "id": f"id-{username}-{type_}", "type": type_, "user_pool_id": POOL_ID, "username": username,
+            "connection_id": CONNECTION_ID, "event_time": "2026-11-26T00:00:00+00:00", "source": "post_auth"}
+    body.update(fields)
+    return json.dumps(body)
+
+
+def receive_event(sqs, queue_url: str, expected: int) -> dict:
+    """Receive `expected` messages for real and wrap them as Lambda's SQS event (real receipt handles)."""
+    from userhub_sync.worker import lambda_record
+
+    arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    messages: list[dict] = []
+    for _ in range(20):
+        messages += sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, AttributeNames=["All"],
+                                        MessageAttributeNames=["All"]).get("Messages", [])
+        if len(messages) >= expected:
+            break
+    assert len(messages) == expected, f"received {len(messages)} of {expected}"
+    return {"Records": [lambda_record(m, arn, "us-east-1") for m in messages]}

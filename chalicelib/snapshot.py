@@ -1,0 +1,207 @@
+"""What reconcile remembers about each user, in as few bytes as it can.
+
+A snapshot is one `username<TAB>fingerprint-hex` line per user, gzip-compressed. Several gzip members may be
+concatenated (still one valid gzip file), which is how a run appends to a partial snapshot across invocations without
+recompressing what it already wrote. Cognito usernames cannot contain whitespace (pattern
+`[\\p{L}\\p{M}\\p{S}\\p{N}\\p{P}]+`), so tab and newline are safe separators.
+
+In memory, a run needs "what did this user look like last time, and have I seen them in this scan?". A dict of
+username -> digest costs ~150 bytes a user; `FingerprintTable` keeps a 64-bit hash of the username, the 64-bit
+fingerprint and a seen flag in flat arrays (17 bytes a slot, ~25 a user), and the usernames of deleted users are read
+back from the snapshot stream at the end of the scan instead of being kept.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import zlib
+from array import array
+from collections.abc import Iterable, Iterator, Mapping
+from enum import StrEnum
+from typing import IO, Any
+
+FINGERPRINT_BYTES = 8
+
+
+class Verdict(StrEnum):
+    NEW = "new"
+    CHANGED = "changed"
+    UNCHANGED = "unchanged"
+    DUPLICATE = "duplicate"  # listed twice in one scan (ListUsers is eventually consistent)
+
+
+def _iso(value: Any) -> str:
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)
+
+
+def fingerprint(user: Mapping[str, Any]) -> int:
+    """64-bit digest of what UserHub could care about: attributes, status, enabled flag, last-modified time.
+
+    JSON of the sorted attribute pairs keeps it unambiguous whatever the values contain.
+    """
+    attributes = sorted((a["Name"], a.get("Value", "")) for a in user.get("Attributes") or ())
+    canonical = json.dumps(
+        [attributes, user.get("UserStatus"), user.get("Enabled"), _iso(user.get("UserLastModifiedDate"))],
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    digest = hashlib.blake2b(canonical.encode(), digest_size=FINGERPRINT_BYTES, person=b"uhs-user").digest()
+    return int.from_bytes(digest, "big")
+
+
+def user_key(username: str) -> int:
+    """64-bit hash of a username (never 0: 0 marks an empty slot). Two users colliding is ~n²/2⁶⁵ likely."""
+    digest = hashlib.blake2b(username.encode(), digest_size=8, person=b"uhs-name").digest()
+    return int.from_bytes(digest, "big") or 1
+
+
+class FingerprintTable:
+    """username-hash -> (fingerprint, seen) with open addressing over flat arrays.
+
+    Loaded from the previous snapshot, then `observe`d for every listed user. After a complete scan, an entry still
+    unseen is a deleted user (mark and sweep). Grows by half when 3/4 full, so a run never needs the count upfront.
+    """
+
+    MAX_LOAD = 0.75
+    TARGET_LOAD = 0.6
+
+    def __init__(self, expected: int = 0) -> None:
+        self._allocate(max(16, int(expected / self.TARGET_LOAD) + 1))
+
+    def _allocate(self, size: int) -> None:
+        self._size = size
+        self._keys = array("Q", bytes(8 * size))
+        self._fps = array("Q", bytes(8 * size))
+        self._seen = bytearray(size)
+        self._count = 0
+        self._limit = int(size * self.MAX_LOAD)
+
+    def __len__(self) -> int:
+        return self._count
+
+    @property
+    def nbytes(self) -> int:
+        return self._size * 17
+
+    def _slot(self, key: int) -> int:
+        keys, size = self._keys, self._size
+        index = key % size
+        while True:
+            found = keys[index]
+            if found == key or found == 0:
+                return index
+            index += 1
+            if index == size:
+                index = 0
+
+    def _insert(self, index: int, key: int, fp: int, seen: int) -> None:
+        self._keys[index] = key
+        self._fps[index] = fp
+        self._seen[index] = seen
+        self._count += 1
+        if self._count > self._limit:
+            self._grow()
+
+    def _grow(self) -> None:
+        keys, fps, seen = self._keys, self._fps, self._seen
+        self._allocate(self._size + self._size // 2)
+        for index, key in enumerate(keys):
+            if key:
+                slot = self._slot(key)
+                self._keys[slot], self._fps[slot], self._seen[slot] = key, fps[index], seen[index]
+                self._count += 1
+
+    def load(self, key: int, fp: int) -> None:
+        """Add or overwrite a baseline entry (a later source wins), unseen."""
+        index = self._slot(key)
+        if self._keys[index] == 0:
+            self._insert(index, key, fp, 0)
+        else:
+            self._fps[index] = fp
+
+    def observe(self, key: int, fp: int) -> Verdict:
+        """Record that the scan listed this user with this fingerprint, and say how it compares."""
+        index = self._slot(key)
+        if self._keys[index] == 0:
+            self._insert(index, key, fp, 1)
+            return Verdict.NEW
+        if self._seen[index]:
+            return Verdict.DUPLICATE
+        self._seen[index] = 1
+        if self._fps[index] == fp:
+            return Verdict.UNCHANGED
+        self._fps[index] = fp
+        return Verdict.CHANGED
+
+    def take_unseen(self, key: int) -> bool:
+        """True once for an entry the scan never listed (then it counts as seen, so it is reported once)."""
+        index = self._slot(key)
+        if self._keys[index] == 0 or self._seen[index]:
+            return False
+        self._seen[index] = 1
+        return True
+
+    def forget_marks(self) -> None:
+        """Everything known becomes baseline again (a scan restarting from the first page)."""
+        self._seen = bytearray(self._size)
+
+
+class SnapshotWriter:
+    """Appends entries to a gzip stream held compressed in memory (~20 bytes a user)."""
+
+    FLUSH_LINES = 512
+
+    def __init__(self, initial: bytes = b"", count: int = 0) -> None:
+        self._data = bytearray(initial)
+        self._pending: list[str] = []
+        self._compressor: Any = None
+        self.count = count
+
+    def add(self, username: str, fp: int) -> None:
+        if "\t" in username or "\n" in username:
+            raise ValueError("a Cognito username cannot contain a tab or newline")
+        self._pending.append(f"{username}\t{fp:016x}\n")
+        self.count += 1
+        if len(self._pending) >= self.FLUSH_LINES:
+            self._compress_pending()
+
+    def _compress_pending(self) -> None:
+        if not self._pending:
+            return
+        if self._compressor is None:
+            self._compressor = zlib.compressobj(6, zlib.DEFLATED, 31)  # wbits 31: a gzip member
+        self._data += self._compressor.compress("".join(self._pending).encode())
+        self._pending.clear()
+
+    def finish(self) -> bytes:
+        """Everything written so far as a valid gzip file; later `add`s start a new member."""
+        self._compress_pending()
+        if self._compressor is not None:
+            self._data += self._compressor.flush(zlib.Z_FINISH)
+            self._compressor = None
+        return bytes(self._data)
+
+    @property
+    def nbytes(self) -> int:
+        return len(self._data)
+
+
+def read_entries(source: bytes | bytearray | IO[bytes]) -> Iterator[tuple[str, int]]:
+    """Stream (username, fingerprint) pairs from a snapshot, one line at a time."""
+    raw: IO[bytes] = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
+    with gzip.GzipFile(fileobj=raw, mode="rb") as stream:
+        for line in stream:
+            name, _, fp = line.rstrip(b"\n").rpartition(b"\t")
+            if name:
+                yield name.decode(), int(fp, 16)
+
+
+def write_entries(entries: Iterable[tuple[str, int]]) -> bytes:
+    """A snapshot from pairs (tests, tools)."""
+    writer = SnapshotWriter()
+    for name, fp in entries:
+        writer.add(name, fp)
+    return writer.finish()
