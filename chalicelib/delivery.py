@@ -298,7 +298,10 @@ class Deliverer:
                 outcome.reason = f"retries exhausted after {outcome.record.receive_count} attempts: {outcome.error}"
             else:
                 outcome.visibility = self.policy.delay(outcome.record.receive_count, outcome.retry_after, self.rng)
-        self._change_visibility([o for o in retries if o.kind == Kind.RETRY])
+        for outcome in outcomes:
+            if outcome.kind == Kind.NOT_STARTED:  # not tried: offer it to the next invocation at once
+                outcome.visibility = 0
+        self._change_visibility([o for o in outcomes if o.kind in (Kind.RETRY, Kind.NOT_STARTED)])
         self._dead_letter([o for o in outcomes if o.kind == Kind.DEAD_LETTER])
         for outcome in outcomes:
             if outcome.kind in (Kind.RETRY, Kind.DEAD_LETTER):
