@@ -106,16 +106,10 @@ def pipeline(aws: Stack, hub) -> Iterator[Stack]:
 
 
 def signin_event(username: str, pool: str = POOL_ID) -> dict:
-    return {
-        "version": "1",
-        "triggerSource": "PostAuthentication_Authentication",
-        "region": "us-east-1",
-        "userPoolId": pool,
-        "userName": username,
-        "callerContext": {"awsSdkVersion": "aws-sdk-unknown-unknown", "clientId": "client123"},
-        "request": {"userAttributes": {"sub": "1111-2222", "email": "x@example.com"}, "newDeviceUsed": False},
-        "response": {},
-    }
+    """A Cognito PostAuthentication event, as the demo sends them."""
+    from userhub_sync.demo import signin_event as demo_event
+
+    return demo_event(username, pool)
 
 
 def message_body(username: str, type_: str = "SIGNIN", **fields: object) -> str:
