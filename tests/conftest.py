@@ -55,6 +55,11 @@ def stage_environ(userhub_url: str = "http://127.0.0.1:9", **overrides: str | No
         "SNAPSHOT_BUCKET": "test-snapshots",
         "RETRY_BASE_SECONDS": "1",
         "USERHUB_SYNC_METRICS": "off",
+        # post_auth's production budget (0.5 s / 1 s) is tested on its own (test_post_auth); elsewhere a moto
+        # server slowed by a loaded CI machine must not turn into failed sign-in enqueues
+        "SQS_CONNECT_TIMEOUT": "2",
+        "SQS_READ_TIMEOUT": "2",
+        "POST_AUTH_BUDGET_SECONDS": "4",
     }
     env.update(overrides)
     return env

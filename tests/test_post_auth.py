@@ -61,7 +61,8 @@ def test_malformed_connection_id_is_left_to_deliver(pipeline) -> None:
 
 
 def test_refused_connection_returns_at_once_and_is_counted(pipeline, capsys) -> None:
-    with patched_environ({"AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"}):
+    with patched_environ({"AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}", "SQS_CONNECT_TIMEOUT": None,
+                          "SQS_READ_TIMEOUT": None, "POST_AUTH_BUDGET_SECONDS": None}):
         post_auth.queue.reset()
         before = post_auth.metrics.totals["enqueue_failed"]
         started = time.monotonic()
@@ -106,7 +107,8 @@ def black_hole() -> Iterator[str]:
 def test_black_holed_sqs_returns_under_two_seconds(pipeline, black_hole: str, queue_url_known: bool,
                                                    capsys) -> None:
     url = f"{black_hole}/123456789012/test-events" if queue_url_known else None
-    with patched_environ({"AWS_ENDPOINT_URL": black_hole, "EVENTS_QUEUE_URL": url}):
+    production_budget = {"SQS_CONNECT_TIMEOUT": None, "SQS_READ_TIMEOUT": None, "POST_AUTH_BUDGET_SECONDS": None}
+    with patched_environ({"AWS_ENDPOINT_URL": black_hole, "EVENTS_QUEUE_URL": url, **production_budget}):
         post_auth.queue.reset()
         started = time.monotonic()
         event = signin_event("erin")

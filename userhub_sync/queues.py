@@ -7,7 +7,7 @@ and encryption.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 DLQ_RETENTION_SECONDS = 14 * 24 * 3600  # the SQS maximum; longer than the events queue's
@@ -48,6 +48,8 @@ class QueueState:
     dlq_arn: str
     created: list[str]
     drift: list[str]
+    missing: list[str] = field(default_factory=list)  # only with create=False
+    fixed: bool = False  # drift was found and corrected
 
 
 def _get_url(sqs: Any, name: str) -> str | None:
@@ -70,30 +72,56 @@ def _drift(actual: dict[str, str], wanted: dict[str, str], name: str) -> list[st
     return problems
 
 
-def ensure_queues(sqs: Any, spec: QueueSpec, *, fix: bool = True) -> QueueState:
-    """Create the DLQ and the events queue if absent; report (and with `fix`, correct) attributes that drifted."""
+def ensure_queues(sqs: Any, spec: QueueSpec, *, fix: bool = True, create: bool = True) -> QueueState:
+    """Create the DLQ and the events queue if absent; report (and with `fix`, correct) attributes that drifted.
+
+    With `create=False` nothing is created or changed: absent queues are listed in `missing` (a read-only check).
+    """
     created: list[str] = []
     drift: list[str] = []
+    missing: list[str] = []
+    fixed = False
     dlq_url = _get_url(sqs, spec.dlq_name)
-    if dlq_url is None:
-        dlq_url = sqs.create_queue(QueueName=spec.dlq_name, Attributes=spec.dlq_attributes())["QueueUrl"]
-        created.append(spec.dlq_name)
-    attrs = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["All"])["Attributes"]
-    dlq_arn = attrs["QueueArn"]
-    if spec.dlq_name not in created:
-        found = _drift(attrs, spec.dlq_attributes(), spec.dlq_name)
-        drift += found
-        if found and fix:
-            sqs.set_queue_attributes(QueueUrl=dlq_url, Attributes=spec.dlq_attributes())
-    wanted = spec.events_attributes(dlq_arn)
+    dlq_arn = ""
+    if dlq_url is None and not create:
+        missing.append(spec.dlq_name)
+    else:
+        if dlq_url is None:
+            dlq_url = sqs.create_queue(QueueName=spec.dlq_name, Attributes=spec.dlq_attributes())["QueueUrl"]
+            created.append(spec.dlq_name)
+        attrs = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["All"])["Attributes"]
+        dlq_arn = attrs["QueueArn"]
+        if spec.dlq_name not in created:
+            found = _drift(attrs, spec.dlq_attributes(), spec.dlq_name)
+            drift += found
+            if found and fix and create:
+                sqs.set_queue_attributes(QueueUrl=dlq_url, Attributes=spec.dlq_attributes())
+                fixed = True
     events_url = _get_url(sqs, spec.events_name)
-    if events_url is None:
+    if not dlq_arn:  # no DLQ to point at: only report on the events queue
+        if events_url is None:
+            missing.append(spec.events_name)
+        return QueueState(events_url or "", dlq_url or "", dlq_arn, created, drift, missing, fixed)
+    wanted = spec.events_attributes(dlq_arn)
+    if events_url is None and not create:
+        missing.append(spec.events_name)
+    elif events_url is None:
         events_url = sqs.create_queue(QueueName=spec.events_name, Attributes=wanted)["QueueUrl"]
         created.append(spec.events_name)
     else:
         attrs = sqs.get_queue_attributes(QueueUrl=events_url, AttributeNames=["All"])["Attributes"]
         found = _drift(attrs, wanted, spec.events_name)
         drift += found
-        if found and fix:
+        if found and fix and create:
             sqs.set_queue_attributes(QueueUrl=events_url, Attributes=wanted)
-    return QueueState(events_url, dlq_url, dlq_arn, created, drift)
+            fixed = True
+    return QueueState(events_url or "", dlq_url or "", dlq_arn, created, drift, missing, fixed)
+
+
+def queue_depths(sqs: Any, url: str) -> dict[str, int]:
+    """Visible, in-flight and delayed counts (SQS's approximate numbers)."""
+    names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible",
+             "ApproximateNumberOfMessagesDelayed"]
+    attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=names)["Attributes"]
+    return {"visible": int(attrs.get(names[0], 0)), "in_flight": int(attrs.get(names[1], 0)),
+            "delayed": int(attrs.get(names[2], 0))}

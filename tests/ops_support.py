@@ -1,0 +1,164 @@
+"""Helpers for the operator-command tests: a throwaway project dir, the CLI, a fake `chalice deploy` in moto.
+
+Each test gets its own copy of `.chalice/config.json` (the repo's is never written) and a clean moto. The CLI runs
+in-process through typer's CliRunner; every invocation starts without the stage's variables in os.environ, as a
+fresh shell would (apply_stage only fills variables the shell has not set).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import boto3
+from typer.testing import CliRunner, Result
+
+from userhub_sync.local import MOTO_ACCOUNT, patched_environ
+
+REPO = Path(__file__).resolve().parents[1]
+REGION = "us-east-1"
+ADMIN_KEY = "uh_admin_s3cr3t_value_for_tests_0042"  # a fixture value; asserted never to appear in output
+CONNECTION = "conn_ops_test"
+OTHER_TRIGGER = f"arn:aws:lambda:{REGION}:{MOTO_ACCOUNT}:function:customer-pre-signup"
+CUSTOM_MESSAGE = f"arn:aws:lambda:{REGION}:{MOTO_ACCOUNT}:function:customer-custom-message"
+
+
+def stage_variable_names() -> set[str]:
+    """Every variable apply_stage could put into os.environ, plus the ones the commands read."""
+    names = {"USERHUB_ADMIN_KEY", "USERHUB_ADMIN_KEY_SECRET_ID", "EVENTS_QUEUE_URL", "MAX_RECEIVE_COUNT",
+             "KMS_KEY_ARN", "RETRY_BASE_SECONDS", "RETRY_MAX_SECONDS", "RETRY_JITTER"}
+    config = json.loads((REPO / ".chalice" / "config.json").read_text())
+    names.update(config.get("environment_variables") or {})
+    for stage in (config.get("stages") or {}).values():
+        names.update(stage.get("environment_variables") or {})
+    return names
+
+
+def make_project(root: Path, monkeypatch: Any, moto_server: Any, *, with_app: bool = False) -> Path:
+    """A project dir with a copy of the repo's config.json (and app + chalicelib if asked), made current."""
+    moto_server.reset()
+    project = root / "project"
+    (project / ".chalice").mkdir(parents=True)
+    shutil.copy(REPO / ".chalice" / "config.json", project / ".chalice" / "config.json")
+    if with_app:
+        shutil.copy(REPO / "app.py", project / "app.py")
+        shutil.copytree(REPO / "chalicelib", project / "chalicelib",
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    monkeypatch.chdir(project)
+    for name in stage_variable_names():
+        monkeypatch.delenv(name, raising=False)
+    return project
+
+
+def cli(*args: str, env: dict[str, str] | None = None, input: str | None = None) -> Result:
+    """Run `userhub-sync ARGS` in-process with a shell-like environment (no stage variables set)."""
+    from userhub_sync.cli import app
+
+    cleared: dict[str, str | None] = dict.fromkeys(stage_variable_names())
+    cleared.update({"COLUMNS": "200", **(env or {})})
+    with patched_environ(cleared):
+        return CliRunner().invoke(app, list(args), input=input)
+
+
+def config(project: Path) -> dict[str, Any]:
+    return json.loads((project / ".chalice" / "config.json").read_text())
+
+
+def create_pool(*, username_attributes: list[str] | None = None, post_auth: str | None = None) -> str:
+    """A pool with settings UpdateUserPool would reset if not given: policies, schema, auto-verify, triggers."""
+    lambda_config = {"PreSignUp": OTHER_TRIGGER, "CustomMessage": CUSTOM_MESSAGE}
+    if post_auth:
+        lambda_config["PostAuthentication"] = post_auth
+    kwargs: dict[str, Any] = {
+        "PoolName": "customer-pool",
+        "Policies": {"PasswordPolicy": {"MinimumLength": 14, "RequireUppercase": True, "RequireLowercase": True,
+                                        "RequireNumbers": True, "RequireSymbols": False}},
+        "AutoVerifiedAttributes": ["email"],
+        "Schema": [{"Name": "tenant", "AttributeDataType": "String", "Mutable": True},
+                   {"Name": "email", "AttributeDataType": "String", "Required": True, "Mutable": True}],
+        "LambdaConfig": lambda_config,
+        "MfaConfiguration": "OFF",
+        "EmailVerificationSubject": "Your code for the customer app",
+        "UserPoolTags": {"team": "identity"},
+    }
+    if username_attributes:
+        kwargs["UsernameAttributes"] = username_attributes
+    return boto3.client("cognito-idp").create_user_pool(**kwargs)["UserPool"]["Id"]
+
+
+def describe_pool(pool_id: str) -> dict[str, Any]:
+    return boto3.client("cognito-idp").describe_user_pool(UserPoolId=pool_id)["UserPool"]
+
+
+def bootstrap(pool_id: str | None = None, stage: str = "dev", *extra: str) -> Result:
+    args = ["bootstrap", "--stage", stage, "--connection-id", CONNECTION, *extra]
+    if pool_id:
+        args += ["--user-pool-id", pool_id]
+    result = cli(*args, env={"USERHUB_ADMIN_KEY": ADMIN_KEY})
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def _zip() -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("app.py", "def handler(event, context):\n    return event\n")
+    return buffer.getvalue()
+
+
+def fake_chalice_deploy(project: Path, stage: str = "dev", *, record: bool = True) -> dict[str, str]:
+    """What `chalice deploy` leaves behind (functions, the SQS mapping, deployed/<stage>.json), made directly.
+
+    The mapping is created disabled: moto invokes a mapped function inline on every SendMessage (reference
+    §A4), which these tests do not want. tests/test_deploy.py runs the real `chalice deploy`.
+    """
+    iam = boto3.client("iam")
+    lam = boto3.client("lambda")
+    sqs = boto3.client("sqs")
+    role = iam.create_role(RoleName=f"userhub-sync-{stage}-test", AssumeRolePolicyDocument=json.dumps({
+        "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"},
+                                                "Action": "sts:AssumeRole"}]}))["Role"]["Arn"]
+    arns = {}
+    for name in ("post_auth", "post_confirmation", "deliver"):
+        arns[name] = lam.create_function(
+            FunctionName=f"userhub-sync-{stage}-{name}", Runtime="python3.11", Role=role, Handler="app.handler",
+            Code={"ZipFile": _zip()},
+        )["FunctionArn"]
+    queue = config(project)["stages"][stage]["environment_variables"]["EVENTS_QUEUE_NAME"]
+    url = sqs.get_queue_url(QueueName=queue)["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    mapping = lam.create_event_source_mapping(EventSourceArn=queue_arn, FunctionName=arns["deliver"], BatchSize=10,
+                                              Enabled=False)
+    if record:
+        resources: list[dict[str, Any]] = [
+            {"name": name, "resource_type": "lambda_function", "lambda_arn": arn} for name, arn in arns.items()
+        ]
+        resources.append({"name": "deliver-sqs-event-source", "resource_type": "sqs_event", "queue_arn": queue_arn,
+                          "event_uuid": mapping["UUID"], "queue": queue, "lambda_arn": arns["deliver"]})
+        deployed = project / ".chalice" / "deployed"
+        deployed.mkdir(parents=True, exist_ok=True)
+        (deployed / f"{stage}.json").write_text(json.dumps({"resources": resources, "schema_version": "2.0",
+                                                            "backend": "api"}))
+    return {**arns, "uuid": mapping["UUID"]}
+
+
+def queue_url(name: str) -> str:
+    return boto3.client("sqs").get_queue_url(QueueName=name)["QueueUrl"]
+
+
+def drain(url: str) -> list[dict[str, Any]]:
+    """Every message of a (shallow) queue, received and deleted; for assertions."""
+    sqs = boto3.client("sqs")
+    out: list[dict[str, Any]] = []
+    while True:
+        got = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=60,
+                                  MessageAttributeNames=["All"], AttributeNames=["All"]).get("Messages") or []
+        if not got:
+            return out
+        out.extend(got)
+        sqs.delete_message_batch(QueueUrl=url, Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]}
+                                                        for i, m in enumerate(got)])

@@ -1,0 +1,112 @@
+"""Deploy proof: bootstrap → the real `chalice deploy --stage ci` → wire, against the moto server, then check.
+
+`chalice deploy` runs unmodified in a subprocess (AWS_ENDPOINT_URL points it at the test's moto server over HTTP)
+on a temporary copy of the project, so `.chalice/deployed/` and `.chalice/deployments/` never land in the repo.
+
+No workaround is needed for moto: it takes every call `chalice deploy` makes (IAM roles and inline policies,
+CreateFunction, CreateEventSourceMapping, UpdateEventSourceMapping on redeploy, the EventBridge rule and its
+AddPermission), so nothing is stubbed. Packaging the real requirements.txt downloads manylinux wheels from PyPI
+(about 10 s here); without network access, set USERHUB_DEPLOY_TEST_OFFLINE=1 to deploy with an empty
+requirements.txt instead (the zip's contents do not matter to the control-plane calls under test).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import boto3
+import pytest
+
+from tests.ops_support import (
+    ADMIN_KEY,
+    CUSTOM_MESSAGE,
+    OTHER_TRIGGER,
+    REPO,
+    cli,
+    create_pool,
+    describe_pool,
+    make_project,
+)
+
+STAGE = "ci"
+IGNORED = {"LambdaConfig", "LastModifiedDate"}
+
+
+def chalice_deploy(project: Path) -> None:
+    env = dict(os.environ)  # AWS_ENDPOINT_URL, region and moto's dummy credentials from the session fixture
+    assert env["AWS_ENDPOINT_URL"].startswith("http://127.0.0.1")
+    run = subprocess.run([str(Path(sys.executable).parent / "chalice"), "deploy", "--stage", STAGE],
+                         cwd=project, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "Could not install dependencies" not in run.stdout + run.stderr, (
+        "chalice could not fetch the wheels of requirements.txt (no network?): rerun with USERHUB_DEPLOY_TEST_OFFLINE=1"
+    )
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch, moto_server):
+    project = make_project(tmp_path, monkeypatch, moto_server, with_app=True)
+    if os.environ.get("USERHUB_DEPLOY_TEST_OFFLINE") == "1":
+        (project / "requirements.txt").write_text("")
+    else:
+        shutil.copy(REPO / "requirements.txt", project / "requirements.txt")
+    return project
+
+
+def test_bootstrap_chalice_deploy_wire(project):
+    pool_id = create_pool()
+    before = describe_pool(pool_id)
+
+    boot = cli("bootstrap", "--stage", STAGE, "--create-stage", "--user-pool-id", pool_id,
+               "--connection-id", "conn_deploytest", env={"USERHUB_ADMIN_KEY": ADMIN_KEY})
+    assert boot.exit_code == 0, boot.output
+    assert ADMIN_KEY not in boot.output
+
+    chalice_deploy(project)
+    deployed = json.loads((project / ".chalice" / "deployed" / f"{STAGE}.json").read_text())
+    functions = {r["name"]: r["lambda_arn"] for r in deployed["resources"] if r["resource_type"] == "lambda_function"}
+    (event,) = [r for r in deployed["resources"] if r["resource_type"] == "sqs_event"]
+    assert event["queue"] == f"userhub-sync-{STAGE}-events"
+
+    wired = cli("wire", "--stage", STAGE, "--post-confirmation")
+    assert wired.exit_code == 0, wired.output
+
+    lam = boto3.client("lambda")
+    assert lam.get_event_source_mapping(UUID=event["event_uuid"])["FunctionResponseTypes"] == [
+        "ReportBatchItemFailures"]
+    after = describe_pool(pool_id)
+    assert after["LambdaConfig"] == {"PreSignUp": OTHER_TRIGGER, "CustomMessage": CUSTOM_MESSAGE,
+                                     "PostAuthentication": functions["post_auth"],
+                                     "PostConfirmation": functions["post_confirmation"]}
+    assert {k: v for k, v in after.items() if k not in IGNORED} == {k: v for k, v in before.items()
+                                                                    if k not in IGNORED}
+    for name in ("post_auth", "post_confirmation"):
+        statements = json.loads(lam.get_policy(FunctionName=functions[name])["Policy"])["Statement"]
+        cognito = [s for s in statements if s["Principal"] == {"Service": "cognito-idp.amazonaws.com"}]
+        assert [s["Condition"]["ArnLike"]["AWS:SourceArn"] for s in cognito] == [after["Arn"]]
+
+    # each function runs with its own role and exactly the policy file bootstrap wrote
+    iam = boto3.client("iam")
+    role = f"userhub-sync-{STAGE}-post_auth"
+    (policy_name,) = iam.list_role_policies(RoleName=role)["PolicyNames"]
+    document = iam.get_role_policy(RoleName=role, PolicyName=policy_name)["PolicyDocument"]
+    document = json.loads(document) if isinstance(document, str) else document
+    assert document == json.loads((project / ".chalice" / f"policy-{STAGE}-post_auth.json").read_text())
+    variables = lam.get_function_configuration(FunctionName=functions["post_auth"])["Environment"]["Variables"]
+    assert variables["EVENTS_QUEUE_URL"].endswith(f"/userhub-sync-{STAGE}-events")
+
+    # a later `chalice deploy` updates the mapping without FunctionResponseTypes: the setting survives
+    chalice_deploy(project)
+    assert lam.get_event_source_mapping(UUID=event["event_uuid"])["FunctionResponseTypes"] == [
+        "ReportBatchItemFailures"]
+    again = cli("wire", "--stage", STAGE, "--post-confirmation", "--json")
+    assert again.exit_code == 0 and {s["status"] for s in json.loads(again.stdout)["steps"]} == {"ok"}
+
+    status = cli("status", "--stage", STAGE, "--json", "--check")
+    assert status.exit_code == 0, status.output
+    assert json.loads(status.stdout)["wiring"]["ok"] is True

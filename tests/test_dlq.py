@@ -1,0 +1,321 @@
+"""`userhub-sync dlq list / replay / purge`, including replay under faults: nothing lost, nothing sent twice."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import boto3
+import pytest
+from botocore.exceptions import EndpointConnectionError
+
+from chalicelib.delivery import Kind, Outcome, Record, dlq_attributes
+from chalicelib.messages import EventType, Source, SyncMessage
+from tests.ops_support import CONNECTION, bootstrap, cli, drain, make_project, queue_url
+from userhub_sync import dlq, opsutil
+
+POOL = "us-east-1_DlqPool1"
+FAST = ("--wait-seconds", "0", "--rate", "0")
+EVENTS, DLQ = "userhub-sync-dev-events", "userhub-sync-dev-dlq"
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch, moto_server):
+    project = make_project(tmp_path, monkeypatch, moto_server)
+    bootstrap()
+    return project
+
+
+def dead_letter(user: str, *, kind: str = "permanent", status: int | None = 404, code: str | None = "user_not_found",
+                reason: str | None = "User not found", ago: timedelta = timedelta(minutes=5), attempts: int = 1,
+                body: str | None = None) -> SyncMessage | None:
+    """Put a message in the DLQ exactly as deliver does (its own dlq_attributes)."""
+    message = None
+    if body is None:
+        message = SyncMessage(type=EventType.SIGNIN, user_pool_id=POOL, username=user, connection_id=CONNECTION,
+                              source=Source.POST_AUTH)
+        body = message.to_body()
+    sent_ms = str(int((datetime.now(UTC) - ago).timestamp() * 1000))
+    record = Record(message_id=f"orig-{user}", receipt_handle="rh", body=body, receive_count=attempts,
+                    sent_timestamp=sent_ms, source_arn=None)
+    outcome = Outcome(record, Kind.DEAD_LETTER, message=message, status=status, code=code, reason=reason,
+                      failure_kind=kind)
+    boto3.client("sqs").send_message(QueueUrl=queue_url(DLQ), MessageBody=body,
+                                     MessageAttributes=dlq_attributes(outcome))
+    return message
+
+
+def seed() -> dict[str, SyncMessage | None]:
+    sent = {
+        "alice": dead_letter("alice", ago=timedelta(hours=3)),
+        "bob": dead_letter("bob", status=400, code="invalid_argument", reason="Connection is disabled",
+                           ago=timedelta(minutes=30)),
+        "carol": dead_letter("carol", kind="exhausted", status=503, code=None, attempts=13,
+                             reason="retries exhausted after 13 attempts: 503 Service Unavailable",
+                             ago=timedelta(hours=30)),
+        "poison": dead_letter("poison", kind="poison", status=None, code=None, body="{not json",
+                              reason="body is not JSON: JSONDecodeError"),
+    }
+    dave = SyncMessage(type=EventType.SIGNUP, user_pool_id=POOL, username="dave", source=Source.RECONCILE)
+    boto3.client("sqs").send_message(QueueUrl=queue_url(DLQ), MessageBody=dave.to_body())  # as SQS redrives it
+    sent["dave"] = dave
+    return sent
+
+
+def list_json(*args: str) -> dict[str, Any]:
+    result = cli("dlq", "list", "--stage", "dev", "--json", "--wait-seconds", "0", *args)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def users(listing: dict[str, Any]) -> set[str]:
+    return {m["user"] for m in listing["messages"]}
+
+
+def depth(name: str) -> int:
+    names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+    attrs = boto3.client("sqs").get_queue_attributes(QueueUrl=queue_url(name), AttributeNames=names)["Attributes"]
+    return int(attrs["ApproximateNumberOfMessages"]) + int(attrs["ApproximateNumberOfMessagesNotVisible"])
+
+
+# ------------------------------------------------------------------------------------------------ list
+def test_list_shows_failures_and_leaves_the_queue_as_it_was(project):
+    seed()
+    listing = list_json()
+    assert listing["scanned"] == listing["matched"] == 5
+    by_user = {m["user"]: m for m in listing["messages"]}
+    alice = by_user["alice"]
+    assert (alice["kind"], alice["status"], alice["code"], alice["reason"], alice["attempts"]) == (
+        "permanent", 404, "user_not_found", "User not found", 1)
+    assert 3 * 3600 - 60 < alice["age_seconds"] < 3 * 3600 + 60 and alice["first_seen"].endswith("Z")
+    assert by_user["carol"]["kind"] == "exhausted" and by_user["carol"]["attempts"] == 13
+    assert by_user["dave"]["kind"] == "redriven" and by_user["dave"]["status"] is None
+    assert by_user[None]["kind"] == "poison"  # no username anywhere in a poison body
+    # every message is visible again at once, for the next command
+    attrs = boto3.client("sqs").get_queue_attributes(QueueUrl=queue_url(DLQ), AttributeNames=["All"])["Attributes"]
+    assert attrs["ApproximateNumberOfMessages"] == "5" and attrs["ApproximateNumberOfMessagesNotVisible"] == "0"
+
+    table = cli("dlq", "list", "--stage", "dev", "--wait-seconds", "0")
+    assert table.exit_code == 0
+    for text in ("message id", "alice", "user_not_found", "exhausted", "redriven", "5 of 5"):
+        assert text in table.output
+
+
+def test_list_filters(project):
+    seed()
+    assert users(list_json("--status", "404")) == {"alice"}
+    assert users(list_json("--reason", "DISABLED")) == {"bob"}
+    assert users(list_json("--user", "carol")) == {"carol"}
+    assert users(list_json("--kind", "redriven")) == {"dave"}
+    assert users(list_json("--older-than", "2h")) == {"alice", "carol"}
+    assert users(list_json("--newer-than", "1h")) == {"bob", "dave", None}
+    assert users(list_json("--older-than", "1h", "--newer-than", "1d")) == {"alice"}
+    assert list_json("--limit", "2")["matched"] == 2
+    bad = cli("dlq", "list", "--stage", "dev", "--older-than", "soon")
+    assert bad.exit_code == 1 and "not a duration" in bad.output
+    bad_kind = cli("dlq", "list", "--stage", "dev", "--kind", "weird")
+    assert bad_kind.exit_code == 1 and "--kind must be one of" in bad_kind.output
+
+
+def test_messages_redriven_by_sqs_itself_are_listed_as_redriven(project):
+    """moto redrives lazily: the move happens on the first receive after maxReceiveCount (reference §A2)."""
+    sqs = boto3.client("sqs")
+    events = queue_url(EVENTS)
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=queue_url(DLQ), AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    sqs.set_queue_attributes(QueueUrl=events, Attributes={
+        "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": 1})})
+    message = SyncMessage(type=EventType.SIGNIN, user_pool_id=POOL, username="erin", source=Source.POST_AUTH)
+    sqs.send_message(QueueUrl=events, MessageBody=message.to_body())
+    assert sqs.receive_message(QueueUrl=events, VisibilityTimeout=0).get("Messages")
+    assert not sqs.receive_message(QueueUrl=events, VisibilityTimeout=0).get("Messages")  # moved now
+    (listed,) = list_json()["messages"]
+    assert listed["user"] == "erin" and listed["kind"] == "redriven" and listed["failed_at"] is None
+
+
+# ------------------------------------------------------------------------------------------------ replay
+def test_replay_sends_back_once_with_source_replay_and_keeps_poison(project):
+    sent = seed()
+    result = cli("dlq", "replay", "--stage", "dev", "--json", *FAST)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert (report["replayed"], report["skipped"], report["skipped_poison"], report["failed"]) == (4, 1, 1, 0)
+
+    replayed = drain(queue_url(EVENTS))
+    bodies = [json.loads(m["Body"]) for m in replayed]
+    assert sorted(b["username"] for b in bodies) == ["alice", "bob", "carol", "dave"]
+    for body in bodies:
+        original = sent[body["username"]]
+        assert body["source"] == "replay"
+        assert body["id"] == original.id and body["type"] == original.type.value  # identity kept
+        assert datetime.fromisoformat(body["event_time"]) == original.event_time  # the original time, kept
+    assert all(m["MessageAttributes"]["replayed_from"]["StringValue"] for m in replayed)
+    assert all(int(m["Attributes"]["ApproximateReceiveCount"]) == 1 for m in replayed)  # attempts start over
+    left = list_json()
+    assert [m["kind"] for m in left["messages"]] == ["poison"]
+
+
+def test_replay_with_filters_dry_run_and_poison(project):
+    seed()
+    dry = cli("dlq", "replay", "--stage", "dev", "--dry-run", *FAST)
+    assert dry.exit_code == 0 and "would replay 4" in dry.output
+    assert depth(EVENTS) == 0 and depth(DLQ) == 5
+
+    only = cli("dlq", "replay", "--stage", "dev", "--user", "alice", "--json", *FAST)
+    assert json.loads(only.stdout)["replayed"] == 1
+    assert [json.loads(m["Body"])["username"] for m in drain(queue_url(EVENTS))] == ["alice"]
+
+    poison = cli("dlq", "replay", "--stage", "dev", "--kind", "poison", "--include-poison", "--json", *FAST)
+    assert json.loads(poison.stdout)["replayed"] == 1
+    assert [m["Body"] for m in drain(queue_url(EVENTS))] == ["{not json"]  # resent as it was
+    assert users(list_json()) == {"bob", "carol", "dave"}
+
+
+def test_replay_progress_and_final_count(project):
+    seed()
+    result = cli("dlq", "replay", "--stage", "dev", *FAST)
+    assert result.exit_code == 0, result.output
+    assert "replayed 4, skipped 1 (1 poison), failed 0" in result.output
+
+
+class FaultySQS:
+    """The real client, except that SendMessageBatch fails for some users and the first call raises outright."""
+
+    def __init__(self, real: Any, fail_users: set[str], *, raise_first: bool = False,
+                 fail_deletes: int = 0) -> None:
+        self.real, self.fail_users, self.raise_next = real, fail_users, raise_first
+        self.fail_deletes = fail_deletes
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+    def send_message_batch(self, QueueUrl: str, Entries: list[dict[str, Any]]) -> dict[str, Any]:
+        if self.raise_next:
+            self.raise_next = False
+            raise EndpointConnectionError(endpoint_url=QueueUrl)
+        failing = [e for e in Entries if json.loads(e["MessageBody"]).get("username") in self.fail_users]
+        passing = [e for e in Entries if e not in failing]
+        response = self.real.send_message_batch(QueueUrl=QueueUrl, Entries=passing) if passing else {}
+        failed = [{"Id": e["Id"], "SenderFault": False, "Code": "InternalError", "Message": "injected"}
+                  for e in failing]
+        return {"Successful": response.get("Successful", []), "Failed": response.get("Failed", []) + failed}
+
+    def delete_message_batch(self, QueueUrl: str, Entries: list[dict[str, Any]]) -> dict[str, Any]:
+        if self.fail_deletes > 0:
+            self.fail_deletes -= 1
+            return {"Successful": [], "Failed": [{"Id": e["Id"], "SenderFault": False, "Code": "InternalError"}
+                                                 for e in Entries]}
+        return self.real.delete_message_batch(QueueUrl=QueueUrl, Entries=Entries)
+
+
+def _inject(monkeypatch: pytest.MonkeyPatch, **faults: Any) -> Any:
+    """Every SQS client the commands make is a FaultySQS; returns the real factory, to lift the fault."""
+    real_client = opsutil.client
+
+    def client(service: str, **kwargs: Any) -> Any:
+        made = real_client(service, **kwargs)
+        return FaultySQS(made, **faults) if service == "sqs" else made
+
+    monkeypatch.setattr(opsutil, "client", client)
+    return real_client
+
+
+def test_replay_under_send_faults_loses_nothing_and_duplicates_nothing(project, monkeypatch):
+    names = [f"user{i:02d}" for i in range(25)]
+    for name in names:
+        dead_letter(name)
+    fail = {"user03", "user07", "user11", "user19", "user24"}
+    real_client = _inject(monkeypatch, fail_users=fail, raise_first=True)
+
+    result = cli("dlq", "replay", "--stage", "dev", "--json", *FAST)
+    assert result.exit_code == 2, result.output  # some entries were not sent
+    report = json.loads(result.stdout)
+    assert report["replayed"] + report["failed"] == 25 and report["failed"] > len(fail)  # + the batch that raised
+
+    in_dlq = users(list_json())
+    delivered = [json.loads(m["Body"])["username"] for m in drain(queue_url(EVENTS))]
+    assert len(delivered) == len(set(delivered)) == report["replayed"]  # each sent message exactly once
+    assert set(delivered) | in_dlq == set(names) and not set(delivered) & in_dlq  # nothing lost, no overlap
+    assert fail <= in_dlq and len(in_dlq) == report["failed"]
+
+    monkeypatch.setattr(opsutil, "client", real_client)  # the fault is gone: replay the rest
+    again = cli("dlq", "replay", "--stage", "dev", "--json", *FAST)
+    assert again.exit_code == 0 and json.loads(again.stdout)["replayed"] == len(in_dlq)
+    second = [json.loads(m["Body"])["username"] for m in drain(queue_url(EVENTS))]
+    assert sorted(delivered + second) == names  # every user exactly once over both runs
+    assert depth(DLQ) == 0
+
+
+def test_a_failed_delete_is_retried_not_resent(project, monkeypatch):
+    for name in ("fred", "gina", "hank"):
+        dead_letter(name)
+    _inject(monkeypatch, fail_users=set(), fail_deletes=1)
+    result = cli("dlq", "replay", "--stage", "dev", "--json", *FAST)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["replayed"] == 3 and report["not_deleted"] == 0
+    assert sorted(json.loads(m["Body"])["username"] for m in drain(queue_url(EVENTS))) == ["fred", "gina", "hank"]
+    assert depth(DLQ) == 0
+
+
+def test_a_delete_that_keeps_failing_is_reported(project, monkeypatch):
+    dead_letter("ivan")
+    _inject(monkeypatch, fail_users=set(), fail_deletes=100)
+    result = cli("dlq", "replay", "--stage", "dev", *FAST)
+    assert result.exit_code == 2
+    assert "could not be deleted" in result.output
+    assert len(drain(queue_url(EVENTS))) == 1  # sent once, not again within the run
+
+
+def test_native_replay_fails_clearly_on_moto(project):
+    seed()
+    started = time.monotonic()
+    result = cli("dlq", "replay", "--stage", "dev", "--native")
+    assert result.exit_code == 1
+    assert "StartMessageMoveTask" in result.output and "drop --native" in result.output
+    assert time.monotonic() - started < 10  # no retry storm against the 500
+    assert depth(DLQ) == 5
+    combined = cli("dlq", "replay", "--stage", "dev", "--native", "--user", "alice")
+    assert combined.exit_code == 1 and "cannot be combined" in combined.output
+
+
+# ------------------------------------------------------------------------------------------------ purge
+def test_purge_asks_first_and_filters_delete_only_matches(project):
+    seed()
+    declined = cli("dlq", "purge", "--stage", "dev", "--wait-seconds", "0", input="n\n")
+    assert declined.exit_code == 1 and "aborted" in declined.output
+    assert depth(DLQ) == 5
+
+    filtered = cli("dlq", "purge", "--stage", "dev", "--kind", "poison", "--yes", "--wait-seconds", "0")
+    assert filtered.exit_code == 0 and "deleted 1 message" in filtered.output
+    assert None not in users(list_json()) and depth(DLQ) == 4
+
+    everything = cli("dlq", "purge", "--stage", "dev", "--wait-seconds", "0", input="y\n")
+    assert everything.exit_code == 0, everything.output
+    assert depth(DLQ) == 0
+
+
+# ------------------------------------------------------------------------------------------------ units
+def test_token_bucket_paces_to_the_rate():
+    clock = {"t": 0.0}
+    sleeps: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        clock["t"] += seconds
+
+    bucket = dlq.TokenBucket(5, clock=lambda: clock["t"], sleep=sleep)
+    bucket.take(25)  # a burst of 5, then 20 more at 5 a second
+    assert clock["t"] == pytest.approx(4.0)
+    unlimited = dlq.TokenBucket(0, clock=lambda: 0.0, sleep=lambda s: pytest.fail("slept"))
+    unlimited.take(1000)
+
+
+def test_durations():
+    assert opsutil.parse_duration("90s") == 90
+    assert opsutil.parse_duration("1h30m") == 5400
+    assert opsutil.parse_duration("2d") == 172800
+    assert opsutil.parse_duration("45") == 45
+    with pytest.raises(ValueError):
+        opsutil.parse_duration("1 fortnight")

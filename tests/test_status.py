@@ -1,0 +1,121 @@
+"""`userhub-sync status`: depths, oldest age, last reconcile, wiring; a table or JSON."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+
+import boto3
+import pytest
+
+from tests.ops_support import bootstrap, cli, create_pool, fake_chalice_deploy, make_project, queue_url
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch, moto_server):
+    return make_project(tmp_path, monkeypatch, moto_server)
+
+
+def _send(name: str, count: int) -> None:
+    sqs = boto3.client("sqs")
+    for i in range(count):
+        sqs.send_message(QueueUrl=queue_url(name), MessageBody=json.dumps({"n": i}))
+
+
+def _status(*extra: str) -> dict:
+    result = cli("status", "--stage", "dev", "--json", *extra)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_depths_and_wiring_before_and_after_wire(project):
+    pool_id = create_pool()
+    bootstrap(pool_id)
+    _send("userhub-sync-dev-events", 3)
+    _send("userhub-sync-dev-dlq", 2)
+    boto3.client("sqs").receive_message(QueueUrl=queue_url("userhub-sync-dev-events"), MaxNumberOfMessages=1,
+                                        VisibilityTimeout=300)
+
+    report = _status()
+    assert report["events_queue"]["visible"] == 2 and report["events_queue"]["in_flight"] == 1
+    assert report["dead_letter_queue"]["visible"] == 2
+    assert report["wiring"] == {"ok": False, "deployed": False, "detail": report["wiring"]["detail"]}
+    assert "chalice deploy" in report["wiring"]["detail"]
+    assert report["healthy"] is False
+
+    fake_chalice_deploy(project)
+    wiring = _status()["wiring"]
+    assert wiring["deployed"] and not wiring["ok"]
+    assert not wiring["event_source_mapping"]["ok"] and not wiring["trigger"]["ok"]
+    assert not wiring["permission"]["ok"]
+
+    assert cli("wire", "--stage", "dev").exit_code == 0
+    wiring = _status()["wiring"]
+    assert wiring["ok"] and wiring["event_source_mapping"]["ok"] and wiring["trigger"]["ok"]
+    assert wiring["permission"]["ok"]
+
+
+def test_oldest_age_is_unknown_without_cloudwatch_unless_peeking(project):
+    bootstrap()
+    _send("userhub-sync-dev-events", 2)
+    plain = _status()["events_queue"]
+    assert plain["oldest_age_seconds"] is None and "--peek" in plain["oldest_age_source"]
+    peeked = _status("--peek")["events_queue"]
+    assert peeked["oldest_age_seconds"] is not None and peeked["oldest_age_seconds"] >= 0
+    assert "peek" in peeked["oldest_age_source"]
+    assert _status()["events_queue"]["visible"] == 2  # peeking left the messages visible
+
+
+def test_last_reconcile_summary_and_its_absence(project, monkeypatch):
+    bootstrap()
+    summary = {"finished_at": "2026-01-01T03:05:00Z", "scanned": 1200, "enqueued": 7, "deleted": 1}
+    seen = {}
+
+    def read_last_summary(s3, bucket):
+        seen["bucket"] = bucket
+        return summary
+
+    monkeypatch.setitem(sys.modules, "chalicelib.reconcile", types.SimpleNamespace(read_last_summary=read_last_summary))
+    assert _status()["last_reconcile"] == {"status": "ok", "summary": summary}
+    assert seen["bucket"] == "userhub-sync-dev-snapshots"
+    table = cli("status", "--stage", "dev")
+    assert table.exit_code == 0 and "scanned=1200" in table.output
+
+    never = types.SimpleNamespace(read_last_summary=lambda s3, bucket: None)
+    monkeypatch.setitem(sys.modules, "chalicelib.reconcile", never)
+    assert _status()["last_reconcile"]["status"] == "never"
+
+    monkeypatch.setitem(sys.modules, "chalicelib.reconcile", None)  # the module has not landed: ImportError
+    assert _status()["last_reconcile"]["status"] == "unavailable"
+
+
+def test_table_output_and_check_exit_code(project):
+    bootstrap()
+    _send("userhub-sync-dev-dlq", 1)
+    result = cli("status", "--stage", "dev")
+    assert result.exit_code == 0, result.output
+    for text in ("status dev", "userhub-sync-dev-events", "userhub-sync-dev-dlq", "wiring", "needs attention"):
+        assert text in result.output
+    assert cli("status", "--stage", "dev", "--check").exit_code == 2
+
+
+def test_missing_queues_are_shown(project):
+    result = cli("status", "--stage", "dev", "--json")
+    assert result.exit_code == 0
+    report = json.loads(result.stdout)
+    assert report["events_queue"] == {"name": "userhub-sync-dev-events", "exists": False}
+    assert report["healthy"] is False
+
+
+def test_last_reconcile_from_the_bucket_through_chalicelib(project):
+    """With the real chalicelib.reconcile: the summary it stored under reconcile/last-run.json is shown."""
+    reconcile = pytest.importorskip("chalicelib.reconcile")
+    if not hasattr(reconcile, "read_last_summary"):
+        pytest.skip("chalicelib.reconcile.read_last_summary has not landed")
+    bootstrap()
+    assert _status()["last_reconcile"]["status"] == "never"
+    summary = {"status": "complete", "scanned": 42, "enqueued": 3}
+    boto3.client("s3").put_object(Bucket="userhub-sync-dev-snapshots", Key="reconcile/last-run.json",
+                                  Body=json.dumps(summary).encode())
+    assert _status()["last_reconcile"] == {"status": "ok", "summary": summary}

@@ -1,0 +1,181 @@
+"""`userhub-sync wire`: ReportBatchItemFailures, the Cognito permission and the trigger, nothing else in the pool."""
+
+from __future__ import annotations
+
+import json
+
+import boto3
+import pytest
+
+from tests.ops_support import (
+    CUSTOM_MESSAGE,
+    OTHER_TRIGGER,
+    bootstrap,
+    cli,
+    create_pool,
+    describe_pool,
+    fake_chalice_deploy,
+    make_project,
+)
+from userhub_sync import wire as w
+
+IGNORED = {"LambdaConfig", "LastModifiedDate"}
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch, moto_server):
+    return make_project(tmp_path, monkeypatch, moto_server)
+
+
+def _settings(pool: dict) -> dict:
+    return {k: v for k, v in pool.items() if k not in IGNORED}
+
+
+def _cognito_statements(function_arn: str) -> list[dict]:
+    policy = json.loads(boto3.client("lambda").get_policy(FunctionName=function_arn)["Policy"])
+    return [s for s in policy["Statement"] if s["Principal"] == {"Service": "cognito-idp.amazonaws.com"}]
+
+
+def test_wire_sets_all_three_and_keeps_every_other_pool_setting(project):
+    pool_id = create_pool()
+    bootstrap(pool_id)
+    deployed = fake_chalice_deploy(project)
+    before = describe_pool(pool_id)
+
+    result = cli("wire", "--stage", "dev", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["ok"] is True
+
+    mapping = boto3.client("lambda").get_event_source_mapping(UUID=deployed["uuid"])
+    assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    (statement,) = _cognito_statements(deployed["post_auth"])
+    assert statement["Action"] == "lambda:InvokeFunction"
+    assert statement["Condition"]["ArnLike"]["AWS:SourceArn"] == before["Arn"]
+
+    after = describe_pool(pool_id)
+    assert after["LambdaConfig"] == {"PreSignUp": OTHER_TRIGGER, "CustomMessage": CUSTOM_MESSAGE,
+                                     "PostAuthentication": deployed["post_auth"]}
+    assert _settings(after) == _settings(before)  # policies, schema, auto-verify, MFA, messages, tags...
+    assert after["Policies"]["PasswordPolicy"]["MinimumLength"] == 14
+    assert after["AutoVerifiedAttributes"] == ["email"]
+    assert any(a["Name"] == "custom:tenant" for a in after["SchemaAttributes"])
+
+
+def test_wire_is_idempotent(project):
+    pool_id = create_pool()
+    bootstrap(pool_id)
+    deployed = fake_chalice_deploy(project)
+    assert cli("wire", "--stage", "dev").exit_code == 0
+    again = cli("wire", "--stage", "dev", "--json")
+    assert again.exit_code == 0, again.output
+    assert {step["status"] for step in json.loads(again.stdout)["steps"]} == {"ok"}
+    assert len(_cognito_statements(deployed["post_auth"])) == 1
+
+
+def test_a_different_trigger_is_not_replaced_without_force(project):
+    other = "arn:aws:lambda:us-east-1:123456789012:function:someone-elses-post-auth"
+    pool_id = create_pool(post_auth=other)
+    bootstrap(pool_id)
+    deployed = fake_chalice_deploy(project)
+    before = describe_pool(pool_id)
+
+    refused = cli("wire", "--stage", "dev")
+    assert refused.exit_code == 4
+    assert other in refused.output and "--force" in refused.output
+    assert describe_pool(pool_id) == before
+    with pytest.raises(boto3.client("lambda").exceptions.ResourceNotFoundException):
+        _cognito_statements(deployed["post_auth"])  # nothing was changed, not even the permission
+    mapping = boto3.client("lambda").get_event_source_mapping(UUID=deployed["uuid"])
+    assert not mapping.get("FunctionResponseTypes")
+
+    forced = cli("wire", "--stage", "dev", "--force")
+    assert forced.exit_code == 0, forced.output
+    assert "replaced" in forced.output
+    after = describe_pool(pool_id)
+    assert after["LambdaConfig"]["PostAuthentication"] == deployed["post_auth"]
+    assert after["LambdaConfig"]["PreSignUp"] == OTHER_TRIGGER
+    assert _settings(after) == _settings(before)
+
+
+def test_post_confirmation_is_wired_on_request(project):
+    pool_id = create_pool()
+    bootstrap(pool_id)
+    deployed = fake_chalice_deploy(project)
+    result = cli("wire", "--stage", "dev", "--post-confirmation")
+    assert result.exit_code == 0, result.output
+    config = describe_pool(pool_id)["LambdaConfig"]
+    assert config["PostConfirmation"] == deployed["post_confirmation"]
+    assert config["PostAuthentication"] == deployed["post_auth"]
+    assert len(_cognito_statements(deployed["post_confirmation"])) == 1
+
+
+def test_without_the_deployed_file_functions_and_mapping_are_found_by_name(project):
+    pool_id = create_pool()
+    bootstrap(pool_id)
+    deployed = fake_chalice_deploy(project, record=False)
+    result = cli("wire", "--stage", "dev")
+    assert result.exit_code == 0, result.output
+    mapping = boto3.client("lambda").get_event_source_mapping(UUID=deployed["uuid"])
+    assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert describe_pool(pool_id)["LambdaConfig"]["PostAuthentication"] == deployed["post_auth"]
+
+
+def test_dry_run_changes_nothing(project):
+    pool_id = create_pool()
+    bootstrap(pool_id)
+    deployed = fake_chalice_deploy(project)
+    before = describe_pool(pool_id)
+    result = cli("wire", "--stage", "dev", "--dry-run")
+    assert result.exit_code == 0 and "would set" in result.output
+    assert describe_pool(pool_id) == before
+    assert not boto3.client("lambda").get_event_source_mapping(UUID=deployed["uuid"]).get("FunctionResponseTypes")
+
+
+def test_clear_errors_before_deploy_or_without_a_pool(project):
+    bootstrap()
+    no_pool = cli("wire", "--stage", "dev")
+    assert no_pool.exit_code == 1 and "--user-pool-id" in no_pool.output
+    not_deployed = cli("wire", "--stage", "dev", "--user-pool-id", create_pool())
+    assert not_deployed.exit_code == 1 and "chalice deploy --stage dev" in not_deployed.output
+
+
+def test_moto_resets_username_attributes_and_wire_reports_it(project):
+    """moto bug (reference/moto-and-peers.md §A1): update_user_pool drops UsernameAttributes, which AWS cannot
+    change through UpdateUserPool at all. wire must notice (it describes the pool again) and fail loudly."""
+    pool_id = create_pool(username_attributes=["email"])
+    bootstrap(pool_id)
+    fake_chalice_deploy(project)
+    result = cli("wire", "--stage", "dev")
+    assert result.exit_code == 3
+    assert "UsernameAttributes" in result.output and "moto" in result.output
+    assert "['email']" in result.output  # the diff shows before and after
+
+
+def test_update_request_keeps_only_what_update_user_pool_accepts():
+    cognito = boto3.client("cognito-idp", region_name="us-east-1")
+    described = {
+        "Id": "us-east-1_Abc", "Name": "pool", "Arn": "arn:...", "Status": "Enabled", "CreationDate": 1,
+        "LastModifiedDate": 2, "SchemaAttributes": [], "UsernameAttributes": ["email"], "Domain": "d",
+        "EstimatedNumberOfUsers": 3, "SmsConfigurationFailure": "x", "EmailConfigurationFailure": "y",
+        "Policies": {"PasswordPolicy": {"MinimumLength": 12, "TemporaryPasswordValidityDays": 3}},
+        "AdminCreateUserConfig": {"AllowAdminCreateUserOnly": True, "UnusedAccountValidityDays": 3},
+        "AutoVerifiedAttributes": ["email"], "MfaConfiguration": "OPTIONAL",
+        "LambdaConfig": {"PreSignUp": "arn:pre"},
+        "DeviceConfiguration": {"ChallengeRequiredOnNewDevice": True, "SomethingNewAndReadOnly": 1},
+    }
+    request = w.update_request(cognito, described, {"PreSignUp": "arn:pre", "PostAuthentication": "arn:post"})
+    accepted = set(cognito.meta.service_model.operation_model("UpdateUserPool").input_shape.members)
+    assert set(request) <= accepted
+    assert request["UserPoolId"] == "us-east-1_Abc"
+    assert request["Policies"] == described["Policies"] and request["MfaConfiguration"] == "OPTIONAL"
+    assert request["AutoVerifiedAttributes"] == ["email"]
+    assert request["DeviceConfiguration"] == {"ChallengeRequiredOnNewDevice": True}
+    assert request["AdminCreateUserConfig"] == {"AllowAdminCreateUserOnly": True}  # AWS refuses both validity keys
+    assert request["LambdaConfig"] == {"PreSignUp": "arn:pre", "PostAuthentication": "arn:post"}
+
+
+def test_diff_pool_finds_nested_changes():
+    before = {"Policies": {"PasswordPolicy": {"MinimumLength": 14}}, "LambdaConfig": {"A": "1"}, "X": [1]}
+    after = {"Policies": {"PasswordPolicy": {"MinimumLength": 8}}, "LambdaConfig": {"A": "2"}, "X": [1]}
+    changes = w.diff_pool(before, after, {"LambdaConfig"})
+    assert [(c.path, c.before, c.after) for c in changes] == [("Policies.PasswordPolicy.MinimumLength", 14, 8)]

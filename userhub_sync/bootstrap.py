@@ -1,0 +1,447 @@
+"""`bootstrap --stage S`: everything a stage needs before `chalice deploy`, created or checked, idempotently.
+
+Chalice creates no queues, buckets or parameters (reference/chalice.md §4), and `on_sqs_message` needs its queue to
+exist at deploy time. So this creates the DLQ, the events queue (redrive, retention, SSE, visibility), the snapshot
+bucket, the Admin key's SecureString, then writes the names into `.chalice/config.json` and the per-function IAM
+policies with the stage's exact ARNs. A second run changes nothing; drift is reported, and corrected only with
+`fix=True` (the `--fix` option), so nobody's hand-made change is silently undone.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from userhub_sync import policies
+from userhub_sync.opsutil import OpsError, StageContext, caller_identity, client, error_code
+from userhub_sync.queues import DLQ_RETENTION_SECONDS, EVENTS_RETENTION_SECONDS, QueueSpec, ensure_queues
+from userhub_sync.stage import write_config
+
+MIN_RETRY_HORIZON_SECONDS = 24 * 3600
+DEFAULT_MAX_RECEIVE_COUNT = 13
+SQS_MAX_VISIBILITY = 43_200
+LIFECYCLE_RULE_ID = "userhub-sync-abort-incomplete-uploads"
+TLS_SID = "DenyInsecureTransport"
+POOL_ID_RE = re.compile(r"^[\w-]+_[0-9a-zA-Z]+$")
+CONNECTION_RE = re.compile(r"^conn_[A-Za-z0-9_-]+$")
+
+
+@dataclass
+class Step:
+    """One resource's outcome: created, ok, updated, fixed, drift, missing, warning or would-* (check mode)."""
+
+    resource: str
+    name: str
+    status: str
+    detail: str = ""
+
+    @property
+    def needs_attention(self) -> bool:
+        return self.status in ("drift", "missing") or self.status.startswith("would ")
+
+
+@dataclass
+class BootstrapOptions:
+    max_receive_count: int | None = None  # None: the stage's MAX_RECEIVE_COUNT, else 13
+    allow_short_retry: bool = False
+    kms_key: str | None = None  # None: the stage's KMS_KEY_ARN, else SQS-managed SSE and alias/aws/ssm
+    fix: bool = False
+    check: bool = False  # read-only: create and write nothing
+    user_pool_id: str | None = None
+    connection_id: str | None = None
+    admin_key: str | None = None  # from USERHUB_ADMIN_KEY (never an argument)
+    ask_key: Callable[[], str] | None = None  # a hidden prompt, called only if the parameter must be created
+    skip_key: bool = False
+
+
+@dataclass
+class BootstrapResult:
+    stage: str
+    account: str
+    region: str
+    max_receive_count: int
+    retry_horizon_seconds: float
+    visibility_timeout: int
+    steps: list[Step] = field(default_factory=list)
+
+    @property
+    def needs_attention(self) -> bool:
+        return any(step.needs_attention for step in self.steps)
+
+
+# ----------------------------------------------------------------------------------------------- retry horizon
+def retry_policy(ctx: StageContext) -> Any:
+    """The deliver function's backoff, with the stage's RETRY_* overrides if any."""
+    from chalicelib.delivery import RetryPolicy
+
+    return RetryPolicy(
+        base=float(ctx.var("RETRY_BASE_SECONDS", "30") or 30),
+        cap=float(ctx.var("RETRY_MAX_SECONDS", str(SQS_MAX_VISIBILITY)) or SQS_MAX_VISIBILITY),
+        jitter=float(ctx.var("RETRY_JITTER", "0.25") or 0.25),
+    )
+
+
+def check_horizon(ctx: StageContext, max_receive_count: int, allow_short: bool) -> float:
+    """Seconds of retrying before the DLQ; refuses < 24 h (unless allowed) or longer than the queue keeps messages."""
+    if max_receive_count < 1 or max_receive_count > 1000:
+        raise OpsError(f"--max-receive-count must be between 1 and 1000, not {max_receive_count}")
+    horizon = retry_policy(ctx).minimum_horizon(max_receive_count)
+    if horizon < MIN_RETRY_HORIZON_SECONDS and not allow_short:
+        raise OpsError(
+            f"maxReceiveCount {max_receive_count} retries for only {horizon / 3600:.1f} h (< 24 h) with this "
+            f"backoff; raise it (default {DEFAULT_MAX_RECEIVE_COUNT}) or pass --allow-short-retry"
+        )
+    if horizon >= EVENTS_RETENTION_SECONDS - 86400:
+        raise OpsError(
+            f"maxReceiveCount {max_receive_count} retries for {horizon / 86400:.1f} days, too close to the events "
+            f"queue's {EVENTS_RETENTION_SECONDS // 86400}-day retention: messages would expire instead of reaching "
+            "the DLQ; lower --max-receive-count"
+        )
+    return horizon
+
+
+# ----------------------------------------------------------------------------------------------- KMS
+def resolve_kms_key(key: str | None) -> str | None:
+    """A key id, alias or ARN → the key's ARN (IAM policies can only name keys by ARN)."""
+    if not key:
+        return None
+    try:
+        return client("kms").describe_key(KeyId=key)["KeyMetadata"]["Arn"]
+    except Exception as error:
+        raise OpsError(f"KMS key {key!r} not found or not readable ({error_code(error)})") from None
+
+
+# ----------------------------------------------------------------------------------------------- bucket
+def _bucket_wanted(kms_key_arn: str | None) -> dict[str, Any]:
+    if kms_key_arn:
+        rule = {"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": kms_key_arn},
+                "BucketKeyEnabled": True}
+    else:
+        rule = {"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}
+    return {
+        "public_access": {"BlockPublicAcls": True, "IgnorePublicAcls": True, "BlockPublicPolicy": True,
+                          "RestrictPublicBuckets": True},
+        "encryption": {"Rules": [rule]},
+    }
+
+
+def _tls_statement(bucket: str, partition: str) -> dict[str, Any]:
+    arn = f"arn:{partition}:s3:::{bucket}"
+    return {"Sid": TLS_SID, "Effect": "Deny", "Principal": "*", "Action": "s3:*", "Resource": [arn, f"{arn}/*"],
+            "Condition": {"Bool": {"aws:SecureTransport": "false"}}}
+
+
+def _lifecycle_rule() -> dict[str, Any]:
+    return {"ID": LIFECYCLE_RULE_ID, "Status": "Enabled", "Filter": {"Prefix": ""},
+            "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 7}}
+
+
+def _get_or_none(call: Callable[[], Any], *missing_codes: str) -> Any:
+    try:
+        return call()
+    except Exception as error:
+        if error_code(error) in missing_codes:
+            return None
+        raise
+
+
+def ensure_bucket(s3: Any, name: str, region: str, partition: str, kms_key_arn: str | None, *, fix: bool,
+                  check: bool) -> Step:
+    """The snapshot bucket: private (public access block), encrypted, TLS-only, stale uploads cleaned up.
+
+    The TLS-only policy is left out when the S3 endpoint itself is plain http (a local emulator such as moto,
+    which enforces aws:SecureTransport and would then deny every request).
+    """
+    tls = not str(getattr(s3.meta, "endpoint_url", "")).startswith("http://")
+    parts = {"public_access", "encryption", "lifecycle"} | ({"tls"} if tls else set())
+    note = "" if tls else " (no TLS-only policy: the endpoint is plain http)"
+    try:
+        s3.head_bucket(Bucket=name)
+        exists = True
+    except Exception as error:
+        code = error_code(error)
+        if code in ("404", "NoSuchBucket", "NotFound"):
+            exists = False
+        elif code in ("403", "AccessDenied", "Forbidden"):
+            raise OpsError(f"bucket {name} exists but is not yours (or you may not read it): choose another "
+                           "SNAPSHOT_BUCKET name (bucket names are global)") from None
+        else:
+            raise
+    if not exists and check:
+        return Step("snapshot bucket", name, "missing", "run bootstrap without --check to create it")
+    wanted = _bucket_wanted(kms_key_arn)
+    if not exists:
+        kwargs: dict[str, Any] = {"Bucket": name}
+        if region != "us-east-1":
+            kwargs["CreateBucketConfiguration"] = {"LocationConstraint": region}
+        s3.create_bucket(**kwargs)
+        _apply_bucket(s3, name, partition, wanted, parts)
+        return Step("snapshot bucket", name, "created", ("private, encrypted, TLS-only" if tls else
+                                                         "private, encrypted") + note)
+    problems: list[str] = []
+    pab = _get_or_none(lambda: s3.get_public_access_block(Bucket=name)["PublicAccessBlockConfiguration"],
+                       "NoSuchPublicAccessBlockConfiguration")
+    if pab != wanted["public_access"]:
+        problems.append("public_access")
+    enc = _get_or_none(lambda: s3.get_bucket_encryption(Bucket=name)["ServerSideEncryptionConfiguration"],
+                       "ServerSideEncryptionConfigurationNotFoundError")
+    enc_rule = ((enc or {}).get("Rules") or [{}])[0].get("ApplyServerSideEncryptionByDefault") or {}
+    want_rule = wanted["encryption"]["Rules"][0]["ApplyServerSideEncryptionByDefault"]
+    if enc_rule.get("SSEAlgorithm") != want_rule["SSEAlgorithm"] or (
+        kms_key_arn and enc_rule.get("KMSMasterKeyID") != kms_key_arn
+    ):
+        problems.append("encryption")
+    policy = _get_or_none(lambda: json.loads(s3.get_bucket_policy(Bucket=name)["Policy"]), "NoSuchBucketPolicy")
+    if tls and not any(st.get("Sid") == TLS_SID for st in (policy or {}).get("Statement", [])):
+        problems.append("tls")
+    rules = _get_or_none(lambda: s3.get_bucket_lifecycle_configuration(Bucket=name)["Rules"],
+                         "NoSuchLifecycleConfiguration")
+    if not any(rule.get("ID") == LIFECYCLE_RULE_ID for rule in rules or []):
+        problems.append("lifecycle")
+    if not problems:
+        return Step("snapshot bucket", name, "ok", note.strip(" ()"))
+    labels = {"public_access": "public access block", "encryption": "default encryption",
+              "tls": "TLS-only bucket policy", "lifecycle": "lifecycle rule"}
+    detail = "not as expected: " + ", ".join(labels[p] for p in problems)
+    if fix and not check:
+        _apply_bucket(s3, name, partition, wanted, set(problems), policy=policy, rules=rules)
+        return Step("snapshot bucket", name, "fixed", detail)
+    return Step("snapshot bucket", name, "drift", detail)
+
+
+def _apply_bucket(s3: Any, name: str, partition: str, wanted: dict[str, Any], parts: set[str], *,
+                  policy: dict[str, Any] | None = None, rules: list[dict[str, Any]] | None = None) -> None:
+    if "public_access" in parts:
+        s3.put_public_access_block(Bucket=name, PublicAccessBlockConfiguration=wanted["public_access"])
+    if "encryption" in parts:
+        s3.put_bucket_encryption(Bucket=name, ServerSideEncryptionConfiguration=wanted["encryption"])
+    if "tls" in parts:  # keep whatever else the bucket policy says
+        document = policy or {"Version": "2012-10-17", "Statement": []}
+        document["Statement"] = [st for st in document.get("Statement", []) if st.get("Sid") != TLS_SID]
+        document["Statement"].append(_tls_statement(name, partition))
+        s3.put_bucket_policy(Bucket=name, Policy=json.dumps(document))
+    if "lifecycle" in parts:  # keep the bucket's other rules
+        kept = [r for r in rules or [] if r.get("ID") != LIFECYCLE_RULE_ID]
+        s3.put_bucket_lifecycle_configuration(Bucket=name,
+                                              LifecycleConfiguration={"Rules": [*kept, _lifecycle_rule()]})
+
+
+# ----------------------------------------------------------------------------------------------- admin key
+def ensure_parameter(ssm: Any, name: str, stage: str, kms_key_arn: str | None, opts: BootstrapOptions) -> Step:
+    """The Admin key's SecureString. The key is never printed, logged or put in an exception message."""
+    found = ssm.describe_parameters(ParameterFilters=[{"Key": "Name", "Values": [name]}]).get("Parameters") or []
+    info = found[0] if found else None
+    key = (opts.admin_key or "").strip() or None
+    if opts.skip_key:
+        if info is None:
+            return Step("admin key", name, "missing", "--skip-key: create it with `aws ssm put-parameter "
+                                                      "--type SecureString` before the first delivery")
+        return Step("admin key", name, "ok" if info.get("Type") == "SecureString" else "drift",
+                    f"{info.get('Type')}, version {info.get('Version')} (not changed: --skip-key)")
+    if info is None:
+        if opts.check:
+            return Step("admin key", name, "missing", "run bootstrap (with USERHUB_ADMIN_KEY or at the prompt)")
+        if key is None and opts.ask_key is not None:
+            key = (opts.ask_key() or "").strip() or None
+        if key is None:
+            return Step("admin key", name, "missing", "no key given: set USERHUB_ADMIN_KEY or answer the prompt")
+        version = _put_key(ssm, name, key, stage, kms_key_arn, overwrite=False)
+        return Step("admin key", name, "created", f"SecureString, version {version}")
+    if info.get("Type") != "SecureString":
+        if not (opts.fix and not opts.check):
+            return Step("admin key", name, "drift",
+                        f"is a {info.get('Type')} parameter, not SecureString: rerun with --fix to re-store it")
+        value = key or ssm.get_parameter(Name=name, WithDecryption=True)["Parameter"]["Value"]
+        ssm.delete_parameter(Name=name)  # SSM cannot change a parameter's type in place
+        version = _put_key(ssm, name, value, stage, kms_key_arn, overwrite=False)
+        return Step("admin key", name, "fixed", f"re-stored as SecureString, version {version}")
+    if key is None:
+        return Step("admin key", name, "ok", f"SecureString, version {info.get('Version')} (left as it is)")
+    current = ssm.get_parameter(Name=name, WithDecryption=True)["Parameter"]["Value"]
+    if current == key:
+        return Step("admin key", name, "ok", f"SecureString, version {info.get('Version')} (same key)")
+    if opts.check:
+        return Step("admin key", name, "would update", "USERHUB_ADMIN_KEY differs from the stored key")
+    version = _put_key(ssm, name, key, stage, kms_key_arn, overwrite=True)
+    return Step("admin key", name, "updated", f"new key stored, version {version}")
+
+
+def _put_key(ssm: Any, name: str, value: str, stage: str, kms_key_arn: str | None, *, overwrite: bool) -> int:
+    kwargs: dict[str, Any] = {"Name": name, "Value": value, "Type": "SecureString", "Overwrite": overwrite,
+                              "Description": f"UserHub Admin API key for userhub-sync stage {stage}"}
+    if kms_key_arn:
+        kwargs["KeyId"] = kms_key_arn
+    try:
+        return int(ssm.put_parameter(**kwargs).get("Version", 1))
+    except Exception as error:  # never let a message that might quote the request escape
+        raise OpsError(f"could not store the Admin key in {name}: {error_code(error)}") from None
+
+
+# ----------------------------------------------------------------------------------------------- config
+def new_stage_block(config: dict[str, Any], stage: str, template_stage: str | None) -> dict[str, Any]:
+    """A stage copied from `template_stage` (tunables, timeouts, memory) with this stage's names."""
+    stages = config.get("stages") or {}
+    base = copy.deepcopy(stages.get(template_stage or "", {})) if template_stage else {}
+    if template_stage and template_stage not in stages:
+        raise OpsError(f"--from-stage {template_stage!r} is not in .chalice/config.json")
+    app = str(config.get("app_name") or "userhub-sync")
+    base["api_gateway_stage"] = stage
+    base["autogen_policy"] = False
+    env = base.setdefault("environment_variables", {})
+    for key in ("EVENTS_QUEUE_URL", "USER_POOL_ID", "USERHUB_ADMIN_KEY"):
+        env.pop(key, None)
+    env.update({
+        "EVENTS_QUEUE_NAME": f"{app}-{stage}-events",
+        "DEAD_LETTER_QUEUE_NAME": f"{app}-{stage}-dlq",
+        "SNAPSHOT_BUCKET": f"{app}-{stage}-snapshots",
+        "USERHUB_ADMIN_KEY_PARAMETER": f"/{app}/{stage}/admin-key",
+    })
+    env.setdefault("USERHUB_CONNECTION_ID", "conn_CHANGEME")
+    functions = base.setdefault("lambda_functions", {})
+    for function, role in policies.FUNCTION_ROLES.items():
+        functions.setdefault(function, {})["iam_policy_file"] = policies.default_policy_file(stage, role)
+    return base
+
+
+def updated_config(config: dict[str, Any], stage: str, values: dict[str, str]) -> dict[str, Any]:
+    """A copy of config.json with the stage's variables set and every function on its own policy file."""
+    result = copy.deepcopy(config)
+    block = result.setdefault("stages", {}).setdefault(stage, {})
+    block["autogen_policy"] = False
+    env = block.setdefault("environment_variables", {})
+    env.update(values)
+    functions = block.setdefault("lambda_functions", {})
+    for function, role in policies.FUNCTION_ROLES.items():
+        functions.setdefault(function, {}).setdefault("iam_policy_file", policies.default_policy_file(stage, role))
+    return result
+
+
+# ----------------------------------------------------------------------------------------------- main
+def bootstrap(ctx: StageContext, opts: BootstrapOptions) -> BootstrapResult:
+    """Create or check every resource of the stage; see the module docstring."""
+    if opts.user_pool_id and not POOL_ID_RE.match(opts.user_pool_id):
+        raise OpsError(f"--user-pool-id {opts.user_pool_id!r} is not a user pool id (like us-east-1_AbC123)")
+    if opts.connection_id and not CONNECTION_RE.match(opts.connection_id):
+        raise OpsError(f"--connection-id {opts.connection_id!r} is not a connection id (like conn_...)")
+    stage_count = ctx.var("MAX_RECEIVE_COUNT")
+    max_receive = opts.max_receive_count or int(stage_count or DEFAULT_MAX_RECEIVE_COUNT)
+    # a short count already in config.json was accepted with --allow-short-retry once; keep accepting it
+    accepted_before = opts.max_receive_count is None and stage_count is not None
+    horizon = check_horizon(ctx, max_receive, opts.allow_short_retry or accepted_before)
+    visibility = 6 * ctx.deliver_timeout()
+    if visibility > SQS_MAX_VISIBILITY:
+        raise OpsError(f"6 × deliver's lambda_timeout = {visibility} s exceeds SQS's 12 h visibility maximum")
+    ident = caller_identity()
+    kms_key_arn = resolve_kms_key(opts.kms_key or ctx.var("KMS_KEY_ARN"))
+    result = BootstrapResult(ctx.stage, ident.account, ident.region, max_receive, horizon, visibility)
+    steps = result.steps
+
+    if horizon < MIN_RETRY_HORIZON_SECONDS:
+        steps.append(Step("retry horizon", f"maxReceiveCount {max_receive}", "warning",
+                          f"retries for only {horizon / 3600:.1f} h before the DLQ (< 24 h)"))
+    if ctx.var("USERHUB_ADMIN_KEY") and "USERHUB_ADMIN_KEY" in ctx.variables:
+        steps.append(Step("config", "USERHUB_ADMIN_KEY", "warning",
+                          "config.json holds the key itself: remove it (it would be deployed in plain text)"))
+
+    # pool first (only checked: it belongs to the customer), so a wrong id fails before anything is created
+    pool_id = opts.user_pool_id or ctx.user_pool_id
+    if pool_id:
+        try:
+            client("cognito-idp").describe_user_pool(UserPoolId=pool_id)
+            steps.append(Step("user pool", pool_id, "ok", "exists (wire sets its trigger after chalice deploy)"))
+        except Exception as error:
+            if error_code(error) != "ResourceNotFoundException":
+                raise
+            raise OpsError(f"user pool {pool_id} not found in {ident.region}") from None
+    else:
+        steps.append(Step("user pool", "USER_POOL_ID", "warning",
+                          "not set: pass --user-pool-id (reconcile and wire need it; its policy names a placeholder)"))
+
+    # queues ------------------------------------------------------------------------------------------
+    spec = QueueSpec(ctx.events_queue, ctx.dead_letter_queue, max_receive_count=max_receive,
+                     visibility_timeout=visibility, events_retention=EVENTS_RETENTION_SECONDS,
+                     dlq_retention=DLQ_RETENTION_SECONDS, kms_key=kms_key_arn)
+    sqs = client("sqs")
+    state = ensure_queues(sqs, spec, fix=opts.fix, create=not opts.check)
+    for name, label in ((spec.dlq_name, "dead-letter queue"), (spec.events_name, "events queue")):
+        mine = [d.split(": ", 1)[1] for d in state.drift if d.startswith(name + ": ")]
+        if name in state.created:
+            steps.append(Step(label, name, "created", _queue_detail(spec, label)))
+        elif name in state.missing:
+            steps.append(Step(label, name, "missing", "run bootstrap without --check to create it"))
+        elif mine:
+            steps.append(Step(label, name, "fixed" if opts.fix and not opts.check else "drift", "; ".join(mine)))
+        else:
+            steps.append(Step(label, name, "ok", _queue_detail(spec, label)))
+
+    # bucket, key ------------------------------------------------------------------------------------
+    steps.append(ensure_bucket(client("s3"), ctx.bucket, ident.region, ident.partition, kms_key_arn,
+                               fix=opts.fix, check=opts.check))
+    steps.append(ensure_parameter(client("ssm"), ctx.key_parameter, ctx.stage, kms_key_arn, opts))
+
+    # config.json and policies -----------------------------------------------------------------------
+    values = {
+        "EVENTS_QUEUE_NAME": spec.events_name,
+        "DEAD_LETTER_QUEUE_NAME": spec.dlq_name,
+        "SNAPSHOT_BUCKET": ctx.bucket,
+        "USERHUB_ADMIN_KEY_PARAMETER": ctx.key_parameter,
+        "MAX_RECEIVE_COUNT": str(max_receive),
+    }
+    if state.events_url:
+        values["EVENTS_QUEUE_URL"] = state.events_url
+    if opts.user_pool_id:
+        values["USER_POOL_ID"] = opts.user_pool_id
+    if opts.connection_id:
+        values["USERHUB_CONNECTION_ID"] = opts.connection_id
+    if kms_key_arn:
+        values["KMS_KEY_ARN"] = kms_key_arn
+    new_config = updated_config(ctx.config, ctx.stage, values)
+    config_path = ctx.project_dir / ".chalice" / "config.json"
+    if new_config == ctx.config:
+        steps.append(Step("config", str(config_path), "ok", "stage variables up to date"))
+    elif opts.check:
+        steps.append(Step("config", str(config_path), "would update", "stage variables differ"))
+    else:
+        write_config(new_config, ctx.project_dir)
+        changed = sorted(k for k, v in values.items()
+                         if (ctx.stage_block().get("environment_variables") or {}).get(k) != v)
+        steps.append(Step("config", str(config_path), "updated", ", ".join(changed) or "policy file settings"))
+        ctx.config = new_config
+
+    targets = policies.PolicyTargets(
+        app_name=ctx.app_name, stage=ctx.stage, account=ident.account, region=ident.region,
+        partition=ident.partition, events_queue=spec.events_name, dead_letter_queue=spec.dlq_name,
+        user_pool_id=pool_id or "CHANGEME", bucket=ctx.bucket, key_parameter=ctx.key_parameter,
+        kms_key_arn=kms_key_arn,
+    )
+    steps.extend(_policy_steps(ctx.project_dir, new_config, targets, opts.check))
+    return result
+
+
+def _policy_steps(project_dir: Path, config: dict[str, Any], targets: policies.PolicyTargets,
+                  check: bool) -> list[Step]:
+    if check:
+        steps = []
+        for name, (role, functions) in policies.policy_files(config, targets.stage).items():
+            path = project_dir / ".chalice" / name
+            text = policies.render(policies.build_policy(role, functions, targets))
+            same = path.exists() and path.read_text() == text
+            steps.append(Step("IAM policy", name, "ok" if same else "would update", ", ".join(functions)))
+        return steps
+    outcome = policies.write_policies(project_dir, config, targets)
+    files = policies.policy_files(config, targets.stage)
+    return [Step("IAM policy", name, "ok" if status == "unchanged" else status, ", ".join(files[name][1]))
+            for name, status in outcome.items()]
+
+
+def _queue_detail(spec: QueueSpec, label: str) -> str:
+    sse = "SSE-KMS" if spec.kms_key else "SSE-SQS"
+    if label == "dead-letter queue":
+        return f"retention {spec.dlq_retention // 86400} d, {sse}"
+    return (f"maxReceiveCount {spec.max_receive_count}, visibility {spec.visibility_timeout} s, "
+            f"retention {spec.events_retention // 86400} d, {sse}")

@@ -1,0 +1,458 @@
+"""Operator commands: `bootstrap`, `wire`, `status` and `dlq list|replay|purge`, all per `--stage`.
+
+This file is only the command line (options, tables, exit codes); the work is in bootstrap.py, wire.py,
+status.py and dlq.py so tests and other tools can call it directly. Exit codes: 0 done, 1 error, 2 something needs
+attention (drift, missing resource, unhealthy with --check), 3 the user pool changed beyond LambdaConfig,
+4 a different trigger is in place (use --force).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from userhub_sync.opsutil import OpsError, error_code, format_duration, load_stage, parse_duration, to_jsonable
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+StageOpt = Annotated[str, typer.Option("--stage", "-s", help="Stage in .chalice/config.json (dev, prod, ...).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON only.")]
+STATUS_STYLE = {"ok": "green", "created": "cyan", "set": "cyan", "added": "cyan", "updated": "cyan",
+                "fixed": "yellow", "drift": "red", "missing": "red", "warning": "yellow"}
+
+
+def _console(stderr: bool = False) -> Console:
+    return Console(stderr=stderr, highlight=False, soft_wrap=False)
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    _console(stderr=True).print(f"[red]error:[/red] {message}", markup=True)
+    return typer.Exit(code)
+
+
+def handle_errors(func: F) -> F:
+    """One clear line and a non-zero exit for the errors an operator can act on; no tracebacks."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
+
+        try:
+            return func(*args, **kwargs)
+        except OpsError as error:
+            raise _fail(str(error), error.exit_code) from None
+        except NoCredentialsError:
+            raise _fail("no AWS credentials found (profile, environment or instance role)") from None
+        except NoRegionError:
+            raise _fail("no AWS region configured: set AWS_DEFAULT_REGION") from None
+        except ClientError as error:
+            op = getattr(error, "operation_name", "AWS call")
+            message = (error.response.get("Error") or {}).get("Message", "")
+            raise _fail(f"{op} failed: {error_code(error)}: {message}".rstrip(": ")) from None
+        except BotoCoreError as error:
+            raise _fail(f"AWS: {error}") from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _echo_json(data: Any) -> None:
+    typer.echo(json.dumps(data, default=to_jsonable, indent=2))
+
+
+def _styled(status: str) -> str:
+    return f"[{STATUS_STYLE.get(status, 'magenta')}]{status}[/]"
+
+
+# ================================================================================================ bootstrap
+def bootstrap_command(
+    stage: StageOpt,
+    user_pool_id: Annotated[str | None, typer.Option(help="Cognito user pool id; written as USER_POOL_ID.")] = None,
+    connection_id: Annotated[
+        str | None, typer.Option(help="UserHub connection id (conn_...); written as USERHUB_CONNECTION_ID.")
+    ] = None,
+    max_receive_count: Annotated[int | None, typer.Option(
+        help="Receives before SQS dead-letters a message (default: the stage's MAX_RECEIVE_COUNT, else 13 ≈ 29 h)."
+    )] = None,
+    allow_short_retry: Annotated[bool, typer.Option(help="Accept a retry horizon under 24 h.")] = False,
+    kms_key: Annotated[str | None, typer.Option(
+        help="Customer-managed KMS key (id, alias or ARN) for the queues, bucket and parameter; default: "
+             "SQS-managed SSE, SSE-S3 and alias/aws/ssm."
+    )] = None,
+    fix: Annotated[bool, typer.Option(help="Correct drifted settings (default: only report them).")] = False,
+    check: Annotated[bool, typer.Option(help="Read-only: create, change and write nothing; exit 2 if not ready.")]
+    = False,
+    skip_key: Annotated[bool, typer.Option(
+        help="Do not create or change the Admin key parameter (only check that it exists)."
+    )] = False,
+    create_stage: Annotated[bool, typer.Option(help="Add the stage to config.json if it is not there.")] = False,
+    from_stage: Annotated[str, typer.Option(help="With --create-stage: copy settings from this stage.")] = "dev",
+    as_json: JsonOpt = False,
+) -> None:
+    """Create or check the stage's queues, DLQ, snapshot bucket and Admin key parameter; write config and policies.
+
+    The Admin key is read from USERHUB_ADMIN_KEY or a hidden prompt, never from an argument (shell history).
+    Idempotent: a second run reports "ok" and changes nothing. Run it before `chalice deploy --stage S`.
+    """
+    from userhub_sync import bootstrap as bs
+    from userhub_sync.stage import StageError, find_project_dir, read_config, write_config
+
+    admin_key = os.environ.get("USERHUB_ADMIN_KEY") or None  # the shell's, read before the stage's are applied
+    project = find_project_dir()
+    if create_stage and not check:
+        try:
+            config = read_config(project)
+        except StageError as error:
+            raise _fail(str(error)) from None
+        if stage not in (config.get("stages") or {}):
+            config.setdefault("stages", {})[stage] = bs.new_stage_block(config, stage, from_stage)
+            write_config(config, project)
+            if not as_json:
+                _console().print(f"added stage [bold]{stage}[/bold] to .chalice/config.json (from {from_stage})")
+    ctx = load_stage(stage, project)
+
+    def ask() -> str:
+        return typer.prompt(f"UserHub Admin API key for stage {stage} (input hidden)", hide_input=True,
+                            default="", show_default=False)
+
+    opts = bs.BootstrapOptions(
+        max_receive_count=max_receive_count, allow_short_retry=allow_short_retry, kms_key=kms_key, fix=fix,
+        check=check, user_pool_id=user_pool_id, connection_id=connection_id, admin_key=admin_key,
+        ask_key=None if check else ask, skip_key=skip_key,
+    )
+    result = bs.bootstrap(ctx, opts)
+    if as_json:
+        _echo_json({"stage": result.stage, "account": result.account, "region": result.region,
+                    "max_receive_count": result.max_receive_count,
+                    "retry_horizon_seconds": result.retry_horizon_seconds,
+                    "visibility_timeout": result.visibility_timeout,
+                    "needs_attention": result.needs_attention,
+                    "steps": [step.__dict__ for step in result.steps]})
+    else:
+        console = _console()
+        table = Table(title=f"bootstrap {stage} ({result.account}, {result.region})")
+        for column in ("resource", "name", "status", "detail"):
+            table.add_column(column, overflow="fold")
+        for step in result.steps:
+            table.add_row(step.resource, step.name, _styled(step.status), step.detail)
+        console.print(table)
+        console.print(
+            f"retry horizon: at least {format_duration(result.retry_horizon_seconds)} "
+            f"({result.retry_horizon_seconds / 3600:.1f} h) with maxReceiveCount {result.max_receive_count}; "
+            f"visibility timeout {result.visibility_timeout} s (6 × deliver's timeout)"
+        )
+        if result.needs_attention:
+            hint = "rerun without --check" if check else "rerun with --fix to correct drift"
+            console.print(f"[yellow]needs attention[/yellow]: {hint}")
+        else:
+            console.print(f"[green]ok[/green]: next, `chalice deploy --stage {stage}`, then "
+                          f"`userhub-sync wire --stage {stage}`")
+    if result.needs_attention:
+        raise typer.Exit(2)
+
+
+# ================================================================================================ wire
+def wire_command(
+    stage: StageOpt,
+    user_pool_id: Annotated[str | None, typer.Option(help="Pool to wire (default: the stage's USER_POOL_ID).")]
+    = None,
+    post_confirmation: Annotated[bool, typer.Option(
+        "--post-confirmation", help="Also set PostConfirmation to the post_confirmation function (SIGNUP events)."
+    )] = False,
+    force: Annotated[bool, typer.Option(help="Replace a different trigger already set on the pool.")] = False,
+    dry_run: Annotated[bool, typer.Option(help="Show what would change; change nothing.")] = False,
+    skip_esm: Annotated[bool, typer.Option(
+        help="Leave the event source mapping alone (e.g. the CloudFormation template already sets it)."
+    )] = False,
+    post_auth_arn: Annotated[str | None, typer.Option(help="post_auth's ARN, if not deployed by chalice deploy.")]
+    = None,
+    post_confirmation_arn: Annotated[str | None, typer.Option(help="post_confirmation's ARN (same reason).")]
+    = None,
+    deliver_arn: Annotated[str | None, typer.Option(help="deliver's ARN (same reason).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """After `chalice deploy`: ReportBatchItemFailures, Cognito's invoke permission, the PostAuthentication trigger.
+
+    The pool is updated from its own DescribeUserPool output (only what UpdateUserPool accepts), so nothing else
+    is reset; it is described again afterwards and any other change fails the command (exit 3). Idempotent.
+    """
+    from userhub_sync import wire as w
+
+    ctx = load_stage(stage)
+    arns = {"post_auth": post_auth_arn, "post_confirmation": post_confirmation_arn, "deliver": deliver_arn}
+    try:
+        result = w.wire(ctx, user_pool_id=user_pool_id, post_confirmation=post_confirmation, force=force,
+                        dry_run=dry_run, skip_esm=skip_esm, arns=arns)
+    except w.PoolChangedError as error:
+        _print_wire(error.result, as_json, stage)
+        if not as_json:
+            table = Table(title="user pool settings changed by UpdateUserPool (expected: LambdaConfig only)")
+            for column in ("setting", "before", "after"):
+                table.add_column(column, overflow="fold")
+            for change in error.result.unexpected:
+                table.add_row(change.path, repr(change.before), repr(change.after))
+            _console().print(table)
+        raise _fail(str(error), error.exit_code) from None
+    _print_wire(result, as_json, stage)
+
+
+def _print_wire(result: Any, as_json: bool, stage: str) -> None:
+    if as_json:
+        _echo_json({"stage": stage, "ok": result.ok, "steps": [s.__dict__ for s in result.steps],
+                    "unexpected_changes": [c.__dict__ for c in result.unexpected]})
+        return
+    table = Table(title=f"wire {stage}")
+    for column in ("what", "status", "detail"):
+        table.add_column(column, overflow="fold")
+    for step in result.steps:
+        table.add_row(step.what, _styled(step.status), step.detail)
+    _console().print(table)
+
+
+# ================================================================================================ status
+def status_command(
+    stage: StageOpt,
+    as_json: JsonOpt = False,
+    peek: Annotated[bool, typer.Option(
+        help="If CloudWatch has no age, receive ≤ 10 messages (VisibilityTimeout=0) to estimate it. Each peek "
+             "counts as a receive, bringing those messages one step closer to the DLQ."
+    )] = False,
+    check: Annotated[bool, typer.Option(help="Exit 2 unless queues exist, the DLQ is empty and wiring is in place.")]
+    = False,
+) -> None:
+    """Queue depth, in flight, DLQ depth, age of the oldest message, last reconcile, whether wiring is in place."""
+    from userhub_sync import status as st
+
+    ctx = load_stage(stage)
+    report = st.gather(ctx, peek=peek)
+    if as_json:
+        _echo_json(report)
+    else:
+        _print_status(report)
+    if check and not report["healthy"]:
+        raise typer.Exit(2)
+
+
+def _print_status(report: dict[str, Any]) -> None:
+    console = _console()
+    queues = Table(title=f"status {report['stage']}")
+    for column in ("queue", "visible", "in flight", "delayed", "oldest", "age source"):
+        queues.add_column(column, overflow="fold")
+    for label in ("events_queue", "dead_letter_queue"):
+        q = report[label]
+        if not q.get("exists"):
+            queues.add_row(q["name"], "[red]missing[/red]", "", "", "", "run bootstrap")
+            continue
+        queues.add_row(q["name"], str(q["visible"]), str(q["in_flight"]), str(q["delayed"]),
+                       format_duration(q.get("oldest_age_seconds")), q.get("oldest_age_source", ""))
+    console.print(queues)
+    rec = report["last_reconcile"]
+    if rec["status"] == "ok":
+        summary = rec["summary"]
+        shown = ", ".join(f"{k}={v}" for k, v in summary.items() if not isinstance(v, dict | list))
+        console.print(f"last reconcile: {shown}")
+    else:
+        console.print(f"last reconcile: {rec['status']} ({rec.get('detail', '')})")
+    wiring = report["wiring"]
+    table = Table(title="wiring")
+    table.add_column("check")
+    table.add_column("ok")
+    table.add_column("detail", overflow="fold")
+    if not wiring.get("deployed", True):
+        table.add_row("deployed", "[red]no[/red]", wiring.get("detail", ""))
+    for name in ("event_source_mapping", "trigger", "permission"):
+        if name in wiring:
+            check = wiring[name]
+            detail = check.get("detail") or ", ".join(f"{k}={v}" for k, v in check.items() if k != "ok")
+            table.add_row(name, "[green]yes[/green]" if check["ok"] else "[red]no[/red]", detail)
+    console.print(table)
+    console.print("[green]healthy[/green]" if report["healthy"] else "[yellow]needs attention[/yellow]")
+
+
+# ================================================================================================ dlq
+dlq_app = typer.Typer(help="Inspect, replay or purge the stage's dead-letter queue.", no_args_is_help=True)
+
+ReasonOpt = Annotated[str | None, typer.Option(help="Only messages whose failure reason contains this text.")]
+StatusOpt = Annotated[int | None, typer.Option("--status", help="Only messages that failed with this HTTP status.")]
+UserOpt = Annotated[str | None, typer.Option(help="Only this user's messages (exact username).")]
+KindOpt = Annotated[str | None, typer.Option(help="poison | permanent | exhausted | redriven (moved by SQS).")]
+OlderOpt = Annotated[str | None, typer.Option(help="Only messages first seen longer ago than this (90s, 1h, 2d).")]
+NewerOpt = Annotated[str | None, typer.Option(help="Only messages first seen within this long (90s, 1h, 2d).")]
+LimitOpt = Annotated[int | None, typer.Option(min=1, help="At most this many messages.")]
+WaitOpt = Annotated[int, typer.Option(min=0, max=20, help="Long-poll seconds per receive; 0 short-polls (faster, "
+                                      "but on a large queue a receive may miss messages and end the scan early).")]
+
+
+def _filters(reason: str | None, status: int | None, user: str | None, kind: str | None, older: str | None,
+             newer: str | None) -> Any:
+    from userhub_sync.dlq import Filters
+
+    try:
+        return Filters(reason=reason, status=status, user=user, kind=kind,
+                       older_than=parse_duration(older) if older else None,
+                       newer_than=parse_duration(newer) if newer else None)
+    except ValueError as error:
+        raise OpsError(str(error)) from None
+
+
+def _queue(ctx: Any, name: str) -> tuple[Any, str, str]:
+    from userhub_sync.opsutil import client
+
+    sqs = client("sqs")
+    try:
+        url = sqs.get_queue_url(QueueName=name)["QueueUrl"]
+    except Exception as error:
+        if error_code(error) in ("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"):
+            raise OpsError(f"queue {name} not found: run `userhub-sync bootstrap --stage {ctx.stage}`") from None
+        raise
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    return sqs, url, arn
+
+
+@dlq_app.command("list")
+@handle_errors
+def dlq_list(
+    stage: StageOpt,
+    reason: ReasonOpt = None, status: StatusOpt = None, user: UserOpt = None, kind: KindOpt = None,
+    older_than: OlderOpt = None, newer_than: NewerOpt = None, limit: LimitOpt = None,
+    visibility: Annotated[int, typer.Option(min=1, max=43200, help="Seconds the listed messages stay hidden "
+                                            "while the list is built (all are made visible again at the end).")]
+    = 30,
+    show_body: Annotated[bool, typer.Option(help="Include the raw message body (JSON output).")] = False,
+    wait_seconds: WaitOpt = 1,
+    as_json: JsonOpt = False,
+) -> None:
+    """List DLQ messages with their failure (kind, status, code, reason, attempts, first seen, age)."""
+    from userhub_sync import dlq
+
+    ctx = load_stage(stage)
+    sqs, url, _ = _queue(ctx, ctx.dead_letter_queue)
+    filters = _filters(reason, status, user, kind, older_than, newer_than)
+    listing = dlq.list_messages(sqs, url, filters, limit=limit, visibility=visibility, wait=wait_seconds)
+    if as_json:
+        _echo_json({"queue": ctx.dead_letter_queue, "scanned": listing.scanned, "matched": len(listing.messages),
+                    "messages": [m.to_dict(show_body) for m in listing.messages]})
+        return
+    table = Table(title=f"{ctx.dead_letter_queue}: {len(listing.messages)} of {listing.scanned} message(s)")
+    for column in ("message id", "user", "kind", "status", "code", "reason", "attempts", "first seen", "age"):
+        table.add_column(column, overflow="fold")
+    for m in listing.messages:
+        table.add_row(m.message_id, m.username or "-", m.kind, str(m.status or "-"), m.code or "-",
+                      (m.reason or "-")[:120], str(m.attempts or "-"),
+                      m.first_seen.strftime("%Y-%m-%d %H:%M:%S") if m.first_seen else "-",
+                      format_duration(m.age()))
+    _console().print(table)
+
+
+@dlq_app.command("replay")
+@handle_errors
+def dlq_replay(
+    stage: StageOpt,
+    reason: ReasonOpt = None, status: StatusOpt = None, user: UserOpt = None, kind: KindOpt = None,
+    older_than: OlderOpt = None, newer_than: NewerOpt = None, limit: LimitOpt = None,
+    rate: Annotated[float, typer.Option(help="Messages per second at most (0: no limit).")] = 50.0,
+    dry_run: Annotated[bool, typer.Option(help="Count what would be replayed; send and delete nothing.")] = False,
+    include_poison: Annotated[bool, typer.Option(help="Also resend bodies that do not parse (as they are).")]
+    = False,
+    native: Annotated[bool, typer.Option(
+        help="Use SQS's StartMessageMoveTask (no filters, no source rewrite; not supported by moto)."
+    )] = False,
+    wait_seconds: WaitOpt = 1,
+    as_json: JsonOpt = False,
+) -> None:
+    """Send DLQ messages back to the events queue (source "replay"); delete each only once its send is confirmed."""
+    from userhub_sync import dlq
+
+    ctx = load_stage(stage)
+    sqs, dlq_url, dlq_arn = _queue(ctx, ctx.dead_letter_queue)
+    _, events_url, events_arn = _queue(ctx, ctx.events_queue)
+    filters = _filters(reason, status, user, kind, older_than, newer_than)
+    if native:
+        if filters.active or limit or include_poison or dry_run:
+            raise OpsError("--native moves the whole DLQ: it cannot be combined with filters, --limit, "
+                           "--include-poison or --dry-run")
+        handle = dlq.native_move(dlq_arn, events_arn, rate)
+        if as_json:
+            _echo_json({"native": True, "task_handle": handle})
+        else:
+            _console().print(f"started SQS message move task {handle} ({ctx.dead_letter_queue} → "
+                             f"{ctx.events_queue})")
+        return
+    from userhub_sync.queues import queue_depths
+
+    depth = queue_depths(sqs, dlq_url)["visible"]
+    if as_json:
+        report = dlq.replay(sqs, dlq_url, events_url, filters, include_poison=include_poison, dry_run=dry_run,
+                            rate=rate, limit=limit, wait=wait_seconds)
+        _echo_json({"queue": ctx.dead_letter_queue, "destination": ctx.events_queue, **report.to_dict()})
+    else:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=_console(stderr=True), transient=False) as progress:
+            task = progress.add_task("dry run" if dry_run else "replaying", total=max(depth, 1))
+            report = dlq.replay(sqs, dlq_url, events_url, filters, include_poison=include_poison, dry_run=dry_run,
+                                rate=rate, limit=limit, wait=wait_seconds,
+                                progress=lambda n: progress.advance(task, n))
+            progress.update(task, total=max(report.scanned, 1), completed=report.scanned)
+        console = _console()
+        verb = "would replay" if dry_run else "replayed"
+        console.print(f"{verb} {report.replayed}, skipped {report.skipped} "
+                      f"({report.skipped_poison} poison), failed {report.failed} "
+                      f"(scanned {report.scanned})")
+        if report.duplicates_removed:
+            console.print(f"removed {report.duplicates_removed} already-replayed message(s) offered again")
+        for failure in report.failures[:20]:
+            console.print(f"[red]not sent[/red] {failure['message_id']}: {failure['error']} (still in the DLQ)")
+        if report.not_deleted:
+            console.print(f"[yellow]warning[/yellow]: {report.not_deleted} message(s) were sent but could not be "
+                          "deleted from the DLQ; a later replay would send them again")
+    if report.failed or report.not_deleted:
+        raise typer.Exit(2)
+
+
+@dlq_app.command("purge")
+@handle_errors
+def dlq_purge(
+    stage: StageOpt,
+    reason: ReasonOpt = None, status: StatusOpt = None, user: UserOpt = None, kind: KindOpt = None,
+    older_than: OlderOpt = None, newer_than: NewerOpt = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    wait_seconds: WaitOpt = 1,
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete DLQ messages for good: all of them (PurgeQueue), or with filters only the matching ones."""
+    from userhub_sync import dlq
+    from userhub_sync.queues import queue_depths
+
+    ctx = load_stage(stage)
+    sqs, url, _ = _queue(ctx, ctx.dead_letter_queue)
+    filters = _filters(reason, status, user, kind, older_than, newer_than)
+    depth = queue_depths(sqs, url)["visible"]
+    what = "the messages matching the filters" if filters.active else f"all ~{depth} message(s)"
+    if not yes and not typer.confirm(f"Delete {what} from {ctx.dead_letter_queue}? This cannot be undone"):
+        raise _fail("aborted; nothing deleted")
+    report = dlq.purge(sqs, url, filters, approximate_depth=depth, wait=wait_seconds)
+    if as_json:
+        _echo_json({"queue": ctx.dead_letter_queue, **report.__dict__})
+    else:
+        approx = "~" if report.approximate else ""
+        _console().print(f"deleted {approx}{report.deleted} message(s) from {ctx.dead_letter_queue}"
+                         + (f" (scanned {report.scanned})" if report.mode == "filtered" else ""))
+    if report.failed:
+        raise typer.Exit(2)
+
+
+# ================================================================================================ registration
+def register(app: typer.Typer) -> None:
+    """Add bootstrap, wire, status and the dlq group to the CLI."""
+    app.command("bootstrap")(handle_errors(bootstrap_command))
+    app.command("wire")(handle_errors(wire_command))
+    app.command("status")(handle_errors(status_command))
+    app.add_typer(dlq_app, name="dlq")

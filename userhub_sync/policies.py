@@ -1,0 +1,180 @@
+"""Least-privilege IAM policy files, one per function role, with the stage's exact ARNs.
+
+`autogen_policy: false` makes Chalice give each function its own role with the policy from `iam_policy_file`
+(Chalice's autogen only scans app.py and would miss every boto3 call in chalicelib/). Each policy names the
+stage's own queue, DLQ, pool, bucket prefix, parameter and log groups, and no `*` action. `bootstrap` writes
+them with the account and region from STS; the committed dev/prod versions carry `*` there until it runs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# Which policy (role) each Chalice function needs; functions sharing a role share a policy file.
+FUNCTION_ROLES: dict[str, str] = {
+    "post_auth": "post_auth",
+    "post_confirmation": "post_auth",
+    "deliver": "deliver",
+    "reconcile": "reconcile",
+    "reconcile_continue": "reconcile",
+}
+ROLES = ("post_auth", "deliver", "reconcile")
+LOG_ACTIONS = ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"]
+
+
+@dataclass(frozen=True)
+class PolicyTargets:
+    """The stage's resources; `account`/`region` may be `*` in the committed templates."""
+
+    app_name: str
+    stage: str
+    account: str
+    region: str
+    events_queue: str
+    dead_letter_queue: str
+    user_pool_id: str
+    bucket: str
+    key_parameter: str
+    partition: str = "aws"
+    kms_key_arn: str | None = None  # a customer-managed key used for SQS SSE and the SSM parameter
+
+    def _arn(self, service: str, resource: str, *, regional: bool = True) -> str:
+        region, account = (self.region, self.account) if regional else ("", "")
+        return f"arn:{self.partition}:{service}:{region}:{account}:{resource}"
+
+    def queue_arn(self, name: str) -> str:
+        return self._arn("sqs", name)
+
+    @property
+    def events_queue_arn(self) -> str:
+        return self.queue_arn(self.events_queue)
+
+    @property
+    def dead_letter_queue_arn(self) -> str:
+        return self.queue_arn(self.dead_letter_queue)
+
+    @property
+    def user_pool_arn(self) -> str:
+        return self._arn("cognito-idp", f"userpool/{self.user_pool_id}")
+
+    @property
+    def bucket_arn(self) -> str:
+        return f"arn:{self.partition}:s3:::{self.bucket}"
+
+    @property
+    def parameter_arn(self) -> str:
+        # a parameter named "/a/b" has the ARN "...:parameter/a/b"; one named "a" has "...:parameter/a"
+        return self._arn("ssm", "parameter/" + self.key_parameter.lstrip("/"))
+
+    def function_arn(self, function: str) -> str:
+        return self._arn("lambda", f"function:{self.app_name}-{self.stage}-{function}")
+
+    def log_group_arns(self, function: str) -> list[str]:
+        group = f"log-group:/aws/lambda/{self.app_name}-{self.stage}-{function}"
+        return [self._arn("logs", group), self._arn("logs", group + ":*")]
+
+
+def _statement(sid: str, actions: list[str], resources: list[str]) -> dict[str, Any]:
+    return {"Sid": sid, "Effect": "Allow", "Action": sorted(actions), "Resource": resources}
+
+
+def build_policy(role: str, functions: list[str], t: PolicyTargets) -> dict[str, Any]:
+    """The policy document for one role, covering the log groups of every function that uses it."""
+    statements: list[dict[str, Any]] = [
+        _statement("Logs", LOG_ACTIONS, [arn for fn in sorted(functions) for arn in t.log_group_arns(fn)])
+    ]
+    kms_actions: list[str] = []
+    if role == "post_auth":
+        statements.append(_statement("EnqueueEvents", ["sqs:SendMessage", "sqs:GetQueueUrl"], [t.events_queue_arn]))
+        kms_actions = ["kms:GenerateDataKey", "kms:Decrypt"]  # producers to a CMK-encrypted queue need both
+    elif role == "deliver":
+        statements.append(_statement(
+            "ConsumeEvents",
+            ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes", "sqs:ChangeMessageVisibility",
+             "sqs:GetQueueUrl"],
+            [t.events_queue_arn],
+        ))
+        statements.append(_statement("DeadLetter", ["sqs:SendMessage", "sqs:GetQueueUrl"], [t.dead_letter_queue_arn]))
+        statements.append(_statement("ReadAdminKey", ["ssm:GetParameter"], [t.parameter_arn]))
+        kms_actions = ["kms:Decrypt", "kms:GenerateDataKey"]
+    elif role == "reconcile":
+        statements.append(_statement("ScanPool", ["cognito-idp:ListUsers"], [t.user_pool_arn]))
+        statements.append(_statement("SnapshotObjects", ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
+                                     [f"{t.bucket_arn}/reconcile/*"]))
+        statements.append(_statement("SnapshotList", ["s3:ListBucket"], [t.bucket_arn]))
+        statements.append(_statement("EnqueueEvents", ["sqs:SendMessage", "sqs:GetQueueUrl"], [t.events_queue_arn]))
+        statements.append(_statement("ContinueReconcile", ["lambda:InvokeFunction"],
+                                     [t.function_arn("reconcile_continue")]))
+        kms_actions = ["kms:GenerateDataKey", "kms:Decrypt"]
+    else:
+        raise ValueError(f"unknown role {role!r}")
+    if t.kms_key_arn:
+        statements.append(_statement("CustomerManagedKey", kms_actions, [t.kms_key_arn]))
+    return {"Version": "2012-10-17", "Statement": statements}
+
+
+def policy_files(config: dict[str, Any], stage: str) -> dict[str, tuple[str, list[str]]]:
+    """{file name: (role, [functions])} from each function's `iam_policy_file` (default policy-<stage>-<role>.json)."""
+    functions_cfg = ((config.get("stages") or {}).get(stage) or {}).get("lambda_functions") or {}
+    files: dict[str, tuple[str, list[str]]] = {}
+    for function, role in FUNCTION_ROLES.items():
+        name = (functions_cfg.get(function) or {}).get("iam_policy_file") or default_policy_file(stage, role)
+        existing = files.get(name)
+        if existing and existing[0] != role:
+            raise ValueError(f"{name} is shared by functions needing different policies ({existing[0]}, {role})")
+        files.setdefault(name, (role, []))[1].append(function)
+    return files
+
+
+def default_policy_file(stage: str, role: str) -> str:
+    return f"policy-{stage}-{role}.json"
+
+
+def render(document: dict[str, Any]) -> str:
+    return json.dumps(document, indent=2) + "\n"
+
+
+def write_policies(project_dir: Path, config: dict[str, Any], targets: PolicyTargets) -> dict[str, str]:
+    """Write every policy file of the stage; returns {file: "created" | "updated" | "unchanged"}."""
+    results: dict[str, str] = {}
+    for name, (role, functions) in policy_files(config, targets.stage).items():
+        path = project_dir / ".chalice" / name
+        text = render(build_policy(role, functions, targets))
+        old = path.read_text() if path.exists() else None
+        if old == text:
+            results[name] = "unchanged"
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        results[name] = "created" if old is None else "updated"
+    return results
+
+
+def template_targets(config: dict[str, Any], stage: str) -> PolicyTargets:
+    """The committed form: the stage's names from config.json, account and region left as `*` for bootstrap."""
+    env = ((config.get("stages") or {}).get(stage) or {}).get("environment_variables") or {}
+    app = str(config.get("app_name") or "userhub-sync")
+    return PolicyTargets(
+        app_name=app, stage=stage, account="*", region="*",
+        events_queue=env.get("EVENTS_QUEUE_NAME") or f"{app}-{stage}-events",
+        dead_letter_queue=env.get("DEAD_LETTER_QUEUE_NAME") or f"{app}-{stage}-dlq",
+        user_pool_id=env.get("USER_POOL_ID") or "CHANGEME",
+        bucket=env.get("SNAPSHOT_BUCKET") or f"{app}-{stage}-snapshots",
+        key_parameter=env.get("USERHUB_ADMIN_KEY_PARAMETER") or f"/{app}/{stage}/admin-key",
+        kms_key_arn=env.get("KMS_KEY_ARN") or None,
+    )
+
+
+if __name__ == "__main__":  # regenerate the committed templates: python -m userhub_sync.policies dev prod
+    import sys
+
+    from userhub_sync.stage import find_project_dir, read_config
+
+    project = find_project_dir()
+    cfg = read_config(project)
+    for stage_name in sys.argv[1:] or sorted(cfg.get("stages") or {}):
+        for file_name, status in write_policies(project, cfg, template_targets(cfg, stage_name)).items():
+            print(f"{file_name}: {status}")

@@ -1,0 +1,350 @@
+"""`wire --stage S`: what `chalice deploy` cannot do, done after it, idempotently.
+
+1. ReportBatchItemFailures on deliver's event source mapping (Chalice never sets it, aws/chalice#2029; its later
+   UpdateEventSourceMapping calls do not send FunctionResponseTypes, so the setting survives redeploys).
+2. Cognito's permission to invoke post_auth, scoped to the pool's ARN (added before the trigger, so there is no
+   moment in which sign-ins fail with AccessDenied).
+3. The PostAuthentication trigger (PostConfirmation on request). UpdateUserPool resets every setting it is not
+   given, so the request is the pool's own DescribeUserPool output cut down to what UpdateUserPool accepts (from
+   botocore's model) with only LambdaConfig changed; the pool is then described again and any other difference is
+   a loud failure. A different trigger already in place is never replaced without `force`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from userhub_sync.opsutil import OpsError, StageContext, client, error_code, read_deployed
+
+RESPONSE_TYPE = "ReportBatchItemFailures"
+COGNITO_PRINCIPAL = "cognito-idp.amazonaws.com"
+TRIGGERS = {"post_auth": "PostAuthentication", "post_confirmation": "PostConfirmation"}
+# DescribeUserPool fields that change by themselves and are not settings
+VOLATILE = {"LastModifiedDate", "EstimatedNumberOfUsers", "Status"}
+MOTO_USERNAME_ATTRIBUTES_NOTE = (
+    "UsernameAttributes cannot be changed through UpdateUserPool on AWS; moto resets it on every update_user_pool "
+    "(a moto bug, reference/moto-and-peers.md §A1). On AWS this difference means something else changed the pool."
+)
+
+
+@dataclass
+class WireStep:
+    what: str
+    status: str  # ok (already), set, added, would set, skipped
+    detail: str = ""
+
+
+@dataclass
+class PoolChange:
+    path: str
+    before: Any
+    after: Any
+
+
+@dataclass
+class WireResult:
+    steps: list[WireStep] = field(default_factory=list)
+    unexpected: list[PoolChange] = field(default_factory=list)  # pool settings other than LambdaConfig that changed
+
+    @property
+    def ok(self) -> bool:
+        return not self.unexpected
+
+
+class PoolChangedError(OpsError):
+    """UpdateUserPool changed more than LambdaConfig."""
+
+    def __init__(self, result: WireResult) -> None:
+        paths = ", ".join(change.path for change in result.unexpected)
+        message = f"UpdateUserPool changed settings other than LambdaConfig: {paths}"
+        if any(change.path.split(".")[0] == "UsernameAttributes" for change in result.unexpected):
+            message += ". " + MOTO_USERNAME_ATTRIBUTES_NOTE
+        super().__init__(message, exit_code=3)
+        self.result = result
+
+
+# ----------------------------------------------------------------------------------------------- functions
+@dataclass
+class Functions:
+    """The deployed ARNs wire needs, from `.chalice/deployed/<stage>.json` or looked up by name."""
+
+    arns: dict[str, str]
+    esm_uuid: str | None
+    source: str
+
+
+def locate_functions(ctx: StageContext, lam: Any, overrides: dict[str, str | None], wanted: list[str]) -> Functions:
+    deployed = read_deployed(ctx.project_dir, ctx.stage)
+    arns: dict[str, str] = dict(deployed.functions) if deployed else {}
+    source = str(deployed.path) if deployed else "function names (no .chalice/deployed file)"
+    for name, arn in overrides.items():
+        if arn:
+            arns[name] = arn
+    for name in wanted:
+        if name not in arns:
+            try:
+                arns[name] = lam.get_function(FunctionName=ctx.function_name(name))["Configuration"]["FunctionArn"]
+            except Exception as error:
+                if error_code(error) != "ResourceNotFoundException":
+                    raise
+                raise OpsError(
+                    f"function {ctx.function_name(name)} not found: run `chalice deploy --stage {ctx.stage}` first "
+                    f"(or pass --{name.replace('_', '-')}-arn)"
+                ) from None
+    esm = deployed.esm_uuid("deliver") if deployed and not overrides.get("deliver") else None
+    return Functions(arns, esm, source)
+
+
+# ----------------------------------------------------------------------------------------------- ESM
+def find_mapping(lam: Any, deliver_arn: str, queue_arn: str | None, uuid: str | None) -> dict[str, Any]:
+    """deliver's SQS mapping: by the UUID Chalice recorded, else by listing the function's mappings."""
+    if uuid:
+        try:
+            return lam.get_event_source_mapping(UUID=uuid)
+        except Exception as error:
+            if error_code(error) != "ResourceNotFoundException":
+                raise
+    mappings: list[dict[str, Any]] = []
+    for page in lam.get_paginator("list_event_source_mappings").paginate(FunctionName=deliver_arn):
+        mappings.extend(page.get("EventSourceMappings") or [])
+    sqs_mappings = [m for m in mappings if ":sqs:" in (m.get("EventSourceArn") or "")]
+    if queue_arn:
+        exact = [m for m in sqs_mappings if m.get("EventSourceArn") == queue_arn]
+        sqs_mappings = exact or sqs_mappings
+    if not sqs_mappings:
+        raise OpsError(f"{deliver_arn} has no SQS event source mapping: was `chalice deploy` run for this stage?")
+    if len(sqs_mappings) > 1:
+        raise OpsError(f"{deliver_arn} has {len(sqs_mappings)} SQS mappings; expected one on {queue_arn}")
+    return sqs_mappings[0]
+
+
+def ensure_response_types(lam: Any, mapping: dict[str, Any], dry_run: bool) -> WireStep:
+    types = mapping.get("FunctionResponseTypes") or []
+    what = "ReportBatchItemFailures on deliver's event source mapping"
+    if RESPONSE_TYPE in types:
+        return WireStep(what, "ok", mapping["UUID"])
+    if dry_run:
+        return WireStep(what, "would set", mapping["UUID"])
+    updated = lam.update_event_source_mapping(UUID=mapping["UUID"], FunctionResponseTypes=[*types, RESPONSE_TYPE])
+    if RESPONSE_TYPE not in (updated.get("FunctionResponseTypes") or []):
+        raise OpsError(f"UpdateEventSourceMapping did not keep FunctionResponseTypes on {mapping['UUID']}")
+    return WireStep(what, "set", mapping["UUID"])
+
+
+# ----------------------------------------------------------------------------------------------- permission
+def _statements(lam: Any, function_arn: str) -> list[dict[str, Any]]:
+    try:
+        policy = lam.get_policy(FunctionName=function_arn)["Policy"]
+    except Exception as error:
+        if error_code(error) == "ResourceNotFoundException":  # no resource policy yet
+            return []
+        raise
+    return json.loads(policy).get("Statement") or []
+
+
+def _source_arn(statement: dict[str, Any]) -> str | None:
+    condition = statement.get("Condition") or {}
+    for operator in ("ArnLike", "ArnEquals", "StringEquals", "StringLike"):
+        block = condition.get(operator) or {}
+        for key, value in block.items():
+            if key.lower() == "aws:sourcearn":
+                return value[0] if isinstance(value, list) and len(value) == 1 else value
+    return None
+
+
+def has_cognito_permission(lam: Any, function_arn: str, pool_arn: str) -> bool:
+    for statement in _statements(lam, function_arn):
+        principal = statement.get("Principal") or {}
+        service = principal.get("Service") if isinstance(principal, dict) else principal
+        actions = statement.get("Action")
+        actions = actions if isinstance(actions, list) else [actions]
+        if (statement.get("Effect") == "Allow" and service == COGNITO_PRINCIPAL
+                and any(a in ("lambda:InvokeFunction", "lambda:*") for a in actions)
+                and _source_arn(statement) == pool_arn):
+            return True
+    return False
+
+
+def statement_id(pool_id: str) -> str:
+    return f"userhub-sync-cognito-{pool_id}"[:100]
+
+
+def ensure_permission(lam: Any, function_arn: str, pool_arn: str, pool_id: str, label: str,
+                      dry_run: bool) -> WireStep:
+    what = f"Cognito may invoke {label}"
+    if has_cognito_permission(lam, function_arn, pool_arn):
+        return WireStep(what, "ok", f"source {pool_arn}")
+    if dry_run:
+        return WireStep(what, "would add", f"source {pool_arn}")
+    sid = statement_id(pool_id)
+    kwargs = {"FunctionName": function_arn, "StatementId": sid, "Action": "lambda:InvokeFunction",
+              "Principal": COGNITO_PRINCIPAL, "SourceArn": pool_arn}
+    try:
+        lam.add_permission(**kwargs)
+    except Exception as error:
+        if error_code(error) != "ResourceConflictException":
+            raise
+        # our statement id exists but does not match (e.g. edited by hand): replace it, it is ours
+        if has_cognito_permission(lam, function_arn, pool_arn):
+            return WireStep(what, "ok", f"source {pool_arn}")
+        lam.remove_permission(FunctionName=function_arn, StatementId=sid)
+        lam.add_permission(**kwargs)
+    if not has_cognito_permission(lam, function_arn, pool_arn):
+        raise OpsError(f"AddPermission on {function_arn} did not produce a statement for {pool_arn}")
+    return WireStep(what, "added", f"source {pool_arn}")
+
+
+# ----------------------------------------------------------------------------------------------- user pool
+def _shape_filter(value: Any, shape: Any) -> Any:
+    """Keep only what the UpdateUserPool input shape accepts, recursively (Describe returns read-only extras)."""
+    if shape is None:
+        return value
+    if shape.type_name == "structure" and isinstance(value, dict):
+        return {k: _shape_filter(v, shape.members[k]) for k, v in value.items() if k in shape.members}
+    if shape.type_name == "list" and isinstance(value, list):
+        return [_shape_filter(item, shape.member) for item in value]
+    if shape.type_name == "map" and isinstance(value, dict):
+        return {k: _shape_filter(v, shape.value) for k, v in value.items()}
+    return value
+
+
+def update_request(cognito: Any, pool: dict[str, Any], lambda_config: dict[str, Any]) -> dict[str, Any]:
+    """The UpdateUserPool request that leaves everything but LambdaConfig as DescribeUserPool shows it."""
+    shape = cognito.meta.service_model.operation_model("UpdateUserPool").input_shape
+    request = _shape_filter({k: v for k, v in pool.items() if k in shape.members}, shape)
+    if "PoolName" in shape.members and pool.get("Name"):
+        request["PoolName"] = pool["Name"]  # newer APIs take PoolName; Describe calls it Name
+    # AWS rejects the deprecated UnusedAccountValidityDays next to TemporaryPasswordValidityDays,
+    # and Describe returns both
+    temporary = ((request.get("Policies") or {}).get("PasswordPolicy") or {}).get("TemporaryPasswordValidityDays")
+    if temporary is not None:
+        (request.get("AdminCreateUserConfig") or {}).pop("UnusedAccountValidityDays", None)
+    request["UserPoolId"] = pool["Id"]
+    request["LambdaConfig"] = lambda_config
+    return request
+
+
+def _flatten(value: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    if isinstance(value, dict):
+        if not value and prefix:
+            yield prefix, {}
+        for key in sorted(value):
+            yield from _flatten(value[key], f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(value, list) and any(isinstance(item, dict) for item in value):
+        for index, item in enumerate(value):
+            yield from _flatten(item, f"{prefix}[{index}]")
+    else:
+        yield prefix, value
+
+
+def diff_pool(before: dict[str, Any], after: dict[str, Any], ignore: set[str]) -> list[PoolChange]:
+    """Every leaf that differs between two DescribeUserPool outputs, except the ignored top-level keys."""
+    left = {p: v for p, v in _flatten({k: v for k, v in before.items() if k not in ignore})}
+    right = {p: v for p, v in _flatten({k: v for k, v in after.items() if k not in ignore})}
+    return [PoolChange(path, left.get(path), right.get(path))
+            for path in sorted(set(left) | set(right)) if left.get(path) != right.get(path)]
+
+
+def check_conflicts(pool: dict[str, Any], wanted: dict[str, str], force: bool) -> dict[str, str]:
+    """Triggers set to another function; an error unless `force` (checked before wire changes anything)."""
+    current = pool.get("LambdaConfig") or {}
+    conflicts = {t: current[t] for t, arn in wanted.items() if current.get(t) and current[t] != arn}
+    if conflicts and not force:
+        listed = "; ".join(f"{t} is {arn}" for t, arn in conflicts.items())
+        raise OpsError(f"pool {pool['Id']} already has a different trigger ({listed}); nothing was changed. "
+                       "Pass --force to replace it.", exit_code=4)
+    return conflicts
+
+
+def _deprecated_alias(change: PoolChange, after: dict[str, Any]) -> bool:
+    """UnusedAccountValidityDays is the deprecated twin of TemporaryPasswordValidityDays, which AWS wants instead
+    (update_request drops it); its disappearing while the twin keeps the same value is not a change."""
+    if change.path != "AdminCreateUserConfig.UnusedAccountValidityDays" or change.after is not None:
+        return False
+    twin = ((after.get("Policies") or {}).get("PasswordPolicy") or {}).get("TemporaryPasswordValidityDays")
+    return twin == change.before
+
+
+def ensure_triggers(cognito: Any, pool_id: str, wanted: dict[str, str], force: bool, dry_run: bool,
+                    result: WireResult) -> None:
+    """Merge `wanted` ({"PostAuthentication": arn, ...}) into the pool's LambdaConfig, changing nothing else."""
+    before = cognito.describe_user_pool(UserPoolId=pool_id)["UserPool"]
+    current = dict(before.get("LambdaConfig") or {})
+    conflicts = check_conflicts(before, wanted, force)
+    todo = {t: arn for t, arn in wanted.items() if current.get(t) != arn}
+    for trigger, arn in wanted.items():
+        if trigger not in todo:
+            result.steps.append(WireStep(f"{trigger} trigger", "ok", arn))
+    if not todo:
+        return
+    if dry_run:
+        for trigger, arn in todo.items():
+            result.steps.append(WireStep(f"{trigger} trigger", "would set", arn))
+        return
+    merged = {**current, **todo}
+    cognito.update_user_pool(**update_request(cognito, before, merged))
+    after = cognito.describe_user_pool(UserPoolId=pool_id)["UserPool"]
+    result.unexpected = [c for c in diff_pool(before, after, VOLATILE | {"LambdaConfig"})
+                         if not _deprecated_alias(c, after)]
+    lost = diff_pool({"LambdaConfig": merged}, {"LambdaConfig": after.get("LambdaConfig") or {}}, set())
+    result.unexpected.extend(lost)
+    for trigger, arn in todo.items():
+        replaced = f"replaced {conflicts[trigger]}" if trigger in conflicts else ""
+        result.steps.append(WireStep(f"{trigger} trigger", "set", f"{arn} {replaced}".strip()))
+
+
+# ----------------------------------------------------------------------------------------------- main
+def wire(ctx: StageContext, *, user_pool_id: str | None = None, post_confirmation: bool = False,
+         force: bool = False, dry_run: bool = False, skip_esm: bool = False,
+         arns: dict[str, str | None] | None = None) -> WireResult:
+    """Run the three steps of the module docstring; raises PoolChangedError if the pool changed unexpectedly."""
+    pool_id = user_pool_id or ctx.user_pool_id
+    if not pool_id:
+        raise OpsError("no user pool: pass --user-pool-id or set USER_POOL_ID for the stage (bootstrap does it)")
+    lam = client("lambda")
+    cognito = client("cognito-idp")
+    try:
+        pool = cognito.describe_user_pool(UserPoolId=pool_id)["UserPool"]
+    except Exception as error:
+        if error_code(error) == "ResourceNotFoundException":
+            raise OpsError(f"user pool {pool_id} not found") from None
+        raise
+    pool_arn = pool.get("Arn") or _pool_arn(pool_id)
+    triggers = ["post_auth"] + (["post_confirmation"] if post_confirmation else [])
+    functions = locate_functions(ctx, lam, arns or {}, triggers + ([] if skip_esm else ["deliver"]))
+    wanted = {TRIGGERS[n]: functions.arns[n] for n in triggers}
+    check_conflicts(pool, wanted, force)
+    result = WireResult()
+
+    if not skip_esm:
+        queue_arn = _queue_arn(ctx)
+        mapping = find_mapping(lam, functions.arns["deliver"], queue_arn, functions.esm_uuid)
+        result.steps.append(ensure_response_types(lam, mapping, dry_run))
+
+    for name in triggers:
+        result.steps.append(ensure_permission(lam, functions.arns[name], pool_arn, pool_id, name, dry_run))
+    ensure_triggers(cognito, pool_id, wanted, force, dry_run, result)
+    if result.unexpected:
+        raise PoolChangedError(result)
+    return result
+
+
+def _pool_arn(pool_id: str) -> str:
+    from userhub_sync.opsutil import caller_identity
+
+    ident = caller_identity()
+    return f"arn:{ident.partition}:cognito-idp:{ident.region}:{ident.account}:userpool/{pool_id}"
+
+
+def _queue_arn(ctx: StageContext) -> str | None:
+    sqs = client("sqs")
+    try:
+        url = sqs.get_queue_url(QueueName=ctx.events_queue)["QueueUrl"]
+        return sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    except Exception as error:
+        if error_code(error) in ("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"):
+            return None
+        raise
