@@ -78,13 +78,11 @@ def queue_status(sqs: Any, name: str, peek: bool) -> dict[str, Any]:
 
 
 def last_reconcile(bucket: str | None) -> dict[str, Any]:
-    """The last reconcile summary via chalicelib.reconcile.read_last_summary (imported lazily; may not exist)."""
+    """The last reconcile summary, as chalicelib.reconcile stored it in the bucket."""
     if not bucket:
         return {"status": "unknown", "detail": "SNAPSHOT_BUCKET not set"}
-    try:
-        from chalicelib.reconcile import read_last_summary  # type: ignore[attr-defined]
-    except ImportError:
-        return {"status": "unavailable", "detail": "chalicelib.reconcile.read_last_summary is not available"}
+    from chalicelib.reconcile import read_last_summary
+
     try:
         summary = read_last_summary(client("s3"), bucket)
     except Exception as error:

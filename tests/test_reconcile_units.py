@@ -1,0 +1,227 @@
+"""The pieces of reconcile that need no AWS: token bucket, fingerprints, the compact table, snapshots, enqueuer."""
+
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+import random
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+
+from chalicelib import reconcile
+from chalicelib.reconcile import EnqueueError, Enqueuer, ReconcileError, TokenBucket, parse_request
+from chalicelib.snapshot import (
+    FingerprintTable,
+    SnapshotWriter,
+    Verdict,
+    fingerprint,
+    read_entries,
+    user_key,
+    write_entries,
+)
+
+
+class FakeTime:
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.slept: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+def test_token_bucket_spaces_acquisitions_at_the_rate_with_a_burst_of_one() -> None:
+    fake = FakeTime()
+    bucket = TokenBucket(5.0, clock=fake.clock, sleep=fake.sleep)
+    times = []
+    for _ in range(50):
+        bucket.acquire()
+        times.append(fake.now)
+    assert times[0] == 1000.0  # the first token is there at once
+    assert times[-1] - times[0] == pytest.approx(49 / 5)
+    for i in range(len(times)):
+        for j in range(i, len(times)):
+            assert j - i + 1 <= 1 + 5.0 * (times[j] - times[i]) + 1e-9
+    fake.now += 60  # idle time does not save up a burst beyond one
+    bucket.acquire()
+    start = fake.now
+    bucket.acquire()
+    assert fake.now - start == pytest.approx(0.2)
+
+
+def test_token_bucket_rejects_nonsense() -> None:
+    with pytest.raises(ValueError):
+        TokenBucket(0)
+
+
+def user(**overrides: Any) -> dict[str, Any]:
+    base = {
+        "Username": "alice",
+        "Attributes": [{"Name": "email", "Value": "a@example.com"}, {"Name": "sub", "Value": "1-2-3"}],
+        "UserStatus": "CONFIRMED",
+        "Enabled": True,
+        "UserLastModifiedDate": dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+    }
+    return {**base, **overrides}
+
+
+def test_fingerprint_sees_every_field_that_matters_and_ignores_attribute_order() -> None:
+    original = fingerprint(user())
+    assert fingerprint(user(Attributes=list(reversed(user()["Attributes"])))) == original
+    assert fingerprint(user(Username="someone-else")) == original  # the key is the username, not the fingerprint
+    variants = [
+        user(Attributes=[{"Name": "email", "Value": "b@example.com"}, {"Name": "sub", "Value": "1-2-3"}]),
+        user(Attributes=[{"Name": "email", "Value": "a@example.com"}]),
+        user(UserStatus="FORCE_CHANGE_PASSWORD"),
+        user(Enabled=False),
+        user(UserLastModifiedDate=dt.datetime(2026, 1, 1, 0, 0, 1, tzinfo=dt.UTC)),
+        # a value that would fool naive separator joining
+        user(Attributes=[{"Name": "email", "Value": 'a@example.com","sub'}, {"Name": "x", "Value": "1-2-3"}]),
+    ]
+    fingerprints = {fingerprint(v) for v in variants}
+    assert len(fingerprints) == len(variants) and original not in fingerprints
+    assert 0 <= original < 2**64
+
+
+def test_fingerprint_table_mark_and_sweep_with_growth() -> None:
+    rng = random.Random(1)
+    baseline = {f"u{i}": rng.getrandbits(64) for i in range(5000)}
+    table = FingerprintTable(expected=10)  # far too small: must grow
+    for name, fp in baseline.items():
+        table.load(user_key(name), fp)
+    assert len(table) == 5000
+    verdicts = {}
+    for i, (name, fp) in enumerate(baseline.items()):
+        if i % 10 == 0:
+            continue  # "deleted"
+        verdicts[name] = table.observe(user_key(name), fp + 1 if i % 7 == 0 else fp)
+    for i in range(100):
+        verdicts[f"new{i}"] = table.observe(user_key(f"new{i}"), i)
+    assert table.observe(user_key("new0"), 0) is Verdict.DUPLICATE
+    assert table.observe(user_key("u1"), baseline["u1"]) is Verdict.DUPLICATE
+    counts = {v: list(verdicts.values()).count(v) for v in Verdict}
+    changed = sum(1 for i in range(5000) if i % 10 and i % 7 == 0)
+    assert counts == {Verdict.NEW: 100, Verdict.CHANGED: changed, Verdict.UNCHANGED: 4500 - changed,
+                      Verdict.DUPLICATE: 0}
+    gone = [name for name in baseline if table.take_unseen(user_key(name))]
+    assert gone == [f"u{i}" for i in range(0, 5000, 10)]
+    assert not any(table.take_unseen(user_key(name)) for name in baseline), "each deletion is reported once"
+    table.forget_marks()  # a restarted scan: what was seen becomes the baseline
+    assert table.observe(user_key("new5"), 5) is Verdict.UNCHANGED
+    assert table.observe(user_key("u7"), baseline["u7"] + 1) is Verdict.UNCHANGED
+    assert table.nbytes / len(table) < 40
+
+
+def test_snapshot_appends_members_and_reads_back_as_one_stream() -> None:
+    writer = SnapshotWriter()
+    assert writer.finish() == b"" and list(read_entries(b"")) == []
+    writer.add("a@example.com", 1)
+    first = writer.finish()
+    for i in range(2000):
+        writer.add(f"user{i}|#%/?", i * 7919)
+    second = writer.finish()
+    assert second.startswith(first) and writer.count == 2001
+    entries = list(read_entries(second))
+    assert entries[0] == ("a@example.com", 1) and entries[-1] == ("user1999|#%/?", 1999 * 7919)
+    assert len(gzip.decompress(second).splitlines()) == 2001
+    resumed = SnapshotWriter(second, writer.count)
+    resumed.add("late", 2**64 - 1)
+    assert list(read_entries(resumed.finish()))[-1] == ("late", 2**64 - 1)
+    assert dict(read_entries(write_entries([("x", 5), ("y", 6)]))) == {"x": 5, "y": 6}
+    with pytest.raises(ValueError):
+        writer.add("tab\tname", 1)
+
+
+class BatchSQS:
+    def __init__(self, script: list[str]) -> None:
+        self.script = script  # per call: "ok", "fail-one" (retryable), "sender-fault"
+        self.calls: list[list[str]] = []
+
+    def send_message_batch(self, QueueUrl: str, Entries: list[dict[str, str]]) -> dict[str, Any]:
+        self.calls.append([e["MessageBody"] for e in Entries])
+        mode = self.script.pop(0) if self.script else "ok"
+        if mode == "ok":
+            return {"Successful": [{"Id": e["Id"]} for e in Entries]}
+        bad = Entries[0]
+        ok = [{"Id": e["Id"]} for e in Entries[1:]]
+        return {"Successful": ok, "Failed": [{"Id": bad["Id"], "SenderFault": mode == "sender-fault",
+                                              "Code": "InvalidMessageContents" if mode == "sender-fault"
+                                              else "InternalError"}]}
+
+
+def test_enqueuer_batches_by_ten_and_retries_only_failed_entries() -> None:
+    sqs = BatchSQS(["fail-one", "fail-one"])
+    enqueuer = Enqueuer(sqs, "url", lambda name: name, sleep=lambda _s: None)
+    for i in range(23):
+        enqueuer.add(f"u{i}")
+    enqueuer.flush()
+    assert [len(c) for c in sqs.calls] == [10, 1, 1, 10, 3]
+    assert sqs.calls[1] == ["u0"] and sqs.calls[2] == ["u0"]
+    assert enqueuer.sent == 23 and enqueuer.retried == 2
+
+
+def test_enqueuer_gives_up_on_persistent_and_permanent_failures() -> None:
+    stuck = Enqueuer(BatchSQS(["fail-one"] * 20), "url", str, attempts=3, sleep=lambda _s: None)
+    for i in range(9):
+        stuck.add(f"u{i}")
+    with pytest.raises(EnqueueError, match="still failing after 3 attempts"):
+        stuck.add("u9")
+    rejected = Enqueuer(BatchSQS(["sender-fault"]), "url", str, sleep=lambda _s: None)
+    rejected.add("x")
+    with pytest.raises(EnqueueError, match="rejected 1 message"):
+        rejected.flush()
+
+
+def test_requests_parse_scheduled_events_options_and_continuations() -> None:
+    assert parse_request({"detail-type": "Scheduled Event", "source": "aws.events", "detail": {}}) == (
+        reconcile.ReconcileRequest())
+    assert parse_request(None) == reconcile.ReconcileRequest()
+    assert parse_request({"full": True}).full is True
+    good = parse_request({"continuation": {"run_id": "r1", "checkpoint": "reconcile/p/run.json", "invocation": 2}})
+    assert good.continuation is not None and good.continuation.invocation == 2
+    for bad in ({"run_id": "r1", "checkpoint": "elsewhere/run.json", "invocation": 2},
+                {"run_id": "r1", "checkpoint": "reconcile/p/run.json", "invocation": 1},
+                {"checkpoint": "reconcile/p/run.json", "invocation": 3}):
+        with pytest.raises(ReconcileError, match="malformed reconcile event"):
+            parse_request({"continuation": bad})
+
+
+def client_error(code: str, message: str = "") -> ClientError:
+    return ClientError({"Error": {"Code": code, "Message": message}}, "ListUsers")
+
+
+def test_rejected_token_errors_are_recognised_and_others_are_not() -> None:
+    assert reconcile._is_bad_token(client_error("InvalidToken", "Invalid Token: Resource not found!"))
+    assert reconcile._is_bad_token(client_error("ExpiredTokenException"))
+    assert reconcile._is_bad_token(client_error("InvalidParameterException", "Invalid pagination token"))
+    assert not reconcile._is_bad_token(client_error("InvalidParameterException", "Invalid search attribute"))
+    assert not reconcile._is_bad_token(client_error("TooManyRequestsException", "token bucket"))
+
+
+def test_read_last_summary_is_none_before_any_run() -> None:
+    class NoSummaryS3:
+        def get_object(self, **_: Any) -> Any:
+            raise client_error("NoSuchKey")
+
+    assert reconcile.read_last_summary(NoSummaryS3(), "bucket") is None
+
+
+def test_local_runs_have_no_deadline_and_the_margin_leaves_room_to_work() -> None:
+    assert reconcile.Deadline(None).remaining() == float("inf") and not reconcile.Deadline(object()).finite
+
+    class Context:
+        def __init__(self, ms: int) -> None:
+            self.ms = ms
+
+        def get_remaining_time_in_millis(self) -> int:
+            return self.ms
+
+    assert reconcile.Deadline(Context(900_000), margin=60).margin == 60
+    short = reconcile.Deadline(Context(40_000), margin=60)  # a timeout below the margin: work 3/4 of it anyway
+    assert short.margin == 10 and not short.low()
