@@ -346,16 +346,15 @@ class Deliverer:
                 outcome.kind, outcome.visibility = Kind.RETRY, None
             return
         confirmed: list[Outcome] = []
-        for chunk in _chunks(dead, 10):
-            entries = [{"Id": str(i), "MessageBody": o.record.body or "<empty>",
-                        "MessageAttributes": dlq_attributes(o)} for i, o in enumerate(chunk)]
+        for chunk in _dead_letter_batches(dead):
+            entries = [{"Id": str(i), **entry} for i, (_, entry) in enumerate(chunk)]
             try:
                 response = self.sqs.send_message_batch(QueueUrl=dlq_url, Entries=entries)
                 ok = {int(item["Id"]) for item in response.get("Successful", [])}
             except Exception as error:
                 log.error("dead-letter send failed", extra={"error": str(error)})
                 ok = set()
-            for i, outcome in enumerate(chunk):
+            for i, (outcome, _) in enumerate(chunk):
                 if i in ok:
                     confirmed.append(outcome)
                 else:  # not in the DLQ yet: keep it in the events queue, it will be dead-lettered next time
@@ -368,6 +367,42 @@ class Deliverer:
                     self.sqs.delete_message_batch(QueueUrl=url, Entries=entries)
                 except Exception as error:
                     log.info("delete after dead-letter failed", extra={"error": type(error).__name__})
+
+
+SQS_PAYLOAD_BYTES = 1_048_576  # SendMessageBatch: one message, and the whole request, bodies + attributes
+_ESSENTIAL_ATTRIBUTES = ("failure_kind", "failure_status", "failure_code", "failure_reason", "attempts",
+                         "source_message_id")
+
+
+def _payload_bytes(entry: dict[str, Any]) -> int:
+    size = len(entry["MessageBody"].encode())
+    for name, value in entry["MessageAttributes"].items():
+        size += len(name.encode()) + len(value["DataType"].encode()) + len(value["StringValue"].encode())
+    return size
+
+
+def _dead_letter_batches(dead: list[Outcome]) -> list[list[tuple[Outcome, dict[str, Any]]]]:
+    """DLQ entries in batches SQS accepts: at most 10 and SQS_PAYLOAD_BYTES in all (large poison bodies add up)."""
+    batches: list[list[tuple[Outcome, dict[str, Any]]]] = []
+    current: list[tuple[Outcome, dict[str, Any]]] = []
+    size = 0
+    for outcome in dead:
+        entry = {"MessageBody": outcome.record.body or "<empty>", "MessageAttributes": dlq_attributes(outcome)}
+        if _payload_bytes(entry) > SQS_PAYLOAD_BYTES:  # a body near 1 MiB: keep only the attributes that matter
+            attributes = {k: v for k, v in entry["MessageAttributes"].items() if k in _ESSENTIAL_ATTRIBUTES}
+            if "failure_reason" in attributes:
+                attributes["failure_reason"] = {"DataType": "String",
+                                                "StringValue": attributes["failure_reason"]["StringValue"][:200]}
+            entry["MessageAttributes"] = attributes
+        length = _payload_bytes(entry)
+        if current and (len(current) == 10 or size + length > SQS_PAYLOAD_BYTES):
+            batches.append(current)
+            current, size = [], 0
+        current.append((outcome, entry))
+        size += length
+    if current:
+        batches.append(current)
+    return batches
 
 
 def _chunks(items: list[Any], size: int) -> list[list[Any]]:

@@ -85,8 +85,17 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return min(max(seconds, 0.0), float(SQS_MAX_VISIBILITY_SECONDS))
 
 
-def _error_details(response: httpx.Response) -> tuple[str | None, str | None, str]:
-    """UserHub's `code`, `reason` and a short message from an error body (JSON, or text from a proxy)."""
+def _error_details(response: httpx.Response, secret: str = "") -> tuple[str | None, str | None, str]:
+    """UserHub's `code`, `reason` and a short message from an error body (JSON, or text from a proxy).
+
+    `secret` (the key we sent) is cut out first: an error page that echoes the Authorization header must not put
+    the key into an exception, and it must go before truncation could leave half of it behind.
+    """
+
+    def clean(value: object) -> str:
+        text = str(value)
+        return text.replace(secret, "***") if secret else text
+
     content_type = response.headers.get("content-type", "")
     if "json" in content_type:
         try:
@@ -96,8 +105,8 @@ def _error_details(response: httpx.Response) -> tuple[str | None, str | None, st
         if isinstance(data, dict):
             code, reason = data.get("code"), data.get("reason")
             message = data.get("message") or ""
-            return (str(code)[:64] if code else None, str(reason)[:128] if reason else None, str(message)[:200])
-    text = response.text.strip().replace("\n", " ")
+            return (clean(code)[:64] if code else None, clean(reason)[:128] if reason else None, clean(message)[:200])
+    text = clean(response.text.strip().replace("\n", " "))
     return (None, None, text[:120])
 
 
@@ -140,7 +149,7 @@ class UserHubClient:
         status = response.status_code
         if 200 <= status < 300:
             return
-        code, reason, message = _error_details(response)
+        code, reason, message = _error_details(response, key.get_secret_value())
         summary = f"HTTP {status}" + (f" {code}" if code else "") + (f": {message}" if message else "")
         if status == 401:
             raise Unauthorized(summary, status=status, code=code, reason=reason)

@@ -176,3 +176,11 @@ def test_post_auth_import_path_stays_light(tmp_path) -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=".",
                          env={"PATH": "", "AWS_DEFAULT_REGION": "us-east-1", "USERHUB_SYNC_METRICS": "off"})
     assert out.stdout.strip() == "[]"
+
+
+def test_read_timeout_as_long_as_the_budget_still_enqueues(pipeline) -> None:
+    """The budget stops a send from starting late; it must not stop every cold start when timeouts are generous."""
+    with patched_environ({"SQS_READ_TIMEOUT": "4", "POST_AUTH_BUDGET_SECONDS": "4", "EVENTS_QUEUE_URL": None}):
+        post_auth.queue.reset()
+        app.post_auth(signin_event("generous"), None)
+    assert [b["username"] for b in queued(pipeline)] == ["generous"]
