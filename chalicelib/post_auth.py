@@ -54,7 +54,7 @@ class _Queue:
         self.client: Any = None
         self.url: str | None = None
 
-    def send(self, body: str, deadline: float) -> str:
+    def send(self, body: str, deadline: float, context: Any = None) -> str:
         if self.client is None:
             import boto3
             from botocore.config import Config
@@ -69,8 +69,8 @@ class _Queue:
                 ),
             )
         if self.url is None:
-            self.url = os.environ.get("EVENTS_QUEUE_URL") or None
-            if self.url is None:
+            self.url = os.environ.get("EVENTS_QUEUE_URL") or queue_url_from_context(context)
+            if self.url is None:  # local runs (moto): the deployed role has no sqs:GetQueueUrl
                 self.url = self.client.get_queue_url(QueueName=os.environ["EVENTS_QUEUE_NAME"])["QueueUrl"]
             if time.monotonic() >= deadline:  # the budget bounds starting the send: worst case budget + one call
                 raise TimeoutError("post_auth budget spent resolving the queue URL")
@@ -78,6 +78,19 @@ class _Queue:
 
 
 queue = _Queue()
+
+
+def queue_url_from_context(context: Any) -> str | None:
+    """In Lambda, the queue's URL follows from the function's ARN (region, account): no GetQueueUrl, no IAM for it."""
+    arn = getattr(context, "invoked_function_arn", None)
+    name = os.environ.get("EVENTS_QUEUE_NAME")
+    if not isinstance(arn, str) or not name or os.environ.get("AWS_ENDPOINT_URL"):
+        return None
+    parts = arn.split(":")
+    if len(parts) < 7 or parts[2] != "lambda" or not parts[4].isdigit():
+        return None
+    domain = "amazonaws.com.cn" if parts[1] == "aws-cn" else "amazonaws.com"
+    return f"https://sqs.{parts[3]}.{domain}/{parts[4]}/{name}"
 
 
 def message_body(event: dict[str, Any], event_type: str, source: str) -> str:
@@ -116,7 +129,7 @@ def handle_trigger(event: Any, context: Any = None) -> Any:
             metrics.count("trigger_ignored")
             return event
         event_type, source = EVENT_TYPES[source_name]
-        message_id = queue.send(message_body(event, event_type, source), deadline)
+        message_id = queue.send(message_body(event, event_type, source), deadline, context)
         metrics.count("enqueued")
         log.info("enqueued", extra={"user": event.get("userName"), "pool": event.get("userPoolId"),
                                     "type": event_type, "sqs_message_id": message_id})

@@ -13,7 +13,7 @@ from userhub_sync import policies
 
 LOG_ACTIONS = {"logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"}
 EXPECTED_ACTIONS = {
-    "post_auth": LOG_ACTIONS | {"sqs:SendMessage", "sqs:GetQueueUrl"},
+    "post_auth": LOG_ACTIONS | {"sqs:SendMessage"},
     "deliver": LOG_ACTIONS | {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes",
                               "sqs:ChangeMessageVisibility", "sqs:GetQueueUrl", "sqs:SendMessage",
                               "ssm:GetParameter"},

@@ -184,3 +184,17 @@ def test_read_timeout_as_long_as_the_budget_still_enqueues(pipeline) -> None:
         post_auth.queue.reset()
         app.post_auth(signin_event("generous"), None)
     assert [b["username"] for b in queued(pipeline)] == ["generous"]
+
+
+def test_in_lambda_the_queue_url_comes_from_the_function_arn() -> None:
+    """Deployed, post_auth's role may only SendMessage: the URL is built from its ARN, never looked up."""
+
+    class Context:
+        invoked_function_arn = "arn:aws:lambda:eu-west-1:210987654321:function:userhub-sync-prod-post_auth"
+
+    with patched_environ({"AWS_ENDPOINT_URL": None, "EVENTS_QUEUE_NAME": "userhub-sync-prod-events"}):
+        assert post_auth.queue_url_from_context(Context()) == (
+            "https://sqs.eu-west-1.amazonaws.com/210987654321/userhub-sync-prod-events")
+        assert post_auth.queue_url_from_context(None) is None
+    with patched_environ({"AWS_ENDPOINT_URL": "http://127.0.0.1:5000"}):  # a local endpoint: ask it instead
+        assert post_auth.queue_url_from_context(Context()) is None

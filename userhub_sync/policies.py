@@ -88,7 +88,8 @@ def build_policy(role: str, functions: list[str], t: PolicyTargets) -> dict[str,
     ]
     kms_actions: list[str] = []
     if role == "post_auth":
-        statements.append(_statement("EnqueueEvents", ["sqs:SendMessage", "sqs:GetQueueUrl"], [t.events_queue_arn]))
+        # post_auth finds the queue URL from EVENTS_QUEUE_URL or its own ARN, so SendMessage is all it needs
+        statements.append(_statement("EnqueueEvents", ["sqs:SendMessage"], [t.events_queue_arn]))
         kms_actions = ["kms:GenerateDataKey", "kms:Decrypt"]  # producers to a CMK-encrypted queue need both
     elif role == "deliver":
         statements.append(_statement(
