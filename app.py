@@ -13,7 +13,7 @@ from chalicelib import entrypoints
 app = Chalice(app_name="userhub-sync")
 
 EVENTS_QUEUE_NAME = os.environ.get("EVENTS_QUEUE_NAME", "userhub-sync-events")
-DELIVER_BATCH_SIZE = int(os.environ.get("DELIVER_BATCH_SIZE", "10"))
+DELIVER_BATCH_SIZE = int(os.environ.get("DELIVER_BATCH_SIZE", "50"))  # ≥ DELIVERY_CONCURRENCY, or it caps it
 # Lambda needs a batching window of at least 1 s for batches over 10
 DELIVER_BATCHING_WINDOW = int(os.environ.get("DELIVER_BATCHING_WINDOW_SECONDS", 0 if DELIVER_BATCH_SIZE <= 10 else 1))
 RECONCILE_SCHEDULE = os.environ.get("RECONCILE_SCHEDULE") or Cron(0, 3, "*", "*", "?", "*")  # 03:00 UTC nightly

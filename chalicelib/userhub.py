@@ -15,6 +15,7 @@ Failures are exceptions in a small hierarchy, so the caller decides with one `ex
 from __future__ import annotations
 
 import email.utils
+import math
 import time
 from datetime import UTC
 from urllib.parse import quote
@@ -29,6 +30,10 @@ USER_AGENT = "userhub-sync/0.1 (+https://github.com/userhub-sync; Amazon Cognito
 API_VERSION = "2025-05-01"
 # userhub_sdk/_internal/util.py quote_path: '@' and ':' stay, '/ ? # % space |' and non-ASCII are escaped.
 SDK_SAFE_CHARS = "-._~!$&'()*+,;=:@'"
+# httpcore 1.0.9's pool does O(connections × idle connections) work on every request and response
+# (encode/httpcore#1035); past ~16 connections one pool costs more CPU than the calls. Pools of at most this size
+# keep that cost flat (docs/PERFORMANCE.md, delivery at concurrency 64).
+POOL_SHARD_CONNECTIONS = 8
 
 
 def quote_path(value: str) -> str:
@@ -111,21 +116,31 @@ def _error_details(response: httpx.Response, secret: str = "") -> tuple[str | No
 
 
 class UserHubClient:
-    """One pooled `httpx.AsyncClient` for the life of the process (warm invocations reuse its connections)."""
+    """Pooled `httpx.AsyncClient`s for the life of the process (warm invocations reuse their connections).
+
+    `max_connections` is split over clients of at most POOL_SHARD_CONNECTIONS connections; each call goes to the
+    client with the fewest calls in flight, so no client queues while another has a free connection.
+    """
 
     def __init__(self, base_url: str, *, connect_timeout: float = 2.0, read_timeout: float = 5.0,
                  max_connections: int = 64, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = httpx.Timeout(read_timeout, connect=connect_timeout, pool=connect_timeout + read_timeout)
-        self._client = httpx.AsyncClient(
-            base_url=self.base_url,
-            timeout=self.timeout,
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections,
-                                keepalive_expiry=30),
-            headers={"user-agent": USER_AGENT, "userhub-api-version": API_VERSION},
-            transport=transport,
-            follow_redirects=False,
-        )
+        shards = 1 if transport is not None else max(1, math.ceil(max_connections / POOL_SHARD_CONNECTIONS))
+        per_shard = math.ceil(max_connections / shards)
+        self._clients = [
+            httpx.AsyncClient(
+                base_url=self.base_url,
+                timeout=self.timeout,
+                limits=httpx.Limits(max_connections=per_shard, max_keepalive_connections=per_shard,
+                                    keepalive_expiry=30),
+                headers={"user-agent": USER_AGENT, "userhub-api-version": API_VERSION},
+                transport=transport,
+                follow_redirects=False,
+            )
+            for _ in range(shards)
+        ]
+        self._in_flight = [0] * shards
 
     async def report_event(self, username: str, connection_id: str, event_type: EventType, key: SecretStr,
                            *, deadline_seconds: float | None = None) -> None:
@@ -135,8 +150,10 @@ class UserHubClient:
             cap = max(deadline_seconds, 0.05)
             timeout = httpx.Timeout(min(self.timeout.read or cap, cap), connect=min(self.timeout.connect or cap, cap),
                                     pool=cap, write=min(self.timeout.write or cap, cap))
+        shard = min(range(len(self._clients)), key=self._in_flight.__getitem__)
+        self._in_flight[shard] += 1
         try:
-            response = await self._client.post(
+            response = await self._clients[shard].post(
                 event_path(username, connection_id),
                 json={"type": event_type.value},
                 headers={"authorization": f"Bearer {key.get_secret_value()}"},
@@ -146,6 +163,8 @@ class UserHubClient:
             raise TransientError(f"timeout: {type(error).__name__}") from None
         except httpx.TransportError as error:
             raise TransientError(f"connection error: {type(error).__name__}") from None
+        finally:
+            self._in_flight[shard] -= 1
         status = response.status_code
         if 200 <= status < 300:
             return
@@ -159,5 +178,6 @@ class UserHubClient:
         raise PermanentError(summary, status=status, code=code, reason=reason)
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        for client in self._clients:
+            await client.aclose()
 

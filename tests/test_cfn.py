@@ -89,5 +89,4 @@ def test_queues_bucket_and_permission(packaged):
     # per-function least-privilege policies came from the policy files (autogen_policy: false)
     role = resources["PostAuthRole"]["Properties"]["Policies"][0]["PolicyDocument"]
     actions = {a for s in role["Statement"] for a in s["Action"]}
-    assert actions == {"logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents", "sqs:SendMessage",
-                       "sqs:GetQueueUrl"}
+    assert actions == {"logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents", "sqs:SendMessage"}
