@@ -1,0 +1,394 @@
+"""Delivery throughput: the deliver handler against two baselines, on one fake UserHub in its own process.
+
+- subject: `app.deliver(event, context)` fed synthetic Lambda SQS batches (the warm container's Deliverer, with an
+  SQS stand-in that fails the run if touched: on the all-success path deliver must make no SQS call);
+- (a) the connection guide's way: one inline POST per event, in turn (httpx.Client, 2 s timeout, keep-alive);
+- (b) a bare httpx async loop (AsyncClient + Semaphore(c) + gather) with the same URL, headers, body and pool
+  limits: what this machine can do at that concurrency with the same HTTP stack.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import secrets
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    Figure,
+    Options,
+    Section,
+    fake_userhub_process,
+    fmt,
+    http_post,
+    interleaved,
+    log,
+    median,
+    paired_ratio,
+)
+
+LATENCY_MS = 25.0
+CONCURRENCIES = (1, 4, 16, 64)
+SHARD = 8  # connections per client in (b′)
+SHARDED_AT = (16, 64)  # where (b′) differs from (b)
+BATCH_SIZE = 256  # records per invocation: several waves even at concurrency 64
+CONNECTION_ID = "conn_bench"
+POOL_ID = "us-east-1_BenchPool1"
+QUEUE_ARN = "arn:aws:sqs:us-east-1:123456789012:userhub-sync-bench-events"
+PLOT_NAME = "delivery_throughput.png"
+GUIDE_USER_AGENT = "UserHub-AmazonCognito/1.0"
+
+
+class NoSQS:
+    """Stands in for deliver's SQS client: every SQS call on the all-success path is a bug, so it fails loudly."""
+
+    calls = 0
+
+    def __getattr__(self, name: str) -> Any:
+        NoSQS.calls += 1
+        raise AssertionError(f"deliver called sqs.{name} on the all-success path")
+
+
+def make_records(n: int, tag: str) -> list[dict[str, Any]]:
+    """n Lambda SQS records, unique message ids and usernames, built like `userhub_sync.worker.lambda_record`."""
+    from userhub_sync.worker import lambda_record
+
+    sent = str(int(time.time() * 1000))
+    records = []
+    for i in range(n):
+        body = json.dumps({"v": 1, "id": uuid.uuid4().hex, "type": "SIGNIN", "user_pool_id": POOL_ID,
+                           "username": f"bench-{tag}-{i:06d}", "connection_id": CONNECTION_ID,
+                           "event_time": "2026-01-01T00:00:00.000+00:00", "source": "post_auth"},
+                          separators=(",", ":"))
+        message = {"MessageId": str(uuid.uuid4()), "ReceiptHandle": f"rh-{tag}-{i}-{uuid.uuid4().hex}", "Body": body,
+                   "Attributes": {"ApproximateReceiveCount": "1", "SentTimestamp": sent,
+                                  "ApproximateFirstReceiveTimestamp": sent, "SenderId": "AROABENCH"}}
+        records.append(lambda_record(message, QUEUE_ARN, "us-east-1"))
+    return records
+
+
+def event_paths(n: int, tag: str) -> list[str]:
+    from chalicelib.userhub import event_path
+
+    return [event_path(f"bench-{tag}-{i:06d}", CONNECTION_ID) for i in range(n)]
+
+
+class DeliverSubject:
+    """The deliver handler as a warm Lambda container runs it, at one DELIVERY_CONCURRENCY."""
+
+    def __init__(self, concurrency: int, environ: dict[str, str | None]) -> None:
+        from chalicelib.delivery import Deliverer
+        from chalicelib.settings import Settings
+        from userhub_sync.local import patched_environ
+
+        with patched_environ({**environ, "DELIVERY_CONCURRENCY": str(concurrency)}):
+            settings = Settings()  # type: ignore[call-arg]
+        assert settings.delivery_concurrency == concurrency
+        self.deliverer = Deliverer(settings, sqs=NoSQS())
+        self.concurrency = concurrency
+        self.invocations = 0
+
+    def run(self, records: list[dict[str, Any]], batch: int) -> None:
+        import app
+        from chalicelib import delivery
+        from userhub_sync.worker import LambdaContext
+
+        delivery._deliverer = self.deliverer  # this concurrency's warm container
+        for start in range(0, len(records), batch):
+            response = app.deliver({"Records": records[start:start + batch]},
+                                   LambdaContext("userhub-sync-bench-deliver", 60.0))
+            self.invocations += 1
+            if response.get("batchItemFailures"):
+                raise RuntimeError(f"deliver reported failures: {str(response)[:200]}")
+
+    def run_for(self, records: list[dict[str, Any]], batch: int, seconds: float) -> float:
+        """Invoke on consecutive batches until `seconds` have passed (or the records run out); events/s."""
+        started = time.perf_counter()
+        done = 0
+        while done < len(records) and time.perf_counter() - started < seconds:
+            self.run(records[done:done + batch], batch)
+            done += len(records[done:done + batch])
+        return done / (time.perf_counter() - started)
+
+    def close(self) -> None:
+        self.deliverer.loop.run_until_complete(self.deliverer.client.aclose())
+        self.deliverer.loop.close()
+
+
+class BareLoop:
+    """Baseline (b): the same POSTs from one pooled httpx.AsyncClient, at most `concurrency` in flight.
+
+    With `shard`, the pool is split into clients of at most `shard` connections, used in turn: (b′), which shows
+    how much of (b) at high concurrency is httpcore's pool bookkeeping (O(connections²) per request in 1.0.9).
+    """
+
+    def __init__(self, url: str, key: str, concurrency: int, shard: int | None = None) -> None:
+        import httpx
+
+        from chalicelib.userhub import API_VERSION, USER_AGENT
+
+        self.concurrency = concurrency
+        self.loop = asyncio.new_event_loop()
+        self.auth = {"authorization": f"Bearer {key}"}
+        shards = math.ceil(concurrency / shard) if shard else 1
+        size = math.ceil(concurrency / shards)
+        self.clients = [httpx.AsyncClient(
+            base_url=url, timeout=httpx.Timeout(5.0, connect=2.0),
+            limits=httpx.Limits(max_connections=size, max_keepalive_connections=size, keepalive_expiry=30),
+            headers={"user-agent": USER_AGENT, "userhub-api-version": API_VERSION}) for _ in range(shards)]
+
+    async def _post_all(self, paths: list[str], seconds: float) -> float:
+        semaphore = asyncio.Semaphore(self.concurrency)
+        clients = self.clients
+        started = time.perf_counter()
+        deadline, done, last = started + seconds, 0, started
+
+        async def one(i: int, path: str) -> None:
+            nonlocal done, last
+            async with semaphore:
+                if time.perf_counter() >= deadline:
+                    return  # the measurement is over: the rest of the stream is not started
+                response = await clients[i % len(clients)].post(path, json={"type": "SIGNIN"}, headers=self.auth)
+                if response.status_code != 200:
+                    raise RuntimeError(f"bare loop got HTTP {response.status_code}")
+                done, last = done + 1, time.perf_counter()
+
+        await asyncio.gather(*(one(i, p) for i, p in enumerate(paths)))
+        return done / (last - started) if done else 0.0
+
+    def run(self, paths: list[str], seconds: float = math.inf) -> float:
+        """Post the stream (until `seconds` have passed); events/s."""
+        return self.loop.run_until_complete(self._post_all(paths, seconds))
+
+    def close(self) -> None:
+        for client in self.clients:
+            self.loop.run_until_complete(client.aclose())
+        self.loop.close()
+
+
+class GuideLoop:
+    """Baseline (a): the connection guide's inline call, warm: one POST per event, each waiting for the last."""
+
+    def __init__(self, url: str, key: str) -> None:
+        import httpx
+
+        self.client = httpx.Client(base_url=url, timeout=2.0, headers={"user-agent": GUIDE_USER_AGENT})
+        self.auth = {"authorization": f"Bearer {key}"}
+
+    def run(self, paths: list[str], seconds: float = math.inf) -> float:
+        """One POST after another (until `seconds` have passed); events/s."""
+        started = time.perf_counter()
+        done = 0
+        for path in paths:
+            if time.perf_counter() - started >= seconds:
+                break
+            response = self.client.post(path, json={"type": "SIGNIN"}, headers=self.auth)
+            if response.status_code != 200:
+                raise RuntimeError(f"guide loop got HTTP {response.status_code}")
+            done += 1
+        return done / (time.perf_counter() - started)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def run(options: Options) -> Section:
+    """Measure events/s at each concurrency; rounds interleave subject and baselines."""
+    from chalicelib.settings import reset_settings
+    from userhub_sync.local import patched_environ
+
+    rounds = 2 if options.quick else 4
+    seconds = 1.0 if options.quick else 2.0  # per measurement; ≥ 2 s in a full run
+    section = Section("delivery", "1. Delivery throughput")
+    key = "userhub_admin_bench_" + secrets.token_hex(8)
+    with fake_userhub_process(LATENCY_MS, key) as url:
+        environ: dict[str, str | None] = {
+            "USERHUB_API_URL": url, "USERHUB_CONNECTION_ID": CONNECTION_ID, "USERHUB_ADMIN_KEY": key,
+            "USERHUB_ADMIN_KEY_PARAMETER": None, "USERHUB_ADMIN_KEY_SECRET_ID": None,
+            "EVENTS_QUEUE_NAME": "userhub-sync-bench-events", "DEAD_LETTER_QUEUE_NAME": "userhub-sync-bench-dlq",
+            "USERHUB_SYNC_METRICS": "off", "AWS_DEFAULT_REGION": "us-east-1"}
+        with patched_environ(environ):
+            reset_settings()
+            results = _measure(url, key, environ, rounds, seconds, section, options)
+        reset_settings()
+    _report(section, results, rounds, seconds, options.output_dir / PLOT_NAME)
+    return section
+
+
+def _measure(url: str, key: str, environ: dict[str, str | None], rounds: int, seconds: float, section: Section,
+             options: Options) -> dict[str, Any]:
+    subjects = {c: DeliverSubject(c, environ) for c in CONCURRENCIES}
+    bares = {c: BareLoop(url, key, c) for c in CONCURRENCIES}
+    sharded = {c: BareLoop(url, key, c, shard=SHARD) for c in SHARDED_AT}
+    guide = GuideLoop(url, key)
+    counter = iter(range(10**9))
+
+    def tag() -> str:
+        return f"{next(counter):05d}"
+
+    try:
+        # warm every pool (a warm container), and take a first rate estimate to size the inputs
+        rates: dict[str, float] = {}
+        batches: dict[int, int] = {}
+        for c in CONCURRENCIES:
+            warm = max(20, 8 * c)
+            subjects[c].run(make_records(warm, tag()), BATCH_SIZE)
+            rates[f"bare c={c}"] = bares[c].run(event_paths(warm, tag()))
+            rates[f"deliver c={c}"] = rates[f"bare c={c}"]
+            if c in sharded:
+                rates[f"sharded c={c}"] = sharded[c].run(event_paths(warm, tag()))
+            # enough records per invocation for several waves at c, and several invocations per measurement
+            batches[c] = min(BATCH_SIZE, max(4 * c, int(rates[f"bare c={c}"] * seconds / 4)))
+        rates["guide (a)"] = guide.run(event_paths(20, tag()))
+        http_post(f"{url}/_fake/reset")
+        log(f"   records per deliver invocation, by concurrency: {batches}")
+
+        def supply(name: str) -> int:
+            """Inputs for twice the events the last rate predicts: a measurement stops on time, not on input."""
+            return int(2 * rates[name] * seconds) + 64
+
+        def measure(name: str, fn: Callable[[], float]) -> float:
+            rates[name] = fn()
+            return rates[name]
+
+        plan: dict[str, Callable[[], float]] = {
+            "guide (a)": lambda: measure("guide (a)", lambda: guide.run(event_paths(supply("guide (a)"), tag()),
+                                                                        seconds))}
+        for c in CONCURRENCIES:
+            d, b, sh = f"deliver c={c}", f"bare c={c}", f"sharded c={c}"
+            plan[d] = lambda c=c, d=d: measure(d, lambda: subjects[c].run_for(
+                make_records(supply(d), tag()), batches[c], seconds))
+            plan[b] = lambda c=c, b=b: measure(b, lambda: bares[c].run(event_paths(supply(b), tag()), seconds))
+            if c in sharded:
+                plan[sh] = lambda c=c, sh=sh: measure(sh, lambda: sharded[c].run(event_paths(supply(sh), tag()),
+                                                                                 seconds))
+        measured: dict[str, list[float]] = {name: [] for name in plan}
+        for r in range(rounds):
+            if options.left() < 60:
+                section.notes.append(f"stopped after {r} rounds: the run's time budget was nearly spent")
+                break
+            one = interleaved(1, {name: plan[name] for name in _round_order(list(plan), r)})
+            for name, values in one.items():
+                measured[name] += values
+            http_post(f"{url}/_fake/reset")  # keeps the fake's journal (and memory) small
+            log("   round " + str(r + 1) + ": " + ", ".join(f"{k} {fmt(v[-1])}/s" for k, v in measured.items()))
+        return {"measured": measured, "batches": batches,
+                "invocations": {c: s.invocations for c, s in subjects.items()}}
+    finally:
+        for subject in subjects.values():
+            subject.close()
+        for bare in [*bares.values(), *sharded.values()]:
+            bare.close()
+        guide.close()
+
+
+def _round_order(names: list[str], r: int) -> list[str]:
+    """Each concurrency's subject and baselines run back to back; their order rotates by round."""
+    order = [names[0]]
+    groups: dict[str, list[str]] = {}
+    for name in names[1:]:
+        groups.setdefault(name.split(" ", 1)[1], []).append(name)
+    for group in groups.values():
+        k = r % len(group)
+        order += group[k:] + group[:k]
+    return order
+
+
+def _report(section: Section, results: dict[str, Any], rounds: int, seconds: float, plot: Path) -> None:
+    measured: dict[str, list[float]] = results["measured"]
+    batches: dict[int, int] = results["batches"]
+    guide = measured["guide (a)"]
+    section.method = [
+        f"Fake UserHub in its own process (`python -m userhub_sync.fake_userhub --latency-ms {LATENCY_MS:g}`), "
+        "loopback, HTTP/1.1 keep-alive; the deliver handler and the baselines run in the benchmark process.",
+        f"Subject: `app.deliver(event, LambdaContext(60 s))` on synthetic Lambda SQS batches of up to {BATCH_SIZE} "
+        "records (unique message ids and usernames, ApproximateReceiveCount 1), the warm container's Deliverer with "
+        "DELIVERY_CONCURRENCY=c and an SQS stand-in that fails the run if called (it never was).",
+        "(a) the connection guide's call: `httpx.Client(timeout=2).post(...)` one event after another, warm "
+        "(keep-alive). The guide's real Lambda also pays one Lambda invocation per sign-in, which is not counted here.",
+        "(b) a bare `httpx.AsyncClient` + `asyncio.Semaphore(c)` + `gather` posting the same requests (same URL, "
+        "headers, body and pool limits as deliver's client) as one continuous stream, with no batch boundaries.",
+        f"(b′), for information at c ≥ 16: the same loop with the pool split into clients of ≤ {SHARD} connections "
+        "used in turn, to show what httpcore's pool bookkeeping costs at high concurrency.",
+        f"{rounds} rounds; every round runs each subject for {seconds:g} s (events completed ÷ time) right next to "
+        "its baselines, order rotating by round. Figures are medians over rounds; ratios are medians of the "
+        "per-round ratios.",
+    ]
+    rows = ["| concurrency | records per invocation | deliver events/s | bare httpx (b) | bare, sharded pool (b′) | "
+            "guide (a) | deliver ÷ (b) | deliver ÷ (a) |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for c in CONCURRENCIES:
+        subject, bare = measured[f"deliver c={c}"], measured[f"bare c={c}"]
+        if not subject:
+            continue
+        to_bare = paired_ratio(subject, bare)
+        to_guide = paired_ratio(subject, guide[: len(subject)])
+        section.add(Figure(f"deliver at concurrency {c}", median(subject), "events/s", median(bare),
+                           "bare httpx loop (b)", to_bare, "≥ 0.85 × (b)", to_bare >= 0.85))
+        if c == 16:
+            section.add(Figure("deliver at concurrency 16 vs the guide's inline call", median(subject), "events/s",
+                               median(guide), "guide, sequential (a)", to_guide, "≥ 10 × (a)", to_guide >= 10))
+        sharded = measured.get(f"sharded c={c}") or []
+        if sharded:
+            section.add(Figure(f"deliver at concurrency {c} vs the sharded-pool loop", median(subject), "events/s",
+                               median(sharded), "bare loop, pool in shards of 8 (b′)",
+                               paired_ratio(subject, sharded)))
+        rows.append(f"| {c} | {batches[c]} | {fmt(median(subject))} | {fmt(median(bare))} | "
+                    f"{fmt(median(sharded)) if sharded else '= (b)'} | {fmt(median(guide))} | {to_bare:.2f}× | "
+                    f"{to_guide:.1f}× |")
+    rows.append("")
+    rows.append("Every round, events/s: " + "; ".join(
+        f"c={c}: deliver " + ", ".join(fmt(v) for v in measured[f"deliver c={c}"])
+        + " / (b) " + ", ".join(fmt(v) for v in measured[f"bare c={c}"])
+        + (" / (b′) " + ", ".join(fmt(v) for v in measured[f"sharded c={c}"]) if f"sharded c={c}" in measured else "")
+        for c in CONCURRENCIES) + "; guide (a): " + ", ".join(fmt(g) for g in guide) + ".")
+    section.tables.append("\n".join(rows))
+    section.tables.append(f"![delivery throughput against concurrency]({plot.name})")
+    _plot(measured, plot)
+    section.notes.append(f"Invocations of deliver per concurrency (warm-up included): {results['invocations']}; "
+                         f"SQS calls made by deliver: {NoSQS.calls}.")
+    for c in SHARDED_AT:
+        sharded, bare = measured.get(f"sharded c={c}") or [], measured[f"bare c={c}"]
+        if sharded and bare and median(sharded) > 1.5 * median(bare):
+            section.notes.append(
+                f"At concurrency {c} the bare loop (b) is not this machine's ceiling: the same requests from pools of "
+                f"≤ {SHARD} connections (b′) go {median(sharded) / median(bare):.1f}× faster. httpcore 1.0.9's pool "
+                "does O(connections × idle connections) work on every request and response "
+                "(`_assign_requests_to_connections`, encode/httpcore#1035), and once the event loop saturates most "
+                "connections sit idle in every pass. deliver uses one such pool, so it shares the ceiling; "
+                "docs/PERFORMANCE.md has the profile and a fix for `chalicelib/userhub.py`.")
+    if median(measured["deliver c=64"] or [0]) < median(measured["deliver c=16"] or [0]):
+        section.notes.append("deliver is slower at concurrency 64 than at 16 on this machine (see the note above): "
+                             "the deployed DELIVERY_CONCURRENCY of 16 is on the right side of that cliff.")
+
+
+def _plot(measured: dict[str, list[float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs = [c for c in CONCURRENCIES if measured[f"deliver c={c}"]]
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    ax.plot(xs, [median(measured[f"deliver c={c}"]) for c in xs], "o-", label="deliver handler")
+    ax.plot(xs, [median(measured[f"bare c={c}"]) for c in xs], "s--", label="bare httpx async loop (b)")
+    shard_xs = [c for c in xs if measured.get(f"sharded c={c}")]
+    if shard_xs:
+        ax.plot(shard_xs, [median(measured[f"sharded c={c}"]) for c in shard_xs], "d-.", alpha=0.7,
+                label=f"bare loop, pool in shards of {SHARD} (b′)")
+    ax.plot(xs, [median(measured["guide (a)"])] * len(xs), "^:", label="guide: one inline POST at a time (a)")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(xs, [str(x) for x in xs])
+    ax.set_xlabel("concurrency (UserHub calls in flight)")
+    ax.set_ylabel("events/s")
+    ax.set_title(f"Delivery throughput, fake UserHub +{LATENCY_MS:g} ms, loopback")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
