@@ -413,9 +413,11 @@ _deliverer: Deliverer | None = None
 
 
 def get_deliverer() -> Deliverer:
+    """The warm container's deliverer; rebuilt only if the settings (or AWS endpoint) changed."""
     global _deliverer
-    if _deliverer is None:
-        _deliverer = Deliverer(get_settings())
+    settings = get_settings()
+    if _deliverer is None or _deliverer.settings is not settings:
+        _deliverer = Deliverer(settings)
     return _deliverer
 
 

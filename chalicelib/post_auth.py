@@ -53,8 +53,19 @@ class _Queue:
         """Forget the client and URL, as a new container would (tests, demo)."""
         self.client: Any = None
         self.url: str | None = None
+        self.key: tuple[str | None, ...] = ()
+
+    @staticmethod
+    def environment_key() -> tuple[str | None, ...]:
+        names = ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_REGION", "EVENTS_QUEUE_URL", "EVENTS_QUEUE_NAME",
+                 *DEFAULTS)
+        return tuple(os.environ.get(name) for name in names)
 
     def send(self, body: str, deadline: float, context: Any = None) -> str:
+        key = self.environment_key()
+        if key != self.key:  # never in Lambda; a process driving the handler with other settings
+            self.reset()
+            self.key = key
         if self.client is None:
             import boto3
             from botocore.config import Config

@@ -40,7 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from chalicelib.messages import EventType, Source, SyncMessage
 from chalicelib.observability import Metrics, get_logger, redact
-from chalicelib.settings import Settings, get_settings
+from chalicelib.settings import Settings, environment_key, get_settings
 from chalicelib.snapshot import FingerprintTable, SnapshotWriter, Verdict, fingerprint, read_entries, user_key
 
 log = get_logger("reconcile")
@@ -456,6 +456,9 @@ _clients_lock = threading.Lock()
 def _client(service: str) -> Any:
     """boto3 clients built once per container (warm invocations reuse them and their connection pools)."""
     with _clients_lock:
+        if _clients.get("_environment") != environment_key():  # never in Lambda; see settings.environment_key
+            _clients.clear()
+            _clients["_environment"] = environment_key()
         if service not in _clients:
             if service == "cognito-idp":
                 _clients[service] = make_cognito_client()

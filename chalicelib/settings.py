@@ -7,8 +7,8 @@ post_auth does not use this module: it reads its three variables with `os.enviro
 
 from __future__ import annotations
 
-import functools
 import ipaddress
+import os
 from typing import Annotated
 from urllib.parse import urlsplit
 
@@ -108,15 +108,30 @@ def _describe(error: ValidationError) -> str:
     return "invalid configuration: " + "; ".join(lines)
 
 
-@functools.cache
+AWS_VARIABLES = ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_ACCESS_KEY_ID")
+_cached: tuple[tuple[str | None, ...], Settings] | None = None
+
+
+def environment_key() -> tuple[str | None, ...]:
+    """The variables the settings and boto3 clients depend on. In Lambda they never change; a process that drives
+    the handlers with other settings (a test, the CLI switching stages) gets fresh settings and clients."""
+    return tuple(os.environ.get(name.upper()) for name in Settings.model_fields) + tuple(
+        os.environ.get(name) for name in AWS_VARIABLES)
+
+
 def get_settings() -> Settings:
-    """The process-wide settings, built from the environment on first call."""
-    try:
-        return Settings()  # type: ignore[call-arg]
-    except ValidationError as error:
-        raise ConfigError(_describe(error)) from None
+    """The settings for the current environment, validated once per distinct environment."""
+    global _cached
+    key = environment_key()
+    if _cached is None or _cached[0] != key:
+        try:
+            _cached = (key, Settings())  # type: ignore[call-arg]
+        except ValidationError as error:
+            raise ConfigError(_describe(error)) from None
+    return _cached[1]
 
 
 def reset_settings() -> None:
-    """Forget the cached settings (tests, the CLI switching stages)."""
-    get_settings.cache_clear()
+    """Forget the cached settings (tests)."""
+    global _cached
+    _cached = None

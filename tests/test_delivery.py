@@ -301,3 +301,17 @@ def test_missing_dlq_keeps_the_message(pipeline, hub) -> None:
     sqs.delete_queue(QueueUrl=pipeline.queues.dlq_url)
     result = deliverer_with(sqs).handle(event, lambda: 60_000)
     assert result == {"batchItemFailures": [{"itemIdentifier": event["Records"][0]["messageId"]}]}
+
+
+def test_a_changed_environment_gets_fresh_settings_and_clients(pipeline, hub) -> None:  # noqa: ANN001
+    """A process that drives the handler with another UserHub (as a test harness does) is not stuck on the first."""
+    from userhub_sync.fake_userhub import FakeUserHub
+
+    sqs = pipeline.sqs
+    send(sqs, pipeline.queues.events_url, message_body("first"))
+    assert app.deliver(receive_event(sqs, pipeline.queues.events_url, 1), None) == {"batchItemFailures": []}
+    with FakeUserHub(admin_keys=[ADMIN_KEY]) as other, patched_environ({"USERHUB_API_URL": other.url}):
+        send(sqs, pipeline.queues.events_url, message_body("second"))
+        assert app.deliver(receive_event(sqs, pipeline.queues.events_url, 1), None) == {"batchItemFailures": []}
+        assert [e.external_id for e in other.events()] == ["second"]
+    assert [e.external_id for e in hub.events()] == ["first"]
