@@ -303,7 +303,7 @@ def test_missing_dlq_keeps_the_message(pipeline, hub) -> None:
     assert result == {"batchItemFailures": [{"itemIdentifier": event["Records"][0]["messageId"]}]}
 
 
-def test_a_changed_environment_gets_fresh_settings_and_clients(pipeline, hub) -> None:  # noqa: ANN001
+def test_a_changed_environment_gets_fresh_settings_and_clients(pipeline, hub) -> None:
     """A process that drives the handler with another UserHub (as a test harness does) is not stuck on the first."""
     from userhub_sync.fake_userhub import FakeUserHub
 
