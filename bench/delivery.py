@@ -83,11 +83,12 @@ class DeliverSubject:
 
     def __init__(self, concurrency: int, environ: dict[str, str | None]) -> None:
         from chalicelib.delivery import Deliverer
-        from chalicelib.settings import Settings
+        from chalicelib.settings import get_settings
         from userhub_sync.local import patched_environ
 
-        with patched_environ({**environ, "DELIVERY_CONCURRENCY": str(concurrency)}):
-            settings = Settings()  # type: ignore[call-arg]
+        self.environ = {**environ, "DELIVERY_CONCURRENCY": str(concurrency)}
+        with patched_environ(self.environ):
+            settings = get_settings()
         assert settings.delivery_concurrency == concurrency
         self.deliverer = Deliverer(settings, sqs=NoSQS())
         self.concurrency = concurrency
@@ -96,15 +97,22 @@ class DeliverSubject:
     def run(self, records: list[dict[str, Any]], batch: int) -> None:
         import app
         from chalicelib import delivery
+        from chalicelib.settings import get_settings
+        from userhub_sync.local import patched_environ
         from userhub_sync.worker import LambdaContext
 
         delivery._deliverer = self.deliverer  # this concurrency's warm container
-        for start in range(0, len(records), batch):
-            response = app.deliver({"Records": records[start:start + batch]},
-                                   LambdaContext("userhub-sync-bench-deliver", 60.0))
-            self.invocations += 1
-            if response.get("batchItemFailures"):
-                raise RuntimeError(f"deliver reported failures: {str(response)[:200]}")
+        with patched_environ(self.environ):  # the environment it was built for, or get_deliverer() replaces it
+            settings = get_settings()  # equal to the deliverer's; make it the same object, as in a warm container
+            assert settings == self.deliverer.settings
+            self.deliverer.settings = settings
+            for start in range(0, len(records), batch):
+                response = app.deliver({"Records": records[start:start + batch]},
+                                       LambdaContext("userhub-sync-bench-deliver", 60.0))
+                self.invocations += 1
+                if response.get("batchItemFailures"):
+                    raise RuntimeError(f"deliver reported failures: {str(response)[:200]}")
+            assert delivery._deliverer is self.deliverer
 
     def run_for(self, records: list[dict[str, Any]], batch: int, seconds: float) -> float:
         """Invoke on consecutive batches until `seconds` have passed (or the records run out); events/s."""

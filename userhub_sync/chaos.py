@@ -41,6 +41,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import boto3
+
 from userhub_sync.fake_userhub import FakeUserHub, Fault, JournalEntry, RecordedEvent
 from userhub_sync.local import MotoServer, aws_environ, patched_environ
 from userhub_sync.queues import QueueSpec, QueueState, ensure_queues, queue_depths
@@ -603,6 +605,20 @@ class Killer(threading.Thread):
 
 
 # ================================================================================================ scenario: chaos
+def _enter_stage(stack: ExitStack, env: dict[str, str | None], key: str, max_receive_count: int,
+                 visibility_timeout: int) -> tuple[Any, Any]:
+    """Point this process at the scenario's stage (undone with `stack`), store the key, create the queues."""
+    stack.callback(reset_caches)
+    stack.enter_context(patched_environ(env))
+    reset_caches()
+    sqs = boto3.client("sqs")
+    boto3.client("ssm").put_parameter(Name=env["USERHUB_ADMIN_KEY_PARAMETER"], Value=key, Type="SecureString",
+                                      Overwrite=True)
+    queues = ensure_queues(sqs, QueueSpec(env["EVENTS_QUEUE_NAME"] or "", env["DEAD_LETTER_QUEUE_NAME"] or "",
+                                          max_receive_count=max_receive_count, visibility_timeout=visibility_timeout))
+    return sqs, queues
+
+
 def _stack(endpoint: str | None, stack: ExitStack) -> str:
     if endpoint is None:
         endpoint = stack.enter_context(MotoServer()).endpoint
@@ -627,17 +643,7 @@ def run_chaos(config: ChaosConfig, *, endpoint: str | None = None, log_dir: Path
                                f"/userhub-sync/chaos-{run_id}/admin-key",
                                RETRY_BASE_SECONDS=str(config.retry_base), RETRY_MAX_SECONDS=str(config.retry_max),
                                USERHUB_READ_TIMEOUT=str(config.read_timeout), LOG_LEVEL="WARNING")
-        stack.callback(reset_caches)
-        stack.enter_context(patched_environ(env))
-        reset_caches()
-        import boto3
-
-        sqs = boto3.client("sqs")
-        boto3.client("ssm").put_parameter(Name=env["USERHUB_ADMIN_KEY_PARAMETER"], Value=key, Type="SecureString",
-                                          Overwrite=True)
-        queues = ensure_queues(sqs, QueueSpec(env["EVENTS_QUEUE_NAME"] or "", env["DEAD_LETTER_QUEUE_NAME"] or "",
-                                              max_receive_count=config.max_receive_count,
-                                              visibility_timeout=config.visibility_timeout))
+        sqs, queues = _enter_stage(stack, env, key, config.max_receive_count, config.visibility_timeout)
 
         # who signs in, who UserHub rejects for good, and how often it misbehaves for everyone else
         repeats = int(config.signins * config.repeat_share)
@@ -839,18 +845,8 @@ def run_outage(config: OutageConfig, *, endpoint: str | None = None,
         env = scenario_environ(endpoint, hub.url, f"outage-{run_id}-events", f"outage-{run_id}-dlq",
                                f"/userhub-sync/outage-{run_id}/admin-key", RETRY_BASE_SECONDS=str(config.retry_base),
                                RETRY_MAX_SECONDS=str(config.retry_max), RETRY_JITTER="0")
-        stack.callback(reset_caches)
-        stack.enter_context(patched_environ(env))
         stack.enter_context(quiet_logs())
-        reset_caches()
-        import boto3
-
-        sqs = boto3.client("sqs")
-        boto3.client("ssm").put_parameter(Name=env["USERHUB_ADMIN_KEY_PARAMETER"], Value=key, Type="SecureString",
-                                          Overwrite=True)
-        queues = ensure_queues(sqs, QueueSpec(env["EVENTS_QUEUE_NAME"] or "", env["DEAD_LETTER_QUEUE_NAME"] or "",
-                                              max_receive_count=config.max_receive_count,
-                                              visibility_timeout=config.visibility_timeout))
+        sqs, queues = _enter_stage(stack, env, key, config.max_receive_count, config.visibility_timeout)
         settings = get_settings()
         policy = RetryPolicy(settings.retry_base_seconds, settings.retry_max_seconds, settings.retry_jitter)
         hub.add_fault(Fault(status=503, message="down for maintenance"))
