@@ -13,7 +13,7 @@ import json
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -100,7 +100,6 @@ class Outcome:
     failure_kind: str | None = None  # poison / permanent / exhausted, for the DLQ
     retry_after: float | None = None
     visibility: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def user(self) -> str | None:

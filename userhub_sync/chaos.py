@@ -619,10 +619,14 @@ def _enter_stage(stack: ExitStack, env: dict[str, str | None], key: str, max_rec
     return sqs, queues
 
 
-def _stack(endpoint: str | None, stack: ExitStack) -> str:
+def _rig(stack: ExitStack, endpoint: str | None, seed: int) -> tuple[MotoWatch, str, FakeUserHub, str, str]:
+    """moto (watched; started unless `endpoint` reuses one), a fake UserHub with a fresh key, and a run id."""
+    moto = stack.enter_context(moto_rig())
     if endpoint is None:
         endpoint = stack.enter_context(MotoServer()).endpoint
-    return endpoint
+    key = new_admin_key()
+    hub = stack.enter_context(FakeUserHub(admin_keys=[key], seed=seed))
+    return moto, endpoint, hub, key, uuid.uuid4().hex[:8]
 
 
 def run_chaos(config: ChaosConfig, *, endpoint: str | None = None, log_dir: Path | None = None,
@@ -632,12 +636,8 @@ def run_chaos(config: ChaosConfig, *, endpoint: str | None = None, log_dir: Path
     report = Report("chaos", signins=config.signins)
     started = time.monotonic()
     rng = random.Random(config.seed)
-    key = new_admin_key()
-    run_id = uuid.uuid4().hex[:8]
     with ExitStack() as stack:
-        moto = stack.enter_context(moto_rig())
-        endpoint = _stack(endpoint, stack)
-        hub = stack.enter_context(FakeUserHub(admin_keys=[key], seed=config.seed))
+        moto, endpoint, hub, key, run_id = _rig(stack, endpoint, config.seed)
         logs = log_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="chaos-")))
         env = scenario_environ(endpoint, hub.url, f"chaos-{run_id}-events", f"chaos-{run_id}-dlq",
                                f"/userhub-sync/chaos-{run_id}/admin-key",
@@ -836,12 +836,8 @@ def run_outage(config: OutageConfig, *, endpoint: str | None = None,
     report = Report("outage", signins=config.signins)
     started = time.monotonic()
     rng = random.Random(config.seed)
-    key = new_admin_key()
-    run_id = uuid.uuid4().hex[:8]
     with ExitStack() as stack:
-        moto = stack.enter_context(moto_rig())
-        endpoint = _stack(endpoint, stack)
-        hub = stack.enter_context(FakeUserHub(admin_keys=[key], seed=config.seed))
+        moto, endpoint, hub, key, run_id = _rig(stack, endpoint, config.seed)
         env = scenario_environ(endpoint, hub.url, f"outage-{run_id}-events", f"outage-{run_id}-dlq",
                                f"/userhub-sync/outage-{run_id}/admin-key", RETRY_BASE_SECONDS=str(config.retry_base),
                                RETRY_MAX_SECONDS=str(config.retry_max), RETRY_JITTER="0")
