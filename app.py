@@ -29,8 +29,9 @@ def post_confirmation(event, context):
     return entrypoints.post_auth(event, context)
 
 
-@app.on_sqs_message(queue=EVENTS_QUEUE_NAME, batch_size=DELIVER_BATCH_SIZE,
-                    maximum_batching_window_in_seconds=DELIVER_BATCHING_WINDOW)
+@app.on_sqs_message(
+    queue=EVENTS_QUEUE_NAME, batch_size=DELIVER_BATCH_SIZE, maximum_batching_window_in_seconds=DELIVER_BATCHING_WINDOW
+)
 def deliver(event):
     return entrypoints.deliver(event.to_dict(), event.context)
 

@@ -19,8 +19,9 @@ MINIMUM_SECONDS = {"delivery": 60, "signin": 30, "reconcile": 60, "cost": 60}  #
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--only", default=",".join(BENCHMARKS),
-                        help=f"comma-separated subset of {', '.join(BENCHMARKS)} (default: all)")
+    parser.add_argument(
+        "--only", default=",".join(BENCHMARKS), help=f"comma-separated subset of {', '.join(BENCHMARKS)} (default: all)"
+    )
     parser.add_argument("--quick", action="store_true", help="fewer rounds, and skip the 50k-user reconcile")
     parser.add_argument("--output", default=str(RESULTS_PATH), help="where to write the results (markdown)")
     args = parser.parse_args(argv)
@@ -30,10 +31,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown benchmark(s): {', '.join(unknown)}")
 
     # No AWS call may leave this machine: every benchmark points boto3 at a loopback moto; until then, nowhere.
-    os.environ.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-                       "AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_CONFIG_FILE": os.devnull,
-                       "AWS_SHARED_CREDENTIALS_FILE": os.devnull, "USERHUB_SYNC_METRICS": "off"})
+    os.environ.update(
+        {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_SESSION_TOKEN": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
+            "AWS_CONFIG_FILE": os.devnull,
+            "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+            "USERHUB_SYNC_METRICS": "off",
+        }
+    )
     os.environ.pop("AWS_PROFILE", None)
     from chalicelib.observability import get_logger
 
@@ -66,8 +75,11 @@ def main(argv: list[str] | None = None) -> int:
         print_section(section)
     wall = time.monotonic() - started
     machine["load average at end (1/5/15 min)"] = " / ".join(f"{x:.2f}" for x in os.getloadavg())
-    command = "python -m bench" + (f" --only {','.join(selected)}" if set(selected) != set(BENCHMARKS) else "") + (
-        " --quick" if args.quick else "")
+    command = (
+        "python -m bench"
+        + (f" --only {','.join(selected)}" if set(selected) != set(BENCHMARKS) else "")
+        + (" --quick" if args.quick else "")
+    )
     partial = args.quick or set(selected) != set(BENCHMARKS)
     with open(args.output, "w", encoding="utf-8") as out:
         out.write(render_results(machine, sections, command=command, wall_seconds=wall, partial=partial))

@@ -22,8 +22,9 @@ def _seed(backend: Any, pool: str, count: int, prefix: str) -> dict[str, Any]:
     existing = len(backend.user_pools[pool].users)
     for i in range(existing, existing + count):
         name = f"{prefix}{i:06d}@example.com"
-        backend.admin_create_user(pool, name, None, None, [{"Name": "email", "Value": name},
-                                                           {"Name": "name", "Value": f"User {i}"}])
+        backend.admin_create_user(
+            pool, name, None, None, [{"Name": "email", "Value": name}, {"Name": "name", "Value": f"User {i}"}]
+        )
     return {"users": len(backend.user_pools[pool].users), "seconds": time.perf_counter() - started}
 
 

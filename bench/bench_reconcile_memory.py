@@ -33,9 +33,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from userhub_sync.local import patched_environ
 
 ENV = {
-    "USERHUB_API_URL": "http://127.0.0.1:9", "USERHUB_CONNECTION_ID": "conn_bench", "USERHUB_ADMIN_KEY": "bench-key",
-    "EVENTS_QUEUE_NAME": "bench-events", "DEAD_LETTER_QUEUE_NAME": "bench-dlq", "SNAPSHOT_BUCKET": "bench-snapshots",
-    "USER_POOL_ID": "us-east-1_Bench1", "RECONCILE_RATE_LIMIT": "30", "USERHUB_SYNC_METRICS": "off",
+    "USERHUB_API_URL": "http://127.0.0.1:9",
+    "USERHUB_CONNECTION_ID": "conn_bench",
+    "USERHUB_ADMIN_KEY": "bench-key",
+    "EVENTS_QUEUE_NAME": "bench-events",
+    "DEAD_LETTER_QUEUE_NAME": "bench-dlq",
+    "SNAPSHOT_BUCKET": "bench-snapshots",
+    "USER_POOL_ID": "us-east-1_Bench1",
+    "RECONCILE_RATE_LIMIT": "30",
+    "USERHUB_SYNC_METRICS": "off",
     "LOG_LEVEL": "WARNING",
 }
 EPOCH = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
@@ -67,7 +73,10 @@ class FakeCognito:
                 {"Name": "email_verified", "Value": "true"},
                 {"Name": "name", "Value": f"User {i} {'changed' if i in self.changed else ''}".strip()},
             ],
-            "UserCreateDate": EPOCH, "UserLastModifiedDate": modified, "Enabled": True, "UserStatus": "CONFIRMED",
+            "UserCreateDate": EPOCH,
+            "UserLastModifiedDate": modified,
+            "Enabled": True,
+            "UserStatus": "CONFIRMED",
         }
 
     def list_users(self, UserPoolId: str, Limit: int, PaginationToken: str | None = None) -> dict[str, Any]:
@@ -89,8 +98,16 @@ class FakeS3:
 
         return ClientError({"Error": {"Code": code}}, "S3")
 
-    def put_object(self, Bucket: str, Key: str, Body: bytes, IfMatch: str | None = None,
-                   IfNoneMatch: str | None = None, Metadata: dict[str, str] | None = None, **_: Any) -> dict[str, Any]:
+    def put_object(
+        self,
+        Bucket: str,
+        Key: str,
+        Body: bytes,
+        IfMatch: str | None = None,
+        IfNoneMatch: str | None = None,
+        Metadata: dict[str, str] | None = None,
+        **_: Any,
+    ) -> dict[str, Any]:
         current = self.objects.get(Key)
         if (IfNoneMatch and current) or (IfMatch and (not current or current[1] != IfMatch)):
             raise self._error("PreconditionFailed")
@@ -165,11 +182,17 @@ def measure_memory(size: int) -> list[dict[str, Any]]:
             held_by_s3 = s3.stored_bytes() - stored_before
             snapshot_size = len(s3.objects[f"reconcile/{ENV['USER_POOL_ID']}/snapshot.gz"][0])
             users = result.summary["scanned"]
-            rows.append({
-                "users": users, "run": label, "enqueued": result.summary["enqueued"],
-                "peak_bytes": peak - before, "peak_per_user": (peak - before - max(held_by_s3, 0)) / users,
-                "snapshot_per_user": snapshot_size / users, "cpu_users_per_s": users / seconds,
-            })
+            rows.append(
+                {
+                    "users": users,
+                    "run": label,
+                    "enqueued": result.summary["enqueued"],
+                    "peak_bytes": peak - before,
+                    "peak_per_user": (peak - before - max(held_by_s3, 0)) / users,
+                    "snapshot_per_user": snapshot_size / users,
+                    "cpu_users_per_s": users / seconds,
+                }
+            )
     return rows
 
 
@@ -199,9 +222,25 @@ def measure_moto(size: int, rate: float = 30.0) -> list[dict[str, Any]]:
                         users[name].update_attributes([{"Name": "name", "Value": "changed"}])
                 deps = reconcile.Deps(cognito=cognito, s3=boto3.client("s3"), sqs=CountingSQS())
                 summary = reconcile.run_reconcile(reconcile.ReconcileRequest(), deps=deps).summary
-                rows.append({"users": size, "run": label, **{k: summary[k] for k in (
-                    "pages", "requests", "throttles", "enqueued", "seconds", "users_per_second",
-                    "requests_per_second", "rate_limit")}})
+                rows.append(
+                    {
+                        "users": size,
+                        "run": label,
+                        **{
+                            k: summary[k]
+                            for k in (
+                                "pages",
+                                "requests",
+                                "throttles",
+                                "enqueued",
+                                "seconds",
+                                "users_per_second",
+                                "requests_per_second",
+                                "rate_limit",
+                            )
+                        },
+                    }
+                )
     return rows
 
 
@@ -213,14 +252,18 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("LOG_LEVEL", "WARNING")
     print("memory (tracemalloc; fake Cognito/S3/SQS in-process)")
-    print(f"{'users':>8} {'run':<12} {'enqueued':>8} {'peak KiB':>9} {'peak B/user':>11} {'snapshot B/user':>15} "
-          f"{'CPU users/s':>11}")
+    print(
+        f"{'users':>8} {'run':<12} {'enqueued':>8} {'peak KiB':>9} {'peak B/user':>11} {'snapshot B/user':>15} "
+        f"{'CPU users/s':>11}"
+    )
     results = []
     for size in args.sizes:
         for row in measure_memory(size):
             results.append(row)
-            print(f"{row['users']:>8} {row['run']:<12} {row['enqueued']:>8} {row['peak_bytes'] / 1024:>9.0f} "
-                  f"{row['peak_per_user']:>11.1f} {row['snapshot_per_user']:>15.1f} {row['cpu_users_per_s']:>11.0f}")
+            print(
+                f"{row['users']:>8} {row['run']:<12} {row['enqueued']:>8} {row['peak_bytes'] / 1024:>9.0f} "
+                f"{row['peak_per_user']:>11.1f} {row['snapshot_per_user']:>15.1f} {row['cpu_users_per_s']:>11.0f}"
+            )
     incremental = [r for r in results if r["run"] == "incremental"]
     if len(incremental) >= 2:
         small, large = incremental[0], incremental[-1]

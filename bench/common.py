@@ -133,7 +133,7 @@ def interleaved(rounds: int, subjects: dict[str, Callable[[], float]]) -> dict[s
     names = list(subjects)
     results: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):
-        order = names[r % len(names):] + names[: r % len(names)]
+        order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
             results[name].append(subjects[name]())
     return results
@@ -175,10 +175,16 @@ def _memory() -> str:
 
 def _git_commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                             timeout=5)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "app.py", "chalicelib", "userhub_sync",
-                                "bench", "requirements.txt"], cwd=ROOT, capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=5
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "app.py", "chalicelib", "userhub_sync", "bench", "requirements.txt"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         commit = out.stdout.strip() or "unknown"
         return commit + (" + uncommitted changes to the measured code" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
@@ -241,15 +247,28 @@ def stop_process(proc: subprocess.Popen[Any]) -> None:
 def fake_userhub_process(latency_ms: float, admin_key: str) -> Iterator[str]:
     """The fake UserHub in its own process (its own GIL), on a free loopback port; yields its base URL."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "userhub_sync.fake_userhub", "--port", "0", "--latency-ms", str(latency_ms),
-         "--admin-key", admin_key],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        [
+            sys.executable,
+            "-m",
+            "userhub_sync.fake_userhub",
+            "--port",
+            "0",
+            "--latency-ms",
+            str(latency_ms),
+            "--admin-key",
+            admin_key,
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         line = _read_line(proc, 30)
         prefix = "fake UserHub listening on "
         if not line.startswith(prefix):
             raise RuntimeError(f"unexpected first line from the fake UserHub: {line!r}")
-        yield line[len(prefix):]
+        yield line[len(prefix) :]
     finally:
         stop_process(proc)
 
@@ -257,8 +276,14 @@ def fake_userhub_process(latency_ms: float, admin_key: str) -> Iterator[str]:
 @contextlib.contextmanager
 def json_line_process(module: str, *args: str, ready_timeout: float = 60) -> Iterator[JsonLineChild]:
     """A helper process of ours that speaks one JSON object per line on stdin/stdout (see bench/_moto_proc.py)."""
-    proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT, stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         child = JsonLineChild(proc)
         child.hello = json.loads(_read_line(proc, ready_timeout))
@@ -305,13 +330,16 @@ def _figure_rows(figures: list[Figure]) -> list[str]:
         value = f"{fmt(f.value)} {f.unit}".strip() if f.value is not None else "–"
         baseline = f"{fmt(f.baseline)} ({f.baseline_name})" if f.baseline is not None else (f.baseline_name or "–")
         name = f.name + (f" — {f.note}" if f.note else "")
-        rows.append(f"| {name} | {value} | {baseline} | {ratio_text(f.ratio)} | {f.target or '–'} | "
-                    f"{met_text(f.met) if f.target else '(info)'} |")
+        rows.append(
+            f"| {name} | {value} | {baseline} | {ratio_text(f.ratio)} | {f.target or '–'} | "
+            f"{met_text(f.met) if f.target else '(info)'} |"
+        )
     return rows
 
 
-def render_results(machine: dict[str, str], sections: list[Section], *, command: str, wall_seconds: float,
-                   partial: bool) -> str:
+def render_results(
+    machine: dict[str, str], sections: list[Section], *, command: str, wall_seconds: float, partial: bool
+) -> str:
     """results.md: machine, a summary of every target, then one section per benchmark."""
     lines = [
         "# userhub-sync benchmark results",
@@ -324,8 +352,13 @@ def render_results(machine: dict[str, str], sections: list[Section], *, command:
         lines += ["**Partial run** (`--only` or `--quick`): some benchmarks or sizes were skipped.", ""]
     lines += ["## Machine", "", "| | |", "| --- | --- |"]
     lines += [f"| {k} | {v} |" for k, v in machine.items()]
-    lines += ["", "## Targets", "", "| benchmark | figure | ratio or value | target | met? |",
-              "| --- | --- | ---: | --- | --- |"]
+    lines += [
+        "",
+        "## Targets",
+        "",
+        "| benchmark | figure | ratio or value | target | met? |",
+        "| --- | --- | ---: | --- | --- |",
+    ]
     for section in sections:
         for f in section.figures:
             if f.target:

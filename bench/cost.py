@@ -124,21 +124,35 @@ def run(options: Options) -> Section:
     level = logger.level
     try:
         with MotoServer() as moto, FakeUserHub(admin_keys=[key], latency_ms=LATENCY_MS, seed=5) as hub:
-            base = {**aws_environ(moto.endpoint), "USERHUB_API_URL": hub.url, "USERHUB_CONNECTION_ID": CONNECTION_ID,
-                    "USERHUB_ADMIN_KEY": key, "USERHUB_ADMIN_KEY_PARAMETER": None, "USERHUB_ADMIN_KEY_SECRET_ID": None,
-                    "USER_POOL_ID": POOL_ID, "LOG_LEVEL": "INFO", "USERHUB_SYNC_METRICS": "on",
-                    "DELIVERY_CONCURRENCY": "16", "RETRY_BASE_SECONDS": "1", "RETRY_MAX_SECONDS": "4"}
+            base = {
+                **aws_environ(moto.endpoint),
+                "USERHUB_API_URL": hub.url,
+                "USERHUB_CONNECTION_ID": CONNECTION_ID,
+                "USERHUB_ADMIN_KEY": key,
+                "USERHUB_ADMIN_KEY_PARAMETER": None,
+                "USERHUB_ADMIN_KEY_SECRET_ID": None,
+                "USER_POOL_ID": POOL_ID,
+                "LOG_LEVEL": "INFO",
+                "USERHUB_SYNC_METRICS": "on",
+                "DELIVERY_CONCURRENCY": "16",
+                "RETRY_BASE_SECONDS": "1",
+                "RETRY_MAX_SECONDS": "4",
+            }
             logger.setLevel(logging.INFO)
-            for tag, name, fault_rate in (("clean", "no faults", 0.0),
-                                          ("faults", f"{FAULT_RATE:.0%} transient faults", FAULT_RATE)):
+            for tag, name, fault_rate in (
+                ("clean", "no faults", 0.0),
+                ("faults", f"{FAULT_RATE:.0%} transient faults", FAULT_RATE),
+            ):
                 tally = Tally()
                 counting.append(tally)
                 with patched_environ(base):
                     _scenario(tally, hub, fault_rate, tag)
                 counting.pop()
                 tallies[name] = tally
-                log(f"   {name}: {tally.sqs_total()} SQS requests, {len(tally.durations['deliver'])} deliver "
-                    f"invocations, {tally.userhub_calls} UserHub calls, {tally.seconds:.1f} s")
+                log(
+                    f"   {name}: {tally.sqs_total()} SQS requests, {len(tally.durations['deliver'])} deliver "
+                    f"invocations, {tally.userhub_calls} UserHub calls, {tally.seconds:.1f} s"
+                )
             guide_ms = _guide_call_ms(hub.url, key)
     finally:
         session.events.unregister("request-created.sqs", count)
@@ -161,19 +175,26 @@ def _scenario(tally: Tally, hub: Any, fault_rate: float, tag: str) -> None:
 
     events_name, dlq_name = f"userhub-sync-bench-cost-{tag}", f"userhub-sync-bench-cost-{tag}-dlq"
     ROLE.name = "setup"  # bootstrap's work, and the harness's own checks, are not per sign-in
-    state = ensure_queues(boto3.client("sqs"), QueueSpec(events_name, dlq_name, max_receive_count=8,
-                                                         visibility_timeout=30))
+    state = ensure_queues(
+        boto3.client("sqs"), QueueSpec(events_name, dlq_name, max_receive_count=8, visibility_timeout=30)
+    )
     hub.reset()
     if fault_rate:
         hub.add_fault(Fault(status=503, probability=fault_rate))
-    with patched_environ({"EVENTS_QUEUE_NAME": events_name, "DEAD_LETTER_QUEUE_NAME": dlq_name,
-                          "EVENTS_QUEUE_URL": state.events_url}):  # `bootstrap` writes EVENTS_QUEUE_URL
+    with patched_environ(
+        {"EVENTS_QUEUE_NAME": events_name, "DEAD_LETTER_QUEUE_NAME": dlq_name, "EVENTS_QUEUE_URL": state.events_url}
+    ):  # `bootstrap` writes EVENTS_QUEUE_URL
         reset_settings()
         delivery.reset_deliverer()
         post_auth.queue.reset()  # new containers for both functions: their cold starts are counted
         failed_before = post_auth.metrics.totals.get("enqueue_failed", 0)
-        source = LocalEventSource(boto3.client("sqs"), state.events_url, _deliver_counted(app.deliver, tally),
-                                  wait_seconds=0, function_timeout=60)
+        source = LocalEventSource(
+            boto3.client("sqs"),
+            state.events_url,
+            _deliver_counted(app.deliver, tally),
+            wait_seconds=0,
+            function_timeout=60,
+        )
         backlog = source.backlog
 
         def harness_backlog() -> int:  # the drain check is ours, not the mapping's: not counted
@@ -214,8 +235,9 @@ def _scenario(tally: Tally, hub: Any, fault_rate: float, tag: str) -> None:
     post_auth.queue.reset()
 
 
-def _deliver_counted(handler: Callable[[dict[str, Any], Any], Any], tally: Tally) -> Callable[[dict[str, Any], Any],
-                                                                                            Any]:
+def _deliver_counted(
+    handler: Callable[[dict[str, Any], Any], Any], tally: Tally
+) -> Callable[[dict[str, Any], Any], Any]:
     def invoke(event: dict[str, Any], context: Any) -> Any:
         tally.batch_sizes.append(len(event.get("Records") or []))
         with _as("deliver", tally):
@@ -234,8 +256,11 @@ def _guide_call_ms(url: str, key: str, calls: int = 60) -> float:
     with httpx.Client(base_url=url, timeout=2.0, headers={"user-agent": "UserHub-AmazonCognito/1.0"}) as client:
         for i in range(calls):
             started = time.perf_counter()
-            client.post(event_path(f"guide-{i}", CONNECTION_ID), json={"type": "SIGNIN"},
-                        headers={"authorization": f"Bearer {key}"})
+            client.post(
+                event_path(f"guide-{i}", CONNECTION_ID),
+                json={"type": "SIGNIN"},
+                headers={"authorization": f"Bearer {key}"},
+            )
             times.append((time.perf_counter() - started) * 1000)
     return median(times[5:])
 
@@ -252,7 +277,8 @@ def _monthly(tally: Tally, memory: dict[str, int]) -> dict[str, float]:
     scale = SIGNINS_PER_DAY * DAYS / SIGNINS  # this run's counts → a month of 1 M sign-ins a day
     invocations = len(tally.durations["post_auth"]) + len(tally.durations["deliver"])
     gb_s = _gb_seconds(tally.durations["post_auth"], memory["post_auth"]) + _gb_seconds(
-        tally.durations["deliver"], memory["deliver"])
+        tally.durations["deliver"], memory["deliver"]
+    )
     log_bytes = sum(tally.log_bytes.values()) + invocations * LAMBDA_PLATFORM_LOG_BYTES
     return {
         "SQS requests": tally.sqs_total() * scale / 1e6 * SQS_PER_MILLION,
@@ -284,60 +310,124 @@ def _report(section: Section, tallies: dict[str, Tally], guide_ms: float) -> Non
             values = [t.sqs[(role, api)] * per for t in tallies.values()]
             if any(values):
                 rows.append(f"| SQS {api} ({role}) | " + " | ".join(fmt(v) for v in values) + " |")
-    rows.append("| **SQS requests, all** | " + " | ".join(f"**{fmt(t.sqs_total() * per)}**"
-                                                          for t in tallies.values()) + " |")
-    rows.append("| Lambda invocations: post_auth | " + " | ".join(
-        fmt(len(t.durations["post_auth"]) * per) for t in tallies.values()) + " |")
-    rows.append("| Lambda invocations: deliver (batches) | " + " | ".join(
-        fmt(len(t.durations["deliver"]) * per) for t in tallies.values()) + " |")
-    rows.append("| mean deliver batch (records) | " + " | ".join(
-        fmt(sum(t.batch_sizes) / max(len(t.batch_sizes), 1)) for t in tallies.values()) + " |")
-    rows.append("| UserHub calls (HTTP status: count) | " + " | ".join(
-        f"{fmt(t.userhub_calls * per)} ({', '.join(f'{s}: {n}' for s, n in sorted(t.userhub_status.items()))})"
-        for t in tallies.values()) + " |")
-    rows.append("| post_auth duration, median / mean (ms) | " + " | ".join(
-        f"{fmt(median(t.durations['post_auth']))} / {fmt(_mean(t.durations['post_auth']))}"
-        for t in tallies.values()) + " |")
-    rows.append("| deliver duration per invocation, median / mean (ms) | " + " | ".join(
-        f"{fmt(median(t.durations['deliver']))} / {fmt(_mean(t.durations['deliver']))}"
-        for t in tallies.values()) + " |")
-    rows.append("| log bytes written by the handlers | " + " | ".join(
-        fmt(sum(t.log_bytes.values()) * per) for t in tallies.values()) + " |")
+    rows.append(
+        "| **SQS requests, all** | " + " | ".join(f"**{fmt(t.sqs_total() * per)}**" for t in tallies.values()) + " |"
+    )
+    rows.append(
+        "| Lambda invocations: post_auth | "
+        + " | ".join(fmt(len(t.durations["post_auth"]) * per) for t in tallies.values())
+        + " |"
+    )
+    rows.append(
+        "| Lambda invocations: deliver (batches) | "
+        + " | ".join(fmt(len(t.durations["deliver"]) * per) for t in tallies.values())
+        + " |"
+    )
+    rows.append(
+        "| mean deliver batch (records) | "
+        + " | ".join(fmt(sum(t.batch_sizes) / max(len(t.batch_sizes), 1)) for t in tallies.values())
+        + " |"
+    )
+    rows.append(
+        "| UserHub calls (HTTP status: count) | "
+        + " | ".join(
+            f"{fmt(t.userhub_calls * per)} ({', '.join(f'{s}: {n}' for s, n in sorted(t.userhub_status.items()))})"
+            for t in tallies.values()
+        )
+        + " |"
+    )
+    rows.append(
+        "| post_auth duration, median / mean (ms) | "
+        + " | ".join(
+            f"{fmt(median(t.durations['post_auth']))} / {fmt(_mean(t.durations['post_auth']))}"
+            for t in tallies.values()
+        )
+        + " |"
+    )
+    rows.append(
+        "| deliver duration per invocation, median / mean (ms) | "
+        + " | ".join(
+            f"{fmt(median(t.durations['deliver']))} / {fmt(_mean(t.durations['deliver']))}" for t in tallies.values()
+        )
+        + " |"
+    )
+    rows.append(
+        "| log bytes written by the handlers | "
+        + " | ".join(fmt(sum(t.log_bytes.values()) * per) for t in tallies.values())
+        + " |"
+    )
     rows.append("| wall time of the run (s) | " + " | ".join(f"{t.seconds:.1f}" for t in tallies.values()) + " |")
     section.tables.append("Counted in the runs (scaled to 1,000 sign-ins):\n\n" + "\n".join(rows))
 
     clean, faulty = tallies[names[0]], tallies[names[1]]
-    section.add(Figure("SQS requests per 1,000 sign-ins", clean.sqs_total() * per, "requests",
-                       note=f"{fmt(faulty.sqs_total() * per)} with {FAULT_RATE:.0%} faults"))
-    section.add(Figure("Lambda invocations per 1,000 sign-ins",
-                       (len(clean.durations["post_auth"]) + len(clean.durations["deliver"])) * per, "invocations",
-                       SIGNINS * per, "guide: one per sign-in",
-                       (len(clean.durations["post_auth"]) + len(clean.durations["deliver"])) / SIGNINS,
-                       note=f"{fmt(len(faulty.durations['post_auth']) + len(faulty.durations['deliver']))} with "
-                            f"{FAULT_RATE:.0%} faults"))
-    section.add(Figure("UserHub calls per 1,000 sign-ins", clean.userhub_calls * per, "calls", SIGNINS * per,
-                       "guide: one per sign-in", clean.userhub_calls / SIGNINS,
-                       note=f"{fmt(faulty.userhub_calls * per)} with {FAULT_RATE:.0%} faults, every retry counted"))
+    section.add(
+        Figure(
+            "SQS requests per 1,000 sign-ins",
+            clean.sqs_total() * per,
+            "requests",
+            note=f"{fmt(faulty.sqs_total() * per)} with {FAULT_RATE:.0%} faults",
+        )
+    )
+    section.add(
+        Figure(
+            "Lambda invocations per 1,000 sign-ins",
+            (len(clean.durations["post_auth"]) + len(clean.durations["deliver"])) * per,
+            "invocations",
+            SIGNINS * per,
+            "guide: one per sign-in",
+            (len(clean.durations["post_auth"]) + len(clean.durations["deliver"])) / SIGNINS,
+            note=f"{fmt(len(faulty.durations['post_auth']) + len(faulty.durations['deliver']))} with "
+            f"{FAULT_RATE:.0%} faults",
+        )
+    )
+    section.add(
+        Figure(
+            "UserHub calls per 1,000 sign-ins",
+            clean.userhub_calls * per,
+            "calls",
+            SIGNINS * per,
+            "guide: one per sign-in",
+            clean.userhub_calls / SIGNINS,
+            note=f"{fmt(faulty.userhub_calls * per)} with {FAULT_RATE:.0%} faults, every retry counted",
+        )
+    )
 
     ours = {name: _monthly(t, memory) for name, t in tallies.items()}
     guide = _guide_monthly(guide_ms)
-    month_rows = ["| monthly, 1 M sign-ins a day × 30 | " + " | ".join(f"pipeline, {n}" for n in names)
-                  + " | guide's inline Lambda |", "| --- |" + " ---: |" * (len(names) + 1)]
+    month_rows = [
+        "| monthly, 1 M sign-ins a day × 30 | "
+        + " | ".join(f"pipeline, {n}" for n in names)
+        + " | guide's inline Lambda |",
+        "| --- |" + " ---: |" * (len(names) + 1),
+    ]
     for item in guide:
-        month_rows.append(f"| {item} | " + " | ".join(f"${ours[n][item]:,.2f}" for n in names)
-                          + f" | ${guide[item]:,.2f} |")
-    month_rows.append("| **total** | " + " | ".join(f"**${sum(ours[n].values()):,.2f}**" for n in names)
-                      + f" | **${sum(guide.values()):,.2f}** |")
+        month_rows.append(
+            f"| {item} | " + " | ".join(f"${ours[n][item]:,.2f}" for n in names) + f" | ${guide[item]:,.2f} |"
+        )
+    month_rows.append(
+        "| **total** | "
+        + " | ".join(f"**${sum(ours[n].values()):,.2f}**" for n in names)
+        + f" | **${sum(guide.values()):,.2f}** |"
+    )
     section.tables.append("\n".join(month_rows))
     total, guide_total = sum(ours[names[0]].values()), sum(guide.values())
-    section.add(Figure("monthly cost, 1 M sign-ins/day (no faults)", total, "USD", guide_total,
-                       "guide's inline Lambda", total / guide_total,
-                       note=f"${sum(ours[names[1]].values()):,.2f} with {FAULT_RATE:.0%} faults"))
+    section.add(
+        Figure(
+            "monthly cost, 1 M sign-ins/day (no faults)",
+            total,
+            "USD",
+            guide_total,
+            "guide's inline Lambda",
+            total / guide_total,
+            note=f"${sum(ours[names[1]].values()):,.2f} with {FAULT_RATE:.0%} faults",
+        )
+    )
     trickle = _trickle(clean, memory)
     section.tables.append(
         f"If traffic trickled in so that every deliver batch held one message (no batching window), the same "
         f"month would cost about ${trickle:,.2f}: one deliver invocation and one ReceiveMessage + one "
-        "DeleteMessageBatch per sign-in (estimated from this run's per-record figures, not measured).")
+        "DeleteMessageBatch per sign-in (estimated from this run's per-record figures, not measured)."
+    )
     section.method = [
         f"{SIGNINS:,} distinct users sign in through `app.post_auth` (LOG_LEVEL=INFO, metrics on, as deployed; "
         f"EVENTS_QUEUE_URL set, as `bootstrap` writes it) into moto's SQS (in-process ThreadedMotoServer, HTTP). "
@@ -366,7 +456,8 @@ def _report(section: Section, tallies: dict[str, Tally], guide_ms: float) -> Non
     section.notes.append(
         "Reconcile is not in the monthly figure (it depends on the pool, not on sign-ins): at the deployed 5 req/s "
         "a 50k-user pool is 834 ListUsers pages ≈ 167 s of a 1,024 MB function per night ≈ 5,000 GB-s ≈ $0.08 a "
-        "month; ListUsers itself is not billed.")
+        "month; ListUsers itself is not billed."
+    )
 
 
 def _mean(values: list[float]) -> float:

@@ -61,13 +61,30 @@ def make_records(n: int, tag: str) -> list[dict[str, Any]]:
     sent = str(int(time.time() * 1000))
     records = []
     for i in range(n):
-        body = json.dumps({"v": 1, "id": uuid.uuid4().hex, "type": "SIGNIN", "user_pool_id": POOL_ID,
-                           "username": f"bench-{tag}-{i:06d}", "connection_id": CONNECTION_ID,
-                           "event_time": "2026-01-01T00:00:00.000+00:00", "source": "post_auth"},
-                          separators=(",", ":"))
-        message = {"MessageId": str(uuid.uuid4()), "ReceiptHandle": f"rh-{tag}-{i}-{uuid.uuid4().hex}", "Body": body,
-                   "Attributes": {"ApproximateReceiveCount": "1", "SentTimestamp": sent,
-                                  "ApproximateFirstReceiveTimestamp": sent, "SenderId": "AROABENCH"}}
+        body = json.dumps(
+            {
+                "v": 1,
+                "id": uuid.uuid4().hex,
+                "type": "SIGNIN",
+                "user_pool_id": POOL_ID,
+                "username": f"bench-{tag}-{i:06d}",
+                "connection_id": CONNECTION_ID,
+                "event_time": "2026-01-01T00:00:00.000+00:00",
+                "source": "post_auth",
+            },
+            separators=(",", ":"),
+        )
+        message = {
+            "MessageId": str(uuid.uuid4()),
+            "ReceiptHandle": f"rh-{tag}-{i}-{uuid.uuid4().hex}",
+            "Body": body,
+            "Attributes": {
+                "ApproximateReceiveCount": "1",
+                "SentTimestamp": sent,
+                "ApproximateFirstReceiveTimestamp": sent,
+                "SenderId": "AROABENCH",
+            },
+        }
         records.append(lambda_record(message, QUEUE_ARN, "us-east-1"))
     return records
 
@@ -107,8 +124,9 @@ class DeliverSubject:
             assert settings == self.deliverer.settings
             self.deliverer.settings = settings
             for start in range(0, len(records), batch):
-                response = app.deliver({"Records": records[start:start + batch]},
-                                       LambdaContext("userhub-sync-bench-deliver", 60.0))
+                response = app.deliver(
+                    {"Records": records[start : start + batch]}, LambdaContext("userhub-sync-bench-deliver", 60.0)
+                )
                 self.invocations += 1
                 if response.get("batchItemFailures"):
                     raise RuntimeError(f"deliver reported failures: {str(response)[:200]}")
@@ -119,8 +137,8 @@ class DeliverSubject:
         started = time.perf_counter()
         done = 0
         while done < len(records) and time.perf_counter() - started < seconds:
-            self.run(records[done:done + batch], batch)
-            done += len(records[done:done + batch])
+            self.run(records[done : done + batch], batch)
+            done += len(records[done : done + batch])
         return done / (time.perf_counter() - started)
 
     def close(self) -> None:
@@ -145,10 +163,15 @@ class BareLoop:
         self.auth = {"authorization": f"Bearer {key}"}
         shards = math.ceil(concurrency / shard) if shard else 1
         size = math.ceil(concurrency / shards)
-        self.clients = [httpx.AsyncClient(
-            base_url=url, timeout=httpx.Timeout(5.0, connect=2.0),
-            limits=httpx.Limits(max_connections=size, max_keepalive_connections=size, keepalive_expiry=30),
-            headers={"user-agent": USER_AGENT, "userhub-api-version": API_VERSION}) for _ in range(shards)]
+        self.clients = [
+            httpx.AsyncClient(
+                base_url=url,
+                timeout=httpx.Timeout(5.0, connect=2.0),
+                limits=httpx.Limits(max_connections=size, max_keepalive_connections=size, keepalive_expiry=30),
+                headers={"user-agent": USER_AGENT, "userhub-api-version": API_VERSION},
+            )
+            for _ in range(shards)
+        ]
 
     async def _post_all(self, paths: list[str], seconds: float) -> float:
         semaphore = asyncio.Semaphore(self.concurrency)
@@ -216,10 +239,16 @@ def run(options: Options) -> Section:
     key = "userhub_admin_bench_" + secrets.token_hex(8)
     with fake_userhub_process(LATENCY_MS, key) as url:
         environ: dict[str, str | None] = {
-            "USERHUB_API_URL": url, "USERHUB_CONNECTION_ID": CONNECTION_ID, "USERHUB_ADMIN_KEY": key,
-            "USERHUB_ADMIN_KEY_PARAMETER": None, "USERHUB_ADMIN_KEY_SECRET_ID": None,
-            "EVENTS_QUEUE_NAME": "userhub-sync-bench-events", "DEAD_LETTER_QUEUE_NAME": "userhub-sync-bench-dlq",
-            "USERHUB_SYNC_METRICS": "off", "AWS_DEFAULT_REGION": "us-east-1"}
+            "USERHUB_API_URL": url,
+            "USERHUB_CONNECTION_ID": CONNECTION_ID,
+            "USERHUB_ADMIN_KEY": key,
+            "USERHUB_ADMIN_KEY_PARAMETER": None,
+            "USERHUB_ADMIN_KEY_SECRET_ID": None,
+            "EVENTS_QUEUE_NAME": "userhub-sync-bench-events",
+            "DEAD_LETTER_QUEUE_NAME": "userhub-sync-bench-dlq",
+            "USERHUB_SYNC_METRICS": "off",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
         with patched_environ(environ):
             reset_settings()
             results = _measure(url, key, environ, rounds, seconds, section, options)
@@ -228,8 +257,9 @@ def run(options: Options) -> Section:
     return section
 
 
-def _measure(url: str, key: str, environ: dict[str, str | None], rounds: int, seconds: float, section: Section,
-             options: Options) -> dict[str, Any]:
+def _measure(
+    url: str, key: str, environ: dict[str, str | None], rounds: int, seconds: float, section: Section, options: Options
+) -> dict[str, Any]:
     subjects = {c: DeliverSubject(c, environ) for c in CONCURRENCIES}
     bares = {c: BareLoop(url, key, c) for c in CONCURRENCIES}
     sharded = {c: BareLoop(url, key, c, shard=SHARD) for c in SHARDED_AT}
@@ -265,16 +295,20 @@ def _measure(url: str, key: str, environ: dict[str, str | None], rounds: int, se
             return rates[name]
 
         plan: dict[str, Callable[[], float]] = {
-            "guide (a)": lambda: measure("guide (a)", lambda: guide.run(event_paths(supply("guide (a)"), tag()),
-                                                                        seconds))}
+            "guide (a)": lambda: measure(
+                "guide (a)", lambda: guide.run(event_paths(supply("guide (a)"), tag()), seconds)
+            )
+        }
         for c in CONCURRENCIES:
             d, b, sh = f"deliver c={c}", f"bare c={c}", f"sharded c={c}"
-            plan[d] = lambda c=c, d=d: measure(d, lambda: subjects[c].run_for(
-                make_records(supply(d), tag()), batches[c], seconds))
+            plan[d] = lambda c=c, d=d: measure(
+                d, lambda: subjects[c].run_for(make_records(supply(d), tag()), batches[c], seconds)
+            )
             plan[b] = lambda c=c, b=b: measure(b, lambda: bares[c].run(event_paths(supply(b), tag()), seconds))
             if c in sharded:
-                plan[sh] = lambda c=c, sh=sh: measure(sh, lambda: sharded[c].run(event_paths(supply(sh), tag()),
-                                                                                 seconds))
+                plan[sh] = lambda c=c, sh=sh: measure(
+                    sh, lambda: sharded[c].run(event_paths(supply(sh), tag()), seconds)
+                )
         measured: dict[str, list[float]] = {name: [] for name in plan}
         for r in range(rounds):
             if options.left() < 60:
@@ -285,8 +319,11 @@ def _measure(url: str, key: str, environ: dict[str, str | None], rounds: int, se
                 measured[name] += values
             http_post(f"{url}/_fake/reset")  # keeps the fake's journal (and memory) small
             log("   round " + str(r + 1) + ": " + ", ".join(f"{k} {fmt(v[-1])}/s" for k, v in measured.items()))
-        return {"measured": measured, "batches": batches,
-                "invocations": {c: s.invocations for c, s in subjects.items()}}
+        return {
+            "measured": measured,
+            "batches": batches,
+            "invocations": {c: s.invocations for c, s in subjects.items()},
+        }
     finally:
         for subject in subjects.values():
             subject.close()
@@ -327,39 +364,85 @@ def _report(section: Section, results: dict[str, Any], rounds: int, seconds: flo
         "its baselines, order rotating by round. Figures are medians over rounds; ratios are medians of the "
         "per-round ratios.",
     ]
-    rows = ["| concurrency | records per invocation | deliver events/s | bare httpx (b) | bare, sharded pool (b′) | "
-            "guide (a) | deliver ÷ (b) | deliver ÷ (a) |",
-            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    rows = [
+        "| concurrency | records per invocation | deliver events/s | bare httpx (b) | bare, sharded pool (b′) | "
+        "guide (a) | deliver ÷ (b) | deliver ÷ (a) |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for c in CONCURRENCIES:
         subject, bare = measured[f"deliver c={c}"], measured[f"bare c={c}"]
         if not subject:
             continue
         to_bare = paired_ratio(subject, bare)
         to_guide = paired_ratio(subject, guide[: len(subject)])
-        section.add(Figure(f"deliver at concurrency {c}", median(subject), "events/s", median(bare),
-                           "bare httpx loop (b)", to_bare, "≥ 0.85 × (b)", to_bare >= 0.85))
+        section.add(
+            Figure(
+                f"deliver at concurrency {c}",
+                median(subject),
+                "events/s",
+                median(bare),
+                "bare httpx loop (b)",
+                to_bare,
+                "≥ 0.85 × (b)",
+                to_bare >= 0.85,
+            )
+        )
         if c == 16:
-            section.add(Figure("deliver at concurrency 16 vs the guide's inline call", median(subject), "events/s",
-                               median(guide), "guide, sequential (a)", to_guide, "≥ 10 × (a)", to_guide >= 10))
+            section.add(
+                Figure(
+                    "deliver at concurrency 16 vs the guide's inline call",
+                    median(subject),
+                    "events/s",
+                    median(guide),
+                    "guide, sequential (a)",
+                    to_guide,
+                    "≥ 10 × (a)",
+                    to_guide >= 10,
+                )
+            )
         sharded = measured.get(f"sharded c={c}") or []
         if sharded:
-            section.add(Figure(f"deliver at concurrency {c} vs the sharded-pool loop", median(subject), "events/s",
-                               median(sharded), "bare loop, pool in shards of 8 (b′)",
-                               paired_ratio(subject, sharded)))
-        rows.append(f"| {c} | {batches[c]} | {fmt(median(subject))} | {fmt(median(bare))} | "
-                    f"{fmt(median(sharded)) if sharded else '= (b)'} | {fmt(median(guide))} | {to_bare:.2f}× | "
-                    f"{to_guide:.1f}× |")
+            section.add(
+                Figure(
+                    f"deliver at concurrency {c} vs the sharded-pool loop",
+                    median(subject),
+                    "events/s",
+                    median(sharded),
+                    "bare loop, pool in shards of 8 (b′)",
+                    paired_ratio(subject, sharded),
+                )
+            )
+        rows.append(
+            f"| {c} | {batches[c]} | {fmt(median(subject))} | {fmt(median(bare))} | "
+            f"{fmt(median(sharded)) if sharded else '= (b)'} | {fmt(median(guide))} | {to_bare:.2f}× | "
+            f"{to_guide:.1f}× |"
+        )
     rows.append("")
-    rows.append("Every round, events/s: " + "; ".join(
-        f"c={c}: deliver " + ", ".join(fmt(v) for v in measured[f"deliver c={c}"])
-        + " / (b) " + ", ".join(fmt(v) for v in measured[f"bare c={c}"])
-        + (" / (b′) " + ", ".join(fmt(v) for v in measured[f"sharded c={c}"]) if f"sharded c={c}" in measured else "")
-        for c in CONCURRENCIES) + "; guide (a): " + ", ".join(fmt(g) for g in guide) + ".")
+    rows.append(
+        "Every round, events/s: "
+        + "; ".join(
+            f"c={c}: deliver "
+            + ", ".join(fmt(v) for v in measured[f"deliver c={c}"])
+            + " / (b) "
+            + ", ".join(fmt(v) for v in measured[f"bare c={c}"])
+            + (
+                " / (b′) " + ", ".join(fmt(v) for v in measured[f"sharded c={c}"])
+                if f"sharded c={c}" in measured
+                else ""
+            )
+            for c in CONCURRENCIES
+        )
+        + "; guide (a): "
+        + ", ".join(fmt(g) for g in guide)
+        + "."
+    )
     section.tables.append("\n".join(rows))
     section.tables.append(f"![delivery throughput against concurrency]({plot.name})")
     _plot(measured, plot)
-    section.notes.append(f"Invocations of deliver per concurrency (warm-up included): {results['invocations']}; "
-                         f"SQS calls made by deliver: {NoSQS.calls}.")
+    section.notes.append(
+        f"Invocations of deliver per concurrency (warm-up included): {results['invocations']}; "
+        f"SQS calls made by deliver: {NoSQS.calls}."
+    )
     for c in SHARDED_AT:
         sharded, bare = measured.get(f"sharded c={c}") or [], measured[f"bare c={c}"]
         if sharded and bare and median(sharded) > 1.5 * median(bare):
@@ -369,10 +452,13 @@ def _report(section: Section, results: dict[str, Any], rounds: int, seconds: flo
                 "does O(connections × idle connections) work on every request and response "
                 "(`_assign_requests_to_connections`, encode/httpcore#1035), and once the event loop saturates most "
                 "connections sit idle in every pass. deliver uses one such pool, so it shares the ceiling; "
-                "docs/PERFORMANCE.md has the profile and a fix for `chalicelib/userhub.py`.")
+                "docs/PERFORMANCE.md has the profile and a fix for `chalicelib/userhub.py`."
+            )
     if median(measured["deliver c=64"] or [0]) < median(measured["deliver c=16"] or [0]):
-        section.notes.append("deliver is slower at concurrency 64 than at 16 on this machine (see the note above): "
-                             "the deployed DELIVERY_CONCURRENCY of 16 is on the right side of that cliff.")
+        section.notes.append(
+            "deliver is slower at concurrency 64 than at 16 on this machine (see the note above): "
+            "the deployed DELIVERY_CONCURRENCY of 16 is on the right side of that cliff."
+        )
 
 
 def _plot(measured: dict[str, list[float]], path: Path) -> None:
@@ -387,8 +473,13 @@ def _plot(measured: dict[str, list[float]], path: Path) -> None:
     ax.plot(xs, [median(measured[f"bare c={c}"]) for c in xs], "s--", label="bare httpx async loop (b)")
     shard_xs = [c for c in xs if measured.get(f"sharded c={c}")]
     if shard_xs:
-        ax.plot(shard_xs, [median(measured[f"sharded c={c}"]) for c in shard_xs], "d-.", alpha=0.7,
-                label=f"bare loop, pool in shards of {SHARD} (b′)")
+        ax.plot(
+            shard_xs,
+            [median(measured[f"sharded c={c}"]) for c in shard_xs],
+            "d-.",
+            alpha=0.7,
+            label=f"bare loop, pool in shards of {SHARD} (b′)",
+        )
     ax.plot(xs, [median(measured["guide (a)"])] * len(xs), "^:", label="guide: one inline POST at a time (a)")
     ax.set_xscale("log", base=2)
     ax.set_xticks(xs, [str(x) for x in xs])

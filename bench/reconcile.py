@@ -77,8 +77,9 @@ class CountingSink:
 
 def _listusers_hook(client: Any, times: list[float]) -> None:
     """Record when each ListUsers request leaves (registered last: after reconcile's own rate limiter)."""
-    client.meta.events.register_last("before-send.cognito-identity-provider.ListUsers",
-                                     lambda **_: times.append(time.monotonic()))
+    client.meta.events.register_last(
+        "before-send.cognito-identity-provider.ListUsers", lambda **_: times.append(time.monotonic())
+    )
 
 
 def bare_scan(pool_id: str) -> Scan:
@@ -159,8 +160,9 @@ def subject_run(pool_id: str, users: int, *, sqs: Any, s3: Any, trace_memory: bo
         raise RuntimeError(f"reconcile run ended {result.status}: {result.summary}")
     if result.summary.get("scanned") != users:
         raise RuntimeError(f"reconcile scanned {result.summary.get('scanned')} of {users} users")
-    return Scan(users, seconds, times, result.summary, int(result.summary.get("enqueued", 0)), peak,
-                rss.peak - rss.start)
+    return Scan(
+        users, seconds, times, result.summary, int(result.summary.get("enqueued", 0)), peak, rss.peak - rss.start
+    )
 
 
 def _queue_depth(sqs: Any, url: str) -> int:
@@ -186,14 +188,23 @@ def _run(section: Section, moto: JsonLineChild, options: Options) -> None:
 
     endpoint = moto.hello["endpoint"]
     environ: dict[str, str | None] = {
-        **aws_environ(endpoint), "SNAPSHOT_BUCKET": BUCKET, "EVENTS_QUEUE_NAME": EVENTS_QUEUE,
-        "DEAD_LETTER_QUEUE_NAME": DLQ, "USERHUB_CONNECTION_ID": CONNECTION_ID,
-        "USERHUB_ADMIN_KEY": "userhub_admin_bench_unused", "USERHUB_ADMIN_KEY_PARAMETER": None,
-        "USERHUB_ADMIN_KEY_SECRET_ID": None, "RECONCILE_RATE_LIMIT": f"{FAST_LIMIT:g}", "USERHUB_SYNC_METRICS": "off"}
+        **aws_environ(endpoint),
+        "SNAPSHOT_BUCKET": BUCKET,
+        "EVENTS_QUEUE_NAME": EVENTS_QUEUE,
+        "DEAD_LETTER_QUEUE_NAME": DLQ,
+        "USERHUB_CONNECTION_ID": CONNECTION_ID,
+        "USERHUB_ADMIN_KEY": "userhub_admin_bench_unused",
+        "USERHUB_ADMIN_KEY_PARAMETER": None,
+        "USERHUB_ADMIN_KEY_SECRET_ID": None,
+        "RECONCILE_RATE_LIMIT": f"{FAST_LIMIT:g}",
+        "USERHUB_SYNC_METRICS": "off",
+    }
     sizes = [10_000] if options.quick else [10_000, 50_000]
-    rows = ["| run | users | seconds | users/s | bare loop seconds | ratio (time) | requests | peak req/s "
-            "(1 s window) | limit | enqueued | traced heap peak (MB) |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    rows = [
+        "| run | users | seconds | users/s | bare loop seconds | ratio (time) | requests | peak req/s "
+        "(1 s window) | limit | enqueued | traced heap peak (MB) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     with patched_environ(environ):
         s3, sqs = boto3.client("s3"), boto3.client("sqs")
         s3.create_bucket(Bucket=BUCKET)
@@ -244,14 +255,32 @@ def _run(section: Section, moto: JsonLineChild, options: Options) -> None:
 def _ratio_figure(section: Section, label: str, subject: Scan, bare: Scan, limit: float) -> None:
     """The issue's figure (time against the bare loop) and, for context, against the quota-paced minimum."""
     ratio = subject.seconds / bare.seconds
-    section.add(Figure(f"{label}: users/s", subject.users_per_second, "users/s", bare.users_per_second,
-                       "bare ListUsers loop", ratio, "time ≤ 1.25 × bare loop", ratio <= 1.25,
-                       note=f"{subject.seconds:.1f} s vs {bare.seconds:.1f} s (ratio of times)"))
+    section.add(
+        Figure(
+            f"{label}: users/s",
+            subject.users_per_second,
+            "users/s",
+            bare.users_per_second,
+            "bare ListUsers loop",
+            ratio,
+            "time ≤ 1.25 × bare loop",
+            ratio <= 1.25,
+            note=f"{subject.seconds:.1f} s vs {bare.seconds:.1f} s (ratio of times)",
+        )
+    )
     floor = bare.paced(limit)
     if floor > bare.seconds * 1.01:
-        section.add(Figure(f"{label}: time against the bare loop paced to the quota", subject.seconds, "s", floor,
-                           f"bare loop, requests ≥ 1/{limit:g} s apart", subject.seconds / floor,
-                           note="the bare loop asks faster than the ListUsers quota allows"))
+        section.add(
+            Figure(
+                f"{label}: time against the bare loop paced to the quota",
+                subject.seconds,
+                "s",
+                floor,
+                f"bare loop, requests ≥ 1/{limit:g} s apart",
+                subject.seconds / floor,
+                note="the bare loop asks faster than the ListUsers quota allows",
+            )
+        )
     if ratio > 1.25 and subject.seconds / floor <= 1.25:
         section.notes.append(
             f"{label}: moto answered faster than the ListUsers quota. The bare loop averaged "
@@ -259,20 +288,24 @@ def _ratio_figure(section: Section, label: str, subject: Scan, bare: Scan, limit
             f"not exceed {limit:g} (Cognito's quota, and the setting's maximum; the run's peak was "
             f"{subject.peak_rate():.0f}). The same loop with its requests ≥ 1/{limit:g} s apart takes {floor:.2f} s, "
             f"{floor / subject.seconds:.0%} of reconcile's {subject.seconds:.2f} s. The ≤ 1.25× target cannot be met "
-            "here without breaking the quota; real Cognito would throttle the bare loop.")
+            "here without breaking the quota; real Cognito would throttle the bare loop."
+        )
 
 
 def _row(rows: list[str], label: str, scan: Scan, bare: Scan | None, limit: float | None) -> None:
     ratio = f"{scan.seconds / bare.seconds:.2f}×" if bare else "–"
-    rows.append(f"| {label} | {scan.users:,} | {scan.seconds:.1f} | {fmt(scan.users_per_second)} | "
-                f"{f'{bare.seconds:.1f}' if bare else '–'} | {ratio} | {len(scan.requests)} | "
-                f"{scan.peak_rate():.0f} | {f'{limit:g}' if limit else 'none'} | "
-                f"{scan.enqueued if scan.summary else '–'} | "
-                f"{f'{scan.peak_bytes / 1e6:.2f}' if scan.peak_bytes is not None else '–'} |")
+    rows.append(
+        f"| {label} | {scan.users:,} | {scan.seconds:.1f} | {fmt(scan.users_per_second)} | "
+        f"{f'{bare.seconds:.1f}' if bare else '–'} | {ratio} | {len(scan.requests)} | "
+        f"{scan.peak_rate():.0f} | {f'{limit:g}' if limit else 'none'} | "
+        f"{scan.enqueued if scan.summary else '–'} | "
+        f"{f'{scan.peak_bytes / 1e6:.2f}' if scan.peak_bytes is not None else '–'} |"
+    )
 
 
-def _ten_thousand(section: Section, rows: list[str], moto: JsonLineChild, pool_id: str, size: int, s3: Any,
-                  sqs: Any, queue_url: str) -> Scan:
+def _ten_thousand(
+    section: Section, rows: list[str], moto: JsonLineChild, pool_id: str, size: int, s3: Any, sqs: Any, queue_url: str
+) -> Scan:
     bare1 = bare_scan(pool_id)
     _row(rows, "bare ListUsers loop", bare1, None, None)
     log(f"   {size:,}: bare loop {bare1.seconds:.1f} s ({len(bare1.requests) / bare1.seconds:.0f} req/s)")
@@ -289,12 +322,23 @@ def _ten_thousand(section: Section, rows: list[str], moto: JsonLineChild, pool_i
     bare2 = bare_scan(pool_id)
     _row(rows, f"incremental run ({CHANGED_FRACTION:.0%} changed; moto SQS)", incremental, bare2, FAST_LIMIT)
     _row(rows, "bare ListUsers loop", bare2, None, None)
-    log(f"   {size:,}: incremental {incremental.seconds:.1f} s ({incremental.enqueued} enqueued, {in_queue} in the "
-        f"queue), bare loop {bare2.seconds:.1f} s")
+    log(
+        f"   {size:,}: incremental {incremental.seconds:.1f} s ({incremental.enqueued} enqueued, {in_queue} in the "
+        f"queue), bare loop {bare2.seconds:.1f} s"
+    )
     _ratio_figure(section, f"{size // 1000}k users, incremental run", incremental, bare2, FAST_LIMIT)
-    section.add(Figure(f"messages enqueued by an incremental run after {changed} of {size:,} users changed",
-                       in_queue, "messages", changed, "users changed", in_queue / changed, f"= {changed}",
-                       in_queue == changed == incremental.enqueued))
+    section.add(
+        Figure(
+            f"messages enqueued by an incremental run after {changed} of {size:,} users changed",
+            in_queue,
+            "messages",
+            changed,
+            "users changed",
+            in_queue / changed,
+            f"= {changed}",
+            in_queue == changed == incremental.enqueued,
+        )
+    )
     _rate_figure(section, first, FAST_LIMIT)
     _rate_figure(section, incremental, FAST_LIMIT, "incremental run")
     return first
@@ -323,35 +367,67 @@ def _traced(rows: list[str], moto: JsonLineChild, cognito: Any, s3: Any, size: i
         scan = subject_run(pool_id, size, sqs=CountingSink(), s3=s3, trace_memory=True)
     reset_settings()
     _row(rows, "first run, heap traced (SQS stand-in)", scan, None, limit)
-    log(f"   {size:,}: traced first run at {limit:g} req/s: {scan.seconds:.1f} s, peak heap "
-        f"{(scan.peak_bytes or 0) / 1e6:.2f} MB, peak {scan.peak_rate():.0f} req/s")
+    log(
+        f"   {size:,}: traced first run at {limit:g} req/s: {scan.seconds:.1f} s, peak heap "
+        f"{(scan.peak_bytes or 0) / 1e6:.2f} MB, peak {scan.peak_rate():.0f} req/s"
+    )
     return scan
 
 
 def _rate_figure(section: Section, scan: Scan, limit: float, run: str = "first run") -> None:
     peak = scan.peak_rate()
-    section.add(Figure(f"highest ListUsers rate seen, {scan.users // 1000}k users, {run}, limit {limit:g}/s", peak,
-                       "req/s (1 s window)", limit, "configured RECONCILE_RATE_LIMIT", peak / limit,
-                       "never above the limit", peak <= limit))
+    section.add(
+        Figure(
+            f"highest ListUsers rate seen, {scan.users // 1000}k users, {run}, limit {limit:g}/s",
+            peak,
+            "req/s (1 s window)",
+            limit,
+            "configured RECONCILE_RATE_LIMIT",
+            peak / limit,
+            "never above the limit",
+            peak <= limit,
+        )
+    )
 
 
 def _memory_figures(section: Section, traced: list[Scan], timed: list[Scan]) -> None:
     for scan in traced:
         assert scan.peak_bytes is not None
-        section.add(Figure(f"peak memory per user, {scan.users:,} users, first run (traced heap)",
-                           scan.peak_bytes / scan.users, "bytes/user", note=f"peak {scan.peak_bytes / 1e6:.2f} MB"))
+        section.add(
+            Figure(
+                f"peak memory per user, {scan.users:,} users, first run (traced heap)",
+                scan.peak_bytes / scan.users,
+                "bytes/user",
+                note=f"peak {scan.peak_bytes / 1e6:.2f} MB",
+            )
+        )
     if len(traced) == 2:
         small, big = traced
         assert small.peak_bytes is not None and big.peak_bytes is not None
-        section.add(Figure(f"heap per additional user, {small.users:,} → {big.users:,} (traced)",
-                           (big.peak_bytes - small.peak_bytes) / (big.users - small.users), "bytes/user",
-                           note="fixed overhead cancels out"))
+        section.add(
+            Figure(
+                f"heap per additional user, {small.users:,} → {big.users:,} (traced)",
+                (big.peak_bytes - small.peak_bytes) / (big.users - small.users),
+                "bytes/user",
+                note="fixed overhead cancels out",
+            )
+        )
     for scan in timed:
-        section.add(Figure(f"peak RSS growth per user, {scan.users:,} users, first run (untraced)",
-                           (scan.rss_growth or 0) / scan.users, "bytes/user",
-                           note=f"{(scan.rss_growth or 0) / 1e6:.1f} MB"))
+        section.add(
+            Figure(
+                f"peak RSS growth per user, {scan.users:,} users, first run (untraced)",
+                (scan.rss_growth or 0) / scan.users,
+                "bytes/user",
+                note=f"{(scan.rss_growth or 0) / 1e6:.1f} MB",
+            )
+        )
     if len(timed) == 2:
         small, big = timed
-        section.add(Figure(f"RSS per additional user, {small.users:,} → {big.users:,}",
-                           ((big.rss_growth or 0) - (small.rss_growth or 0)) / (big.users - small.users),
-                           "bytes/user", note="what Lambda's Max Memory Used would grow by"))
+        section.add(
+            Figure(
+                f"RSS per additional user, {small.users:,} → {big.users:,}",
+                ((big.rss_growth or 0) - (small.rss_growth or 0)) / (big.users - small.users),
+                "bytes/user",
+                note="what Lambda's Max Memory Used would grow by",
+            )
+        )

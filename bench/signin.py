@@ -40,11 +40,16 @@ class _NullWriter(io.TextIOBase):
 
 def signin_event(username: str) -> dict[str, Any]:
     return {
-        "version": "1", "triggerSource": "PostAuthentication_Authentication", "region": "us-east-1",
-        "userPoolId": POOL_ID, "userName": username,
+        "version": "1",
+        "triggerSource": "PostAuthentication_Authentication",
+        "region": "us-east-1",
+        "userPoolId": POOL_ID,
+        "userName": username,
         "callerContext": {"awsSdkVersion": "aws-sdk-js-3.0.0", "clientId": "benchclient"},
-        "request": {"userAttributes": {"sub": str(uuid.uuid4()), "email_verified": "true",
-                                       "email": f"{username}@example.com"}, "newDeviceUsed": False},
+        "request": {
+            "userAttributes": {"sub": str(uuid.uuid4()), "email_verified": "true", "email": f"{username}@example.com"},
+            "newDeviceUsed": False,
+        },
         "response": {},
     }
 
@@ -52,10 +57,18 @@ def signin_event(username: str) -> dict[str, Any]:
 def stage_environ(endpoint: str, queue_url: str | None) -> dict[str, str | None]:
     from userhub_sync.local import aws_environ
 
-    return {**aws_environ(endpoint), "EVENTS_QUEUE_NAME": QUEUE_NAME, "EVENTS_QUEUE_URL": queue_url,
-            "USERHUB_CONNECTION_ID": CONNECTION_ID, "USER_POOL_ID": POOL_ID, "LOG_LEVEL": "INFO",
-            "USERHUB_SYNC_METRICS": "on", "SQS_CONNECT_TIMEOUT": None, "SQS_READ_TIMEOUT": None,
-            "POST_AUTH_BUDGET_SECONDS": None}
+    return {
+        **aws_environ(endpoint),
+        "EVENTS_QUEUE_NAME": QUEUE_NAME,
+        "EVENTS_QUEUE_URL": queue_url,
+        "USERHUB_CONNECTION_ID": CONNECTION_ID,
+        "USER_POOL_ID": POOL_ID,
+        "LOG_LEVEL": "INFO",
+        "USERHUB_SYNC_METRICS": "on",
+        "SQS_CONNECT_TIMEOUT": None,
+        "SQS_READ_TIMEOUT": None,
+        "POST_AUTH_BUDGET_SECONDS": None,
+    }
 
 
 @contextlib.contextmanager
@@ -150,13 +163,15 @@ def _warm(section: Section, queue_url: str, calls: int) -> None:
         raise RuntimeError(f"{failed} post_auth calls failed to enqueue during the warm run")
     for p in (50, 99):
         s, b = percentile(subject_ms, p), percentile(bare_ms, p)
-        section.add(Figure(f"post_auth warm p{p}", s, "ms", b, f"bare send_message p{p}", s / b, "≤ 1.2×",
-                           s / b <= 1.2))
+        section.add(
+            Figure(f"post_auth warm p{p}", s, "ms", b, f"bare send_message p{p}", s / b, "≤ 1.2×", s / b <= 1.2)
+        )
     section.tables.append(
         f"Warm latency (ms) over {calls} calls each — post_auth: p50 {fmt(percentile(subject_ms, 50))}, p90 "
         f"{fmt(percentile(subject_ms, 90))}, p99 {fmt(percentile(subject_ms, 99))}, max {fmt(max(subject_ms))}; "
         f"bare send_message: p50 {fmt(percentile(bare_ms, 50))}, p90 {fmt(percentile(bare_ms, 90))}, p99 "
-        f"{fmt(percentile(bare_ms, 99))}, max {fmt(max(bare_ms))}.")
+        f"{fmt(percentile(bare_ms, 99))}, max {fmt(max(bare_ms))}."
+    )
 
 
 # --------------------------------------------------------------------------------------------------- cold
@@ -189,8 +204,9 @@ print(json.dumps(out))
 
 
 def _child(mode: str, env: dict[str, str]) -> dict[str, Any]:
-    result = subprocess.run([sys.executable, "-c", _CHILD, mode], cwd=ROOT, env=env, capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", _CHILD, mode], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
     if result.returncode != 0:
         raise RuntimeError(f"cold child {mode} failed: {result.stderr.strip()[-500:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -214,27 +230,47 @@ def _cold(section: Section, endpoint: str, queue_url: str, runs: int) -> None:
         seen.setdefault(name, []).append(out)
         return out["import_s"] if mode.startswith("import") else out["total_s"]
 
-    results = interleaved(runs, {
-        "import boto3": lambda: child("import-boto3", base, "import boto3"),
-        "import post_auth path": lambda: child("import-post-auth", base, "import post_auth path"),
-        "first bare": lambda: child("first-bare", base, "first bare"),
-        "first post_auth (URL set)": lambda: child("first-post-auth", with_url, "first post_auth (URL set)"),
-        "first post_auth (GetQueueUrl)": lambda: child("first-post-auth", base, "first post_auth (GetQueueUrl)"),
-    })
+    results = interleaved(
+        runs,
+        {
+            "import boto3": lambda: child("import-boto3", base, "import boto3"),
+            "import post_auth path": lambda: child("import-post-auth", base, "import post_auth path"),
+            "first bare": lambda: child("first-bare", base, "first bare"),
+            "first post_auth (URL set)": lambda: child("first-post-auth", with_url, "first post_auth (URL set)"),
+            "first post_auth (GetQueueUrl)": lambda: child("first-post-auth", base, "first post_auth (GetQueueUrl)"),
+        },
+    )
     _empty_queue()
     imp_b, imp_s = results["import boto3"], results["import post_auth path"]
     ratio = paired_ratio(imp_s, imp_b)
     heavy = any(o["pydantic"] or o["httpx"] for o in seen["import post_auth path"] + seen["first post_auth (URL set)"])
-    section.add(Figure("cold import of the post_auth path (`import boto3, app, chalicelib.post_auth`)",
-                       median(imp_s) * 1000, "ms", median(imp_b) * 1000, "`import boto3`", ratio, "≤ 1.3×",
-                       ratio <= 1.3, note="pydantic or httpx imported!" if heavy else ""))
+    section.add(
+        Figure(
+            "cold import of the post_auth path (`import boto3, app, chalicelib.post_auth`)",
+            median(imp_s) * 1000,
+            "ms",
+            median(imp_b) * 1000,
+            "`import boto3`",
+            ratio,
+            "≤ 1.3×",
+            ratio <= 1.3,
+            note="pydantic or httpx imported!" if heavy else "",
+        )
+    )
     first_b = results["first bare"]
     for name in ("first post_auth (URL set)", "first post_auth (GetQueueUrl)"):
         values = results[name]
-        label = ("EVENTS_QUEUE_URL set" if "URL set" in name else "no EVENTS_QUEUE_URL: one GetQueueUrl more")
-        section.add(Figure(f"cold start, import + first call ({label})", median(values) * 1000, "ms",
-                           median(first_b) * 1000, "import boto3 + client + send_message",
-                           paired_ratio(values, first_b)))
+        label = "EVENTS_QUEUE_URL set" if "URL set" in name else "no EVENTS_QUEUE_URL: one GetQueueUrl more"
+        section.add(
+            Figure(
+                f"cold start, import + first call ({label})",
+                median(values) * 1000,
+                "ms",
+                median(first_b) * 1000,
+                "import boto3 + client + send_message",
+                paired_ratio(values, first_b),
+            )
+        )
     calls_b = [o["call_s"] * 1000 for o in seen["first bare"]]
     calls_s = [o["call_s"] * 1000 for o in seen["first post_auth (URL set)"]]
     section.tables.append(
@@ -242,14 +278,20 @@ def _cold(section: Section, endpoint: str, queue_url: str, runs: int) -> None:
         f"{fmt(median(imp_s) * 1000)} ms (+{fmt((median(imp_s) - median(imp_b)) * 1000)} ms). First call: "
         f"post_auth {fmt(median(calls_s))} ms after `import app` (it imports boto3 lazily, then builds its client "
         f"and sends), bare client + send {fmt(median(calls_b))} ms after `import boto3`. pydantic or httpx on the "
-        f"post_auth path: {'yes' if heavy else 'no'}.")
+        f"post_auth path: {'yes' if heavy else 'no'}."
+    )
     section.tables.append(_importtime_table())
 
 
 def _importtime_table() -> str:
     """Where the post_auth path's import time goes (`python -X importtime`, one run, self+children ms)."""
-    result = subprocess.run([sys.executable, "-X", "importtime", "-c", "import boto3, app, chalicelib.post_auth"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", "import boto3, app, chalicelib.post_auth"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     top: dict[str, int] = {}
     for line in result.stderr.splitlines():
         parts = line.split("|")
@@ -261,10 +303,13 @@ def _importtime_table() -> str:
             top[name.strip()] = top.get(name.strip(), 0) + int(parts[1])
     ours = {k: v for k, v in top.items() if k.split(".")[0] in ("app", "chalicelib", "chalice")}
     biggest = sorted(top.items(), key=lambda kv: -kv[1])[:5]
-    return ("`python -X importtime` (one run, cumulative ms of top-level imports): "
-            + ", ".join(f"{k} {v / 1000:.1f}" for k, v in biggest)
-            + "; of which this project and Chalice: "
-            + (", ".join(f"{k} {v / 1000:.1f}" for k, v in ours.items()) or "none at top level") + ".")
+    return (
+        "`python -X importtime` (one run, cumulative ms of top-level imports): "
+        + ", ".join(f"{k} {v / 1000:.1f}" for k, v in biggest)
+        + "; of which this project and Chalice: "
+        + (", ".join(f"{k} {v / 1000:.1f}" for k, v in ours.items()) or "none at top level")
+        + "."
+    )
 
 
 # --------------------------------------------------------------------------------------------------- black hole
@@ -313,8 +358,10 @@ def _black_hole(section: Section) -> None:
     from chalicelib import post_auth
     from userhub_sync.local import patched_environ
 
-    rows = ["| SQS endpoint | EVENTS_QUEUE_URL | post_auth wall time, each run (s) | enqueue failures counted |",
-            "| --- | --- | --- | ---: |"]
+    rows = [
+        "| SQS endpoint | EVENTS_QUEUE_URL | post_auth wall time, each run (s) | enqueue failures counted |",
+        "| --- | --- | --- | ---: |",
+    ]
     worst = 0.0
     for mode, label in (("accept", "accepts, never answers"), ("full", "backlog full, never connects")):
         listener = _Listener(mode)
@@ -336,13 +383,26 @@ def _black_hole(section: Section) -> None:
                 post_auth.queue.reset()
                 failures = post_auth.metrics.totals.get("enqueue_failed", 0) - failed_before
                 worst = max(worst, *times)
-                rows.append(f"| {label} | {'set' if with_url else 'unset (GetQueueUrl first)'} | "
-                            f"{', '.join(f'{t:.2f}' for t in times)} | {failures:.0f} of 3 |")
-                log(f"   black hole ({label}, URL {'set' if with_url else 'unset'}): "
-                    + ", ".join(f"{t:.2f} s" for t in times))
+                rows.append(
+                    f"| {label} | {'set' if with_url else 'unset (GetQueueUrl first)'} | "
+                    f"{', '.join(f'{t:.2f}' for t in times)} | {failures:.0f} of 3 |"
+                )
+                log(
+                    f"   black hole ({label}, URL {'set' if with_url else 'unset'}): "
+                    + ", ".join(f"{t:.2f} s" for t in times)
+                )
         finally:
             listener.close()
-    section.add(Figure("worst case, SQS black-holed (max of 12 sign-ins)", worst, "s", None,
-                       "bounded by connect 0.5 s + read 1.0 s, one attempt", None, f"< {BUDGET_SECONDS:g} s",
-                       worst < BUDGET_SECONDS))
+    section.add(
+        Figure(
+            "worst case, SQS black-holed (max of 12 sign-ins)",
+            worst,
+            "s",
+            None,
+            "bounded by connect 0.5 s + read 1.0 s, one attempt",
+            None,
+            f"< {BUDGET_SECONDS:g} s",
+            worst < BUDGET_SECONDS,
+        )
+    )
     section.tables.append("\n".join(rows))

@@ -181,9 +181,16 @@ class QueueDirectory:
 class Deliverer:
     """Delivers batches; one instance (and one HTTP pool and event loop) per warm Lambda container."""
 
-    def __init__(self, settings: Settings, *, sqs: Any = None, keys: AdminKeyProvider | None = None,
-                 client: UserHubClient | None = None, metrics: Metrics | None = None,
-                 rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        sqs: Any = None,
+        keys: AdminKeyProvider | None = None,
+        client: UserHubClient | None = None,
+        metrics: Metrics | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
         if sqs is None:
             import boto3
 
@@ -262,13 +269,17 @@ class Deliverer:
         try:
             key = self.keys.get()
             try:
-                await self.client.report_event(message.username, connection, message.type, key,
-                                               deadline_seconds=budget)
+                await self.client.report_event(message.username, connection, message.type, key, deadline_seconds=budget)
             except Unauthorized:
                 self.metrics.count("key_refreshed")
                 fresh = self.keys.refresh(key)
-                await self.client.report_event(message.username, connection, message.type, fresh,
-                                               deadline_seconds=budget - (time.monotonic() - started))
+                await self.client.report_event(
+                    message.username,
+                    connection,
+                    message.type,
+                    fresh,
+                    deadline_seconds=budget - (time.monotonic() - started),
+                )
             outcome.kind = Kind.DELIVERED
         except PermanentError as error:
             outcome.kind, outcome.failure_kind = Kind.DEAD_LETTER, "permanent"
@@ -306,10 +317,15 @@ class Deliverer:
             if outcome.kind in (Kind.RETRY, Kind.DEAD_LETTER):
                 log.warning(
                     f"message {outcome.kind.value}",
-                    extra={"message_id": outcome.record.message_id, "user": outcome.user,
-                           "attempt": outcome.record.receive_count, "status": outcome.status,
-                           "failure": outcome.failure_kind, "error": outcome.reason or outcome.error,
-                           "visibility_s": outcome.visibility},
+                    extra={
+                        "message_id": outcome.record.message_id,
+                        "user": outcome.user,
+                        "attempt": outcome.record.receive_count,
+                        "status": outcome.status,
+                        "failure": outcome.failure_kind,
+                        "error": outcome.reason or outcome.error,
+                        "visibility_s": outcome.visibility,
+                    },
                 )
 
     def _by_queue(self, outcomes: list[Outcome]) -> dict[str, list[Outcome]]:
@@ -323,15 +339,19 @@ class Deliverer:
     def _change_visibility(self, retries: list[Outcome]) -> None:
         for url, items in self._by_queue(retries).items():
             for chunk in _chunks(items, 10):
-                entries = [{"Id": str(i), "ReceiptHandle": o.record.receipt_handle, "VisibilityTimeout": o.visibility}
-                           for i, o in enumerate(chunk)]
+                entries = [
+                    {"Id": str(i), "ReceiptHandle": o.record.receipt_handle, "VisibilityTimeout": o.visibility}
+                    for i, o in enumerate(chunk)
+                ]
                 try:
                     failed = self.sqs.change_message_visibility_batch(QueueUrl=url, Entries=entries).get("Failed", [])
                 except Exception as error:
                     failed = [{"Id": e["Id"], "Code": type(error).__name__} for e in entries]
                 for item in failed:  # the message still comes back after the queue's visibility timeout
-                    log.warning("visibility not changed", extra={
-                        "message_id": chunk[int(item["Id"])].record.message_id, "code": item.get("Code")})
+                    log.warning(
+                        "visibility not changed",
+                        extra={"message_id": chunk[int(item["Id"])].record.message_id, "code": item.get("Code")},
+                    )
 
     def _dead_letter(self, dead: list[Outcome]) -> None:
         """Send to the DLQ with the reason; only confirmed sends are reported as done (and deleted)."""
@@ -369,8 +389,14 @@ class Deliverer:
 
 
 SQS_PAYLOAD_BYTES = 1_048_576  # SendMessageBatch: one message, and the whole request, bodies + attributes
-_ESSENTIAL_ATTRIBUTES = ("failure_kind", "failure_status", "failure_code", "failure_reason", "attempts",
-                         "source_message_id")
+_ESSENTIAL_ATTRIBUTES = (
+    "failure_kind",
+    "failure_status",
+    "failure_code",
+    "failure_reason",
+    "attempts",
+    "source_message_id",
+)
 
 
 def _payload_bytes(entry: dict[str, Any]) -> int:
@@ -390,8 +416,10 @@ def _dead_letter_batches(dead: list[Outcome]) -> list[list[tuple[Outcome, dict[s
         if _payload_bytes(entry) > SQS_PAYLOAD_BYTES:  # a body near 1 MiB: keep only the attributes that matter
             attributes = {k: v for k, v in entry["MessageAttributes"].items() if k in _ESSENTIAL_ATTRIBUTES}
             if "failure_reason" in attributes:
-                attributes["failure_reason"] = {"DataType": "String",
-                                                "StringValue": attributes["failure_reason"]["StringValue"][:200]}
+                attributes["failure_reason"] = {
+                    "DataType": "String",
+                    "StringValue": attributes["failure_reason"]["StringValue"][:200],
+                }
             entry["MessageAttributes"] = attributes
         length = _payload_bytes(entry)
         if current and (len(current) == 10 or size + length > SQS_PAYLOAD_BYTES):

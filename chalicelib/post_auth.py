@@ -57,8 +57,14 @@ class _Queue:
 
     @staticmethod
     def environment_key() -> tuple[str | None, ...]:
-        names = ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_REGION", "EVENTS_QUEUE_URL", "EVENTS_QUEUE_NAME",
-                 *DEFAULTS)
+        names = (
+            "AWS_ENDPOINT_URL",
+            "AWS_DEFAULT_REGION",
+            "AWS_REGION",
+            "EVENTS_QUEUE_URL",
+            "EVENTS_QUEUE_NAME",
+            *DEFAULTS,
+        )
         return tuple(os.environ.get(name) for name in names)
 
     def send(self, body: str, deadline: float, context: Any = None) -> str:
@@ -142,16 +148,28 @@ def handle_trigger(event: Any, context: Any = None) -> Any:
         event_type, source = EVENT_TYPES[source_name]
         message_id = queue.send(message_body(event, event_type, source), deadline, context)
         metrics.count("enqueued")
-        log.info("enqueued", extra={"user": event.get("userName"), "pool": event.get("userPoolId"),
-                                    "type": event_type, "sqs_message_id": message_id})
+        log.info(
+            "enqueued",
+            extra={
+                "user": event.get("userName"),
+                "pool": event.get("userPoolId"),
+                "type": event_type,
+                "sqs_message_id": message_id,
+            },
+        )
     except Exception as error:  # sign-in must never fail because of us; reconcile will catch up
         metrics.count("enqueue_failed")
         try:
             user = event.get("userName") if isinstance(event, dict) else None
             pool = event.get("userPoolId") if isinstance(event, dict) else None
-            log.error("enqueue failed; sign-in continues", extra={
-                "user": str(user)[:256] if user is not None else None, "pool": str(pool)[:64] if pool else None,
-                "reason": f"{type(error).__name__}: {error}"[:500]})
+            log.error(
+                "enqueue failed; sign-in continues",
+                extra={
+                    "user": str(user)[:256] if user is not None else None,
+                    "pool": str(pool)[:64] if pool else None,
+                    "reason": f"{type(error).__name__}: {error}"[:500],
+                },
+            )
         except Exception:
             pass
     finally:

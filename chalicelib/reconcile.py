@@ -154,8 +154,13 @@ def parse_request(event: Any) -> ReconcileRequest:
 class TokenBucket:
     """At most `rate` acquisitions a second, bursts of at most `burst`: in any window of t seconds, ≤ burst + rate·t."""
 
-    def __init__(self, rate: float, burst: float = 1.0, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        rate: float,
+        burst: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         if rate <= 0 or burst < 1:
             raise ValueError("rate must be > 0 and burst ≥ 1")
         self.rate = rate
@@ -239,8 +244,12 @@ def make_cognito_client() -> Any:
     import boto3
     from botocore.config import Config
 
-    return boto3.client("cognito-idp", config=Config(
-        retries={"mode": "adaptive", "max_attempts": LIST_USERS_MAX_ATTEMPTS}, connect_timeout=5, read_timeout=30))
+    return boto3.client(
+        "cognito-idp",
+        config=Config(
+            retries={"mode": "adaptive", "max_attempts": LIST_USERS_MAX_ATTEMPTS}, connect_timeout=5, read_timeout=30
+        ),
+    )
 
 
 # --------------------------------------------------------------------------------------------------- SQS
@@ -249,8 +258,16 @@ def make_cognito_client() -> Any:
 class Enqueuer:
     """CHANGED messages to the events queue, ten per SendMessageBatch, failed entries retried with backoff."""
 
-    def __init__(self, sqs: Any, queue_url: str, body: Callable[[str], str], *, attempts: int = 6,
-                 base_delay: float = 0.2, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        sqs: Any,
+        queue_url: str,
+        body: Callable[[str], str],
+        *,
+        attempts: int = 6,
+        base_delay: float = 0.2,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.sqs = sqs
         self.queue_url = queue_url
         self.body = body
@@ -279,7 +296,8 @@ class Enqueuer:
                 self.retried += len(pending)
                 self.sleep(min(self.base_delay * 2 ** (attempt - 1), 5.0) * random.uniform(1, 1.25))
             response = self.sqs.send_message_batch(
-                QueueUrl=self.queue_url, Entries=[{"Id": i, "MessageBody": b} for i, b in pending.items()])
+                QueueUrl=self.queue_url, Entries=[{"Id": i, "MessageBody": b} for i, b in pending.items()]
+            )
             for ok in response.get("Successful") or []:
                 if pending.pop(ok["Id"], None) is not None:
                     self.sent += 1
@@ -336,8 +354,13 @@ class StateStore:
         """Conditional on `etag` (or on absence): losing the race raises LeaseConflict."""
         condition = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
         try:
-            response = self.s3.put_object(Bucket=self.bucket, Key=self.record_key, ContentType="application/json",
-                                          Body=record.model_dump_json().encode(), **condition)
+            response = self.s3.put_object(
+                Bucket=self.bucket,
+                Key=self.record_key,
+                ContentType="application/json",
+                Body=record.model_dump_json().encode(),
+                **condition,
+            )
         except ClientError as error:
             if _code(error) in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409"):
                 raise LeaseConflict(f"run record changed under run {record.run_id}") from None
@@ -374,8 +397,13 @@ class StateStore:
         condition = {"IfMatch": expected_etag} if expected_etag else {"IfNoneMatch": "*"}
         try:
             response = self.s3.put_object(
-                Bucket=self.bucket, Key=self.snapshot_key, Body=data, ContentType="application/gzip",
-                Metadata={"format": SNAPSHOT_FORMAT, "users": str(users)}, **condition)
+                Bucket=self.bucket,
+                Key=self.snapshot_key,
+                Body=data,
+                ContentType="application/gzip",
+                Metadata={"format": SNAPSHOT_FORMAT, "users": str(users)},
+                **condition,
+            )
         except ClientError as error:
             if _code(error) in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409"):
                 raise LeaseConflict("the committed snapshot changed during this run") from None
@@ -393,11 +421,12 @@ class StateStore:
         listing = self.s3.list_objects_v2(Bucket=self.bucket, Prefix=prefix)
         keys = [{"Key": o["Key"]} for o in listing.get("Contents") or []]
         for start in range(0, len(keys), 1000):
-            self.s3.delete_objects(Bucket=self.bucket, Delete={"Objects": keys[start:start + 1000], "Quiet": True})
+            self.s3.delete_objects(Bucket=self.bucket, Delete={"Objects": keys[start : start + 1000], "Quiet": True})
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        self.s3.put_object(Bucket=self.bucket, Key=LAST_RUN_KEY, Body=json.dumps(summary).encode(),
-                           ContentType="application/json")
+        self.s3.put_object(
+            Bucket=self.bucket, Key=LAST_RUN_KEY, Body=json.dumps(summary).encode(), ContentType="application/json"
+        )
 
 
 def read_last_summary(s3_client: Any, bucket: str) -> dict[str, Any] | None:
@@ -445,8 +474,7 @@ def continue_function_name(context: Any, settings: Settings) -> str:
     for suffix in ("-reconcile_continue", "-reconcile"):
         if name.endswith(suffix):
             return name[: -len(suffix)] + "-reconcile_continue"
-    raise ReconcileError(
-        f"cannot derive the continuation function from {name!r}: set RECONCILE_CONTINUE_FUNCTION")
+    raise ReconcileError(f"cannot derive the continuation function from {name!r}: set RECONCILE_CONTINUE_FUNCTION")
 
 
 _clients: dict[str, Any] = {}
@@ -531,8 +559,9 @@ class Reconciler:
         self.progress = progress
         self.pool_id = settings.require("USER_POOL_ID")
         self.store = StateStore(self.deps.s3 or _client("s3"), settings.require("SNAPSHOT_BUCKET"), self.pool_id)
-        self.pager = UserPager.for_client(self.deps.cognito or _client("cognito-idp"),
-                                          settings.reconcile_rate_limit, sleep=self.deps.sleep)
+        self.pager = UserPager.for_client(
+            self.deps.cognito or _client("cognito-idp"), settings.reconcile_rate_limit, sleep=self.deps.sleep
+        )
         self.metrics = Metrics("reconcile")
         self._queue_url: str | None = None
 
@@ -551,8 +580,10 @@ class Reconciler:
         try:
             return self._work(run, deadline, continuer)
         except LeaseConflict as error:
-            log.warning("reconcile run taken over by another invocation", extra={"run_id": run.record.run_id,
-                                                                                 "error": str(error)})
+            log.warning(
+                "reconcile run taken over by another invocation",
+                extra={"run_id": run.record.run_id, "error": str(error)},
+            )
             return self._finish(run, "skipped")
         except (Exception, KeyboardInterrupt) as error:
             self._abandon(run, error)
@@ -578,8 +609,9 @@ class Reconciler:
             if record is None or record.run_id != continuation.run_id:
                 return self._skipped(f"run {continuation.run_id} is finished or was superseded")
             running = record.lease_until > now
-            if record.invocation > continuation.invocation or (record.invocation == continuation.invocation
-                                                                and running):
+            if record.invocation > continuation.invocation or (
+                record.invocation == continuation.invocation and running
+            ):
                 return self._skipped(f"invocation {continuation.invocation} of run {record.run_id} already ran")
             record.invocation = continuation.invocation
             record.chain += 1
@@ -593,8 +625,13 @@ class Reconciler:
         else:
             if record is not None:
                 self._discard_objects(record.run_id)
-            record = RunRecord(run_id=_new_run_id(now), pool_id=self.pool_id, full=request.full, started_at=now,
-                               baseline_etag=baseline_etag)
+            record = RunRecord(
+                run_id=_new_run_id(now),
+                pool_id=self.pool_id,
+                full=request.full,
+                started_at=now,
+                baseline_etag=baseline_etag,
+            )
             how = "starting"
         record.counters.invocations += 1
         record.lease_until = self._lease_until(deadline, now)
@@ -603,8 +640,15 @@ class Reconciler:
             etag = self.store.write_record(record, etag)
         except LeaseConflict:
             return self._skipped("another invocation claimed the run first")
-        log.info(f"reconcile {how}", extra={"run_id": record.run_id, "invocation": record.invocation,
-                                            "phase": record.phase, "full": record.full})
+        log.info(
+            f"reconcile {how}",
+            extra={
+                "run_id": record.run_id,
+                "invocation": record.invocation,
+                "phase": record.phase,
+                "full": record.full,
+            },
+        )
         try:
             run = self._load(record, etag, baseline.users if baseline else 0, dry_run=False)
             run.enqueuer = Enqueuer(self._sqs(), self._events_queue_url(), self._message_body, sleep=self.deps.sleep)
@@ -621,8 +665,13 @@ class Reconciler:
     def _dry_run_state(self, request: ReconcileRequest) -> _Run:
         baseline = self.store.head_snapshot()
         now = self.deps.clock()
-        record = RunRecord(run_id="dry-run-" + _new_run_id(now), pool_id=self.pool_id, full=request.full,
-                           started_at=now, baseline_etag=baseline.etag if baseline else None)
+        record = RunRecord(
+            run_id="dry-run-" + _new_run_id(now),
+            pool_id=self.pool_id,
+            full=request.full,
+            started_at=now,
+            baseline_etag=baseline.etag if baseline else None,
+        )
         record.counters.invocations = 1
         return self._load(record, None, baseline.users if baseline else 0, dry_run=True)
 
@@ -645,9 +694,18 @@ class Reconciler:
                 table.observe(user_key(name), fp)
                 seen += 1
             writer = SnapshotWriter(partial, seen)
-        return _Run(record=record, saved=record.model_copy(deep=True), etag=etag, dry_run=dry_run, table=table,
-                    writer=writer, extra=extra, at_start=record.counters.model_copy(),
-                    requests0=self.pager.requests, throttles0=self.pager.throttles)
+        return _Run(
+            record=record,
+            saved=record.model_copy(deep=True),
+            etag=etag,
+            dry_run=dry_run,
+            table=table,
+            writer=writer,
+            extra=extra,
+            at_start=record.counters.model_copy(),
+            requests0=self.pager.requests,
+            throttles0=self.pager.throttles,
+        )
 
     # ------------------------------------------------------------------ scanning
     def _work(self, run: _Run, deadline: Deadline, continuer: Callable[[dict[str, Any]], None] | None) -> RunResult:
@@ -714,12 +772,20 @@ class Reconciler:
         """
         counters = run.counters
         counters.restarts += 1
-        log.warning("page token rejected: restarting the scan from the first page",
-                    extra={"run_id": run.record.run_id, "restarts": counters.restarts, "error": _code(error),
-                           "scanned": counters.scanned})
+        log.warning(
+            "page token rejected: restarting the scan from the first page",
+            extra={
+                "run_id": run.record.run_id,
+                "restarts": counters.restarts,
+                "error": _code(error),
+                "scanned": counters.scanned,
+            },
+        )
         if counters.restarts > self.settings.reconcile_max_restarts:
-            raise TooManyRestarts(f"page token rejected {counters.restarts} times (RECONCILE_MAX_RESTARTS="
-                                  f"{self.settings.reconcile_max_restarts}); the next run starts afresh")
+            raise TooManyRestarts(
+                f"page token rejected {counters.restarts} times (RECONCILE_MAX_RESTARTS="
+                f"{self.settings.reconcile_max_restarts}); the next run starts afresh"
+            )
         run.extra += run.writer.finish()
         run.extra_dirty = True
         run.writer = SnapshotWriter()
@@ -753,8 +819,9 @@ class Reconciler:
         record = run.record
         run.checkpoints += 1
         if run.writer.count:
-            record.partial_key = self.store.run_key(record.run_id,
-                                                    f"partial-{record.invocation:05d}-{run.checkpoints}.gz")
+            record.partial_key = self.store.run_key(
+                record.run_id, f"partial-{record.invocation:05d}-{run.checkpoints}.gz"
+            )
             self.store.put_blob(record.partial_key, run.writer.finish())
         else:
             record.partial_key = None
@@ -773,12 +840,17 @@ class Reconciler:
         record, now = run.record, self.deps.clock()
         if record.chain >= self.settings.reconcile_max_invocations or continuer is None:
             self._checkpoint(run, lease_until=now)  # released: the next scheduled run adopts it
-            log.error("reconcile stopped at RECONCILE_MAX_INVOCATIONS; the next run carries on from the checkpoint",
-                      extra={"run_id": record.run_id, "chain": record.chain})
+            log.error(
+                "reconcile stopped at RECONCILE_MAX_INVOCATIONS; the next run carries on from the checkpoint",
+                extra={"run_id": record.run_id, "chain": record.chain},
+            )
             return self._finish(run, "stopped", store=True)
         self._checkpoint(run, lease_until=now + HANDOFF_GRACE_SECONDS)
-        payload = {"continuation": Continuation(run_id=record.run_id, checkpoint=self.store.record_key,
-                                                invocation=record.invocation + 1).model_dump()}
+        payload = {
+            "continuation": Continuation(
+                run_id=record.run_id, checkpoint=self.store.record_key, invocation=record.invocation + 1
+            ).model_dump()
+        }
         continuer(payload)
         return self._finish(run, "continued")
 
@@ -852,8 +924,18 @@ class Reconciler:
     def _finish(self, run: _Run, status: str, *, store: bool = False) -> RunResult:
         self._sync_counters(run)
         summary = self._summary(run, status)
-        for name in ("scanned", "new", "changed", "unchanged", "deleted", "enqueued", "pages", "requests",
-                     "throttles", "restarts"):
+        for name in (
+            "scanned",
+            "new",
+            "changed",
+            "unchanged",
+            "deleted",
+            "enqueued",
+            "pages",
+            "requests",
+            "throttles",
+            "restarts",
+        ):
             delta = getattr(run.counters, name) - getattr(run.at_start, name)
             if delta:
                 self.metrics.count(f"reconcile_{name}", delta)
@@ -885,15 +967,21 @@ class Reconciler:
         return self._queue_url
 
     def _message_body(self, username: str) -> str:
-        return SyncMessage(type=EventType.CHANGED, user_pool_id=self.pool_id, username=username,
-                           connection_id=self.settings.userhub_connection_id, source=Source.RECONCILE).to_body()
+        return SyncMessage(
+            type=EventType.CHANGED,
+            user_pool_id=self.pool_id,
+            username=username,
+            connection_id=self.settings.userhub_connection_id,
+            source=Source.RECONCILE,
+        ).to_body()
 
     def _lambda_continuer(self, function_name: str) -> Callable[[dict[str, Any]], None]:
         client = self.deps.lambda_client or _client("lambda")
 
         def invoke(payload: dict[str, Any]) -> None:
-            response = client.invoke(FunctionName=function_name, InvocationType="Event",
-                                     Payload=json.dumps(payload).encode())
+            response = client.invoke(
+                FunctionName=function_name, InvocationType="Event", Payload=json.dumps(payload).encode()
+            )
             if response.get("StatusCode") != 202:
                 raise ReconcileError(f"starting {function_name} returned {response.get('StatusCode')}")
             log.info("reconcile continues in a new invocation", extra={"function": function_name, **payload})
@@ -909,8 +997,14 @@ def _new_run_id(now: float) -> str:
     return datetime.fromtimestamp(now, UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
 
 
-def run_reconcile(request: ReconcileRequest, *, context: Any = None, deps: Deps | None = None,
-                  settings: Settings | None = None, progress: Progress | None = None) -> RunResult:
+def run_reconcile(
+    request: ReconcileRequest,
+    *,
+    context: Any = None,
+    deps: Deps | None = None,
+    settings: Settings | None = None,
+    progress: Progress | None = None,
+) -> RunResult:
     """One invocation in Lambda; one whole run anywhere else.
 
     The context's remaining time is honoured only where a continuation can start: inside Lambda

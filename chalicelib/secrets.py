@@ -55,9 +55,9 @@ class AdminKeyProvider:
                     import boto3
 
                     self._ssm = boto3.client("ssm")
-                value = self._ssm.get_parameter(Name=s.userhub_admin_key_parameter, WithDecryption=True)[
-                    "Parameter"
-                ]["Value"]
+                value = self._ssm.get_parameter(Name=s.userhub_admin_key_parameter, WithDecryption=True)["Parameter"][
+                    "Value"
+                ]
                 source = f"SSM parameter {s.userhub_admin_key_parameter}"
             elif s.userhub_admin_key_secret_id:
                 if self._secretsmanager is None:

@@ -116,7 +116,8 @@ def environment_key() -> tuple[str | None, ...]:
     """The variables the settings and boto3 clients depend on. In Lambda they never change; a process that drives
     the handlers with other settings (a test, the CLI switching stages) gets fresh settings and clients."""
     return tuple(os.environ.get(name.upper()) for name in Settings.model_fields) + tuple(
-        os.environ.get(name) for name in AWS_VARIABLES)
+        os.environ.get(name) for name in AWS_VARIABLES
+    )
 
 
 def get_settings() -> Settings:

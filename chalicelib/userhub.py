@@ -48,8 +48,9 @@ def event_path(username: str, connection_id: str) -> str:
 class UserHubError(Exception):
     """Base of every failure of a UserHub call. `status` is None when no HTTP answer arrived."""
 
-    def __init__(self, message: str, *, status: int | None = None, code: str | None = None,
-                 reason: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, status: int | None = None, code: str | None = None, reason: str | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
@@ -122,8 +123,15 @@ class UserHubClient:
     client with the fewest calls in flight, so no client queues while another has a free connection.
     """
 
-    def __init__(self, base_url: str, *, connect_timeout: float = 2.0, read_timeout: float = 5.0,
-                 max_connections: int = 64, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        connect_timeout: float = 2.0,
+        read_timeout: float = 5.0,
+        max_connections: int = 64,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = httpx.Timeout(read_timeout, connect=connect_timeout, pool=connect_timeout + read_timeout)
         shards = 1 if transport is not None else max(1, math.ceil(max_connections / POOL_SHARD_CONNECTIONS))
@@ -132,8 +140,9 @@ class UserHubClient:
             httpx.AsyncClient(
                 base_url=self.base_url,
                 timeout=self.timeout,
-                limits=httpx.Limits(max_connections=per_shard, max_keepalive_connections=per_shard,
-                                    keepalive_expiry=30),
+                limits=httpx.Limits(
+                    max_connections=per_shard, max_keepalive_connections=per_shard, keepalive_expiry=30
+                ),
                 headers={"user-agent": USER_AGENT, "userhub-api-version": API_VERSION},
                 transport=transport,
                 follow_redirects=False,
@@ -142,14 +151,25 @@ class UserHubClient:
         ]
         self._in_flight = [0] * shards
 
-    async def report_event(self, username: str, connection_id: str, event_type: EventType, key: SecretStr,
-                           *, deadline_seconds: float | None = None) -> None:
+    async def report_event(
+        self,
+        username: str,
+        connection_id: str,
+        event_type: EventType,
+        key: SecretStr,
+        *,
+        deadline_seconds: float | None = None,
+    ) -> None:
         """POST `{"type": ...}` to `:event`; return on 2xx, raise a `UserHubError` subclass otherwise."""
         timeout = self.timeout
         if deadline_seconds is not None:
             cap = max(deadline_seconds, 0.05)
-            timeout = httpx.Timeout(min(self.timeout.read or cap, cap), connect=min(self.timeout.connect or cap, cap),
-                                    pool=cap, write=min(self.timeout.write or cap, cap))
+            timeout = httpx.Timeout(
+                min(self.timeout.read or cap, cap),
+                connect=min(self.timeout.connect or cap, cap),
+                pool=cap,
+                write=min(self.timeout.write or cap, cap),
+            )
         shard = min(range(len(self._clients)), key=self._in_flight.__getitem__)
         self._in_flight[shard] += 1
         try:
@@ -173,11 +193,15 @@ class UserHubClient:
         if status == 401:
             raise Unauthorized(summary, status=status, code=code, reason=reason)
         if status in (408, 429) or status >= 500:
-            raise TransientError(summary, status=status, code=code, reason=reason,
-                                 retry_after=parse_retry_after(response.headers.get("retry-after")))
+            raise TransientError(
+                summary,
+                status=status,
+                code=code,
+                reason=reason,
+                retry_after=parse_retry_after(response.headers.get("retry-after")),
+            )
         raise PermanentError(summary, status=status, code=code, reason=reason)
 
     async def aclose(self) -> None:
         for client in self._clients:
             await client.aclose()
-

@@ -120,8 +120,16 @@ def signin_event(username: str, pool: str = POOL_ID) -> dict:
 def message_body(username: str, type_: str = "SIGNIN", **fields: object) -> str:
     import json
 
-    body = {"v": 1, "id": f"id-{username}-{type_}", "type": type_, "user_pool_id": POOL_ID, "username": username,
-            "connection_id": CONNECTION_ID, "event_time": "2026-11-26T00:00:00+00:00", "source": "post_auth"}
+    body = {
+        "v": 1,
+        "id": f"id-{username}-{type_}",
+        "type": type_,
+        "user_pool_id": POOL_ID,
+        "username": username,
+        "connection_id": CONNECTION_ID,
+        "event_time": "2026-11-26T00:00:00+00:00",
+        "source": "post_auth",
+    }
     body.update(fields)
     return json.dumps(body)
 
@@ -133,8 +141,9 @@ def receive_event(sqs, queue_url: str, expected: int) -> dict:
     arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     messages: list[dict] = []
     for _ in range(20):
-        messages += sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, AttributeNames=["All"],
-                                        MessageAttributeNames=["All"]).get("Messages", [])
+        messages += sqs.receive_message(
+            QueueUrl=queue_url, MaxNumberOfMessages=10, AttributeNames=["All"], MessageAttributeNames=["All"]
+        ).get("Messages", [])
         if len(messages) >= expected:
             break
     assert len(messages) == expected, f"received {len(messages)} of {expected}"

@@ -29,8 +29,16 @@ CUSTOM_MESSAGE = f"arn:aws:lambda:{REGION}:{MOTO_ACCOUNT}:function:customer-cust
 
 def stage_variable_names() -> set[str]:
     """Every variable apply_stage could put into os.environ, plus the ones the commands read."""
-    names = {"USERHUB_ADMIN_KEY", "USERHUB_ADMIN_KEY_SECRET_ID", "EVENTS_QUEUE_URL", "MAX_RECEIVE_COUNT",
-             "KMS_KEY_ARN", "RETRY_BASE_SECONDS", "RETRY_MAX_SECONDS", "RETRY_JITTER"}
+    names = {
+        "USERHUB_ADMIN_KEY",
+        "USERHUB_ADMIN_KEY_SECRET_ID",
+        "EVENTS_QUEUE_URL",
+        "MAX_RECEIVE_COUNT",
+        "KMS_KEY_ARN",
+        "RETRY_BASE_SECONDS",
+        "RETRY_MAX_SECONDS",
+        "RETRY_JITTER",
+    }
     config = json.loads((REPO / ".chalice" / "config.json").read_text())
     names.update(config.get("environment_variables") or {})
     for stage in (config.get("stages") or {}).values():
@@ -46,8 +54,9 @@ def make_project(root: Path, monkeypatch: Any, moto_server: Any, *, with_app: bo
     shutil.copy(REPO / ".chalice" / "config.json", project / ".chalice" / "config.json")
     if with_app:
         shutil.copy(REPO / "app.py", project / "app.py")
-        shutil.copytree(REPO / "chalicelib", project / "chalicelib",
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        shutil.copytree(
+            REPO / "chalicelib", project / "chalicelib", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+        )
     monkeypatch.chdir(project)
     for name in stage_variable_names():
         monkeypatch.delenv(name, raising=False)
@@ -75,11 +84,20 @@ def create_pool(*, username_attributes: list[str] | None = None, post_auth: str 
         lambda_config["PostAuthentication"] = post_auth
     kwargs: dict[str, Any] = {
         "PoolName": "customer-pool",
-        "Policies": {"PasswordPolicy": {"MinimumLength": 14, "RequireUppercase": True, "RequireLowercase": True,
-                                        "RequireNumbers": True, "RequireSymbols": False}},
+        "Policies": {
+            "PasswordPolicy": {
+                "MinimumLength": 14,
+                "RequireUppercase": True,
+                "RequireLowercase": True,
+                "RequireNumbers": True,
+                "RequireSymbols": False,
+            }
+        },
         "AutoVerifiedAttributes": ["email"],
-        "Schema": [{"Name": "tenant", "AttributeDataType": "String", "Mutable": True},
-                   {"Name": "email", "AttributeDataType": "String", "Required": True, "Mutable": True}],
+        "Schema": [
+            {"Name": "tenant", "AttributeDataType": "String", "Mutable": True},
+            {"Name": "email", "AttributeDataType": "String", "Required": True, "Mutable": True},
+        ],
         "LambdaConfig": lambda_config,
         "MfaConfiguration": "OFF",
         "EmailVerificationSubject": "Your code for the customer app",
@@ -119,30 +137,51 @@ def fake_chalice_deploy(project: Path, stage: str = "dev", *, record: bool = Tru
     iam = boto3.client("iam")
     lam = boto3.client("lambda")
     sqs = boto3.client("sqs")
-    role = iam.create_role(RoleName=f"userhub-sync-{stage}-test", AssumeRolePolicyDocument=json.dumps({
-        "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"},
-                                                "Action": "sts:AssumeRole"}]}))["Role"]["Arn"]
+    role = iam.create_role(
+        RoleName=f"userhub-sync-{stage}-test",
+        AssumeRolePolicyDocument=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}
+                ],
+            }
+        ),
+    )["Role"]["Arn"]
     arns = {}
     for name in ("post_auth", "post_confirmation", "deliver"):
         arns[name] = lam.create_function(
-            FunctionName=f"userhub-sync-{stage}-{name}", Runtime="python3.11", Role=role, Handler="app.handler",
+            FunctionName=f"userhub-sync-{stage}-{name}",
+            Runtime="python3.11",
+            Role=role,
+            Handler="app.handler",
             Code={"ZipFile": _zip()},
         )["FunctionArn"]
     queue = config(project)["stages"][stage]["environment_variables"]["EVENTS_QUEUE_NAME"]
     url = sqs.get_queue_url(QueueName=queue)["QueueUrl"]
     queue_arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    mapping = lam.create_event_source_mapping(EventSourceArn=queue_arn, FunctionName=arns["deliver"], BatchSize=10,
-                                              Enabled=False)
+    mapping = lam.create_event_source_mapping(
+        EventSourceArn=queue_arn, FunctionName=arns["deliver"], BatchSize=10, Enabled=False
+    )
     if record:
         resources: list[dict[str, Any]] = [
             {"name": name, "resource_type": "lambda_function", "lambda_arn": arn} for name, arn in arns.items()
         ]
-        resources.append({"name": "deliver-sqs-event-source", "resource_type": "sqs_event", "queue_arn": queue_arn,
-                          "event_uuid": mapping["UUID"], "queue": queue, "lambda_arn": arns["deliver"]})
+        resources.append(
+            {
+                "name": "deliver-sqs-event-source",
+                "resource_type": "sqs_event",
+                "queue_arn": queue_arn,
+                "event_uuid": mapping["UUID"],
+                "queue": queue,
+                "lambda_arn": arns["deliver"],
+            }
+        )
         deployed = project / ".chalice" / "deployed"
         deployed.mkdir(parents=True, exist_ok=True)
-        (deployed / f"{stage}.json").write_text(json.dumps({"resources": resources, "schema_version": "2.0",
-                                                            "backend": "api"}))
+        (deployed / f"{stage}.json").write_text(
+            json.dumps({"resources": resources, "schema_version": "2.0", "backend": "api"})
+        )
     return {**arns, "uuid": mapping["UUID"]}
 
 
@@ -155,10 +194,19 @@ def drain(url: str) -> list[dict[str, Any]]:
     sqs = boto3.client("sqs")
     out: list[dict[str, Any]] = []
     while True:
-        got = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=60,
-                                  MessageAttributeNames=["All"], AttributeNames=["All"]).get("Messages") or []
+        got = (
+            sqs.receive_message(
+                QueueUrl=url,
+                MaxNumberOfMessages=10,
+                VisibilityTimeout=60,
+                MessageAttributeNames=["All"],
+                AttributeNames=["All"],
+            ).get("Messages")
+            or []
+        )
         if not got:
             return out
         out.extend(got)
-        sqs.delete_message_batch(QueueUrl=url, Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]}
-                                                        for i, m in enumerate(got)])
+        sqs.delete_message_batch(
+            QueueUrl=url, Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(got)]
+        )

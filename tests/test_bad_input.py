@@ -36,9 +36,11 @@ from userhub_sync.worker import LocalEventSource
 
 def fuzz(examples: int) -> settings:
     """Hypothesis settings for tests that use fixtures and talk to moto: no deadline, large data allowed."""
-    return settings(max_examples=examples, deadline=None, suppress_health_check=[
-        HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large])
-
+    return settings(
+        max_examples=examples,
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
 
 
 # ================================================================================================ helpers
@@ -67,13 +69,19 @@ def drain_queue(sqs: Any, url: str) -> list[dict[str, Any]]:
     """Receive and delete everything visible: keeps the queues empty between hypothesis examples."""
     found: list[dict[str, Any]] = []
     while True:
-        got = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=30,
-                                  MessageAttributeNames=["All"], AttributeNames=["All"]).get("Messages", [])
+        got = sqs.receive_message(
+            QueueUrl=url,
+            MaxNumberOfMessages=10,
+            VisibilityTimeout=30,
+            MessageAttributeNames=["All"],
+            AttributeNames=["All"],
+        ).get("Messages", [])
         if not got:
             return found
         found += got
-        sqs.delete_message_batch(QueueUrl=url, Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]}
-                                                        for i, m in enumerate(got)])
+        sqs.delete_message_batch(
+            QueueUrl=url, Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(got)]
+        )
 
 
 def attrs(message: dict[str, Any]) -> dict[str, str]:
@@ -86,19 +94,25 @@ def depth(sqs: Any, url: str) -> int:
 
 
 # ================================================================================================ post_auth
-huge_values = st.tuples(st.sampled_from(["x", "é", "名", "🙂", "\u200b", "'\"\\", "\n"]),
-                        st.integers(50_000, 120_000)).map(lambda pair: pair[0] * (pair[1] // len(pair[0])))
+huge_values = st.tuples(
+    st.sampled_from(["x", "é", "名", "🙂", "\u200b", "'\"\\", "\n"]), st.integers(50_000, 120_000)
+).map(lambda pair: pair[0] * (pair[1] // len(pair[0])))
 attribute_values = st.one_of(huge_values, st.text(SQS_CHARS, max_size=200), st.text(max_size=50))
 
 
 @fuzz(40)
-@given(username=cognito_usernames,
-       attributes=st.dictionaries(st.sampled_from(["email", "name", "custom:bio", "custom:ünïcode", "locale",
-                                                   "address", "picture"]), attribute_values, max_size=5),
-       client_metadata=st.dictionaries(st.text(max_size=20), attribute_values, max_size=2))
-def test_huge_and_non_ascii_attributes_enqueue_exactly_the_username(pipeline, username: str,
-                                                                    attributes: dict[str, str],
-                                                                    client_metadata: dict[str, str]) -> None:
+@given(
+    username=cognito_usernames,
+    attributes=st.dictionaries(
+        st.sampled_from(["email", "name", "custom:bio", "custom:ünïcode", "locale", "address", "picture"]),
+        attribute_values,
+        max_size=5,
+    ),
+    client_metadata=st.dictionaries(st.text(max_size=20), attribute_values, max_size=2),
+)
+def test_huge_and_non_ascii_attributes_enqueue_exactly_the_username(
+    pipeline, username: str, attributes: dict[str, str], client_metadata: dict[str, str]
+) -> None:
     event = signin_event(username)
     event["request"]["userAttributes"] = {**event["request"]["userAttributes"], **attributes}
     event["request"]["clientMetadata"] = client_metadata
@@ -117,12 +131,15 @@ def test_huge_and_non_ascii_attributes_enqueue_exactly_the_username(pipeline, us
     TALLY["attribute bytes in those events"] += sum(len(str(v).encode()) for v in attributes.values())
 
 
-@pytest.mark.parametrize("username", [
-    "x" * 300_000,  # enqueued (SQS takes 1 MiB), then poison at deliver: longer than any Cognito username
-    "é" * 600_000,  # 1.2 MB of UTF-8: over SQS's 1 MiB message limit, SendMessage fails
-    "\ud800lone surrogate",  # cannot be encoded at all
-    "\x00\x01\x1b[31m",  # control characters: JSON escapes them
-])
+@pytest.mark.parametrize(
+    "username",
+    [
+        "x" * 300_000,  # enqueued (SQS takes 1 MiB), then poison at deliver: longer than any Cognito username
+        "é" * 600_000,  # 1.2 MB of UTF-8: over SQS's 1 MiB message limit, SendMessage fails
+        "\ud800lone surrogate",  # cannot be encoded at all
+        "\x00\x01\x1b[31m",  # control characters: JSON escapes them
+    ],
+)
 def test_usernames_beyond_any_limit_never_raise(pipeline, username: str) -> None:
     event = signin_event(username)
     event["request"]["userAttributes"]["custom:blob"] = "ü" * 100_000
@@ -133,10 +150,14 @@ def test_usernames_beyond_any_limit_never_raise(pipeline, username: str) -> None
 
 
 @fuzz(60)
-@given(st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | huge_values | st.text(max_size=30),
-                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=10), inner,
-                                                                                  max_size=3), max_leaves=8),
-       st.sampled_from(["userName", "userPoolId", "request", "callerContext", "triggerSource", "response"]))
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | huge_values | st.text(max_size=30),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=10), inner, max_size=3),
+        max_leaves=8,
+    ),
+    st.sampled_from(["userName", "userPoolId", "request", "callerContext", "triggerSource", "response"]),
+)
 def test_any_field_of_any_type_and_size_never_raises(pipeline, value: Any, key: str) -> None:
     event = signin_event("fuzz") | {key: value}
     snapshot = json.dumps(event, sort_keys=True, default=repr)
@@ -167,49 +188,90 @@ def _not_json(text: str) -> bool:
     return False
 
 
-non_strings = st.one_of(st.none(), st.booleans(), st.integers(), st.lists(st.integers(), max_size=2),
-                        st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
+non_strings = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+)
 bad_field = st.one_of(
-    st.builds(lambda v: _valid(type=v), st.text(max_size=20).filter(lambda s: s not in ("SIGNIN", "SIGNUP", "CHANGED"))
-              | non_strings),
+    st.builds(
+        lambda v: _valid(type=v),
+        st.text(max_size=20).filter(lambda s: s not in ("SIGNIN", "SIGNUP", "CHANGED")) | non_strings,
+    ),
     st.builds(lambda v: _valid(username=v), st.just("") | st.just("u" * 2049) | non_strings),
     st.builds(lambda v: _valid(user_pool_id=v), st.just("") | st.just("p" * 56) | non_strings),
-    st.builds(lambda v: _valid(connection_id=v),
-              st.text(max_size=30).filter(lambda s: not re.fullmatch(r"conn_[A-Za-z0-9_-]+", s))
-              | st.integers() | st.lists(st.text(max_size=3), max_size=2)),
-    st.builds(lambda v: _valid(event_time=v),
-              st.sampled_from(["yesterday", "", "2026-01-01T00:00:00", "2026-13-45T00:00:00Z", "next tuesday"])
-              | st.none() | st.lists(st.integers(), max_size=2)),
-    st.builds(lambda v: _valid(source=v),
-              st.text(max_size=20).filter(lambda s: s not in ("post_auth", "post_confirmation", "reconcile",
-                                                              "replay")) | non_strings),
+    st.builds(
+        lambda v: _valid(connection_id=v),
+        st.text(max_size=30).filter(lambda s: not re.fullmatch(r"conn_[A-Za-z0-9_-]+", s))
+        | st.integers()
+        | st.lists(st.text(max_size=3), max_size=2),
+    ),
+    st.builds(
+        lambda v: _valid(event_time=v),
+        st.sampled_from(["yesterday", "", "2026-01-01T00:00:00", "2026-13-45T00:00:00Z", "next tuesday"])
+        | st.none()
+        | st.lists(st.integers(), max_size=2),
+    ),
+    st.builds(
+        lambda v: _valid(source=v),
+        st.text(max_size=20).filter(lambda s: s not in ("post_auth", "post_confirmation", "reconcile", "replay"))
+        | non_strings,
+    ),
     st.builds(lambda v: _valid(id=v), st.just("") | st.just("i" * 129) | st.integers() | st.lists(st.none())),
     st.builds(_without, st.sampled_from(["type", "user_pool_id", "username", "source"])),
 )
-wrong_version = st.builds(lambda v: _valid(v=v), st.none() | st.booleans() | st.text(max_size=5)
-                          | st.integers().filter(lambda n: n != 1) | st.floats(allow_nan=False).filter(lambda f: f != 1)
-                          | st.lists(st.just(1), max_size=2))
+wrong_version = st.builds(
+    lambda v: _valid(v=v),
+    st.none()
+    | st.booleans()
+    | st.text(max_size=5)
+    | st.integers().filter(lambda n: n != 1)
+    | st.floats(allow_nan=False).filter(lambda f: f != 1)
+    | st.lists(st.just(1), max_size=2),
+)
 malformed_bodies = st.one_of(
     st.text(SQS_CHARS, min_size=1, max_size=300).filter(_not_json),  # not JSON at all (incl. non-ASCII garbage)
-    st.one_of(st.integers(), st.floats(allow_nan=False), st.booleans(), st.none(), st.text(max_size=50),
-              st.lists(st.integers(), max_size=5)).map(json.dumps),  # JSON, but not an object
+    st.one_of(
+        st.integers(),
+        st.floats(allow_nan=False),
+        st.booleans(),
+        st.none(),
+        st.text(max_size=50),
+        st.lists(st.integers(), max_size=5),
+    ).map(json.dumps),  # JSON, but not an object
     wrong_version.map(json.dumps),
     bad_field.map(json.dumps),
     bad_field.map(lambda body: json.dumps(body, ensure_ascii=False)),
-    st.sampled_from([
-        " ", "{", "}", "null", "{\"v\": 1", "<xml/>", "\ufeff{}", "NaN", "[" * 300 + "]" * 300,
-        json.dumps({"v": 1, "padding": "x" * 100_000}),  # 100 KB, no fields at all
-        json.dumps(_valid(username="ü" * 50_000), ensure_ascii=False),  # 100 KB of non-ASCII username
-        json.dumps({"v": 1, **{f"k{i}": i for i in range(5000)}}),
-    ]),
+    st.sampled_from(
+        [
+            " ",
+            "{",
+            "}",
+            "null",
+            '{"v": 1',
+            "<xml/>",
+            "\ufeff{}",
+            "NaN",
+            "[" * 300 + "]" * 300,
+            json.dumps({"v": 1, "padding": "x" * 100_000}),  # 100 KB, no fields at all
+            json.dumps(_valid(username="ü" * 50_000), ensure_ascii=False),  # 100 KB of non-ASCII username
+            json.dumps({"v": 1, **{f"k{i}": i for i in range(5000)}}),
+        ]
+    ),
 )
 
 
 @fuzz(30)
-@given(bad=st.lists(malformed_bodies, min_size=1, max_size=6),
-       good=st.lists(cognito_usernames, min_size=1, max_size=4, unique=True), seed=st.integers(0, 2**16))
-def test_malformed_bodies_are_poison_and_the_rest_of_the_batch_is_delivered(pipeline, hub, bad: list[str],
-                                                                             good: list[str], seed: int) -> None:
+@given(
+    bad=st.lists(malformed_bodies, min_size=1, max_size=6),
+    good=st.lists(cognito_usernames, min_size=1, max_size=4, unique=True),
+    seed=st.integers(0, 2**16),
+)
+def test_malformed_bodies_are_poison_and_the_rest_of_the_batch_is_delivered(
+    pipeline, hub, bad: list[str], good: list[str], seed: int
+) -> None:
     for body in bad:  # the generator must only make poison; a body that parses would be a bug in this test
         with pytest.raises(PoisonMessage):
             parse_message(body)
@@ -218,8 +280,9 @@ def test_malformed_bodies_are_poison_and_the_rest_of_the_batch_is_delivered(pipe
     bodies = [message_body(u) for u in users] + bad
     random.Random(seed).shuffle(bodies)
     sqs, queues = pipeline.sqs, pipeline.queues
-    sqs.send_message_batch(QueueUrl=queues.events_url,
-                           Entries=[{"Id": str(i), "MessageBody": b} for i, b in enumerate(bodies)])
+    sqs.send_message_batch(
+        QueueUrl=queues.events_url, Entries=[{"Id": str(i), "MessageBody": b} for i, b in enumerate(bodies)]
+    )
 
     source = LocalEventSource(sqs, queues.events_url, app.deliver, wait_seconds=0, batch_size=10)
     result = source.poll_once()
@@ -255,8 +318,33 @@ def test_large_poison_bodies_still_reach_the_dlq_at_once(pipeline, hub) -> None:
 
 
 # ================================================================================================ usernames
-AWKWARD = [*"/?#%@:| ", "%2F", "%40", "..", "./", "@conn_evil", ":import", "?x=1", "#frag", "\\", "+", "&",
-                              "=", ";", ",", "é", "Ü", "名前", "🙂", "\u0301", "\u200b", "\t", "~", "'", '"']
+AWKWARD = [
+    *"/?#%@:| ",
+    "%2F",
+    "%40",
+    "..",
+    "./",
+    "@conn_evil",
+    ":import",
+    "?x=1",
+    "#frag",
+    "\\",
+    "+",
+    "&",
+    "=",
+    ";",
+    ",",
+    "é",
+    "Ü",
+    "名前",
+    "🙂",
+    "\u0301",
+    "\u200b",
+    "\t",
+    "~",
+    "'",
+    '"',
+]
 awkward_usernames = st.lists(st.sampled_from(AWKWARD) | COGNITO_CHARS, min_size=1, max_size=12).map("".join)
 
 
@@ -273,7 +361,8 @@ def test_awkward_usernames_arrive_as_exactly_that_external_id(pipeline, hub, nam
 
     calls = hub.journal()[before:]
     assert sorted(c.raw_path for c in calls) == sorted(
-        f"/admin/v1/users/{sdk_util.quote_path(f'{user}@{CONNECTION_ID}')}:event" for user in users)
+        f"/admin/v1/users/{sdk_util.quote_path(f'{user}@{CONNECTION_ID}')}:event" for user in users
+    )
     for call in calls:  # one segment under /admin/v1/users/, the :event verb, nothing else reachable
         segment = call.raw_path.removeprefix("/admin/v1/users/")
         assert call.raw_path.startswith("/admin/v1/users/") and segment.endswith(f"@{CONNECTION_ID}:event")
@@ -286,8 +375,16 @@ def test_awkward_usernames_arrive_as_exactly_that_external_id(pipeline, hub, nam
 
 def test_usernames_shaped_like_other_routes_stay_on_the_event_route(pipeline, hub) -> None:
     """Path traversal, a second verb, another connection, a query string: all end up as one literal externalId."""
-    users = ["../../admin/v1/users", "x:import", "y@conn_other", "z?pageSize=1000", "../_fake/reset", "%2e%2e%2f",
-             "/admin/v1/users/usr_1", "a#b:event"]
+    users = [
+        "../../admin/v1/users",
+        "x:import",
+        "y@conn_other",
+        "z?pageSize=1000",
+        "../_fake/reset",
+        "%2e%2e%2f",
+        "/admin/v1/users/usr_1",
+        "a#b:event",
+    ]
     for user in users:
         app.post_auth(signin_event(user), None)
     LocalEventSource(pipeline.sqs, pipeline.queues.events_url, app.deliver, wait_seconds=0).poll_once()

@@ -117,8 +117,15 @@ def test_refuses_a_retry_horizon_under_24_hours(project):
     assert "< 24 h" in short.output and "--allow-short-retry" in short.output
     assert boto3.client("sqs").list_queues().get("QueueUrls") is None
 
-    allowed = cli("bootstrap", "--stage", "dev", "--max-receive-count", "8", "--allow-short-retry",
-                  env={"USERHUB_ADMIN_KEY": ADMIN_KEY})
+    allowed = cli(
+        "bootstrap",
+        "--stage",
+        "dev",
+        "--max-receive-count",
+        "8",
+        "--allow-short-retry",
+        env={"USERHUB_ADMIN_KEY": ADMIN_KEY},
+    )
     assert allowed.exit_code == 0, allowed.output
     assert json.loads(_attrs("userhub-sync-dev-events")["RedrivePolicy"])["maxReceiveCount"] == 8
     assert config(project)["stages"]["dev"]["environment_variables"]["MAX_RECEIVE_COUNT"] == "8"
@@ -165,8 +172,9 @@ def test_unknown_stage_is_a_clear_error_and_create_stage_adds_it(project):
 def test_rejects_malformed_ids(project):
     result = cli("bootstrap", "--stage", "dev", "--user-pool-id", "not a pool")
     assert result.exit_code == 1 and "is not a user pool id" in result.output
-    missing = cli("bootstrap", "--stage", "dev", "--user-pool-id", "us-east-1_Nope123",
-                  env={"USERHUB_ADMIN_KEY": ADMIN_KEY})
+    missing = cli(
+        "bootstrap", "--stage", "dev", "--user-pool-id", "us-east-1_Nope123", env={"USERHUB_ADMIN_KEY": ADMIN_KEY}
+    )
     assert missing.exit_code == 1 and "not found" in missing.output
     assert boto3.client("sqs").list_queues().get("QueueUrls") is None  # checked before anything is created
 
@@ -175,16 +183,19 @@ def test_customer_managed_key_everywhere(project):
     kms = boto3.client("kms")
     key_arn = kms.create_key(Description="userhub-sync test")["KeyMetadata"]["Arn"]
     kms.create_alias(AliasName="alias/userhub-sync-test", TargetKeyId=key_arn)
-    result = cli("bootstrap", "--stage", "dev", "--kms-key", "alias/userhub-sync-test",
-                 env={"USERHUB_ADMIN_KEY": ADMIN_KEY})
+    result = cli(
+        "bootstrap", "--stage", "dev", "--kms-key", "alias/userhub-sync-test", env={"USERHUB_ADMIN_KEY": ADMIN_KEY}
+    )
     assert result.exit_code == 0, result.output
     assert _attrs("userhub-sync-dev-events")["KmsMasterKeyId"] == key_arn
     assert _attrs("userhub-sync-dev-dlq")["KmsMasterKeyId"] == key_arn
     rule = boto3.client("s3").get_bucket_encryption(Bucket="userhub-sync-dev-snapshots")[
-        "ServerSideEncryptionConfiguration"]["Rules"][0]["ApplyServerSideEncryptionByDefault"]
+        "ServerSideEncryptionConfiguration"
+    ]["Rules"][0]["ApplyServerSideEncryptionByDefault"]
     assert rule == {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": key_arn}
     (parameter,) = boto3.client("ssm").describe_parameters(
-        ParameterFilters=[{"Key": "Name", "Values": ["/userhub-sync/dev/admin-key"]}])["Parameters"]
+        ParameterFilters=[{"Key": "Name", "Values": ["/userhub-sync/dev/admin-key"]}]
+    )["Parameters"]
     assert parameter["KeyId"] == key_arn
     assert config(project)["stages"]["dev"]["environment_variables"]["KMS_KEY_ARN"] == key_arn
     deliver = json.loads((project / ".chalice" / "policy-dev-deliver.json").read_text())

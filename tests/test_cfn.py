@@ -30,22 +30,38 @@ def packaged(tmp_path_factory) -> dict:
     for path in (REPO / ".chalice").glob("*.json"):  # config.json and the committed policy-dev-*.json
         shutil.copy(path, project / ".chalice" / path.name)
     (project / "requirements.txt").write_text("")
-    env = {**os.environ, "AWS_DEFAULT_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "testing",
-           "AWS_SECRET_ACCESS_KEY": "testing"}
+    env = {
+        **os.environ,
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+    }
     env.pop("AWS_ENDPOINT_URL", None)  # packaging makes no AWS calls
     out = project / "out"
     run = subprocess.run(
-        [str(BIN / "chalice"), "package", "--stage", "dev", "--merge-template",
-         str(REPO / "infra" / "merge-template.json"), str(out)],
-        cwd=project, env=env, capture_output=True, text=True, timeout=300,
+        [
+            str(BIN / "chalice"),
+            "package",
+            "--stage",
+            "dev",
+            "--merge-template",
+            str(REPO / "infra" / "merge-template.json"),
+            str(out),
+        ],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert run.returncode == 0, run.stdout + run.stderr
     return {"path": out / "sam.json", "template": json.loads((out / "sam.json").read_text()), "env": env}
 
 
 def test_cfn_lint_passes(packaged):
-    lint = subprocess.run([str(BIN / "cfn-lint"), str(packaged["path"])], capture_output=True, text=True,
-                          timeout=300, env=packaged["env"])
+    lint = subprocess.run(
+        [str(BIN / "cfn-lint"), str(packaged["path"])], capture_output=True, text=True, timeout=300, env=packaged["env"]
+    )
     assert lint.returncode == 0, lint.stdout + lint.stderr
 
 

@@ -57,11 +57,21 @@ def event(user: str, ts: float) -> RecordedEvent:
 
 
 def test_accounting_is_strict_about_time_and_counts_duplicates() -> None:
-    signins = [SignIn("a", 10.0, True), SignIn("b", 10.0, True), SignIn("b", 20.0, True), SignIn("c", 10.0, True),
-               SignIn("d", 10.0, True), SignIn("e", 10.0, False)]
-    events = [event("a", 11), event("a", 12), event("a", 13),  # two redeliveries
-              event("b", 25),  # one call after both sign-ins of b (merged in one batch): both delivered
-              event("c", 9)]  # accepted before c's sign-in was enqueued: it cannot stand for it
+    signins = [
+        SignIn("a", 10.0, True),
+        SignIn("b", 10.0, True),
+        SignIn("b", 20.0, True),
+        SignIn("c", 10.0, True),
+        SignIn("d", 10.0, True),
+        SignIn("e", 10.0, False),
+    ]
+    events = [
+        event("a", 11),
+        event("a", 12),
+        event("a", 13),  # two redeliveries
+        event("b", 25),  # one call after both sign-ins of b (merged in one batch): both delivered
+        event("c", 9),
+    ]  # accepted before c's sign-in was enqueued: it cannot stand for it
     result = account(signins, events, Counter({"d": 2}))
     assert result.delivered == 3
     assert result.dead == 1 and result.extra_dead == 1  # d's second DLQ copy stands for no sign-in

@@ -108,8 +108,13 @@ def test_poison_bodies(body: str | None, reason: str) -> None:
     assert reason in raised.value.reason
 
 
-@given(st.one_of(st.text(max_size=200), st.binary(max_size=200),
-                 st.dictionaries(st.text(max_size=10), st.text(max_size=10)).map(json.dumps)))
+@given(
+    st.one_of(
+        st.text(max_size=200),
+        st.binary(max_size=200),
+        st.dictionaries(st.text(max_size=10), st.text(max_size=10)).map(json.dumps),
+    )
+)
 def test_any_body_parses_or_is_poison(body: str | bytes) -> None:
     try:
         parse_message(body)

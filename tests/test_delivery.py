@@ -25,8 +25,13 @@ def send(sqs, url: str, *bodies: str) -> None:
 def dlq_messages(stack) -> list[dict]:
     found: list[dict] = []
     for _ in range(5):
-        got = stack.sqs.receive_message(QueueUrl=stack.queues.dlq_url, MaxNumberOfMessages=10, VisibilityTimeout=30,
-                                        MessageAttributeNames=["All"], AttributeNames=["All"]).get("Messages", [])
+        got = stack.sqs.receive_message(
+            QueueUrl=stack.queues.dlq_url,
+            MaxNumberOfMessages=10,
+            VisibilityTimeout=30,
+            MessageAttributeNames=["All"],
+            AttributeNames=["All"],
+        ).get("Messages", [])
         if not got:
             break
         found += got
@@ -38,16 +43,18 @@ def attrs(message: dict) -> dict[str, str]:
 
 
 def depth(stack, url: str) -> int:
-    a = stack.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages",
-                                                                     "ApproximateNumberOfMessagesNotVisible"])
+    a = stack.sqs.get_queue_attributes(
+        QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+    )
     return sum(int(v) for v in a["Attributes"].values())
 
 
 def capture_visibility(sqs) -> list[dict]:
     """Record the ChangeMessageVisibilityBatch entries deliver sends (the call still goes to moto)."""
     seen: list[dict] = []
-    sqs.meta.events.register("provide-client-params.sqs.ChangeMessageVisibilityBatch",
-                             lambda params, **_: seen.extend(params["Entries"]))
+    sqs.meta.events.register(
+        "provide-client-params.sqs.ChangeMessageVisibilityBatch", lambda params, **_: seen.extend(params["Entries"])
+    )
     return seen
 
 
@@ -57,14 +64,30 @@ def deliverer_with(sqs) -> Deliverer:
 
 def test_batch_outcomes_success_transient_permanent_poison(pipeline, hub) -> None:
     sqs = pipeline.sqs
-    send(sqs, pipeline.queues.events_url, message_body("ok-user"), message_body("flaky"), message_body("rejected"),
-         "{not json", json.dumps({"v": 2, "type": "SIGNIN"}))
+    send(
+        sqs,
+        pipeline.queues.events_url,
+        message_body("ok-user"),
+        message_body("flaky"),
+        message_body("rejected"),
+        "{not json",
+        json.dumps({"v": 2, "type": "SIGNIN"}),
+    )
     hub.add_fault(Fault(status=503, match_external_id="flaky"))
-    hub.add_fault(Fault(status=400, code="INVALID_ARGUMENT", reason="USER_INVALID", message="no such user",
-                        match_external_id="rejected"))
+    hub.add_fault(
+        Fault(
+            status=400,
+            code="INVALID_ARGUMENT",
+            reason="USER_INVALID",
+            message="no such user",
+            match_external_id="rejected",
+        )
+    )
     event = receive_event(sqs, pipeline.queues.events_url, 5)
-    ids = {json.loads(r["body"]).get("username") if r["body"].startswith("{\"v\": 1") else r["body"]: r["messageId"]
-           for r in event["Records"]}
+    ids = {
+        json.loads(r["body"]).get("username") if r["body"].startswith('{"v": 1') else r["body"]: r["messageId"]
+        for r in event["Records"]
+    }
 
     result = deliverer_with(sqs).handle(event, LambdaContext("deliver", 60).get_remaining_time_in_millis)
 
@@ -89,8 +112,13 @@ def test_batch_outcomes_success_transient_permanent_poison(pipeline, hub) -> Non
 
 def test_poison_reasons_are_specific(pipeline) -> None:
     sqs = pipeline.sqs
-    send(sqs, pipeline.queues.events_url, "{not json", json.dumps({"v": 2, "type": "SIGNIN"}),
-         json.dumps({"v": 1, "type": "LOGOUT", "user_pool_id": "p", "username": "u", "source": "post_auth"}))
+    send(
+        sqs,
+        pipeline.queues.events_url,
+        "{not json",
+        json.dumps({"v": 2, "type": "SIGNIN"}),
+        json.dumps({"v": 1, "type": "LOGOUT", "user_pool_id": "p", "username": "u", "source": "post_auth"}),
+    )
     event = receive_event(sqs, pipeline.queues.events_url, 3)
     assert deliverer_with(sqs).handle(event, lambda: 60_000) == {"batchItemFailures": []}
     dead = dlq_messages(pipeline)
@@ -159,8 +187,13 @@ def test_last_attempt_is_dead_lettered_with_reason(pipeline, hub) -> None:
 
 def test_duplicates_in_a_batch_make_one_call(pipeline, hub) -> None:
     sqs = pipeline.sqs
-    send(sqs, pipeline.queues.events_url, message_body("twice", id="a"), message_body("twice", id="b"),
-         message_body("twice", "CHANGED", id="c"))
+    send(
+        sqs,
+        pipeline.queues.events_url,
+        message_body("twice", id="a"),
+        message_body("twice", id="b"),
+        message_body("twice", "CHANGED", id="c"),
+    )
     result = deliverer_with(sqs).handle(receive_event(sqs, pipeline.queues.events_url, 3), lambda: 60_000)
     assert result == {"batchItemFailures": []}
     assert sorted(e.type for e in hub.events()) == ["CHANGED", "SIGNIN"]
@@ -173,7 +206,8 @@ def test_duplicates_share_the_leaders_failure(pipeline, hub) -> None:
     event = receive_event(sqs, pipeline.queues.events_url, 2)
     result = deliverer_with(sqs).handle(event, lambda: 60_000)
     assert sorted(f["itemIdentifier"] for f in result["batchItemFailures"]) == sorted(
-        r["messageId"] for r in event["Records"])
+        r["messageId"] for r in event["Records"]
+    )
     assert len(hub.journal()) == 1
 
 
@@ -216,7 +250,8 @@ def test_key_rotation_401_fetches_once_and_recovers(pipeline, hub) -> None:
         deliverer = deliverer_with(sqs)
         send(sqs, pipeline.queues.events_url, message_body("before"))
         assert deliverer.handle(receive_event(sqs, pipeline.queues.events_url, 1), lambda: 60_000) == {
-            "batchItemFailures": []}
+            "batchItemFailures": []
+        }
         new_key = "userhub_admin_rotated_9876543210"
         ssm.put_parameter(Name="/test/admin-key", Value=new_key, Type="SecureString", Overwrite=True)
         hub.set_admin_keys([new_key])
@@ -248,6 +283,7 @@ def test_dlq_send_failure_keeps_the_message(pipeline, hub) -> None:
 
     def refuse(params, **_):
         params["QueueUrl"] += "-gone"  # moto answers QueueDoesNotExist: a real failure of the send
+
     sqs.meta.events.register("provide-client-params.sqs.SendMessageBatch", refuse)
     result = deliverer_with(sqs).handle(event, lambda: 60_000)
     assert result == {"batchItemFailures": [{"itemIdentifier": event["Records"][0]["messageId"]}]}
@@ -269,8 +305,12 @@ def test_handler_via_chalice_test_client(pipeline, hub) -> None:
 
 def test_connection_comes_from_message_or_settings(pipeline, hub) -> None:
     sqs = pipeline.sqs
-    send(sqs, pipeline.queues.events_url, message_body("a", connection_id=None),
-         message_body("b", connection_id="conn_other"))
+    send(
+        sqs,
+        pipeline.queues.events_url,
+        message_body("a", connection_id=None),
+        message_body("b", connection_id="conn_other"),
+    )
     deliverer_with(sqs).handle(receive_event(sqs, pipeline.queues.events_url, 2), lambda: 60_000)
     assert {(e.external_id, e.connection_id) for e in hub.events()} == {("a", CONNECTION_ID), ("b", "conn_other")}
 

@@ -10,8 +10,11 @@ from userhub_sync.cli import app
 def test_demo_accounts_for_every_signin() -> None:
     result = CliRunner().invoke(app, ["demo", "--signins", "60", "--permanent", "2", "--fault-rate", "0.3"])
     assert result.exit_code == 0, result.output
-    lines = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in result.output.splitlines()
-             if line.count("│") == 3}
+    lines = {
+        line.split("│")[1].strip(): line.split("│")[2].strip()
+        for line in result.output.splitlines()
+        if line.count("│") == 3
+    }
     assert lines["signed in"] == "60"
     assert lines["enqueued by post_auth"] == "60"
     assert lines["lost"] == "0"

@@ -40,8 +40,14 @@ IGNORED = {"LambdaConfig", "LastModifiedDate"}
 def chalice_deploy(project: Path) -> None:
     env = dict(os.environ)  # AWS_ENDPOINT_URL, region and moto's dummy credentials from the session fixture
     assert env["AWS_ENDPOINT_URL"].startswith("http://127.0.0.1")
-    run = subprocess.run([str(Path(sys.executable).parent / "chalice"), "deploy", "--stage", STAGE],
-                         cwd=project, env=env, capture_output=True, text=True, timeout=600)
+    run = subprocess.run(
+        [str(Path(sys.executable).parent / "chalice"), "deploy", "--stage", STAGE],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     assert "Could not install dependencies" not in run.stdout + run.stderr, (
         "chalice could not fetch the wheels of requirements.txt (no network?): rerun with USERHUB_DEPLOY_TEST_OFFLINE=1"
@@ -62,8 +68,17 @@ def test_bootstrap_chalice_deploy_wire(project):
     pool_id = create_pool()
     before = describe_pool(pool_id)
 
-    boot = cli("bootstrap", "--stage", STAGE, "--create-stage", "--user-pool-id", pool_id,
-               "--connection-id", "conn_deploytest", env={"USERHUB_ADMIN_KEY": ADMIN_KEY})
+    boot = cli(
+        "bootstrap",
+        "--stage",
+        STAGE,
+        "--create-stage",
+        "--user-pool-id",
+        pool_id,
+        "--connection-id",
+        "conn_deploytest",
+        env={"USERHUB_ADMIN_KEY": ADMIN_KEY},
+    )
     assert boot.exit_code == 0, boot.output
     assert ADMIN_KEY not in boot.output
 
@@ -78,13 +93,16 @@ def test_bootstrap_chalice_deploy_wire(project):
 
     lam = boto3.client("lambda")
     assert lam.get_event_source_mapping(UUID=event["event_uuid"])["FunctionResponseTypes"] == [
-        "ReportBatchItemFailures"]
+        "ReportBatchItemFailures"
+    ]
     after = describe_pool(pool_id)
-    assert after["LambdaConfig"] == {"PreSignUp": OTHER_TRIGGER, "CustomMessage": CUSTOM_MESSAGE,
-                                     "PostAuthentication": functions["post_auth"],
-                                     "PostConfirmation": functions["post_confirmation"]}
-    assert {k: v for k, v in after.items() if k not in IGNORED} == {k: v for k, v in before.items()
-                                                                    if k not in IGNORED}
+    assert after["LambdaConfig"] == {
+        "PreSignUp": OTHER_TRIGGER,
+        "CustomMessage": CUSTOM_MESSAGE,
+        "PostAuthentication": functions["post_auth"],
+        "PostConfirmation": functions["post_confirmation"],
+    }
+    assert {k: v for k, v in after.items() if k not in IGNORED} == {k: v for k, v in before.items() if k not in IGNORED}
     for name in ("post_auth", "post_confirmation"):
         statements = json.loads(lam.get_policy(FunctionName=functions[name])["Policy"])["Statement"]
         cognito = [s for s in statements if s["Principal"] == {"Service": "cognito-idp.amazonaws.com"}]
@@ -103,7 +121,8 @@ def test_bootstrap_chalice_deploy_wire(project):
     # a later `chalice deploy` updates the mapping without FunctionResponseTypes: the setting survives
     chalice_deploy(project)
     assert lam.get_event_source_mapping(UUID=event["event_uuid"])["FunctionResponseTypes"] == [
-        "ReportBatchItemFailures"]
+        "ReportBatchItemFailures"
+    ]
     again = cli("wire", "--stage", STAGE, "--post-confirmation", "--json")
     assert again.exit_code == 0 and {s["status"] for s in json.loads(again.stdout)["steps"]} == {"ok"}
 

@@ -28,35 +28,65 @@ def project(tmp_path, monkeypatch, moto_server):
     return project
 
 
-def dead_letter(user: str, *, kind: str = "permanent", status: int | None = 404, code: str | None = "user_not_found",
-                reason: str | None = "User not found", ago: timedelta = timedelta(minutes=5), attempts: int = 1,
-                body: str | None = None) -> SyncMessage | None:
+def dead_letter(
+    user: str,
+    *,
+    kind: str = "permanent",
+    status: int | None = 404,
+    code: str | None = "user_not_found",
+    reason: str | None = "User not found",
+    ago: timedelta = timedelta(minutes=5),
+    attempts: int = 1,
+    body: str | None = None,
+) -> SyncMessage | None:
     """Put a message in the DLQ exactly as deliver does (its own dlq_attributes)."""
     message = None
     if body is None:
-        message = SyncMessage(type=EventType.SIGNIN, user_pool_id=POOL, username=user, connection_id=CONNECTION,
-                              source=Source.POST_AUTH)
+        message = SyncMessage(
+            type=EventType.SIGNIN, user_pool_id=POOL, username=user, connection_id=CONNECTION, source=Source.POST_AUTH
+        )
         body = message.to_body()
     sent_ms = str(int((datetime.now(UTC) - ago).timestamp() * 1000))
-    record = Record(message_id=f"orig-{user}", receipt_handle="rh", body=body, receive_count=attempts,
-                    sent_timestamp=sent_ms, source_arn=None)
-    outcome = Outcome(record, Kind.DEAD_LETTER, message=message, status=status, code=code, reason=reason,
-                      failure_kind=kind)
-    boto3.client("sqs").send_message(QueueUrl=queue_url(DLQ), MessageBody=body,
-                                     MessageAttributes=dlq_attributes(outcome))
+    record = Record(
+        message_id=f"orig-{user}",
+        receipt_handle="rh",
+        body=body,
+        receive_count=attempts,
+        sent_timestamp=sent_ms,
+        source_arn=None,
+    )
+    outcome = Outcome(
+        record, Kind.DEAD_LETTER, message=message, status=status, code=code, reason=reason, failure_kind=kind
+    )
+    boto3.client("sqs").send_message(
+        QueueUrl=queue_url(DLQ), MessageBody=body, MessageAttributes=dlq_attributes(outcome)
+    )
     return message
 
 
 def seed() -> dict[str, SyncMessage | None]:
     sent = {
         "alice": dead_letter("alice", ago=timedelta(hours=3)),
-        "bob": dead_letter("bob", status=400, code="invalid_argument", reason="Connection is disabled",
-                           ago=timedelta(minutes=30)),
-        "carol": dead_letter("carol", kind="exhausted", status=503, code=None, attempts=13,
-                             reason="retries exhausted after 13 attempts: 503 Service Unavailable",
-                             ago=timedelta(hours=30)),
-        "poison": dead_letter("poison", kind="poison", status=None, code=None, body="{not json",
-                              reason="body is not JSON: JSONDecodeError"),
+        "bob": dead_letter(
+            "bob", status=400, code="invalid_argument", reason="Connection is disabled", ago=timedelta(minutes=30)
+        ),
+        "carol": dead_letter(
+            "carol",
+            kind="exhausted",
+            status=503,
+            code=None,
+            attempts=13,
+            reason="retries exhausted after 13 attempts: 503 Service Unavailable",
+            ago=timedelta(hours=30),
+        ),
+        "poison": dead_letter(
+            "poison",
+            kind="poison",
+            status=None,
+            code=None,
+            body="{not json",
+            reason="body is not JSON: JSONDecodeError",
+        ),
     }
     dave = SyncMessage(type=EventType.SIGNUP, user_pool_id=POOL, username="dave", source=Source.RECONCILE)
     boto3.client("sqs").send_message(QueueUrl=queue_url(DLQ), MessageBody=dave.to_body())  # as SQS redrives it
@@ -88,7 +118,12 @@ def test_list_shows_failures_and_leaves_the_queue_as_it_was(project):
     by_user = {m["user"]: m for m in listing["messages"]}
     alice = by_user["alice"]
     assert (alice["kind"], alice["status"], alice["code"], alice["reason"], alice["attempts"]) == (
-        "permanent", 404, "user_not_found", "User not found", 1)
+        "permanent",
+        404,
+        "user_not_found",
+        "User not found",
+        1,
+    )
     assert 3 * 3600 - 60 < alice["age_seconds"] < 3 * 3600 + 60 and alice["first_seen"].endswith("Z")
     assert by_user["carol"]["kind"] == "exhausted" and by_user["carol"]["attempts"] == 13
     assert by_user["dave"]["kind"] == "redriven" and by_user["dave"]["status"] is None
@@ -124,8 +159,10 @@ def test_messages_redriven_by_sqs_itself_are_listed_as_redriven(project):
     sqs = boto3.client("sqs")
     events = queue_url(EVENTS)
     dlq_arn = sqs.get_queue_attributes(QueueUrl=queue_url(DLQ), AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    sqs.set_queue_attributes(QueueUrl=events, Attributes={
-        "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": 1})})
+    sqs.set_queue_attributes(
+        QueueUrl=events,
+        Attributes={"RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": 1})},
+    )
     message = SyncMessage(type=EventType.SIGNIN, user_pool_id=POOL, username="erin", source=Source.POST_AUTH)
     sqs.send_message(QueueUrl=events, MessageBody=message.to_body())
     assert sqs.receive_message(QueueUrl=events, VisibilityTimeout=0).get("Messages")
@@ -182,8 +219,7 @@ def test_replay_progress_and_final_count(project):
 class FaultySQS:
     """The real client, except that SendMessageBatch fails for some users and the first call raises outright."""
 
-    def __init__(self, real: Any, fail_users: set[str], *, raise_first: bool = False,
-                 fail_deletes: int = 0) -> None:
+    def __init__(self, real: Any, fail_users: set[str], *, raise_first: bool = False, fail_deletes: int = 0) -> None:
         self.real, self.fail_users, self.raise_next = real, fail_users, raise_first
         self.fail_deletes = fail_deletes
 
@@ -197,15 +233,18 @@ class FaultySQS:
         failing = [e for e in Entries if json.loads(e["MessageBody"]).get("username") in self.fail_users]
         passing = [e for e in Entries if e not in failing]
         response = self.real.send_message_batch(QueueUrl=QueueUrl, Entries=passing) if passing else {}
-        failed = [{"Id": e["Id"], "SenderFault": False, "Code": "InternalError", "Message": "injected"}
-                  for e in failing]
+        failed = [
+            {"Id": e["Id"], "SenderFault": False, "Code": "InternalError", "Message": "injected"} for e in failing
+        ]
         return {"Successful": response.get("Successful", []), "Failed": response.get("Failed", []) + failed}
 
     def delete_message_batch(self, QueueUrl: str, Entries: list[dict[str, Any]]) -> dict[str, Any]:
         if self.fail_deletes > 0:
             self.fail_deletes -= 1
-            return {"Successful": [], "Failed": [{"Id": e["Id"], "SenderFault": False, "Code": "InternalError"}
-                                                 for e in Entries]}
+            return {
+                "Successful": [],
+                "Failed": [{"Id": e["Id"], "SenderFault": False, "Code": "InternalError"} for e in Entries],
+            }
         return self.real.delete_message_batch(QueueUrl=QueueUrl, Entries=Entries)
 
 

@@ -24,8 +24,12 @@ def test_500_signins_with_20_percent_transient_faults_none_lost(pipeline, hub) -
     hub.add_fault(Fault(kind="drop", probability=0.04))
     users = [f"user-{i}@example.com" for i in range(500)]
     # production's maxReceiveCount (13): with 4 (the fixture's) about one message in 600 would use up its attempts
-    pipeline.sqs.set_queue_attributes(QueueUrl=pipeline.queues.events_url, Attributes={"RedrivePolicy": json.dumps(
-        {"deadLetterTargetArn": pipeline.queues.dlq_arn, "maxReceiveCount": 13})})
+    pipeline.sqs.set_queue_attributes(
+        QueueUrl=pipeline.queues.events_url,
+        Attributes={
+            "RedrivePolicy": json.dumps({"deadLetterTargetArn": pipeline.queues.dlq_arn, "maxReceiveCount": 13})
+        },
+    )
     failed_before = post_auth.metrics.totals["enqueue_failed"]  # the counter lives as long as the process
     with patched_environ({"RETRY_BASE_SECONDS": "0", "RETRY_JITTER": "0"}):
         for user in users:
@@ -39,8 +43,9 @@ def test_500_signins_with_20_percent_transient_faults_none_lost(pipeline, hub) -
     assert len(faulted) > 50  # the faults really happened (about 20 % of the first attempts)
     assert retries >= len(faulted) * 0.9
     assert source.totals.deleted == 500
-    dlq = pipeline.sqs.get_queue_attributes(QueueUrl=pipeline.queues.dlq_url,
-                                            AttributeNames=["ApproximateNumberOfMessages"])["Attributes"]
+    dlq = pipeline.sqs.get_queue_attributes(
+        QueueUrl=pipeline.queues.dlq_url, AttributeNames=["ApproximateNumberOfMessages"]
+    )["Attributes"]
     assert dlq["ApproximateNumberOfMessages"] == "0"
 
 
@@ -52,8 +57,9 @@ def test_a_400_and_a_poison_body_go_to_the_dlq_without_failing_the_batch(pipelin
     source = drain(pipeline)
     assert source.batches == 1  # one batch, nothing retried
     assert {e.external_id for e in hub.events()} == {"good-1", "good-2"}
-    messages = pipeline.sqs.receive_message(QueueUrl=pipeline.queues.dlq_url, MaxNumberOfMessages=10,
-                                            MessageAttributeNames=["All"])["Messages"]
+    messages = pipeline.sqs.receive_message(
+        QueueUrl=pipeline.queues.dlq_url, MaxNumberOfMessages=10, MessageAttributeNames=["All"]
+    )["Messages"]
     kinds = sorted((m["MessageAttributes"]["failure_kind"]["StringValue"], m["Body"][:6]) for m in messages)
     assert kinds == [("permanent", '{"v":1'), ("poison", "<xml/>")]
     [permanent] = [m for m in messages if m["Body"].startswith("{")]

@@ -67,4 +67,5 @@ def test_reliability_doc_states_the_schedule_the_code_has() -> None:
     table = re.findall(r"^\| (\d+) \| ([\d,]+) s \|", text, flags=re.MULTILINE)
     no_jitter = RetryPolicy(policy.base, policy.cap, 0)
     assert [(int(n), int(s.replace(",", ""))) for n, s in table] == [
-        (n, no_jitter.delay(n)) for n in range(1, receives)]
+        (n, no_jitter.delay(n)) for n in range(1, receives)
+    ]

@@ -14,11 +14,27 @@ from userhub_sync import policies
 LOG_ACTIONS = {"logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"}
 EXPECTED_ACTIONS = {
     "post_auth": LOG_ACTIONS | {"sqs:SendMessage"},
-    "deliver": LOG_ACTIONS | {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes",
-                              "sqs:ChangeMessageVisibility", "sqs:GetQueueUrl", "sqs:SendMessage",
-                              "ssm:GetParameter"},
-    "reconcile": LOG_ACTIONS | {"cognito-idp:ListUsers", "s3:GetObject", "s3:PutObject", "s3:DeleteObject",
-                                "s3:ListBucket", "sqs:SendMessage", "sqs:GetQueueUrl", "lambda:InvokeFunction"},
+    "deliver": LOG_ACTIONS
+    | {
+        "sqs:ReceiveMessage",
+        "sqs:DeleteMessage",
+        "sqs:GetQueueAttributes",
+        "sqs:ChangeMessageVisibility",
+        "sqs:GetQueueUrl",
+        "sqs:SendMessage",
+        "ssm:GetParameter",
+    },
+    "reconcile": LOG_ACTIONS
+    | {
+        "cognito-idp:ListUsers",
+        "s3:GetObject",
+        "s3:PutObject",
+        "s3:DeleteObject",
+        "s3:ListBucket",
+        "sqs:SendMessage",
+        "sqs:GetQueueUrl",
+        "lambda:InvokeFunction",
+    },
 }
 ACCOUNT = r"(\*|\d{12})"
 REGION = r"(\*|[a-z]{2}(-[a-z]+)+-\d)"
@@ -44,12 +60,21 @@ def allowed_resources(stage: str, env: dict[str, str], functions: list[str]) -> 
         **{action: logs for action in LOG_ACTIONS},
         "sqs:SendMessage": {queue[events], queue[dlq]},
         "sqs:GetQueueUrl": {queue[events], queue[dlq]},
-        **{action: {queue[events]} for action in ("sqs:ReceiveMessage", "sqs:DeleteMessage",
-                                                  "sqs:GetQueueAttributes", "sqs:ChangeMessageVisibility")},
+        **{
+            action: {queue[events]}
+            for action in (
+                "sqs:ReceiveMessage",
+                "sqs:DeleteMessage",
+                "sqs:GetQueueAttributes",
+                "sqs:ChangeMessageVisibility",
+            )
+        },
         "ssm:GetParameter": {arn("ssm", f"parameter/{parameter}")},
         "cognito-idp:ListUsers": {arn("cognito-idp", f"userpool/{pool}")},
-        **{action: {re.escape(f"arn:aws:s3:::{bucket}/reconcile/") + r"\*"}
-           for action in ("s3:GetObject", "s3:PutObject", "s3:DeleteObject")},
+        **{
+            action: {re.escape(f"arn:aws:s3:::{bucket}/reconcile/") + r"\*"}
+            for action in ("s3:GetObject", "s3:PutObject", "s3:DeleteObject")
+        },
         "s3:ListBucket": {re.escape(f"arn:aws:s3:::{bucket}")},
         "lambda:InvokeFunction": {arn("lambda", f"function:{app}-reconcile_continue")},
     }
@@ -69,8 +94,13 @@ def check_policy(document: dict[str, Any], role: str, stage: str, env: dict[str,
                 assert any(re.fullmatch(p, resource) for p in allowed[action]), f"{action} on {resource}"
     assert actions == EXPECTED_ACTIONS[role]
     if role == "post_auth":  # may only enqueue, on the events queue
-        sqs_resources = {r for s in document["Statement"] for a in _list(s["Action"]) if a.startswith("sqs:")
-                         for r in _list(s["Resource"])}
+        sqs_resources = {
+            r
+            for s in document["Statement"]
+            for a in _list(s["Action"])
+            if a.startswith("sqs:")
+            for r in _list(s["Resource"])
+        }
         assert all(r.endswith(":" + env["EVENTS_QUEUE_NAME"]) for r in sqs_resources)
 
 
@@ -83,8 +113,11 @@ def _committed(stage: str) -> tuple[dict[str, Any], dict[str, str]]:
 def test_committed_policy_files_are_least_privilege(stage):
     config, env = _committed(stage)
     files = policies.policy_files(config, stage)
-    assert set(files) == {f"policy-{stage}-post_auth.json", f"policy-{stage}-deliver.json",
-                          f"policy-{stage}-reconcile.json"}
+    assert set(files) == {
+        f"policy-{stage}-post_auth.json",
+        f"policy-{stage}-deliver.json",
+        f"policy-{stage}-reconcile.json",
+    }
     for name, (role, functions) in files.items():
         path = REPO / ".chalice" / name
         assert path.exists(), f"{name} is named in config.json but missing"
@@ -117,9 +150,16 @@ def test_bootstrap_writes_exact_arns(tmp_path, monkeypatch, moto_server):
 
 def test_customer_managed_key_adds_only_that_key():
     targets = policies.PolicyTargets(
-        app_name="userhub-sync", stage="dev", account="123456789012", region="eu-west-1",
-        events_queue="userhub-sync-dev-events", dead_letter_queue="userhub-sync-dev-dlq", user_pool_id="eu-west-1_X1",
-        bucket="b", key_parameter="/p", kms_key_arn="arn:aws:kms:eu-west-1:123456789012:key/abc",
+        app_name="userhub-sync",
+        stage="dev",
+        account="123456789012",
+        region="eu-west-1",
+        events_queue="userhub-sync-dev-events",
+        dead_letter_queue="userhub-sync-dev-dlq",
+        user_pool_id="eu-west-1_X1",
+        bucket="b",
+        key_parameter="/p",
+        kms_key_arn="arn:aws:kms:eu-west-1:123456789012:key/abc",
     )
     for role in policies.ROLES:
         kms = [s for s in policies.build_policy(role, [role], targets)["Statement"] if s["Sid"] == "CustomerManagedKey"]
@@ -128,7 +168,15 @@ def test_customer_managed_key_adds_only_that_key():
 
 
 def test_parameter_arn_has_one_slash():
-    base = dict(app_name="a", stage="s", account="1", region="r", events_queue="e", dead_letter_queue="d",
-                user_pool_id="r_1", bucket="b")
+    base = dict(
+        app_name="a",
+        stage="s",
+        account="1",
+        region="r",
+        events_queue="e",
+        dead_letter_queue="d",
+        user_pool_id="r_1",
+        bucket="b",
+    )
     assert policies.PolicyTargets(**base, key_parameter="/x/y").parameter_arn == "arn:aws:ssm:r:1:parameter/x/y"
     assert policies.PolicyTargets(**base, key_parameter="plain").parameter_arn == "arn:aws:ssm:r:1:parameter/plain"

@@ -35,8 +35,11 @@ def test_signin_is_enqueued_and_event_returned_unchanged(pipeline) -> None:
     message = parse_message(json.dumps(body))  # what post_auth writes is what deliver reads
     assert message.type is EventType.SIGNIN
     assert message.source is Source.POST_AUTH
-    assert (message.username, message.user_pool_id, message.connection_id) == ("alice@example.com", POOL_ID,
-                                                                               CONNECTION_ID)
+    assert (message.username, message.user_pool_id, message.connection_id) == (
+        "alice@example.com",
+        POOL_ID,
+        CONNECTION_ID,
+    )
     assert body["v"] == 1 and len(body["id"]) == 32
 
 
@@ -61,8 +64,14 @@ def test_malformed_connection_id_is_left_to_deliver(pipeline) -> None:
 
 
 def test_refused_connection_returns_at_once_and_is_counted(pipeline, capsys) -> None:
-    with patched_environ({"AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}", "SQS_CONNECT_TIMEOUT": None,
-                          "SQS_READ_TIMEOUT": None, "POST_AUTH_BUDGET_SECONDS": None}):
+    with patched_environ(
+        {
+            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",
+            "SQS_CONNECT_TIMEOUT": None,
+            "SQS_READ_TIMEOUT": None,
+            "POST_AUTH_BUDGET_SECONDS": None,
+        }
+    ):
         post_auth.queue.reset()
         before = post_auth.metrics.totals["enqueue_failed"]
         started = time.monotonic()
@@ -104,8 +113,7 @@ def black_hole() -> Iterator[str]:
 
 
 @pytest.mark.parametrize("queue_url_known", [True, False])
-def test_black_holed_sqs_returns_under_two_seconds(pipeline, black_hole: str, queue_url_known: bool,
-                                                   capsys) -> None:
+def test_black_holed_sqs_returns_under_two_seconds(pipeline, black_hole: str, queue_url_known: bool, capsys) -> None:
     url = f"{black_hole}/123456789012/test-events" if queue_url_known else None
     production_budget = {"SQS_CONNECT_TIMEOUT": None, "SQS_READ_TIMEOUT": None, "POST_AUTH_BUDGET_SECONDS": None}
     with patched_environ({"AWS_ENDPOINT_URL": black_hole, "EVENTS_QUEUE_URL": url, **production_budget}):
@@ -173,8 +181,14 @@ def test_post_auth_import_path_stays_light(tmp_path) -> None:
         "heavy = [m for m in ('pydantic', 'httpx', 'chalicelib.delivery', 'chalicelib.userhub') if m in sys.modules]\n"
         "print(heavy)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=".",
-                         env={"PATH": "", "AWS_DEFAULT_REGION": "us-east-1", "USERHUB_SYNC_METRICS": "off"})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=".",
+        env={"PATH": "", "AWS_DEFAULT_REGION": "us-east-1", "USERHUB_SYNC_METRICS": "off"},
+    )
     assert out.stdout.strip() == "[]"
 
 
@@ -194,7 +208,8 @@ def test_in_lambda_the_queue_url_comes_from_the_function_arn() -> None:
 
     with patched_environ({"AWS_ENDPOINT_URL": None, "EVENTS_QUEUE_NAME": "userhub-sync-prod-events"}):
         assert post_auth.queue_url_from_context(Context()) == (
-            "https://sqs.eu-west-1.amazonaws.com/210987654321/userhub-sync-prod-events")
+            "https://sqs.eu-west-1.amazonaws.com/210987654321/userhub-sync-prod-events"
+        )
         assert post_auth.queue_url_from_context(None) is None
     with patched_environ({"AWS_ENDPOINT_URL": "http://127.0.0.1:5000"}):  # a local endpoint: ask it instead
         assert post_auth.queue_url_from_context(Context()) is None

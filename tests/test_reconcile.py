@@ -41,8 +41,13 @@ MARGIN_S = 60.0  # the default RECONCILE_TIME_MARGIN_SECONDS
 class FakeContext:
     """A Lambda context whose remaining time the test controls (ListUsers attempts and calls can burn it)."""
 
-    def __init__(self, remaining_s: float = 900.0, per_call_s: float = 0.0, per_page_s: float = 0.0,
-                 function_name: str = "userhub-sync-dev-reconcile") -> None:
+    def __init__(
+        self,
+        remaining_s: float = 900.0,
+        per_call_s: float = 0.0,
+        per_page_s: float = 0.0,
+        function_name: str = "userhub-sync-dev-reconcile",
+    ) -> None:
         self.remaining_s = remaining_s
         self.per_call_s = per_call_s
         self.per_page_s = per_page_s
@@ -113,8 +118,13 @@ class Pool:
 
     def add(self, names: list[str]) -> None:
         for name in names:
-            self.backend.admin_create_user(self.id, name, None, None, [
-                {"Name": "email", "Value": name}, {"Name": "name", "Value": f"User {name.split('@')[0]}"}])
+            self.backend.admin_create_user(
+                self.id,
+                name,
+                None,
+                None,
+                [{"Name": "email", "Value": name}, {"Name": "name", "Value": f"User {name.split('@')[0]}"}],
+            )
 
     def seed(self, count: int, prefix: str = "user") -> list[str]:
         names = [f"{prefix}{i:05d}@example.com" for i in range(count)]
@@ -135,10 +145,17 @@ class Pool:
 
 def scheduled_event() -> dict[str, Any]:
     """What EventBridge sends for a Cron rule (Chalice's CloudWatchEvent.to_dict() gives it back unchanged)."""
-    return {"version": "0", "id": str(uuid.uuid4()), "detail-type": "Scheduled Event", "source": "aws.events",
-            "account": MOTO_ACCOUNT, "time": "2026-01-01T03:00:00Z", "region": DEFAULT_REGION,
-            "resources": [f"arn:aws:events:{DEFAULT_REGION}:{MOTO_ACCOUNT}:rule/userhub-sync-dev-reconcile-event"],
-            "detail": {}}
+    return {
+        "version": "0",
+        "id": str(uuid.uuid4()),
+        "detail-type": "Scheduled Event",
+        "source": "aws.events",
+        "account": MOTO_ACCOUNT,
+        "time": "2026-01-01T03:00:00Z",
+        "region": DEFAULT_REGION,
+        "resources": [f"arn:aws:events:{DEFAULT_REGION}:{MOTO_ACCOUNT}:rule/userhub-sync-dev-reconcile-event"],
+        "detail": {},
+    }
 
 
 def moto_token_target(token: str) -> str:
@@ -155,9 +172,12 @@ def throttle_response() -> AWSResponse:
         def stream(self, **_: Any) -> Iterator[bytes]:
             yield body
 
-    return AWSResponse("https://cognito-idp.test/", 400,
-                       {"x-amzn-ErrorType": "TooManyRequestsException:",
-                        "Content-Type": "application/x-amz-json-1.1"}, Raw())
+    return AWSResponse(
+        "https://cognito-idp.test/",
+        400,
+        {"x-amzn-ErrorType": "TooManyRequestsException:", "Content-Type": "application/x-amz-json-1.1"},
+        Raw(),
+    )
 
 
 @dataclass
@@ -183,15 +203,15 @@ class Harness:
     after_page: Callable[[int, dict[str, Any]], None] | None = None
 
     def deps(self) -> Deps:
-        return Deps(cognito=self.cognito, sqs=self.sqs, s3=self.s3, continuer=self.continued.append,
-                    clock=self.clock)
+        return Deps(cognito=self.cognito, sqs=self.sqs, s3=self.s3, continuer=self.continued.append, clock=self.clock)
 
     def invoke(self, event: dict[str, Any] | None = None, context: FakeContext | None = None) -> dict[str, Any]:
         self.context = context or FakeContext()
         return handle_scheduled_event(event or scheduled_event(), self.context, deps=self.deps())
 
-    def run(self, pages_per_invocation: int | None = None, event: dict[str, Any] | None = None,
-            limit: int = 20) -> list[dict[str, Any]]:
+    def run(
+        self, pages_per_invocation: int | None = None, event: dict[str, Any] | None = None, limit: int = 20
+    ) -> list[dict[str, Any]]:
         """Drive a run as Lambda would: each continuation payload the run emits becomes the next invocation."""
         summaries: list[dict[str, Any]] = []
         event = event or scheduled_event()
@@ -269,7 +289,7 @@ def mutate(pool: Pool, names: list[str], seed: int = 7) -> dict[str, set[str]]:
     """Change 1 %, delete 0.5 % and add 0.5 % of the pool; returns who is in which category."""
     rng = random.Random(seed)
     picked = rng.sample(sorted(names), len(names) // 100 + len(names) // 200)
-    changed, deleted = picked[: len(names) // 100], picked[len(names) // 100:]
+    changed, deleted = picked[: len(names) // 100], picked[len(names) // 100 :]
     added = [f"new{seed}-{i:04d}@example.com" for i in range(len(names) // 200)]
     pool.change(changed)
     pool.delete(deleted)
@@ -292,7 +312,12 @@ def test_first_run_enqueues_everyone_then_only_new_changed_and_deleted(harness: 
     assert exactly_once(harness.sqs.usernames) == set(names)
     check_messages(harness.sqs.messages, harness.pool.id)
     assert (first["status"], first["scanned"], first["new"], first["enqueued"], first["pages"]) == (
-        "complete", 5000, 5000, 5000, 84)
+        "complete",
+        5000,
+        5000,
+        5000,
+        84,
+    )
     assert set(harness.snapshot()) == set(names)
     assert harness.record() is None, "a finished run leaves no run record behind"
     harness.sqs.take()
@@ -303,7 +328,13 @@ def test_first_run_enqueues_everyone_then_only_new_changed_and_deleted(harness: 
     sent = exactly_once(harness.sqs.take())
     assert sent == delta["changed"] | delta["deleted"] | delta["new"]
     assert {k: second[k] for k in ("scanned", "new", "changed", "deleted", "unchanged", "enqueued")} == {
-        "scanned": 5000, "new": 25, "changed": 50, "deleted": 25, "unchanged": 4925, "enqueued": 100}
+        "scanned": 5000,
+        "new": 25,
+        "changed": 50,
+        "deleted": 25,
+        "unchanged": 4925,
+        "enqueued": 100,
+    }
     assert read_last_summary(harness.s3, BUCKET) == second
 
     [third] = harness.run()  # the committed snapshot agrees with what ListUsers says now
@@ -392,7 +423,8 @@ def test_throttling_is_retried_and_the_request_rate_stays_under_the_limit(harnes
     assert summary["requests"] == len(sent_at) == 84 + len(throttled)
     worst = max(
         (j - i + 1) - (rate * (sent_at[j] - sent_at[i]) + 1)
-        for i in range(len(sent_at)) for j in range(i, len(sent_at))
+        for i in range(len(sent_at))
+        for j in range(i, len(sent_at))
     )
     assert worst <= 0.2, f"more requests than rate·t + 1 (burst) in some window: excess {worst:.2f}"
     overall = (len(sent_at) - 1) / (sent_at[-1] - sent_at[0])
@@ -488,8 +520,9 @@ def test_a_second_scheduled_run_while_one_is_in_progress_changes_nothing(harness
     assert again["status"] == "skipped" and harness.sqs.usernames == []
 
 
-def test_racing_claims_let_exactly_one_invocation_own_the_run(harness: Harness,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_racing_claims_let_exactly_one_invocation_own_the_run(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
     names = harness.pool.seed(180)
     assert harness.invoke(scheduled_event(), budget(1))["status"] == "continued"
     store = reconcile.StateStore(harness.s3, BUCKET, harness.pool.id)
@@ -564,7 +597,10 @@ def test_dry_run_reports_by_category_and_writes_nothing(harness: Harness) -> Non
     result = reconcile.run_reconcile(reconcile.ReconcileRequest(dry_run=True), deps=harness.deps())
     assert result.status == "dry_run"
     assert {k: set(v) for k, v in result.planned.items()} == {
-        "deleted": set(names[:2]), "changed": set(names[2:5]), "new": {"fresh@example.com"}}
+        "deleted": set(names[:2]),
+        "changed": set(names[2:5]),
+        "new": {"fresh@example.com"},
+    }
     assert result.summary["enqueued"] == 0 and harness.sqs.usernames == []
     assert harness.snapshot_etag() == etag and read_last_summary(harness.s3, BUCKET) == last
     assert harness.record() is None
@@ -579,8 +615,10 @@ def test_failed_entries_are_retried_and_a_persistent_failure_fails_the_run(harne
     harness.pool.change(names[:5])
     harness.sqs.fail_entries = 10_000
     with pytest.raises(reconcile.EnqueueError):
-        reconcile.run_reconcile(reconcile.ReconcileRequest(), deps=Deps(cognito=harness.cognito, sqs=harness.sqs,
-                                                                         s3=harness.s3, sleep=lambda _s: None))
+        reconcile.run_reconcile(
+            reconcile.ReconcileRequest(),
+            deps=Deps(cognito=harness.cognito, sqs=harness.sqs, s3=harness.s3, sleep=lambda _s: None),
+        )
     harness.sqs.fail_entries = 0
     [retry] = harness.run()
     assert set(harness.sqs.take()) == set(names[:5]) and retry["changed"] == 5
@@ -601,8 +639,9 @@ def test_scheduled_handler_through_app_and_the_real_queue(harness: Harness, aws)
     assert summary["status"] == "complete" and summary["enqueued"] == 130
     received: list[dict[str, Any]] = []
     while True:
-        got = aws.sqs.receive_message(QueueUrl=aws.queues.events_url, MaxNumberOfMessages=10,
-                                      VisibilityTimeout=60).get("Messages", [])
+        got = aws.sqs.receive_message(QueueUrl=aws.queues.events_url, MaxNumberOfMessages=10, VisibilityTimeout=60).get(
+            "Messages", []
+        )
         if not got:
             break
         received += [json.loads(m["Body"]) for m in got]
@@ -623,7 +662,8 @@ def test_continuation_name_comes_from_the_function_and_can_be_overridden(harness
     with patched_environ({"RECONCILE_CONTINUE_FUNCTION": "custom-continue"}):
         reset_settings()
         assert reconcile.continue_function_name(FakeContext(function_name="x"), reconcile.get_settings()) == (
-            "custom-continue")
+            "custom-continue"
+        )
     reset_settings()
 
     class FakeLambda:

@@ -107,8 +107,12 @@ def test_fingerprint_table_mark_and_sweep_with_growth() -> None:
     assert table.observe(user_key("u1"), baseline["u1"]) is Verdict.DUPLICATE
     counts = {v: list(verdicts.values()).count(v) for v in Verdict}
     changed = sum(1 for i in range(5000) if i % 10 and i % 7 == 0)
-    assert counts == {Verdict.NEW: 100, Verdict.CHANGED: changed, Verdict.UNCHANGED: 4500 - changed,
-                      Verdict.DUPLICATE: 0}
+    assert counts == {
+        Verdict.NEW: 100,
+        Verdict.CHANGED: changed,
+        Verdict.UNCHANGED: 4500 - changed,
+        Verdict.DUPLICATE: 0,
+    }
     gone = [name for name in baseline if table.take_unseen(user_key(name))]
     assert gone == [f"u{i}" for i in range(0, 5000, 10)]
     assert not any(table.take_unseen(user_key(name)) for name in baseline), "each deletion is reported once"
@@ -150,9 +154,16 @@ class BatchSQS:
             return {"Successful": [{"Id": e["Id"]} for e in Entries]}
         bad = Entries[0]
         ok = [{"Id": e["Id"]} for e in Entries[1:]]
-        return {"Successful": ok, "Failed": [{"Id": bad["Id"], "SenderFault": mode == "sender-fault",
-                                              "Code": "InvalidMessageContents" if mode == "sender-fault"
-                                              else "InternalError"}]}
+        return {
+            "Successful": ok,
+            "Failed": [
+                {
+                    "Id": bad["Id"],
+                    "SenderFault": mode == "sender-fault",
+                    "Code": "InvalidMessageContents" if mode == "sender-fault" else "InternalError",
+                }
+            ],
+        }
 
 
 def test_enqueuer_batches_by_ten_and_retries_only_failed_entries() -> None:
@@ -180,14 +191,17 @@ def test_enqueuer_gives_up_on_persistent_and_permanent_failures() -> None:
 
 def test_requests_parse_scheduled_events_options_and_continuations() -> None:
     assert parse_request({"detail-type": "Scheduled Event", "source": "aws.events", "detail": {}}) == (
-        reconcile.ReconcileRequest())
+        reconcile.ReconcileRequest()
+    )
     assert parse_request(None) == reconcile.ReconcileRequest()
     assert parse_request({"full": True}).full is True
     good = parse_request({"continuation": {"run_id": "r1", "checkpoint": "reconcile/p/run.json", "invocation": 2}})
     assert good.continuation is not None and good.continuation.invocation == 2
-    for bad in ({"run_id": "r1", "checkpoint": "elsewhere/run.json", "invocation": 2},
-                {"run_id": "r1", "checkpoint": "reconcile/p/run.json", "invocation": 1},
-                {"checkpoint": "reconcile/p/run.json", "invocation": 3}):
+    for bad in (
+        {"run_id": "r1", "checkpoint": "elsewhere/run.json", "invocation": 2},
+        {"run_id": "r1", "checkpoint": "reconcile/p/run.json", "invocation": 1},
+        {"checkpoint": "reconcile/p/run.json", "invocation": 3},
+    ):
         with pytest.raises(ReconcileError, match="malformed reconcile event"):
             parse_request({"continuation": bad})
 

@@ -53,10 +53,14 @@ def key_fetches(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
 
         return wrapper
 
-    monkeypatch.setattr(SimpleSystemManagerResponse, "get_parameter",
-                        counting(SimpleSystemManagerResponse.get_parameter, "GetParameter"))
-    monkeypatch.setattr(SecretsManagerResponse, "get_secret_value",
-                        counting(SecretsManagerResponse.get_secret_value, "GetSecretValue"))
+    monkeypatch.setattr(
+        SimpleSystemManagerResponse,
+        "get_parameter",
+        counting(SimpleSystemManagerResponse.get_parameter, "GetParameter"),
+    )
+    monkeypatch.setattr(
+        SecretsManagerResponse, "get_secret_value", counting(SecretsManagerResponse.get_secret_value, "GetSecretValue")
+    )
     return counts
 
 
@@ -68,9 +72,11 @@ class KeyStore:
         self.created = False
 
     def environ(self) -> dict[str, str | None]:
-        return {"USERHUB_ADMIN_KEY": None,
-                "USERHUB_ADMIN_KEY_PARAMETER": PARAMETER if self.source == "ssm" else None,
-                "USERHUB_ADMIN_KEY_SECRET_ID": SECRET_ID if self.source == "secretsmanager" else None}
+        return {
+            "USERHUB_ADMIN_KEY": None,
+            "USERHUB_ADMIN_KEY_PARAMETER": PARAMETER if self.source == "ssm" else None,
+            "USERHUB_ADMIN_KEY_SECRET_ID": SECRET_ID if self.source == "secretsmanager" else None,
+        }
 
     def put(self, key: str) -> None:
         if self.source == "ssm":
@@ -90,8 +96,13 @@ def everything_in_dlq(sqs: Any, url: str) -> list[dict[str, Any]]:
     """Every DLQ message with all its attributes, received (and left in place) for inspection."""
     found: list[dict[str, Any]] = []
     while True:
-        got = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=60,
-                                  AttributeNames=["All"], MessageAttributeNames=["All"]).get("Messages", [])
+        got = sqs.receive_message(
+            QueueUrl=url,
+            MaxNumberOfMessages=10,
+            VisibilityTimeout=60,
+            AttributeNames=["All"],
+            MessageAttributeNames=["All"],
+        ).get("Messages", [])
         if not got:
             return found
         found += got
@@ -141,14 +152,22 @@ def assert_nowhere(keys: list[str], places: dict[str, str]) -> None:
 
 # ================================================================================================ in-process
 @pytest.mark.parametrize("source", ["ssm", "secretsmanager"])
-def test_rotation_costs_one_fetch_and_the_key_is_never_printed(pipeline, hub, fast_retries, capfd,
-                                                               key_fetches: dict[str, int], source: str) -> None:
+def test_rotation_costs_one_fetch_and_the_key_is_never_printed(
+    pipeline, hub, fast_retries, capfd, key_fetches: dict[str, int], source: str
+) -> None:
     store = KeyStore(source)
     old, new = new_key(), new_key()
     store.put(old)
     hub.set_admin_keys([old])
-    hub.add_fault(Fault(status=400, code="INVALID_ARGUMENT", reason="USER_REJECTED", message="rejected user",
-                        match_external_id="rejected"))
+    hub.add_fault(
+        Fault(
+            status=400,
+            code="INVALID_ARGUMENT",
+            reason="USER_REJECTED",
+            message="rejected user",
+            match_external_id="rejected",
+        )
+    )
     hub.add_fault(Fault(status=503, count=3))
     hub.add_fault(Fault(status=429, retry_after="0", count=2, body_format="text"))
     with patched_environ(store.environ()):
@@ -180,13 +199,16 @@ def test_rotation_costs_one_fetch_and_the_key_is_never_printed(pipeline, hub, fa
     captured = capfd.readouterr()
     assert '"message": "admin key loaded"' in captured.err and "key_refreshed" in captured.out  # logs and EMF seen
     assert len(exceptions) >= 3 + 2 + 1 + 1  # 503s, 429s, the 400 and at least one 401
-    assert_nowhere([old, new], {
-        "stderr (JSON logs)": captured.err,
-        "stdout (EMF metrics)": captured.out,
-        "DLQ messages": json.dumps(dead, ensure_ascii=False),
-        "exception texts": "\n".join(exceptions),
-        "settings": repr(delivery.get_deliverer().settings) + repr(delivery.get_deliverer().keys.get()),
-    })
+    assert_nowhere(
+        [old, new],
+        {
+            "stderr (JSON logs)": captured.err,
+            "stdout (EMF metrics)": captured.out,
+            "DLQ messages": json.dumps(dead, ensure_ascii=False),
+            "exception texts": "\n".join(exceptions),
+            "settings": repr(delivery.get_deliverer().settings) + repr(delivery.get_deliverer().keys.get()),
+        },
+    )
 
 
 def test_a_key_echoed_back_by_userhub_is_redacted(pipeline, hub, fast_retries, capfd) -> None:
@@ -194,8 +216,14 @@ def test_a_key_echoed_back_by_userhub_is_redacted(pipeline, hub, fast_retries, c
     key = new_key()
     hub.set_admin_keys([key])
     with patched_environ({"USERHUB_ADMIN_KEY": key}):
-        hub.add_fault(Fault(status=400, message=f"bad request with Authorization: Bearer {key}",
-                            reason=f"KEY_{key}", match_external_id="echo-permanent"))
+        hub.add_fault(
+            Fault(
+                status=400,
+                message=f"bad request with Authorization: Bearer {key}",
+                reason=f"KEY_{key}",
+                match_external_id="echo-permanent",
+            )
+        )
         hub.add_fault(Fault(status=502, body_format="text", message=f"upstream said {key}", count=1))
         sign_in(["echo-permanent", "echo-transient"])
         drain(pipeline)
@@ -204,17 +232,25 @@ def test_a_key_echoed_back_by_userhub_is_redacted(pipeline, hub, fast_retries, c
     assert permanent["MessageAttributes"]["failure_kind"]["StringValue"] == "permanent"
     assert "***" in permanent["MessageAttributes"]["failure_detail"]["StringValue"]
     captured = capfd.readouterr()
-    assert_nowhere([key], {"stderr": captured.err, "stdout": captured.out,
-                           "DLQ messages": json.dumps(dead, ensure_ascii=False)})
+    assert_nowhere(
+        [key], {"stderr": captured.err, "stdout": captured.out, "DLQ messages": json.dumps(dead, ensure_ascii=False)}
+    )
 
 
 def test_an_echoed_key_is_in_no_exception_and_never_half_redacted(pipeline, hub, fast_retries, capfd) -> None:
     key = new_key()
     hub.set_admin_keys([key])
-    hub.add_fault(Fault(status=400, message=f"bad request with Authorization: Bearer {key}", reason=f"KEY_{key}",
-                        match_external_id="echo-permanent"))
-    hub.add_fault(Fault(status=502, body_format="text", message=f"upstream said {key}",
-                        match_external_id="echo-transient"))
+    hub.add_fault(
+        Fault(
+            status=400,
+            message=f"bad request with Authorization: Bearer {key}",
+            reason=f"KEY_{key}",
+            match_external_id="echo-permanent",
+        )
+    )
+    hub.add_fault(
+        Fault(status=502, body_format="text", message=f"upstream said {key}", match_external_id="echo-transient")
+    )
     # the client keeps 200 characters of a message: the cut falls in the middle of the key's random part
     hub.add_fault(Fault(status=503, message="x" * 170 + key, match_external_id="echo-cut-transient"))
     hub.add_fault(Fault(status=400, message="x" * 170 + key, match_external_id="echo-cut-permanent"))
@@ -224,19 +260,31 @@ def test_an_echoed_key_is_in_no_exception_and_never_half_redacted(pipeline, hub,
         LocalEventSource(pipeline.sqs, pipeline.queues.events_url, app.deliver, wait_seconds=0).poll_once()
     assert len(exceptions) == 4
     captured = capfd.readouterr()
-    assert_nowhere([key], {"exception texts": "\n".join(exceptions), "stderr": captured.err,
-                           "DLQ messages": json.dumps(everything_in_dlq(pipeline.sqs, pipeline.queues.dlq_url),
-                                                      ensure_ascii=False)})
+    assert_nowhere(
+        [key],
+        {
+            "exception texts": "\n".join(exceptions),
+            "stderr": captured.err,
+            "DLQ messages": json.dumps(everything_in_dlq(pipeline.sqs, pipeline.queues.dlq_url), ensure_ascii=False),
+        },
+    )
 
 
 # ================================================================================================ subprocesses
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "userhub_sync.cli", *args], cwd=PROJECT_DIR, capture_output=True,
-                          text=True, timeout=120, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "userhub_sync.cli", *args],
+        cwd=PROJECT_DIR,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
-def test_worker_and_cli_never_print_the_key_and_rotate_with_one_fetch(pipeline, hub, tmp_path: Path, capfd,
-                                                                      key_fetches: dict[str, int]) -> None:
+def test_worker_and_cli_never_print_the_key_and_rotate_with_one_fetch(
+    pipeline, hub, tmp_path: Path, capfd, key_fetches: dict[str, int]
+) -> None:
     """The real `userhub-sync worker` process through a rotation; then `dlq list` and a dry-run replay."""
     store = KeyStore("ssm")
     old, new = new_key(), new_key()
@@ -256,8 +304,7 @@ def test_worker_and_cli_never_print_the_key_and_rotate_with_one_fetch(pipeline, 
             hub.set_admin_keys([new])
             rotated_at = time.time()
             sign_in(["w-4", "w-5"])
-            assert wait_until(lambda: {"w-4", "w-5"} <= {e.external_id for e in hub.events() if e.ts >= rotated_at},
-                              60)
+            assert wait_until(lambda: {"w-4", "w-5"} <= {e.external_id for e in hub.events() if e.ts >= rotated_at}, 60)
         finally:
             pool.stop()
         assert worker.process.returncode == 0
@@ -268,18 +315,24 @@ def test_worker_and_cli_never_print_the_key_and_rotate_with_one_fetch(pipeline, 
     listed = json.loads(listing.stdout)
     assert sorted(m["kind"] for m in listed["messages"]) == ["permanent", "poison"]
     assert "would replay 1" in dry_run.stdout
-    loaded = [json.loads(line) for line in worker.stderr.read_text().splitlines()
-              if line.startswith("{") and "admin key loaded" in line]
+    loaded = [
+        json.loads(line)
+        for line in worker.stderr.read_text().splitlines()
+        if line.startswith("{") and "admin key loaded" in line
+    ]
     assert [line["fetch"] for line in loaded] == [1, 2]  # one fetch at start, one after the 401s
     assert key_fetches["GetParameter"] == 2
     assert any(e.status == 401 for e in hub.journal())
     assert {e.connection_id for e in hub.events()} == {CONNECTION_ID}
     captured = capfd.readouterr()
-    assert_nowhere([old, new], {
-        "worker output": pool.output(),
-        "dlq list --json": listing.stdout + listing.stderr,
-        "dlq list": table.stdout + table.stderr,
-        "dlq replay --dry-run": dry_run.stdout + dry_run.stderr,
-        "DLQ messages": json.dumps(everything_in_dlq(pipeline.sqs, pipeline.queues.dlq_url), ensure_ascii=False),
-        "this process": captured.out + captured.err,
-    })
+    assert_nowhere(
+        [old, new],
+        {
+            "worker output": pool.output(),
+            "dlq list --json": listing.stdout + listing.stderr,
+            "dlq list": table.stdout + table.stderr,
+            "dlq replay --dry-run": dry_run.stdout + dry_run.stderr,
+            "DLQ messages": json.dumps(everything_in_dlq(pipeline.sqs, pipeline.queues.dlq_url), ensure_ascii=False),
+            "this process": captured.out + captured.err,
+        },
+    )

@@ -32,8 +32,9 @@ def test_depths_and_wiring_before_and_after_wire(project):
     bootstrap(pool_id)
     _send("userhub-sync-dev-events", 3)
     _send("userhub-sync-dev-dlq", 2)
-    boto3.client("sqs").receive_message(QueueUrl=queue_url("userhub-sync-dev-events"), MaxNumberOfMessages=1,
-                                        VisibilityTimeout=300)
+    boto3.client("sqs").receive_message(
+        QueueUrl=queue_url("userhub-sync-dev-events"), MaxNumberOfMessages=1, VisibilityTimeout=300
+    )
 
     report = _status()
     assert report["events_queue"]["visible"] == 2 and report["events_queue"]["in_flight"] == 1
@@ -69,8 +70,9 @@ def test_last_reconcile_summary_and_its_absence(project):
     bootstrap()
     assert _status()["last_reconcile"]["status"] == "never"
     summary = {"finished_at": "2026-01-01T03:05:00Z", "scanned": 1200, "enqueued": 7, "deleted": 1}
-    boto3.client("s3").put_object(Bucket="userhub-sync-dev-snapshots", Key="reconcile/last-run.json",
-                                  Body=json.dumps(summary).encode())
+    boto3.client("s3").put_object(
+        Bucket="userhub-sync-dev-snapshots", Key="reconcile/last-run.json", Body=json.dumps(summary).encode()
+    )
     assert _status()["last_reconcile"] == {"status": "ok", "summary": summary}
     table = cli("status", "--stage", "dev")
     assert table.exit_code == 0 and "scanned=1200" in table.output
@@ -99,6 +101,7 @@ def test_last_reconcile_from_the_bucket_through_chalicelib(project):
     bootstrap()
     assert _status()["last_reconcile"]["status"] == "never"
     summary = {"status": "complete", "scanned": 42, "enqueued": 3}
-    boto3.client("s3").put_object(Bucket="userhub-sync-dev-snapshots", Key="reconcile/last-run.json",
-                                  Body=json.dumps(summary).encode())
+    boto3.client("s3").put_object(
+        Bucket="userhub-sync-dev-snapshots", Key="reconcile/last-run.json", Body=json.dumps(summary).encode()
+    )
     assert _status()["last_reconcile"] == {"status": "ok", "summary": summary}

@@ -31,8 +31,14 @@ from userhub_sync.fake_userhub import FakeUserHub, Fault
 KEY = SecretStr(ADMIN_KEY)
 
 
-def call(hub: FakeUserHub, username: str = "u1", connection: str = "conn_1", event_type: EventType = EventType.SIGNIN,
-         key: SecretStr = KEY, **client_kwargs: float) -> None:
+def call(
+    hub: FakeUserHub,
+    username: str = "u1",
+    connection: str = "conn_1",
+    event_type: EventType = EventType.SIGNIN,
+    key: SecretStr = KEY,
+    **client_kwargs: float,
+) -> None:
     async def go() -> None:
         client = UserHubClient(hub.url, **client_kwargs)
         try:
@@ -68,15 +74,16 @@ def test_encoding_matches_the_official_sdk(username: str) -> None:
 def test_no_username_reaches_another_path(username: str) -> None:
     """Whatever the username, the request stays one segment under /admin/v1/users/ and decodes back to it."""
     path = event_path(username, "conn_1")
-    prefix, segment = path[: len("/admin/v1/users/")], path[len("/admin/v1/users/"):]
+    prefix, segment = path[: len("/admin/v1/users/")], path[len("/admin/v1/users/") :]
     assert prefix == "/admin/v1/users/"
     assert "/" not in segment and "?" not in segment and "#" not in segment
     assert segment.endswith("@conn_1:event")
     assert unquote(segment[: -len(":event")]).rsplit("@", 1) == [username, "conn_1"]
 
 
-@pytest.mark.parametrize("username", ["a b/c?d#e%f", "auth0|123", "user+tag@example.com", "José Müller", "..", "x:y",
-                                      "../../admin/v1/users"])
+@pytest.mark.parametrize(
+    "username", ["a b/c?d#e%f", "auth0|123", "user+tag@example.com", "José Müller", "..", "x:y", "../../admin/v1/users"]
+)
 def test_awkward_usernames_arrive_intact(hub: FakeUserHub, username: str) -> None:
     call(hub, username)
     [event] = hub.events()
@@ -99,8 +106,9 @@ def test_awkward_usernames_arrive_intact(hub: FakeUserHub, username: str) -> Non
         (Fault(kind="drop"), TransientError, None, None),
     ],
 )
-def test_error_classification(hub: FakeUserHub, fault: Fault, error: type, status: int | None,
-                              retry_after: float | None) -> None:
+def test_error_classification(
+    hub: FakeUserHub, fault: Fault, error: type, status: int | None, retry_after: float | None
+) -> None:
     hub.add_fault(fault)
     with pytest.raises(error) as raised:
         call(hub)

@@ -53,8 +53,11 @@ def test_wire_sets_all_three_and_keeps_every_other_pool_setting(project):
     assert statement["Condition"]["ArnLike"]["AWS:SourceArn"] == before["Arn"]
 
     after = describe_pool(pool_id)
-    assert after["LambdaConfig"] == {"PreSignUp": OTHER_TRIGGER, "CustomMessage": CUSTOM_MESSAGE,
-                                     "PostAuthentication": deployed["post_auth"]}
+    assert after["LambdaConfig"] == {
+        "PreSignUp": OTHER_TRIGGER,
+        "CustomMessage": CUSTOM_MESSAGE,
+        "PostAuthentication": deployed["post_auth"],
+    }
     assert _settings(after) == _settings(before)  # policies, schema, auto-verify, MFA, messages, tags...
     assert after["Policies"]["PasswordPolicy"]["MinimumLength"] == 14
     assert after["AutoVerifiedAttributes"] == ["email"]
@@ -154,12 +157,22 @@ def test_moto_resets_username_attributes_and_wire_reports_it(project):
 def test_update_request_keeps_only_what_update_user_pool_accepts():
     cognito = boto3.client("cognito-idp", region_name="us-east-1")
     described = {
-        "Id": "us-east-1_Abc", "Name": "pool", "Arn": "arn:...", "Status": "Enabled", "CreationDate": 1,
-        "LastModifiedDate": 2, "SchemaAttributes": [], "UsernameAttributes": ["email"], "Domain": "d",
-        "EstimatedNumberOfUsers": 3, "SmsConfigurationFailure": "x", "EmailConfigurationFailure": "y",
+        "Id": "us-east-1_Abc",
+        "Name": "pool",
+        "Arn": "arn:...",
+        "Status": "Enabled",
+        "CreationDate": 1,
+        "LastModifiedDate": 2,
+        "SchemaAttributes": [],
+        "UsernameAttributes": ["email"],
+        "Domain": "d",
+        "EstimatedNumberOfUsers": 3,
+        "SmsConfigurationFailure": "x",
+        "EmailConfigurationFailure": "y",
         "Policies": {"PasswordPolicy": {"MinimumLength": 12, "TemporaryPasswordValidityDays": 3}},
         "AdminCreateUserConfig": {"AllowAdminCreateUserOnly": True, "UnusedAccountValidityDays": 3},
-        "AutoVerifiedAttributes": ["email"], "MfaConfiguration": "OPTIONAL",
+        "AutoVerifiedAttributes": ["email"],
+        "MfaConfiguration": "OPTIONAL",
         "LambdaConfig": {"PreSignUp": "arn:pre"},
         "DeviceConfiguration": {"ChallengeRequiredOnNewDevice": True, "SomethingNewAndReadOnly": 1},
     }

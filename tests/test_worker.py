@@ -8,8 +8,11 @@ from userhub_sync.worker import LambdaContext, LocalEventSource, failed_ids
 
 
 def test_records_look_like_lambdas(aws) -> None:
-    aws.sqs.send_message(QueueUrl=aws.queues.events_url, MessageBody="hello",
-                         MessageAttributes={"k": {"DataType": "String", "StringValue": "v"}})
+    aws.sqs.send_message(
+        QueueUrl=aws.queues.events_url,
+        MessageBody="hello",
+        MessageAttributes={"k": {"DataType": "String", "StringValue": "v"}},
+    )
     seen: list[dict] = []
 
     def handler(event, context):
@@ -19,8 +22,17 @@ def test_records_look_like_lambdas(aws) -> None:
 
     LocalEventSource(aws.sqs, aws.queues.events_url, handler, wait_seconds=0).poll_once()
     [record] = seen[0]["Records"]
-    assert set(record) >= {"messageId", "receiptHandle", "body", "attributes", "messageAttributes", "md5OfBody",
-                           "eventSource", "eventSourceARN", "awsRegion"}
+    assert set(record) >= {
+        "messageId",
+        "receiptHandle",
+        "body",
+        "attributes",
+        "messageAttributes",
+        "md5OfBody",
+        "eventSource",
+        "eventSourceARN",
+        "awsRegion",
+    }
     assert record["eventSource"] == "aws:sqs"
     assert record["eventSourceARN"] == "arn:aws:sqs:us-east-1:123456789012:test-events"
     assert record["attributes"]["ApproximateReceiveCount"] == "1"
@@ -34,8 +46,9 @@ def test_failures_stay_successes_are_deleted(aws) -> None:
     aws.sqs.set_queue_attributes(QueueUrl=aws.queues.events_url, Attributes={"VisibilityTimeout": "0"})
 
     def handler(event, context):
-        return {"batchItemFailures": [{"itemIdentifier": r["messageId"]} for r in event["Records"]
-                                      if r["body"] == "keep"]}
+        return {
+            "batchItemFailures": [{"itemIdentifier": r["messageId"]} for r in event["Records"] if r["body"] == "keep"]
+        }
 
     source = LocalEventSource(aws.sqs, aws.queues.events_url, handler, wait_seconds=0)
     result = source.poll_once()
@@ -64,8 +77,9 @@ def test_lambda_partial_batch_response_rules(response: object, expected: set[str
 
 def test_invalid_response_fails_the_whole_batch(aws) -> None:
     aws.sqs.send_message(QueueUrl=aws.queues.events_url, MessageBody="x")
-    source = LocalEventSource(aws.sqs, aws.queues.events_url, lambda e, c: {"batchItemFailures": [{"x": 1}]},
-                              wait_seconds=0)
+    source = LocalEventSource(
+        aws.sqs, aws.queues.events_url, lambda e, c: {"batchItemFailures": [{"x": 1}]}, wait_seconds=0
+    )
     result = source.poll_once()
     assert (result.deleted, result.failed) == (0, 1)
     assert result.error.startswith("invalid batch response")

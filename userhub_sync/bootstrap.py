@@ -119,26 +119,42 @@ def resolve_kms_key(key: str | None) -> str | None:
 # ----------------------------------------------------------------------------------------------- bucket
 def _bucket_wanted(kms_key_arn: str | None) -> dict[str, Any]:
     if kms_key_arn:
-        rule = {"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": kms_key_arn},
-                "BucketKeyEnabled": True}
+        rule = {
+            "ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": kms_key_arn},
+            "BucketKeyEnabled": True,
+        }
     else:
         rule = {"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}
     return {
-        "public_access": {"BlockPublicAcls": True, "IgnorePublicAcls": True, "BlockPublicPolicy": True,
-                          "RestrictPublicBuckets": True},
+        "public_access": {
+            "BlockPublicAcls": True,
+            "IgnorePublicAcls": True,
+            "BlockPublicPolicy": True,
+            "RestrictPublicBuckets": True,
+        },
         "encryption": {"Rules": [rule]},
     }
 
 
 def _tls_statement(bucket: str, partition: str) -> dict[str, Any]:
     arn = f"arn:{partition}:s3:::{bucket}"
-    return {"Sid": TLS_SID, "Effect": "Deny", "Principal": "*", "Action": "s3:*", "Resource": [arn, f"{arn}/*"],
-            "Condition": {"Bool": {"aws:SecureTransport": "false"}}}
+    return {
+        "Sid": TLS_SID,
+        "Effect": "Deny",
+        "Principal": "*",
+        "Action": "s3:*",
+        "Resource": [arn, f"{arn}/*"],
+        "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+    }
 
 
 def _lifecycle_rule() -> dict[str, Any]:
-    return {"ID": LIFECYCLE_RULE_ID, "Status": "Enabled", "Filter": {"Prefix": ""},
-            "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 7}}
+    return {
+        "ID": LIFECYCLE_RULE_ID,
+        "Status": "Enabled",
+        "Filter": {"Prefix": ""},
+        "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 7},
+    }
 
 
 def _get_or_none(call: Callable[[], Any], *missing_codes: str) -> Any:
@@ -150,8 +166,9 @@ def _get_or_none(call: Callable[[], Any], *missing_codes: str) -> Any:
         raise
 
 
-def ensure_bucket(s3: Any, name: str, region: str, partition: str, kms_key_arn: str | None, *, fix: bool,
-                  check: bool) -> Step:
+def ensure_bucket(
+    s3: Any, name: str, region: str, partition: str, kms_key_arn: str | None, *, fix: bool, check: bool
+) -> Step:
     """The snapshot bucket: private (public access block), encrypted, TLS-only, stale uploads cleaned up.
 
     The TLS-only policy is left out when the S3 endpoint itself is plain http (a local emulator such as moto,
@@ -168,8 +185,10 @@ def ensure_bucket(s3: Any, name: str, region: str, partition: str, kms_key_arn: 
         if code in ("404", "NoSuchBucket", "NotFound"):
             exists = False
         elif code in ("403", "AccessDenied", "Forbidden"):
-            raise OpsError(f"bucket {name} exists but is not yours (or you may not read it): choose another "
-                           "SNAPSHOT_BUCKET name (bucket names are global)") from None
+            raise OpsError(
+                f"bucket {name} exists but is not yours (or you may not read it): choose another "
+                "SNAPSHOT_BUCKET name (bucket names are global)"
+            ) from None
         else:
             raise
     if not exists and check:
@@ -181,15 +200,20 @@ def ensure_bucket(s3: Any, name: str, region: str, partition: str, kms_key_arn: 
             kwargs["CreateBucketConfiguration"] = {"LocationConstraint": region}
         s3.create_bucket(**kwargs)
         _apply_bucket(s3, name, partition, wanted, parts)
-        return Step("snapshot bucket", name, "created", ("private, encrypted, TLS-only" if tls else
-                                                         "private, encrypted") + note)
+        return Step(
+            "snapshot bucket", name, "created", ("private, encrypted, TLS-only" if tls else "private, encrypted") + note
+        )
     problems: list[str] = []
-    pab = _get_or_none(lambda: s3.get_public_access_block(Bucket=name)["PublicAccessBlockConfiguration"],
-                       "NoSuchPublicAccessBlockConfiguration")
+    pab = _get_or_none(
+        lambda: s3.get_public_access_block(Bucket=name)["PublicAccessBlockConfiguration"],
+        "NoSuchPublicAccessBlockConfiguration",
+    )
     if pab != wanted["public_access"]:
         problems.append("public_access")
-    enc = _get_or_none(lambda: s3.get_bucket_encryption(Bucket=name)["ServerSideEncryptionConfiguration"],
-                       "ServerSideEncryptionConfigurationNotFoundError")
+    enc = _get_or_none(
+        lambda: s3.get_bucket_encryption(Bucket=name)["ServerSideEncryptionConfiguration"],
+        "ServerSideEncryptionConfigurationNotFoundError",
+    )
     enc_rule = ((enc or {}).get("Rules") or [{}])[0].get("ApplyServerSideEncryptionByDefault") or {}
     want_rule = wanted["encryption"]["Rules"][0]["ApplyServerSideEncryptionByDefault"]
     if enc_rule.get("SSEAlgorithm") != want_rule["SSEAlgorithm"] or (
@@ -199,14 +223,19 @@ def ensure_bucket(s3: Any, name: str, region: str, partition: str, kms_key_arn: 
     policy = _get_or_none(lambda: json.loads(s3.get_bucket_policy(Bucket=name)["Policy"]), "NoSuchBucketPolicy")
     if tls and not any(st.get("Sid") == TLS_SID for st in (policy or {}).get("Statement", [])):
         problems.append("tls")
-    rules = _get_or_none(lambda: s3.get_bucket_lifecycle_configuration(Bucket=name)["Rules"],
-                         "NoSuchLifecycleConfiguration")
+    rules = _get_or_none(
+        lambda: s3.get_bucket_lifecycle_configuration(Bucket=name)["Rules"], "NoSuchLifecycleConfiguration"
+    )
     if not any(rule.get("ID") == LIFECYCLE_RULE_ID for rule in rules or []):
         problems.append("lifecycle")
     if not problems:
         return Step("snapshot bucket", name, "ok", note.strip(" ()"))
-    labels = {"public_access": "public access block", "encryption": "default encryption",
-              "tls": "TLS-only bucket policy", "lifecycle": "lifecycle rule"}
+    labels = {
+        "public_access": "public access block",
+        "encryption": "default encryption",
+        "tls": "TLS-only bucket policy",
+        "lifecycle": "lifecycle rule",
+    }
     detail = "not as expected: " + ", ".join(labels[p] for p in problems)
     if fix and not check:
         _apply_bucket(s3, name, partition, wanted, set(problems), policy=policy, rules=rules)
@@ -214,8 +243,16 @@ def ensure_bucket(s3: Any, name: str, region: str, partition: str, kms_key_arn: 
     return Step("snapshot bucket", name, "drift", detail)
 
 
-def _apply_bucket(s3: Any, name: str, partition: str, wanted: dict[str, Any], parts: set[str], *,
-                  policy: dict[str, Any] | None = None, rules: list[dict[str, Any]] | None = None) -> None:
+def _apply_bucket(
+    s3: Any,
+    name: str,
+    partition: str,
+    wanted: dict[str, Any],
+    parts: set[str],
+    *,
+    policy: dict[str, Any] | None = None,
+    rules: list[dict[str, Any]] | None = None,
+) -> None:
     if "public_access" in parts:
         s3.put_public_access_block(Bucket=name, PublicAccessBlockConfiguration=wanted["public_access"])
     if "encryption" in parts:
@@ -227,8 +264,7 @@ def _apply_bucket(s3: Any, name: str, partition: str, wanted: dict[str, Any], pa
         s3.put_bucket_policy(Bucket=name, Policy=json.dumps(document))
     if "lifecycle" in parts:  # keep the bucket's other rules
         kept = [r for r in rules or [] if r.get("ID") != LIFECYCLE_RULE_ID]
-        s3.put_bucket_lifecycle_configuration(Bucket=name,
-                                              LifecycleConfiguration={"Rules": [*kept, _lifecycle_rule()]})
+        s3.put_bucket_lifecycle_configuration(Bucket=name, LifecycleConfiguration={"Rules": [*kept, _lifecycle_rule()]})
 
 
 # ----------------------------------------------------------------------------------------------- admin key
@@ -239,10 +275,18 @@ def ensure_parameter(ssm: Any, name: str, stage: str, kms_key_arn: str | None, o
     key = (opts.admin_key or "").strip() or None
     if opts.skip_key:
         if info is None:
-            return Step("admin key", name, "missing", "--skip-key: create it with `aws ssm put-parameter "
-                                                      "--type SecureString` before the first delivery")
-        return Step("admin key", name, "ok" if info.get("Type") == "SecureString" else "drift",
-                    f"{info.get('Type')}, version {info.get('Version')} (not changed: --skip-key)")
+            return Step(
+                "admin key",
+                name,
+                "missing",
+                "--skip-key: create it with `aws ssm put-parameter --type SecureString` before the first delivery",
+            )
+        return Step(
+            "admin key",
+            name,
+            "ok" if info.get("Type") == "SecureString" else "drift",
+            f"{info.get('Type')}, version {info.get('Version')} (not changed: --skip-key)",
+        )
     if info is None:
         if opts.check:
             return Step("admin key", name, "missing", "run bootstrap (with USERHUB_ADMIN_KEY or at the prompt)")
@@ -254,8 +298,12 @@ def ensure_parameter(ssm: Any, name: str, stage: str, kms_key_arn: str | None, o
         return Step("admin key", name, "created", f"SecureString, version {version}")
     if info.get("Type") != "SecureString":
         if not (opts.fix and not opts.check):
-            return Step("admin key", name, "drift",
-                        f"is a {info.get('Type')} parameter, not SecureString: rerun with --fix to re-store it")
+            return Step(
+                "admin key",
+                name,
+                "drift",
+                f"is a {info.get('Type')} parameter, not SecureString: rerun with --fix to re-store it",
+            )
         value = key or ssm.get_parameter(Name=name, WithDecryption=True)["Parameter"]["Value"]
         ssm.delete_parameter(Name=name)  # SSM cannot change a parameter's type in place
         version = _put_key(ssm, name, value, stage, kms_key_arn, overwrite=False)
@@ -272,8 +320,13 @@ def ensure_parameter(ssm: Any, name: str, stage: str, kms_key_arn: str | None, o
 
 
 def _put_key(ssm: Any, name: str, value: str, stage: str, kms_key_arn: str | None, *, overwrite: bool) -> int:
-    kwargs: dict[str, Any] = {"Name": name, "Value": value, "Type": "SecureString", "Overwrite": overwrite,
-                              "Description": f"UserHub Admin API key for userhub-sync stage {stage}"}
+    kwargs: dict[str, Any] = {
+        "Name": name,
+        "Value": value,
+        "Type": "SecureString",
+        "Overwrite": overwrite,
+        "Description": f"UserHub Admin API key for userhub-sync stage {stage}",
+    }
     if kms_key_arn:
         kwargs["KeyId"] = kms_key_arn
     try:
@@ -295,12 +348,14 @@ def new_stage_block(config: dict[str, Any], stage: str, template_stage: str | No
     env = base.setdefault("environment_variables", {})
     for key in ("EVENTS_QUEUE_URL", "USER_POOL_ID", "USERHUB_ADMIN_KEY"):
         env.pop(key, None)
-    env.update({
-        "EVENTS_QUEUE_NAME": f"{app}-{stage}-events",
-        "DEAD_LETTER_QUEUE_NAME": f"{app}-{stage}-dlq",
-        "SNAPSHOT_BUCKET": f"{app}-{stage}-snapshots",
-        "USERHUB_ADMIN_KEY_PARAMETER": f"/{app}/{stage}/admin-key",
-    })
+    env.update(
+        {
+            "EVENTS_QUEUE_NAME": f"{app}-{stage}-events",
+            "DEAD_LETTER_QUEUE_NAME": f"{app}-{stage}-dlq",
+            "SNAPSHOT_BUCKET": f"{app}-{stage}-snapshots",
+            "USERHUB_ADMIN_KEY_PARAMETER": f"/{app}/{stage}/admin-key",
+        }
+    )
     env.setdefault("USERHUB_CONNECTION_ID", "conn_CHANGEME")
     functions = base.setdefault("lambda_functions", {})
     for function, role in policies.FUNCTION_ROLES.items():
@@ -342,11 +397,23 @@ def bootstrap(ctx: StageContext, opts: BootstrapOptions) -> BootstrapResult:
     steps = result.steps
 
     if horizon < MIN_RETRY_HORIZON_SECONDS:
-        steps.append(Step("retry horizon", f"maxReceiveCount {max_receive}", "warning",
-                          f"retries for only {horizon / 3600:.1f} h before the DLQ (< 24 h)"))
+        steps.append(
+            Step(
+                "retry horizon",
+                f"maxReceiveCount {max_receive}",
+                "warning",
+                f"retries for only {horizon / 3600:.1f} h before the DLQ (< 24 h)",
+            )
+        )
     if ctx.var("USERHUB_ADMIN_KEY") and "USERHUB_ADMIN_KEY" in ctx.variables:
-        steps.append(Step("config", "USERHUB_ADMIN_KEY", "warning",
-                          "config.json holds the key itself: remove it (it would be deployed in plain text)"))
+        steps.append(
+            Step(
+                "config",
+                "USERHUB_ADMIN_KEY",
+                "warning",
+                "config.json holds the key itself: remove it (it would be deployed in plain text)",
+            )
+        )
 
     # pool first (only checked: it belongs to the customer), so a wrong id fails before anything is created
     pool_id = opts.user_pool_id or ctx.user_pool_id
@@ -359,13 +426,25 @@ def bootstrap(ctx: StageContext, opts: BootstrapOptions) -> BootstrapResult:
                 raise
             raise OpsError(f"user pool {pool_id} not found in {ident.region}") from None
     else:
-        steps.append(Step("user pool", "USER_POOL_ID", "warning",
-                          "not set: pass --user-pool-id (reconcile and wire need it; its policy names a placeholder)"))
+        steps.append(
+            Step(
+                "user pool",
+                "USER_POOL_ID",
+                "warning",
+                "not set: pass --user-pool-id (reconcile and wire need it; its policy names a placeholder)",
+            )
+        )
 
     # queues ------------------------------------------------------------------------------------------
-    spec = QueueSpec(ctx.events_queue, ctx.dead_letter_queue, max_receive_count=max_receive,
-                     visibility_timeout=visibility, events_retention=EVENTS_RETENTION_SECONDS,
-                     dlq_retention=DLQ_RETENTION_SECONDS, kms_key=kms_key_arn)
+    spec = QueueSpec(
+        ctx.events_queue,
+        ctx.dead_letter_queue,
+        max_receive_count=max_receive,
+        visibility_timeout=visibility,
+        events_retention=EVENTS_RETENTION_SECONDS,
+        dlq_retention=DLQ_RETENTION_SECONDS,
+        kms_key=kms_key_arn,
+    )
     sqs = client("sqs")
     state = ensure_queues(sqs, spec, fix=opts.fix, create=not opts.check)
     for name, label in ((spec.dlq_name, "dead-letter queue"), (spec.events_name, "events queue")):
@@ -380,8 +459,11 @@ def bootstrap(ctx: StageContext, opts: BootstrapOptions) -> BootstrapResult:
             steps.append(Step(label, name, "ok", _queue_detail(spec, label)))
 
     # bucket, key ------------------------------------------------------------------------------------
-    steps.append(ensure_bucket(client("s3"), ctx.bucket, ident.region, ident.partition, kms_key_arn,
-                               fix=opts.fix, check=opts.check))
+    steps.append(
+        ensure_bucket(
+            client("s3"), ctx.bucket, ident.region, ident.partition, kms_key_arn, fix=opts.fix, check=opts.check
+        )
+    )
     steps.append(ensure_parameter(client("ssm"), ctx.key_parameter, ctx.stage, kms_key_arn, opts))
 
     # config.json and policies -----------------------------------------------------------------------
@@ -408,23 +490,32 @@ def bootstrap(ctx: StageContext, opts: BootstrapOptions) -> BootstrapResult:
         steps.append(Step("config", str(config_path), "would update", "stage variables differ"))
     else:
         write_config(new_config, ctx.project_dir)
-        changed = sorted(k for k, v in values.items()
-                         if (ctx.stage_block().get("environment_variables") or {}).get(k) != v)
+        changed = sorted(
+            k for k, v in values.items() if (ctx.stage_block().get("environment_variables") or {}).get(k) != v
+        )
         steps.append(Step("config", str(config_path), "updated", ", ".join(changed) or "policy file settings"))
         ctx.config = new_config
 
     targets = policies.PolicyTargets(
-        app_name=ctx.app_name, stage=ctx.stage, account=ident.account, region=ident.region,
-        partition=ident.partition, events_queue=spec.events_name, dead_letter_queue=spec.dlq_name,
-        user_pool_id=pool_id or "CHANGEME", bucket=ctx.bucket, key_parameter=ctx.key_parameter,
+        app_name=ctx.app_name,
+        stage=ctx.stage,
+        account=ident.account,
+        region=ident.region,
+        partition=ident.partition,
+        events_queue=spec.events_name,
+        dead_letter_queue=spec.dlq_name,
+        user_pool_id=pool_id or "CHANGEME",
+        bucket=ctx.bucket,
+        key_parameter=ctx.key_parameter,
         kms_key_arn=kms_key_arn,
     )
     steps.extend(_policy_steps(ctx.project_dir, new_config, targets, opts.check))
     return result
 
 
-def _policy_steps(project_dir: Path, config: dict[str, Any], targets: policies.PolicyTargets,
-                  check: bool) -> list[Step]:
+def _policy_steps(
+    project_dir: Path, config: dict[str, Any], targets: policies.PolicyTargets, check: bool
+) -> list[Step]:
     if check:
         steps = []
         for name, (role, functions) in policies.policy_files(config, targets.stage).items():
@@ -435,13 +526,17 @@ def _policy_steps(project_dir: Path, config: dict[str, Any], targets: policies.P
         return steps
     outcome = policies.write_policies(project_dir, config, targets)
     files = policies.policy_files(config, targets.stage)
-    return [Step("IAM policy", name, "ok" if status == "unchanged" else status, ", ".join(files[name][1]))
-            for name, status in outcome.items()]
+    return [
+        Step("IAM policy", name, "ok" if status == "unchanged" else status, ", ".join(files[name][1]))
+        for name, status in outcome.items()
+    ]
 
 
 def _queue_detail(spec: QueueSpec, label: str) -> str:
     sse = "SSE-KMS" if spec.kms_key else "SSE-SQS"
     if label == "dead-letter queue":
         return f"retention {spec.dlq_retention // 86400} d, {sse}"
-    return (f"maxReceiveCount {spec.max_receive_count}, visibility {spec.visibility_timeout} s, "
-            f"retention {spec.events_retention // 86400} d, {sse}")
+    return (
+        f"maxReceiveCount {spec.max_receive_count}, visibility {spec.visibility_timeout} s, "
+        f"retention {spec.events_retention // 86400} d, {sse}"
+    )

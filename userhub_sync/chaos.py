@@ -149,8 +149,12 @@ class Report:
         ]
         if self.scenario == "chaos":
             abandoned = self.notes.get("messages_abandoned_by_killed_workers", 0)
-            rows.append(("worker processes / SIGKILLed", f"{self.worker_processes} / {self.kills} (holding {abandoned} "
-                                                         "received messages, redelivered)"))
+            rows.append(
+                (
+                    "worker processes / SIGKILLed",
+                    f"{self.worker_processes} / {self.kills} (holding {abandoned} received messages, redelivered)",
+                )
+            )
         rows += [
             ("delivered", str(self.delivered)),
             ("lost", str(self.lost)),
@@ -159,16 +163,21 @@ class Report:
         ]
         if self.scenario == "chaos":
             rows += [
-                ("replayed from the DLQ", f"{self.replayed} message(s); {self.delivered_after_replay} of "
-                                          f"{self.rejected_users} rejected users then delivered; "
-                                          f"DLQ left {self.dlq_after_replay}"),
+                (
+                    "replayed from the DLQ",
+                    f"{self.replayed} message(s); {self.delivered_after_replay} of "
+                    f"{self.rejected_users} rejected users then delivered; "
+                    f"DLQ left {self.dlq_after_replay}",
+                ),
                 ("time to drain", f"{self.seconds_to_drain:.1f} s (replay: {self.seconds_replay_drain:.1f} s)"),
             ]
         else:
             rows += [
                 ("visibility sequences", "; ".join(f"{k} ×{v}" for k, v in self.notes.get("sequences", {}).items())),
-                ("outage / recovered after heal", f"{self.notes.get('outage_seconds', 0):.1f} s / "
-                                                  f"{self.notes.get('seconds_to_recover', 0):.1f} s"),
+                (
+                    "outage / recovered after heal",
+                    f"{self.notes.get('outage_seconds', 0):.1f} s / {self.notes.get('seconds_to_recover', 0):.1f} s",
+                ),
                 ("time to drain", f"{self.seconds_to_drain:.1f} s"),
             ]
         rows.append(("wall time", f"{self.seconds_total:.1f} s"))
@@ -212,8 +221,11 @@ def usernames(count: int, rng: random.Random) -> list[str]:
 
 def signin_event(username: str) -> dict[str, Any]:
     return {
-        "version": "1", "triggerSource": "PostAuthentication_Authentication", "region": "us-east-1",
-        "userPoolId": POOL_ID, "userName": username,
+        "version": "1",
+        "triggerSource": "PostAuthentication_Authentication",
+        "region": "us-east-1",
+        "userPoolId": POOL_ID,
+        "userName": username,
         "callerContext": {"awsSdkVersion": "aws-sdk-js-3", "clientId": "chaos-client"},
         "request": {"userAttributes": {"sub": str(uuid.uuid4()), "email_verified": "true"}, "newDeviceUsed": False},
         "response": {},
@@ -225,8 +237,9 @@ def new_admin_key() -> str:
     return "userhub_admin_" + secrets.token_hex(16)
 
 
-def scenario_environ(endpoint: str, hub_url: str, events: str, dlq: str, key_parameter: str,
-                     **overrides: str | None) -> dict[str, str | None]:
+def scenario_environ(
+    endpoint: str, hub_url: str, events: str, dlq: str, key_parameter: str, **overrides: str | None
+) -> dict[str, str | None]:
     """The DESIGN.md variables for a local stage whose key is an SSM SecureString in moto."""
     env: dict[str, str | None] = {
         **aws_environ(endpoint),
@@ -492,8 +505,15 @@ class WorkerProcess:
 class WorkerPool:
     """`userhub-sync worker` subprocesses that we start, SIGKILL (by pid, only ours) and replace."""
 
-    def __init__(self, env: dict[str, str | None], log_dir: Path, *, batch_size: int = 10, wait_seconds: int = 1,
-                 function_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        env: dict[str, str | None],
+        log_dir: Path,
+        *,
+        batch_size: int = 10,
+        wait_seconds: int = 1,
+        function_timeout: float = 30.0,
+    ) -> None:
         base = {k: v for k, v in os.environ.items()}
         for key, value in env.items():
             if value is None:
@@ -503,8 +523,14 @@ class WorkerPool:
         base.update({"PYTHONUNBUFFERED": "1", "COLUMNS": "200"})
         self.env = base
         self.log_dir = log_dir
-        self.args = ["--batch-size", str(batch_size), "--wait-seconds", str(wait_seconds),
-                     "--function-timeout", str(function_timeout)]
+        self.args = [
+            "--batch-size",
+            str(batch_size),
+            "--wait-seconds",
+            str(wait_seconds),
+            "--function-timeout",
+            str(function_timeout),
+        ]
         self.all: list[WorkerProcess] = []
         self.lock = threading.Lock()
 
@@ -514,8 +540,9 @@ class WorkerPool:
             stdout, stderr = self.log_dir / f"worker-{number}.out", self.log_dir / f"worker-{number}.err"
             command = [sys.executable, "-m", "userhub_sync.cli", "worker", *self.args, *(["--drain"] if drain else [])]
             with stdout.open("wb") as out, stderr.open("wb") as err:
-                process = subprocess.Popen(command, cwd=PROJECT_DIR, env=self.env, stdout=out, stderr=err,
-                                           stdin=subprocess.DEVNULL)
+                process = subprocess.Popen(
+                    command, cwd=PROJECT_DIR, env=self.env, stdout=out, stderr=err, stdin=subprocess.DEVNULL
+                )
             worker = WorkerProcess(number, process, stdout, stderr, drain, time.monotonic())
             self.all.append(worker)
             return worker
@@ -576,8 +603,11 @@ class WorkerPool:
 
     def crashed(self) -> list[str]:
         """Workers that exited with an error we did not cause (a kill is ours, SIGTERM exits 0)."""
-        return [f"worker {w.number} exited {w.process.returncode}: {w.stderr.read_text(errors='replace')[-300:]}"
-                for w in self.all if not w.killed and w.process.returncode not in (None, 0, *self._ours(w))]
+        return [
+            f"worker {w.number} exited {w.process.returncode}: {w.stderr.read_text(errors='replace')[-300:]}"
+            for w in self.all
+            if not w.killed and w.process.returncode not in (None, 0, *self._ours(w))
+        ]
 
     @staticmethod
     def _ours(worker: WorkerProcess) -> tuple[int, ...]:
@@ -587,8 +617,14 @@ class WorkerPool:
 class Killer(threading.Thread):
     """Every 0.5–2 s, SIGKILL a random polling worker and start a replacement; bounded in kills and time."""
 
-    def __init__(self, pool: WorkerPool, rng: random.Random, max_kills: int, interval: tuple[float, float],
-                 keep_going: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        pool: WorkerPool,
+        rng: random.Random,
+        max_kills: int,
+        interval: tuple[float, float],
+        keep_going: Callable[[], bool],
+    ) -> None:
         super().__init__(name="killer", daemon=True)
         self.pool, self.rng, self.max_kills, self.interval = pool, rng, max_kills, interval
         self.keep_going = keep_going
@@ -605,17 +641,26 @@ class Killer(threading.Thread):
 
 
 # ================================================================================================ scenario: chaos
-def _enter_stage(stack: ExitStack, env: dict[str, str | None], key: str, max_receive_count: int,
-                 visibility_timeout: int) -> tuple[Any, Any]:
+def _enter_stage(
+    stack: ExitStack, env: dict[str, str | None], key: str, max_receive_count: int, visibility_timeout: int
+) -> tuple[Any, Any]:
     """Point this process at the scenario's stage (undone with `stack`), store the key, create the queues."""
     stack.callback(reset_caches)
     stack.enter_context(patched_environ(env))
     reset_caches()
     sqs = boto3.client("sqs")
-    boto3.client("ssm").put_parameter(Name=env["USERHUB_ADMIN_KEY_PARAMETER"], Value=key, Type="SecureString",
-                                      Overwrite=True)
-    queues = ensure_queues(sqs, QueueSpec(env["EVENTS_QUEUE_NAME"] or "", env["DEAD_LETTER_QUEUE_NAME"] or "",
-                                          max_receive_count=max_receive_count, visibility_timeout=visibility_timeout))
+    boto3.client("ssm").put_parameter(
+        Name=env["USERHUB_ADMIN_KEY_PARAMETER"], Value=key, Type="SecureString", Overwrite=True
+    )
+    queues = ensure_queues(
+        sqs,
+        QueueSpec(
+            env["EVENTS_QUEUE_NAME"] or "",
+            env["DEAD_LETTER_QUEUE_NAME"] or "",
+            max_receive_count=max_receive_count,
+            visibility_timeout=visibility_timeout,
+        ),
+    )
     return sqs, queues
 
 
@@ -629,8 +674,13 @@ def _rig(stack: ExitStack, endpoint: str | None, seed: int) -> tuple[MotoWatch, 
     return moto, endpoint, hub, key, uuid.uuid4().hex[:8]
 
 
-def run_chaos(config: ChaosConfig, *, endpoint: str | None = None, log_dir: Path | None = None,
-              progress: Callable[[str], None] | None = None) -> Report:
+def run_chaos(
+    config: ChaosConfig,
+    *,
+    endpoint: str | None = None,
+    log_dir: Path | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> Report:
     """The chaos scenario end to end; `endpoint` reuses a running moto server (tests), else one is started."""
     say = progress or (lambda _message: None)
     report = Report("chaos", signins=config.signins)
@@ -639,10 +689,17 @@ def run_chaos(config: ChaosConfig, *, endpoint: str | None = None, log_dir: Path
     with ExitStack() as stack:
         moto, endpoint, hub, key, run_id = _rig(stack, endpoint, config.seed)
         logs = log_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="chaos-")))
-        env = scenario_environ(endpoint, hub.url, f"chaos-{run_id}-events", f"chaos-{run_id}-dlq",
-                               f"/userhub-sync/chaos-{run_id}/admin-key",
-                               RETRY_BASE_SECONDS=str(config.retry_base), RETRY_MAX_SECONDS=str(config.retry_max),
-                               USERHUB_READ_TIMEOUT=str(config.read_timeout), LOG_LEVEL="WARNING")
+        env = scenario_environ(
+            endpoint,
+            hub.url,
+            f"chaos-{run_id}-events",
+            f"chaos-{run_id}-dlq",
+            f"/userhub-sync/chaos-{run_id}/admin-key",
+            RETRY_BASE_SECONDS=str(config.retry_base),
+            RETRY_MAX_SECONDS=str(config.retry_max),
+            USERHUB_READ_TIMEOUT=str(config.read_timeout),
+            LOG_LEVEL="WARNING",
+        )
         sqs, queues = _enter_stage(stack, env, key, config.max_receive_count, config.visibility_timeout)
 
         # who signs in, who UserHub rejects for good, and how often it misbehaves for everyone else
@@ -651,20 +708,23 @@ def run_chaos(config: ChaosConfig, *, endpoint: str | None = None, log_dir: Path
         users = unique + [rng.choice(unique) for _ in range(repeats)]
         rng.shuffle(users)
         doomed = rng.sample(unique, min(config.permanent, len(unique)))
-        rejections = {user: (400, "EXTERNAL_ID_REJECTED") if i % 2 == 0 else (404, "USER_NOT_FOUND")
-                      for i, user in enumerate(doomed)}
+        rejections = {
+            user: (400, "EXTERNAL_ID_REJECTED") if i % 2 == 0 else (404, "USER_NOT_FOUND")
+            for i, user in enumerate(doomed)
+        }
         for user, (status, reason) in rejections.items():
-            hub.add_fault(Fault(status=status, reason=reason, message=f"rejected ({reason})",
-                                match_external_id=user))
+            hub.add_fault(Fault(status=status, reason=reason, message=f"rejected ({reason})", match_external_id=user))
         slow_ms = (config.read_timeout + 0.6) * 1000
-        for fault in layered_faults([
-            (Fault(status=503), config.share_5xx * 0.5),
-            (Fault(status=500), config.share_5xx * 0.3),
-            (Fault(status=502, body_format="html"), config.share_5xx * 0.2),
-            (Fault(status=429, retry_after=config.retry_after), config.share_429),
-            (Fault(kind="latency", latency_ms=slow_ms), config.share_slow),
-            (Fault(kind="drop"), config.share_drop),
-        ]):
+        for fault in layered_faults(
+            [
+                (Fault(status=503), config.share_5xx * 0.5),
+                (Fault(status=500), config.share_5xx * 0.3),
+                (Fault(status=502, body_format="html"), config.share_5xx * 0.2),
+                (Fault(status=429, retry_after=config.retry_after), config.share_429),
+                (Fault(kind="latency", latency_ms=slow_ms), config.share_slow),
+                (Fault(kind="drop"), config.share_drop),
+            ]
+        ):
             hub.add_fault(fault)
 
         # workers first, then sign-ins while the killer works
@@ -687,8 +747,10 @@ def run_chaos(config: ChaosConfig, *, endpoint: str | None = None, log_dir: Path
         killer.start()
         producer.join()
         killer.join()
-        say(f"sign-ins sent in {producer.finished_at - t0 if producer.finished_at else 0:.1f} s; "
-            f"{killer.kills} workers killed; draining without kills")
+        say(
+            f"sign-ins sent in {producer.finished_at - t0 if producer.finished_at else 0:.1f} s; "
+            f"{killer.kills} workers killed; draining without kills"
+        )
         if producer.error is not None:
             report.problems.append(f"producer failed: {type(producer.error).__name__}: {producer.error}")
 
@@ -696,8 +758,9 @@ def run_chaos(config: ChaosConfig, *, endpoint: str | None = None, log_dir: Path
         pool.stop()
         drainers = [pool.start(drain=True) for _ in range(config.workers)]
         if not pool.wait(drainers, config.drain_timeout):
-            report.problems.append(f"queue not drained within {config.drain_timeout:.0f} s "
-                                   f"(backlog {backlog(sqs, queues.events_url)})")
+            report.problems.append(
+                f"queue not drained within {config.drain_timeout:.0f} s (backlog {backlog(sqs, queues.events_url)})"
+            )
             pool.stop(drainers)
         report.seconds_to_drain = time.monotonic() - t0
         left = backlog(sqs, queues.events_url)
@@ -721,8 +784,14 @@ def run_chaos(config: ChaosConfig, *, endpoint: str | None = None, log_dir: Path
     return report
 
 
-def _chaos_accounting(report: Report, signins: list[SignIn], hub: FakeUserHub, sqs: Any, queues: QueueState,
-                      rejections: dict[str, tuple[int, str]]) -> None:
+def _chaos_accounting(
+    report: Report,
+    signins: list[SignIn],
+    hub: FakeUserHub,
+    sqs: Any,
+    queues: QueueState,
+    rejections: dict[str, tuple[int, str]],
+) -> None:
     from userhub_sync.dlq import Filters, list_messages
 
     journal = [e for e in hub.journal() if e.verb == "event"]
@@ -744,8 +813,9 @@ def _chaos_accounting(report: Report, signins: list[SignIn], hub: FakeUserHub, s
         if message.kind != "permanent" or expected is None:
             report.problems.append(f"unexpected DLQ message: kind {message.kind}, user {user!r}, {message.reason}")
         elif (message.status, message.reason) != expected:
-            report.problems.append(f"DLQ message for {user!r} has {message.status} {message.reason}, "
-                                   f"expected {expected}")
+            report.problems.append(
+                f"DLQ message for {user!r} has {message.status} {message.reason}, expected {expected}"
+            )
         else:
             dead_users[user] += 1
     result = account(signins, hub.events(), dead_users)
@@ -756,9 +826,16 @@ def _chaos_accounting(report: Report, signins: list[SignIn], hub: FakeUserHub, s
         report.problems.append(f"{result.dead} sign-ins matched to the DLQ, expected {report.expected_dead}")
 
 
-def _heal_and_replay(report: Report, hub: FakeUserHub, sqs: Any, queues: QueueState, pool: WorkerPool,
-                     config: ChaosConfig, rejections: dict[str, tuple[int, str]],
-                     say: Callable[[str], None]) -> None:
+def _heal_and_replay(
+    report: Report,
+    hub: FakeUserHub,
+    sqs: Any,
+    queues: QueueState,
+    pool: WorkerPool,
+    config: ChaosConfig,
+    rejections: dict[str, tuple[int, str]],
+    say: Callable[[str], None],
+) -> None:
     """Clear every fault, replay the DLQ with the operators' own code, drain, and check the rejected users arrive."""
     from userhub_sync.dlq import Filters, replay
 
@@ -824,8 +901,9 @@ class SqsObserver:
                     self.messages[message_id].visibilities.append((count, int(entry["VisibilityTimeout"])))
 
 
-def run_outage(config: OutageConfig, *, endpoint: str | None = None,
-               progress: Callable[[str], None] | None = None) -> Report:
+def run_outage(
+    config: OutageConfig, *, endpoint: str | None = None, progress: Callable[[str], None] | None = None
+) -> Report:
     """UserHub down (503) for `outage_seconds`, then back: check the backoff, the DLQ and the recovery."""
     from chalicelib.delivery import Deliverer, RetryPolicy
     from chalicelib.secrets import AdminKeyProvider
@@ -838,9 +916,16 @@ def run_outage(config: OutageConfig, *, endpoint: str | None = None,
     rng = random.Random(config.seed)
     with ExitStack() as stack:
         moto, endpoint, hub, key, run_id = _rig(stack, endpoint, config.seed)
-        env = scenario_environ(endpoint, hub.url, f"outage-{run_id}-events", f"outage-{run_id}-dlq",
-                               f"/userhub-sync/outage-{run_id}/admin-key", RETRY_BASE_SECONDS=str(config.retry_base),
-                               RETRY_MAX_SECONDS=str(config.retry_max), RETRY_JITTER="0")
+        env = scenario_environ(
+            endpoint,
+            hub.url,
+            f"outage-{run_id}-events",
+            f"outage-{run_id}-dlq",
+            f"/userhub-sync/outage-{run_id}/admin-key",
+            RETRY_BASE_SECONDS=str(config.retry_base),
+            RETRY_MAX_SECONDS=str(config.retry_max),
+            RETRY_JITTER="0",
+        )
         stack.enter_context(quiet_logs())
         sqs, queues = _enter_stage(stack, env, key, config.max_receive_count, config.visibility_timeout)
         settings = get_settings()
@@ -853,12 +938,18 @@ def run_outage(config: OutageConfig, *, endpoint: str | None = None,
         client = boto3.client("sqs")
         observer.attach(client)
         deliverer = Deliverer(settings, sqs=client, keys=AdminKeyProvider(settings, ssm=boto3.client("ssm")))
-        source = LocalEventSource(client, queues.events_url,
-                                  lambda event, context: deliverer.handle(event, context.get_remaining_time_in_millis),
-                                  batch_size=config.batch_size, wait_seconds=1, function_timeout=30)
+        source = LocalEventSource(
+            client,
+            queues.events_url,
+            lambda event, context: deliverer.handle(event, context.get_remaining_time_in_millis),
+            batch_size=config.batch_size,
+            wait_seconds=1,
+            function_timeout=30,
+        )
         stop = threading.Event()
-        worker = threading.Thread(target=source.run, kwargs={"should_stop": stop.is_set}, daemon=True,
-                                  name="outage-worker")
+        worker = threading.Thread(
+            target=source.run, kwargs={"should_stop": stop.is_set}, daemon=True, name="outage-worker"
+        )
         worker.start()
 
         producer = Producer(usernames(config.signins, rng))
@@ -877,8 +968,10 @@ def run_outage(config: OutageConfig, *, endpoint: str | None = None,
         if producer.finished_at and producer.finished_at > healed:
             report.problems.append("sign-ins were still being sent when UserHub came back: make the outage longer")
         outstanding = max((v for o in observer.messages.values() for _, v in o.visibilities), default=0)
-        say(f"outage over after {healed - outage_start:.1f} s (largest backoff then: {outstanding} s); "
-            f"{len(observer.messages)} messages seen, {delivered_during} delivered during it")
+        say(
+            f"outage over after {healed - outage_start:.1f} s (largest backoff then: {outstanding} s); "
+            f"{len(observer.messages)} messages seen, {delivered_during} delivered during it"
+        )
         drained = wait_until(lambda: backlog(sqs, queues.events_url) == 0, config.drain_timeout)
         finished = time.monotonic()
         stop.set()
@@ -906,18 +999,22 @@ def run_outage(config: OutageConfig, *, endpoint: str | None = None,
         last_event = max((e.ts for e in events), default=healed_wall)
         report.seconds_to_drain = finished - outage_start
         report.notes.update(_check_backoff(observer, policy, config, report))
-        report.notes.update({
-            "outage_seconds": round(healed - outage_start, 1),
-            "signins_sent_in_s": round((producer.finished_at or healed) - outage_start, 1),
-            "seconds_to_recover": round(max(last_event - healed_wall, 0), 1),
-            "largest_backoff_at_heal": outstanding,
-            "retry_horizon_seconds": policy.minimum_horizon(config.max_receive_count),
-            "moto_errors_retried": moto.errors,
-            "moto_double_receives": moto.double_receives,
-        })
+        report.notes.update(
+            {
+                "outage_seconds": round(healed - outage_start, 1),
+                "signins_sent_in_s": round((producer.finished_at or healed) - outage_start, 1),
+                "seconds_to_recover": round(max(last_event - healed_wall, 0), 1),
+                "largest_backoff_at_heal": outstanding,
+                "retry_horizon_seconds": policy.minimum_horizon(config.max_receive_count),
+                "moto_errors_retried": moto.errors,
+                "moto_double_receives": moto.double_receives,
+            }
+        )
         if report.notes["seconds_to_recover"] > outstanding + 10:
-            report.problems.append(f"recovery took {report.notes['seconds_to_recover']} s, more than the largest "
-                                   f"pending backoff ({outstanding} s) + 10 s")
+            report.problems.append(
+                f"recovery took {report.notes['seconds_to_recover']} s, more than the largest "
+                f"pending backoff ({outstanding} s) + 10 s"
+            )
         report.seconds_total = time.monotonic() - started
     return report
 
@@ -943,11 +1040,15 @@ def _check_backoff(observer: SqsObserver, policy: Any, config: OutageConfig, rep
     if min_slack < -0.5:
         report.problems.append(f"a message came back {-min_slack:.2f} s before its visibility timeout ended")
     if max_receives >= config.max_receive_count:
-        report.problems.append(f"a message was received {max_receives} times (maxReceiveCount "
-                               f"{config.max_receive_count})")
+        report.problems.append(
+            f"a message was received {max_receives} times (maxReceiveCount {config.max_receive_count})"
+        )
     ordered = dict(sorted(sequences.items(), key=lambda item: (-item[1], item[0])))
-    return {"sequences": ordered, "max_receive_count_seen": max_receives,
-            "min_gap_minus_visibility_s": round(min_slack, 2) if min_slack != float("inf") else None}
+    return {
+        "sequences": ordered,
+        "max_receive_count_seen": max_receives,
+        "min_gap_minus_visibility_s": round(min_slack, 2) if min_slack != float("inf") else None,
+    }
 
 
 # ================================================================================================ command line

@@ -82,35 +82,45 @@ def signin_event(username: str, pool: str = POOL_ID) -> dict[str, Any]:
     }
 
 
-def run_demo(signins: int = 300, fault_rate: float = 0.2, permanent: int = 3, seed: int = 7,
-             console: Console | None = None) -> DemoReport:
+def run_demo(
+    signins: int = 300, fault_rate: float = 0.2, permanent: int = 3, seed: int = 7, console: Console | None = None
+) -> DemoReport:
     console = console or Console()
     rng = random.Random(seed)
     report = DemoReport(signed_in=signins)
     with MotoServer() as moto, FakeUserHub(admin_keys=[DEMO_KEY], seed=seed) as hub:
         env = aws_environ(moto.endpoint)
-        env.update({
-            "USERHUB_API_URL": hub.url,
-            "USERHUB_CONNECTION_ID": CONNECTION_ID,
-            "USERHUB_ADMIN_KEY_PARAMETER": "/userhub-sync/demo/admin-key",
-            "USERHUB_ADMIN_KEY": None,
-            "USERHUB_ADMIN_KEY_SECRET_ID": None,
-            "EVENTS_QUEUE_NAME": "userhub-sync-demo-events",
-            "EVENTS_QUEUE_URL": None,
-            "DEAD_LETTER_QUEUE_NAME": "userhub-sync-demo-dlq",
-            "USER_POOL_ID": POOL_ID,
-            "RETRY_BASE_SECONDS": "1",  # production: 30 s; short so the demo drains in seconds
-            "RETRY_MAX_SECONDS": "4",
-            "USERHUB_READ_TIMEOUT": "1",
-            "USERHUB_SYNC_METRICS": "off",
-            "LOG_LEVEL": "ERROR",
-        })
+        env.update(
+            {
+                "USERHUB_API_URL": hub.url,
+                "USERHUB_CONNECTION_ID": CONNECTION_ID,
+                "USERHUB_ADMIN_KEY_PARAMETER": "/userhub-sync/demo/admin-key",
+                "USERHUB_ADMIN_KEY": None,
+                "USERHUB_ADMIN_KEY_SECRET_ID": None,
+                "EVENTS_QUEUE_NAME": "userhub-sync-demo-events",
+                "EVENTS_QUEUE_URL": None,
+                "DEAD_LETTER_QUEUE_NAME": "userhub-sync-demo-dlq",
+                "USER_POOL_ID": POOL_ID,
+                "RETRY_BASE_SECONDS": "1",  # production: 30 s; short so the demo drains in seconds
+                "RETRY_MAX_SECONDS": "4",
+                "USERHUB_READ_TIMEOUT": "1",
+                "USERHUB_SYNC_METRICS": "off",
+                "LOG_LEVEL": "ERROR",
+            }
+        )
         with patched_environ(env):
             return _run(console, rng, report, hub, signins, fault_rate, permanent)
 
 
-def _run(console: Console, rng: random.Random, report: DemoReport, hub: FakeUserHub, signins: int,
-         fault_rate: float, permanent: int) -> DemoReport:
+def _run(
+    console: Console,
+    rng: random.Random,
+    report: DemoReport,
+    hub: FakeUserHub,
+    signins: int,
+    fault_rate: float,
+    permanent: int,
+) -> DemoReport:
     import boto3
 
     import app
@@ -122,17 +132,27 @@ def _run(console: Console, rng: random.Random, report: DemoReport, hub: FakeUser
     post_auth.queue.reset()  # a fresh container: new client, new queue URL
     sqs = boto3.client("sqs")
     boto3.client("ssm").put_parameter(Name="/userhub-sync/demo/admin-key", Value=DEMO_KEY, Type="SecureString")
-    state = ensure_queues(sqs, QueueSpec("userhub-sync-demo-events", "userhub-sync-demo-dlq",
-                                         max_receive_count=8, visibility_timeout=30))
+    state = ensure_queues(
+        sqs, QueueSpec("userhub-sync-demo-events", "userhub-sync-demo-dlq", max_receive_count=8, visibility_timeout=30)
+    )
     console.print(f"[bold]moto[/] on {state.events_url.rsplit('/', 2)[0]}, [bold]fake UserHub[/] on {hub.url}")
 
     users = _usernames(max(signins * 2 // 3, 1), rng)
     doomed = set(rng.sample(users, min(permanent, len(users))))
     for user in doomed:
-        hub.add_fault(Fault(status=400, code="INVALID_ARGUMENT", reason="DEMO_REJECTED", message="rejected",
-                            match_external_id=user))
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=False) as progress:
+        hub.add_fault(
+            Fault(
+                status=400, code="INVALID_ARGUMENT", reason="DEMO_REJECTED", message="rejected", match_external_id=user
+            )
+        )
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as progress:
         task = progress.add_task("sign-ins through post_auth", total=signins)
         sent: list[tuple[str, float]] = []
         enqueued_before = post_auth.metrics.totals.get("enqueued", 0)
@@ -161,8 +181,9 @@ def _run(console: Console, rng: random.Random, report: DemoReport, hub: FakeUser
     return _account(report, sent, hub, sqs, state.dlq_url, delivery.get_deliverer())
 
 
-def _account(report: DemoReport, sent: list[tuple[str, float]], hub: FakeUserHub, sqs: Any, dlq_url: str,
-             deliverer: Any) -> DemoReport:
+def _account(
+    report: DemoReport, sent: list[tuple[str, float]], hub: FakeUserHub, sqs: Any, dlq_url: str, deliverer: Any
+) -> DemoReport:
     """Match every enqueued sign-in to an accepted UserHub event after it, or to a DLQ message."""
     accepted: dict[str, list[float]] = {}
     for event in hub.events():
@@ -171,8 +192,9 @@ def _account(report: DemoReport, sent: list[tuple[str, float]], hub: FakeUserHub
     dead_users: list[str] = []
     dead_total = 0
     while True:
-        messages = sqs.receive_message(QueueUrl=dlq_url, MaxNumberOfMessages=10, VisibilityTimeout=60,
-                                       MessageAttributeNames=["All"]).get("Messages", [])
+        messages = sqs.receive_message(
+            QueueUrl=dlq_url, MaxNumberOfMessages=10, VisibilityTimeout=60, MessageAttributeNames=["All"]
+        ).get("Messages", [])
         if not messages:
             break
         dead_total += len(messages)

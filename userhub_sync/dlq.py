@@ -38,10 +38,14 @@ class DlqMessage:
     def from_sqs(cls, raw: dict[str, Any]) -> DlqMessage:
         from chalicelib.messages import PoisonMessage, parse_message
 
-        attributes = {k: v.get("StringValue", "") for k, v in (raw.get("MessageAttributes") or {}).items()
-                      if v.get("DataType", "").startswith(("String", "Number"))}
-        message = cls(raw["MessageId"], raw["ReceiptHandle"], raw.get("Body") or "", attributes,
-                      dict(raw.get("Attributes") or {}))
+        attributes = {
+            k: v.get("StringValue", "")
+            for k, v in (raw.get("MessageAttributes") or {}).items()
+            if v.get("DataType", "").startswith(("String", "Number"))
+        }
+        message = cls(
+            raw["MessageId"], raw["ReceiptHandle"], raw.get("Body") or "", attributes, dict(raw.get("Attributes") or {})
+        )
         try:
             message.parsed = parse_message(message.body)
         except PoisonMessage as poison:
@@ -94,15 +98,25 @@ class DlqMessage:
 
     def to_dict(self, show_body: bool = False) -> dict[str, Any]:
         data: dict[str, Any] = {
-            "message_id": self.message_id, "user": self.username, "kind": self.kind, "status": self.status,
-            "code": self.code, "reason": self.reason, "attempts": self.attempts,
-            "first_seen": iso(self.first_seen), "failed_at": iso(self.failed_at),
+            "message_id": self.message_id,
+            "user": self.username,
+            "kind": self.kind,
+            "status": self.status,
+            "code": self.code,
+            "reason": self.reason,
+            "attempts": self.attempts,
+            "first_seen": iso(self.first_seen),
+            "failed_at": iso(self.failed_at),
             "age_seconds": round(self.age() or 0, 1) if self.first_seen else None,
             "source_message_id": self.attributes.get("source_message_id"),
         }
         if self.parsed is not None:
-            data["message"] = {"id": self.parsed.id, "type": self.parsed.type.value,
-                               "source": self.parsed.source.value, "event_time": iso(self.parsed.event_time)}
+            data["message"] = {
+                "id": self.parsed.id,
+                "type": self.parsed.type.value,
+                "source": self.parsed.source.value,
+                "event_time": iso(self.parsed.event_time),
+            }
         if show_body:
             data["body"] = self.body
         return data
@@ -125,8 +139,9 @@ class Filters:
 
     @property
     def active(self) -> bool:
-        return any(v is not None for v in (self.reason, self.status, self.user, self.kind, self.older_than,
-                                            self.newer_than))
+        return any(
+            v is not None for v in (self.reason, self.status, self.user, self.kind, self.older_than, self.newer_than)
+        )
 
     def matches(self, message: DlqMessage, at: datetime | None = None) -> bool:
         if self.reason is not None and self.reason.lower() not in (message.reason or "").lower():
@@ -147,8 +162,9 @@ class Filters:
 class Scanner:
     """Receives a queue's messages once each, holding them invisible until `release`."""
 
-    def __init__(self, sqs: Any, url: str, *, visibility: int = 30, wait: int = 1, max_scan: int = 100_000,
-                 stale_rounds: int = 3) -> None:
+    def __init__(
+        self, sqs: Any, url: str, *, visibility: int = 30, wait: int = 1, max_scan: int = 100_000, stale_rounds: int = 3
+    ) -> None:
         self.sqs, self.url, self.visibility, self.wait = sqs, url, visibility, wait
         self.max_scan, self.stale_rounds = max_scan, stale_rounds
         self.held: dict[str, str] = {}  # message id -> latest receipt handle, not yet deleted
@@ -159,10 +175,17 @@ class Scanner:
         """New messages, ten at a time, until the queue offers nothing new."""
         stale = 0
         while len(self.seen) < self.max_scan:
-            raw = self.sqs.receive_message(
-                QueueUrl=self.url, MaxNumberOfMessages=10, VisibilityTimeout=self.visibility,
-                WaitTimeSeconds=self.wait, AttributeNames=["All"], MessageAttributeNames=["All"],
-            ).get("Messages") or []
+            raw = (
+                self.sqs.receive_message(
+                    QueueUrl=self.url,
+                    MaxNumberOfMessages=10,
+                    VisibilityTimeout=self.visibility,
+                    WaitTimeSeconds=self.wait,
+                    AttributeNames=["All"],
+                    MessageAttributeNames=["All"],
+                ).get("Messages")
+                or []
+            )
             if not raw:
                 return
             fresh: list[DlqMessage] = []
@@ -187,8 +210,10 @@ class Scanner:
         deleted: list[DlqMessage] = []
         failed: list[tuple[DlqMessage, str]] = []
         for chunk in _chunks(messages, 10):
-            entries = [{"Id": str(i), "ReceiptHandle": self.held.get(m.message_id, m.receipt_handle)}
-                       for i, m in enumerate(chunk)]
+            entries = [
+                {"Id": str(i), "ReceiptHandle": self.held.get(m.message_id, m.receipt_handle)}
+                for i, m in enumerate(chunk)
+            ]
             try:
                 response = self.sqs.delete_message_batch(QueueUrl=self.url, Entries=entries)
                 ok = {int(e["Id"]) for e in response.get("Successful") or []}
@@ -208,8 +233,9 @@ class Scanner:
         items = list(self.held.items())
         released = 0
         for chunk in _chunks(items, 10):
-            entries = [{"Id": str(i), "ReceiptHandle": handle, "VisibilityTimeout": 0}
-                       for i, (_, handle) in enumerate(chunk)]
+            entries = [
+                {"Id": str(i), "ReceiptHandle": handle, "VisibilityTimeout": 0} for i, (_, handle) in enumerate(chunk)
+            ]
             try:
                 response = self.sqs.change_message_visibility_batch(QueueUrl=self.url, Entries=entries)
                 released += len(response.get("Successful") or [])
@@ -230,8 +256,9 @@ class Listing:
     messages: list[DlqMessage]
 
 
-def list_messages(sqs: Any, url: str, filters: Filters, *, limit: int | None = None, visibility: int = 30,
-                  wait: int = 1) -> Listing:
+def list_messages(
+    sqs: Any, url: str, filters: Filters, *, limit: int | None = None, visibility: int = 30, wait: int = 1
+) -> Listing:
     scanner = Scanner(sqs, url, visibility=visibility, wait=wait)
     found: list[DlqMessage] = []
     at = now()
@@ -250,8 +277,14 @@ def list_messages(sqs: Any, url: str, filters: Filters, *, limit: int | None = N
 class TokenBucket:
     """`rate` tokens a second, bursts of up to `burst`; rate ≤ 0 means no limit."""
 
-    def __init__(self, rate: float, burst: float | None = None, *, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        rate: float,
+        burst: float | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.rate = rate
         self.capacity = burst if burst is not None else max(1.0, min(float(rate), 10.0))
         self.tokens = self.capacity
@@ -316,10 +349,21 @@ def _send_chunks(messages: list[DlqMessage]) -> list[list[DlqMessage]]:
     return chunks
 
 
-def replay(sqs: Any, dlq_url: str, events_url: str, filters: Filters, *, include_poison: bool = False,
-           dry_run: bool = False, rate: float = 50.0, limit: int | None = None, visibility: int | None = None,
-           wait: int = 1, progress: Callable[[int], None] | None = None,
-           bucket: TokenBucket | None = None) -> ReplayReport:
+def replay(
+    sqs: Any,
+    dlq_url: str,
+    events_url: str,
+    filters: Filters,
+    *,
+    include_poison: bool = False,
+    dry_run: bool = False,
+    rate: float = 50.0,
+    limit: int | None = None,
+    visibility: int | None = None,
+    wait: int = 1,
+    progress: Callable[[int], None] | None = None,
+    bucket: TokenBucket | None = None,
+) -> ReplayReport:
     """Send selected DLQ messages back to the events queue; delete each only after its send is confirmed."""
     report = ReplayReport(dry_run=dry_run)
     bucket = bucket or TokenBucket(rate)
@@ -361,18 +405,34 @@ def replay(sqs: Any, dlq_url: str, events_url: str, filters: Filters, *, include
     return report
 
 
-def _send_and_delete(sqs: Any, scanner: Scanner, events_url: str, chunk: list[DlqMessage], report: ReplayReport,
-                     sent: set[str], undeleted_ids: set[str]) -> None:
+def _send_and_delete(
+    sqs: Any,
+    scanner: Scanner,
+    events_url: str,
+    chunk: list[DlqMessage],
+    report: ReplayReport,
+    sent: set[str],
+    undeleted_ids: set[str],
+) -> None:
     stamp = iso(now()) or ""
-    entries = [{"Id": str(i), "MessageBody": replay_body(m),
-                "MessageAttributes": {"replayed_from": {"DataType": "String", "StringValue": m.message_id},
-                                      "replayed_at": {"DataType": "String", "StringValue": stamp}}}
-               for i, m in enumerate(chunk)]
+    entries = [
+        {
+            "Id": str(i),
+            "MessageBody": replay_body(m),
+            "MessageAttributes": {
+                "replayed_from": {"DataType": "String", "StringValue": m.message_id},
+                "replayed_at": {"DataType": "String", "StringValue": stamp},
+            },
+        }
+        for i, m in enumerate(chunk)
+    ]
     try:
         response = sqs.send_message_batch(QueueUrl=events_url, Entries=entries)
         ok = {int(e["Id"]) for e in response.get("Successful") or []}
-        failed = {int(e["Id"]): f"{e.get('Code', 'Failed')}: {e.get('Message', '')}".strip(": ")
-                  for e in response.get("Failed") or []}
+        failed = {
+            int(e["Id"]): f"{e.get('Code', 'Failed')}: {e.get('Message', '')}".strip(": ")
+            for e in response.get("Failed") or []
+        }
     except Exception as error:  # nothing confirmed: everything stays in the DLQ
         ok, failed = set(), {i: error_code(error) for i in range(len(chunk))}
     confirmed = [m for i, m in enumerate(chunk) if i in ok]
@@ -411,8 +471,9 @@ class PurgeReport:
     failed: int = 0
 
 
-def purge(sqs: Any, url: str, filters: Filters, *, visibility: int = 30, wait: int = 1,
-          approximate_depth: int = 0) -> PurgeReport:
+def purge(
+    sqs: Any, url: str, filters: Filters, *, visibility: int = 30, wait: int = 1, approximate_depth: int = 0
+) -> PurgeReport:
     """PurgeQueue when no filter is given; otherwise delete the matching messages only."""
     if not filters.active:
         try:

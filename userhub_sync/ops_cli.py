@@ -24,8 +24,17 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 StageOpt = Annotated[str, typer.Option("--stage", "-s", help="Stage in .chalice/config.json (dev, prod, ...).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON only.")]
-STATUS_STYLE = {"ok": "green", "created": "cyan", "set": "cyan", "added": "cyan", "updated": "cyan",
-                "fixed": "yellow", "drift": "red", "missing": "red", "warning": "yellow"}
+STATUS_STYLE = {
+    "ok": "green",
+    "created": "cyan",
+    "set": "cyan",
+    "added": "cyan",
+    "updated": "cyan",
+    "fixed": "yellow",
+    "drift": "red",
+    "missing": "red",
+    "warning": "yellow",
+}
 
 
 def _console(stderr: bool = False) -> Console:
@@ -77,20 +86,27 @@ def bootstrap_command(
     connection_id: Annotated[
         str | None, typer.Option(help="UserHub connection id (conn_...); written as USERHUB_CONNECTION_ID.")
     ] = None,
-    max_receive_count: Annotated[int | None, typer.Option(
-        help="Receives before SQS dead-letters a message (default: the stage's MAX_RECEIVE_COUNT, else 13 ≈ 29 h)."
-    )] = None,
+    max_receive_count: Annotated[
+        int | None,
+        typer.Option(
+            help="Receives before SQS dead-letters a message (default: the stage's MAX_RECEIVE_COUNT, else 13 ≈ 29 h)."
+        ),
+    ] = None,
     allow_short_retry: Annotated[bool, typer.Option(help="Accept a retry horizon under 24 h.")] = False,
-    kms_key: Annotated[str | None, typer.Option(
-        help="Customer-managed KMS key (id, alias or ARN) for the queues, bucket and parameter; default: "
-             "SQS-managed SSE, SSE-S3 and alias/aws/ssm."
-    )] = None,
+    kms_key: Annotated[
+        str | None,
+        typer.Option(
+            help="Customer-managed KMS key (id, alias or ARN) for the queues, bucket and parameter; default: "
+            "SQS-managed SSE, SSE-S3 and alias/aws/ssm."
+        ),
+    ] = None,
     fix: Annotated[bool, typer.Option(help="Correct drifted settings (default: only report them).")] = False,
-    check: Annotated[bool, typer.Option(help="Read-only: create, change and write nothing; exit 2 if not ready.")]
-    = False,
-    skip_key: Annotated[bool, typer.Option(
-        help="Do not create or change the Admin key parameter (only check that it exists)."
-    )] = False,
+    check: Annotated[
+        bool, typer.Option(help="Read-only: create, change and write nothing; exit 2 if not ready.")
+    ] = False,
+    skip_key: Annotated[
+        bool, typer.Option(help="Do not create or change the Admin key parameter (only check that it exists).")
+    ] = False,
     create_stage: Annotated[bool, typer.Option(help="Add the stage to config.json if it is not there.")] = False,
     from_stage: Annotated[str, typer.Option(help="With --create-stage: copy settings from this stage.")] = "dev",
     as_json: JsonOpt = False,
@@ -118,22 +134,36 @@ def bootstrap_command(
     ctx = load_stage(stage, project)
 
     def ask() -> str:
-        return typer.prompt(f"UserHub Admin API key for stage {stage} (input hidden)", hide_input=True,
-                            default="", show_default=False)
+        return typer.prompt(
+            f"UserHub Admin API key for stage {stage} (input hidden)", hide_input=True, default="", show_default=False
+        )
 
     opts = bs.BootstrapOptions(
-        max_receive_count=max_receive_count, allow_short_retry=allow_short_retry, kms_key=kms_key, fix=fix,
-        check=check, user_pool_id=user_pool_id, connection_id=connection_id, admin_key=admin_key,
-        ask_key=None if check else ask, skip_key=skip_key,
+        max_receive_count=max_receive_count,
+        allow_short_retry=allow_short_retry,
+        kms_key=kms_key,
+        fix=fix,
+        check=check,
+        user_pool_id=user_pool_id,
+        connection_id=connection_id,
+        admin_key=admin_key,
+        ask_key=None if check else ask,
+        skip_key=skip_key,
     )
     result = bs.bootstrap(ctx, opts)
     if as_json:
-        _echo_json({"stage": result.stage, "account": result.account, "region": result.region,
-                    "max_receive_count": result.max_receive_count,
-                    "retry_horizon_seconds": result.retry_horizon_seconds,
-                    "visibility_timeout": result.visibility_timeout,
-                    "needs_attention": result.needs_attention,
-                    "steps": [step.__dict__ for step in result.steps]})
+        _echo_json(
+            {
+                "stage": result.stage,
+                "account": result.account,
+                "region": result.region,
+                "max_receive_count": result.max_receive_count,
+                "retry_horizon_seconds": result.retry_horizon_seconds,
+                "visibility_timeout": result.visibility_timeout,
+                "needs_attention": result.needs_attention,
+                "steps": [step.__dict__ for step in result.steps],
+            }
+        )
     else:
         console = _console()
         table = Table(title=f"bootstrap {stage} ({result.account}, {result.region})")
@@ -151,8 +181,9 @@ def bootstrap_command(
             hint = "rerun without --check" if check else "rerun with --fix to correct drift"
             console.print(f"[yellow]needs attention[/yellow]: {hint}")
         else:
-            console.print(f"[green]ok[/green]: next, `chalice deploy --stage {stage}`, then "
-                          f"`userhub-sync wire --stage {stage}`")
+            console.print(
+                f"[green]ok[/green]: next, `chalice deploy --stage {stage}`, then `userhub-sync wire --stage {stage}`"
+            )
     if result.needs_attention:
         raise typer.Exit(2)
 
@@ -160,20 +191,23 @@ def bootstrap_command(
 # ================================================================================================ wire
 def wire_command(
     stage: StageOpt,
-    user_pool_id: Annotated[str | None, typer.Option(help="Pool to wire (default: the stage's USER_POOL_ID).")]
-    = None,
-    post_confirmation: Annotated[bool, typer.Option(
-        "--post-confirmation", help="Also set PostConfirmation to the post_confirmation function (SIGNUP events)."
-    )] = False,
+    user_pool_id: Annotated[str | None, typer.Option(help="Pool to wire (default: the stage's USER_POOL_ID).")] = None,
+    post_confirmation: Annotated[
+        bool,
+        typer.Option(
+            "--post-confirmation", help="Also set PostConfirmation to the post_confirmation function (SIGNUP events)."
+        ),
+    ] = False,
     force: Annotated[bool, typer.Option(help="Replace a different trigger already set on the pool.")] = False,
     dry_run: Annotated[bool, typer.Option(help="Show what would change; change nothing.")] = False,
-    skip_esm: Annotated[bool, typer.Option(
-        help="Leave the event source mapping alone (e.g. the CloudFormation template already sets it)."
-    )] = False,
-    post_auth_arn: Annotated[str | None, typer.Option(help="post_auth's ARN, if not deployed by chalice deploy.")]
-    = None,
-    post_confirmation_arn: Annotated[str | None, typer.Option(help="post_confirmation's ARN (same reason).")]
-    = None,
+    skip_esm: Annotated[
+        bool,
+        typer.Option(help="Leave the event source mapping alone (e.g. the CloudFormation template already sets it)."),
+    ] = False,
+    post_auth_arn: Annotated[
+        str | None, typer.Option(help="post_auth's ARN, if not deployed by chalice deploy.")
+    ] = None,
+    post_confirmation_arn: Annotated[str | None, typer.Option(help="post_confirmation's ARN (same reason).")] = None,
     deliver_arn: Annotated[str | None, typer.Option(help="deliver's ARN (same reason).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -187,8 +221,15 @@ def wire_command(
     ctx = load_stage(stage)
     arns = {"post_auth": post_auth_arn, "post_confirmation": post_confirmation_arn, "deliver": deliver_arn}
     try:
-        result = w.wire(ctx, user_pool_id=user_pool_id, post_confirmation=post_confirmation, force=force,
-                        dry_run=dry_run, skip_esm=skip_esm, arns=arns)
+        result = w.wire(
+            ctx,
+            user_pool_id=user_pool_id,
+            post_confirmation=post_confirmation,
+            force=force,
+            dry_run=dry_run,
+            skip_esm=skip_esm,
+            arns=arns,
+        )
     except w.PoolChangedError as error:
         _print_wire(error.result, as_json, stage)
         if not as_json:
@@ -204,8 +245,14 @@ def wire_command(
 
 def _print_wire(result: Any, as_json: bool, stage: str) -> None:
     if as_json:
-        _echo_json({"stage": stage, "ok": result.ok, "steps": [s.__dict__ for s in result.steps],
-                    "unexpected_changes": [c.__dict__ for c in result.unexpected]})
+        _echo_json(
+            {
+                "stage": stage,
+                "ok": result.ok,
+                "steps": [s.__dict__ for s in result.steps],
+                "unexpected_changes": [c.__dict__ for c in result.unexpected],
+            }
+        )
         return
     table = Table(title=f"wire {stage}")
     for column in ("what", "status", "detail"):
@@ -219,12 +266,16 @@ def _print_wire(result: Any, as_json: bool, stage: str) -> None:
 def status_command(
     stage: StageOpt,
     as_json: JsonOpt = False,
-    peek: Annotated[bool, typer.Option(
-        help="If CloudWatch has no age, receive ≤ 10 messages (VisibilityTimeout=0) to estimate it. Each peek "
-             "counts as a receive, bringing those messages one step closer to the DLQ."
-    )] = False,
-    check: Annotated[bool, typer.Option(help="Exit 2 unless queues exist, the DLQ is empty and wiring is in place.")]
-    = False,
+    peek: Annotated[
+        bool,
+        typer.Option(
+            help="If CloudWatch has no age, receive ≤ 10 messages (VisibilityTimeout=0) to estimate it. Each peek "
+            "counts as a receive, bringing those messages one step closer to the DLQ."
+        ),
+    ] = False,
+    check: Annotated[
+        bool, typer.Option(help="Exit 2 unless queues exist, the DLQ is empty and wiring is in place.")
+    ] = False,
 ) -> None:
     """Queue depth, in flight, DLQ depth, age of the oldest message, last reconcile, whether wiring is in place."""
     from userhub_sync import status as st
@@ -249,8 +300,14 @@ def _print_status(report: dict[str, Any]) -> None:
         if not q.get("exists"):
             queues.add_row(q["name"], "[red]missing[/red]", "", "", "", "run bootstrap")
             continue
-        queues.add_row(q["name"], str(q["visible"]), str(q["in_flight"]), str(q["delayed"]),
-                       format_duration(q.get("oldest_age_seconds")), q.get("oldest_age_source", ""))
+        queues.add_row(
+            q["name"],
+            str(q["visible"]),
+            str(q["in_flight"]),
+            str(q["delayed"]),
+            format_duration(q.get("oldest_age_seconds")),
+            q.get("oldest_age_source", ""),
+        )
     console.print(queues)
     rec = report["last_reconcile"]
     if rec["status"] == "ok":
@@ -285,18 +342,31 @@ KindOpt = Annotated[str | None, typer.Option(help="poison | permanent | exhauste
 OlderOpt = Annotated[str | None, typer.Option(help="Only messages first seen longer ago than this (90s, 1h, 2d).")]
 NewerOpt = Annotated[str | None, typer.Option(help="Only messages first seen within this long (90s, 1h, 2d).")]
 LimitOpt = Annotated[int | None, typer.Option(min=1, help="At most this many messages.")]
-WaitOpt = Annotated[int, typer.Option(min=0, max=20, help="Long-poll seconds per receive; 0 short-polls (faster, "
-                                      "but on a large queue a receive may miss messages and end the scan early).")]
+WaitOpt = Annotated[
+    int,
+    typer.Option(
+        min=0,
+        max=20,
+        help="Long-poll seconds per receive; 0 short-polls (faster, "
+        "but on a large queue a receive may miss messages and end the scan early).",
+    ),
+]
 
 
-def _filters(reason: str | None, status: int | None, user: str | None, kind: str | None, older: str | None,
-             newer: str | None) -> Any:
+def _filters(
+    reason: str | None, status: int | None, user: str | None, kind: str | None, older: str | None, newer: str | None
+) -> Any:
     from userhub_sync.dlq import Filters
 
     try:
-        return Filters(reason=reason, status=status, user=user, kind=kind,
-                       older_than=parse_duration(older) if older else None,
-                       newer_than=parse_duration(newer) if newer else None)
+        return Filters(
+            reason=reason,
+            status=status,
+            user=user,
+            kind=kind,
+            older_than=parse_duration(older) if older else None,
+            newer_than=parse_duration(newer) if newer else None,
+        )
     except ValueError as error:
         raise OpsError(str(error)) from None
 
@@ -319,11 +389,22 @@ def _queue(ctx: Any, name: str) -> tuple[Any, str, str]:
 @handle_errors
 def dlq_list(
     stage: StageOpt,
-    reason: ReasonOpt = None, status: StatusOpt = None, user: UserOpt = None, kind: KindOpt = None,
-    older_than: OlderOpt = None, newer_than: NewerOpt = None, limit: LimitOpt = None,
-    visibility: Annotated[int, typer.Option(min=1, max=43200, help="Seconds the listed messages stay hidden "
-                                            "while the list is built (all are made visible again at the end).")]
-    = 30,
+    reason: ReasonOpt = None,
+    status: StatusOpt = None,
+    user: UserOpt = None,
+    kind: KindOpt = None,
+    older_than: OlderOpt = None,
+    newer_than: NewerOpt = None,
+    limit: LimitOpt = None,
+    visibility: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=43200,
+            help="Seconds the listed messages stay hidden "
+            "while the list is built (all are made visible again at the end).",
+        ),
+    ] = 30,
     show_body: Annotated[bool, typer.Option(help="Include the raw message body (JSON output).")] = False,
     wait_seconds: WaitOpt = 1,
     as_json: JsonOpt = False,
@@ -336,17 +417,30 @@ def dlq_list(
     filters = _filters(reason, status, user, kind, older_than, newer_than)
     listing = dlq.list_messages(sqs, url, filters, limit=limit, visibility=visibility, wait=wait_seconds)
     if as_json:
-        _echo_json({"queue": ctx.dead_letter_queue, "scanned": listing.scanned, "matched": len(listing.messages),
-                    "messages": [m.to_dict(show_body) for m in listing.messages]})
+        _echo_json(
+            {
+                "queue": ctx.dead_letter_queue,
+                "scanned": listing.scanned,
+                "matched": len(listing.messages),
+                "messages": [m.to_dict(show_body) for m in listing.messages],
+            }
+        )
         return
     table = Table(title=f"{ctx.dead_letter_queue}: {len(listing.messages)} of {listing.scanned} message(s)")
     for column in ("message id", "user", "kind", "status", "code", "reason", "attempts", "first seen", "age"):
         table.add_column(column, overflow="fold")
     for m in listing.messages:
-        table.add_row(m.message_id, m.username or "-", m.kind, str(m.status or "-"), m.code or "-",
-                      (m.reason or "-")[:120], str(m.attempts or "-"),
-                      m.first_seen.strftime("%Y-%m-%d %H:%M:%S") if m.first_seen else "-",
-                      format_duration(m.age()))
+        table.add_row(
+            m.message_id,
+            m.username or "-",
+            m.kind,
+            str(m.status or "-"),
+            m.code or "-",
+            (m.reason or "-")[:120],
+            str(m.attempts or "-"),
+            m.first_seen.strftime("%Y-%m-%d %H:%M:%S") if m.first_seen else "-",
+            format_duration(m.age()),
+        )
     _console().print(table)
 
 
@@ -354,15 +448,20 @@ def dlq_list(
 @handle_errors
 def dlq_replay(
     stage: StageOpt,
-    reason: ReasonOpt = None, status: StatusOpt = None, user: UserOpt = None, kind: KindOpt = None,
-    older_than: OlderOpt = None, newer_than: NewerOpt = None, limit: LimitOpt = None,
+    reason: ReasonOpt = None,
+    status: StatusOpt = None,
+    user: UserOpt = None,
+    kind: KindOpt = None,
+    older_than: OlderOpt = None,
+    newer_than: NewerOpt = None,
+    limit: LimitOpt = None,
     rate: Annotated[float, typer.Option(help="Messages per second at most (0: no limit).")] = 50.0,
     dry_run: Annotated[bool, typer.Option(help="Count what would be replayed; send and delete nothing.")] = False,
-    include_poison: Annotated[bool, typer.Option(help="Also resend bodies that do not parse (as they are).")]
-    = False,
-    native: Annotated[bool, typer.Option(
-        help="Use SQS's StartMessageMoveTask (no filters, no source rewrite; not supported by moto)."
-    )] = False,
+    include_poison: Annotated[bool, typer.Option(help="Also resend bodies that do not parse (as they are).")] = False,
+    native: Annotated[
+        bool,
+        typer.Option(help="Use SQS's StartMessageMoveTask (no filters, no source rewrite; not supported by moto)."),
+    ] = False,
     wait_seconds: WaitOpt = 1,
     as_json: JsonOpt = False,
 ) -> None:
@@ -375,44 +474,73 @@ def dlq_replay(
     filters = _filters(reason, status, user, kind, older_than, newer_than)
     if native:
         if filters.active or limit or include_poison or dry_run:
-            raise OpsError("--native moves the whole DLQ: it cannot be combined with filters, --limit, "
-                           "--include-poison or --dry-run")
+            raise OpsError(
+                "--native moves the whole DLQ: it cannot be combined with filters, --limit, "
+                "--include-poison or --dry-run"
+            )
         handle = dlq.native_move(dlq_arn, events_arn, rate)
         if as_json:
             _echo_json({"native": True, "task_handle": handle})
         else:
-            _console().print(f"started SQS message move task {handle} ({ctx.dead_letter_queue} → "
-                             f"{ctx.events_queue})")
+            _console().print(f"started SQS message move task {handle} ({ctx.dead_letter_queue} → {ctx.events_queue})")
         return
     from userhub_sync.queues import queue_depths
 
     depth = queue_depths(sqs, dlq_url)["visible"]
     if as_json:
-        report = dlq.replay(sqs, dlq_url, events_url, filters, include_poison=include_poison, dry_run=dry_run,
-                            rate=rate, limit=limit, wait=wait_seconds)
+        report = dlq.replay(
+            sqs,
+            dlq_url,
+            events_url,
+            filters,
+            include_poison=include_poison,
+            dry_run=dry_run,
+            rate=rate,
+            limit=limit,
+            wait=wait_seconds,
+        )
         _echo_json({"queue": ctx.dead_letter_queue, "destination": ctx.events_queue, **report.to_dict()})
     else:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=_console(stderr=True), transient=False) as progress:
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=_console(stderr=True),
+            transient=False,
+        ) as progress:
             task = progress.add_task("dry run" if dry_run else "replaying", total=max(depth, 1))
-            report = dlq.replay(sqs, dlq_url, events_url, filters, include_poison=include_poison, dry_run=dry_run,
-                                rate=rate, limit=limit, wait=wait_seconds,
-                                progress=lambda n: progress.advance(task, n))
+            report = dlq.replay(
+                sqs,
+                dlq_url,
+                events_url,
+                filters,
+                include_poison=include_poison,
+                dry_run=dry_run,
+                rate=rate,
+                limit=limit,
+                wait=wait_seconds,
+                progress=lambda n: progress.advance(task, n),
+            )
             progress.update(task, total=max(report.scanned, 1), completed=report.scanned)
         console = _console()
         verb = "would replay" if dry_run else "replayed"
-        console.print(f"{verb} {report.replayed}, skipped {report.skipped} "
-                      f"({report.skipped_poison} poison), failed {report.failed} "
-                      f"(scanned {report.scanned})")
+        console.print(
+            f"{verb} {report.replayed}, skipped {report.skipped} "
+            f"({report.skipped_poison} poison), failed {report.failed} "
+            f"(scanned {report.scanned})"
+        )
         if report.duplicates_removed:
             console.print(f"removed {report.duplicates_removed} already-replayed message(s) offered again")
         for failure in report.failures[:20]:
             console.print(f"[red]not sent[/red] {failure['message_id']}: {failure['error']} (still in the DLQ)")
         if report.not_deleted:
-            console.print(f"[yellow]warning[/yellow]: {report.not_deleted} message(s) were sent but could not be "
-                          "deleted from the DLQ; a later replay would send them again")
+            console.print(
+                f"[yellow]warning[/yellow]: {report.not_deleted} message(s) were sent but could not be "
+                "deleted from the DLQ; a later replay would send them again"
+            )
     if report.failed or report.not_deleted:
         raise typer.Exit(2)
 
@@ -421,8 +549,12 @@ def dlq_replay(
 @handle_errors
 def dlq_purge(
     stage: StageOpt,
-    reason: ReasonOpt = None, status: StatusOpt = None, user: UserOpt = None, kind: KindOpt = None,
-    older_than: OlderOpt = None, newer_than: NewerOpt = None,
+    reason: ReasonOpt = None,
+    status: StatusOpt = None,
+    user: UserOpt = None,
+    kind: KindOpt = None,
+    older_than: OlderOpt = None,
+    newer_than: NewerOpt = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     wait_seconds: WaitOpt = 1,
     as_json: JsonOpt = False,
@@ -443,8 +575,10 @@ def dlq_purge(
         _echo_json({"queue": ctx.dead_letter_queue, **report.__dict__})
     else:
         approx = "~" if report.approximate else ""
-        _console().print(f"deleted {approx}{report.deleted} message(s) from {ctx.dead_letter_queue}"
-                         + (f" (scanned {report.scanned})" if report.mode == "filtered" else ""))
+        _console().print(
+            f"deleted {approx}{report.deleted} message(s) from {ctx.dead_letter_queue}"
+            + (f" (scanned {report.scanned})" if report.mode == "filtered" else "")
+        )
     if report.failed:
         raise typer.Exit(2)
 

@@ -92,23 +92,34 @@ def build_policy(role: str, functions: list[str], t: PolicyTargets) -> dict[str,
         statements.append(_statement("EnqueueEvents", ["sqs:SendMessage"], [t.events_queue_arn]))
         kms_actions = ["kms:GenerateDataKey", "kms:Decrypt"]  # producers to a CMK-encrypted queue need both
     elif role == "deliver":
-        statements.append(_statement(
-            "ConsumeEvents",
-            ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes", "sqs:ChangeMessageVisibility",
-             "sqs:GetQueueUrl"],
-            [t.events_queue_arn],
-        ))
+        statements.append(
+            _statement(
+                "ConsumeEvents",
+                [
+                    "sqs:ReceiveMessage",
+                    "sqs:DeleteMessage",
+                    "sqs:GetQueueAttributes",
+                    "sqs:ChangeMessageVisibility",
+                    "sqs:GetQueueUrl",
+                ],
+                [t.events_queue_arn],
+            )
+        )
         statements.append(_statement("DeadLetter", ["sqs:SendMessage", "sqs:GetQueueUrl"], [t.dead_letter_queue_arn]))
         statements.append(_statement("ReadAdminKey", ["ssm:GetParameter"], [t.parameter_arn]))
         kms_actions = ["kms:Decrypt", "kms:GenerateDataKey"]
     elif role == "reconcile":
         statements.append(_statement("ScanPool", ["cognito-idp:ListUsers"], [t.user_pool_arn]))
-        statements.append(_statement("SnapshotObjects", ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
-                                     [f"{t.bucket_arn}/reconcile/*"]))
+        statements.append(
+            _statement(
+                "SnapshotObjects", ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"], [f"{t.bucket_arn}/reconcile/*"]
+            )
+        )
         statements.append(_statement("SnapshotList", ["s3:ListBucket"], [t.bucket_arn]))
         statements.append(_statement("EnqueueEvents", ["sqs:SendMessage", "sqs:GetQueueUrl"], [t.events_queue_arn]))
-        statements.append(_statement("ContinueReconcile", ["lambda:InvokeFunction"],
-                                     [t.function_arn("reconcile_continue")]))
+        statements.append(
+            _statement("ContinueReconcile", ["lambda:InvokeFunction"], [t.function_arn("reconcile_continue")])
+        )
         kms_actions = ["kms:GenerateDataKey", "kms:Decrypt"]
     else:
         raise ValueError(f"unknown role {role!r}")
@@ -159,7 +170,10 @@ def template_targets(config: dict[str, Any], stage: str) -> PolicyTargets:
     env = ((config.get("stages") or {}).get(stage) or {}).get("environment_variables") or {}
     app = str(config.get("app_name") or "userhub-sync")
     return PolicyTargets(
-        app_name=app, stage=stage, account="*", region="*",
+        app_name=app,
+        stage=stage,
+        account="*",
+        region="*",
         events_queue=env.get("EVENTS_QUEUE_NAME") or f"{app}-{stage}-events",
         dead_letter_queue=env.get("DEAD_LETTER_QUEUE_NAME") or f"{app}-{stage}-dlq",
         user_pool_id=env.get("USER_POOL_ID") or "CHANGEME",

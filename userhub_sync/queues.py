@@ -120,8 +120,14 @@ def ensure_queues(sqs: Any, spec: QueueSpec, *, fix: bool = True, create: bool =
 
 def queue_depths(sqs: Any, url: str) -> dict[str, int]:
     """Visible, in-flight and delayed counts (SQS's approximate numbers)."""
-    names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible",
-             "ApproximateNumberOfMessagesDelayed"]
+    names = [
+        "ApproximateNumberOfMessages",
+        "ApproximateNumberOfMessagesNotVisible",
+        "ApproximateNumberOfMessagesDelayed",
+    ]
     attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=names)["Attributes"]
-    return {"visible": int(attrs.get(names[0], 0)), "in_flight": int(attrs.get(names[1], 0)),
-            "delayed": int(attrs.get(names[2], 0))}
+    return {
+        "visible": int(attrs.get(names[0], 0)),
+        "in_flight": int(attrs.get(names[1], 0)),
+        "delayed": int(attrs.get(names[2], 0)),
+    }

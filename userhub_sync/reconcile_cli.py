@@ -19,11 +19,24 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 
 SUMMARY_ROWS = (
-    ("status", "status"), ("run_id", "run"), ("scanned", "users scanned"), ("new", "new"), ("changed", "changed"),
-    ("deleted", "deleted"), ("unchanged", "unchanged"), ("duplicates", "listed twice"), ("enqueued", "enqueued"),
-    ("pages", "pages"), ("requests", "ListUsers requests"), ("throttles", "throttled"), ("restarts", "scan restarts"),
-    ("invocations", "invocations"), ("seconds", "seconds"), ("users_per_second", "users/s"),
-    ("requests_per_second", "requests/s"), ("rate_limit", "rate limit (req/s)"),
+    ("status", "status"),
+    ("run_id", "run"),
+    ("scanned", "users scanned"),
+    ("new", "new"),
+    ("changed", "changed"),
+    ("deleted", "deleted"),
+    ("unchanged", "unchanged"),
+    ("duplicates", "listed twice"),
+    ("enqueued", "enqueued"),
+    ("pages", "pages"),
+    ("requests", "ListUsers requests"),
+    ("throttles", "throttled"),
+    ("restarts", "scan restarts"),
+    ("invocations", "invocations"),
+    ("seconds", "seconds"),
+    ("users_per_second", "users/s"),
+    ("requests_per_second", "requests/s"),
+    ("rate_limit", "rate limit (req/s)"),
 )
 
 
@@ -51,15 +64,29 @@ def summary_table(summary: dict[str, Any], title: str = "reconcile") -> Table:
 
 
 def reconcile_command(
-    stage: Annotated[str | None, typer.Option("--stage", "-s", help="Stage in .chalice/config.json (dev, prod, "
-                                              "...); variables already set in the shell win.")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what would be enqueued, by category; enqueue "
-                                          "nothing and write nothing.")] = False,
-    full: Annotated[bool, typer.Option("--full", help="Enqueue every user, not only new, changed and deleted "
-                                       "ones.")] = False,
-    rate: Annotated[float | None, typer.Option("--rate", help="ListUsers requests per second (overrides "
-                                               "RECONCILE_RATE_LIMIT; at most 30, shared with your own calls).")]
-    = None,
+    stage: Annotated[
+        str | None,
+        typer.Option(
+            "--stage",
+            "-s",
+            help="Stage in .chalice/config.json (dev, prod, ...); variables already set in the shell win.",
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="Print what would be enqueued, by category; enqueue nothing and write nothing."),
+    ] = False,
+    full: Annotated[
+        bool, typer.Option("--full", help="Enqueue every user, not only new, changed and deleted ones.")
+    ] = False,
+    rate: Annotated[
+        float | None,
+        typer.Option(
+            "--rate",
+            help="ListUsers requests per second (overrides "
+            "RECONCILE_RATE_LIMIT; at most 30, shared with your own calls).",
+        ),
+    ] = None,
     show: Annotated[int, typer.Option("--show", help="With --dry-run: usernames listed per category (0: all).")] = 50,
     json_output: Annotated[bool, typer.Option("--json", help="Print the summary as JSON only.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show the JSON log lines too.")] = False,
@@ -95,16 +122,32 @@ def reconcile_command(
         cognito = reconcile.make_cognito_client()
         deps = reconcile.Deps(cognito=cognito, s3=boto3.client("s3"), sqs=boto3.client("sqs"))
         request = reconcile.ReconcileRequest(full=full, dry_run=dry_run)
-        with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TextColumn("pages {task.fields[pages]} · throttled {task.fields[throttles]} · "
-                                 "enqueued {task.fields[enqueued]}"), TimeElapsedColumn(),
-                      console=err, disable=json_output, transient=False) as progress:
-            task = progress.add_task("scanning", total=_estimate_users(cognito, pool_id), pages=0, throttles=0,
-                                     enqueued=0)
+        with Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn(
+                "pages {task.fields[pages]} · throttled {task.fields[throttles]} · enqueued {task.fields[enqueued]}"
+            ),
+            TimeElapsedColumn(),
+            console=err,
+            disable=json_output,
+            transient=False,
+        ) as progress:
+            task = progress.add_task(
+                "scanning", total=_estimate_users(cognito, pool_id), pages=0, throttles=0, enqueued=0
+            )
 
             def on_progress(counters: reconcile.Counters, phase: str) -> None:
-                progress.update(task, completed=counters.scanned, description=phase, pages=counters.pages,
-                                throttles=counters.throttles, enqueued=counters.enqueued)
+                progress.update(
+                    task,
+                    completed=counters.scanned,
+                    description=phase,
+                    pages=counters.pages,
+                    throttles=counters.throttles,
+                    enqueued=counters.enqueued,
+                )
 
             result = reconcile.run_reconcile(request, deps=deps, settings=settings, progress=on_progress)
     except reconcile.ReconcileError as error:
@@ -132,8 +175,9 @@ def reconcile_command(
                     out.print(f"  {category}\t{name}", markup=False)
                 if len(listed) < len(names):
                     out.print(f"  … and {len(names) - len(listed)} more (--show 0 lists all)")
-        out.print(summary_table(summary, "reconcile (dry run: nothing enqueued, nothing written)" if dry_run
-                                else "reconcile"))
+        out.print(
+            summary_table(summary, "reconcile (dry run: nothing enqueued, nothing written)" if dry_run else "reconcile")
+        )
     if result.status == "skipped":
         raise _fail(f"nothing done: {summary.get('reason')}", code=2)
     if result.status not in ("complete", "dry_run"):

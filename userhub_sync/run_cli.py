@@ -31,8 +31,9 @@ def demo(
 def worker(
     stage: Annotated[str | None, typer.Option(help="Read this stage's variables from .chalice/config.json.")] = None,
     drain: Annotated[bool, typer.Option(help="Stop once nothing is visible or in flight.")] = False,
-    batch_size: Annotated[int | None, typer.Option(min=1, max=100,
-                                                   help="Records per invocation; default: app.py's BatchSize.")] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(min=1, max=100, help="Records per invocation; default: app.py's BatchSize.")
+    ] = None,
     wait_seconds: Annotated[int, typer.Option(min=0, max=20, help="Long-poll wait per receive.")] = 5,
     function_timeout: Annotated[float, typer.Option(min=1, help="The invocation time budget deliver sees (s).")] = 60.0,
 ) -> None:
@@ -58,8 +59,9 @@ def worker(
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     batch_size = batch_size or min(app.DELIVER_BATCH_SIZE, 100)
-    source = LocalEventSource(sqs, url, app.deliver, batch_size=batch_size, wait_seconds=wait_seconds,
-                              function_timeout=function_timeout)
+    source = LocalEventSource(
+        sqs, url, app.deliver, batch_size=batch_size, wait_seconds=wait_seconds, function_timeout=function_timeout
+    )
     console.print(f"worker polling {url} (batch {batch_size}); Ctrl-C to stop")
 
     def show(result: BatchResult) -> None:

@@ -58,8 +58,9 @@ def stage_variables(stage: str, function: str | None = None, project_dir: Path |
     merged.update(config.get("environment_variables") or {})
     merged.update(stages[stage].get("environment_variables") or {})
     if function:
-        merged.update(((stages[stage].get("lambda_functions") or {}).get(function) or {}).get("environment_variables")
-                      or {})
+        merged.update(
+            ((stages[stage].get("lambda_functions") or {}).get(function) or {}).get("environment_variables") or {}
+        )
     return {k: str(v) for k, v in merged.items()}
 
 

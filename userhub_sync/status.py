@@ -35,11 +35,20 @@ def oldest_from_cloudwatch(name: str) -> tuple[float, str] | None:
     """The latest `ApproximateAgeOfOldestMessage` maximum of the last 15 minutes, if CloudWatch has one."""
     try:
         end = now()
-        points = client("cloudwatch", max_attempts=2).get_metric_statistics(
-            Namespace="AWS/SQS", MetricName="ApproximateAgeOfOldestMessage",
-            Dimensions=[{"Name": "QueueName", "Value": name}],
-            StartTime=end - timedelta(minutes=15), EndTime=end, Period=60, Statistics=["Maximum"],
-        ).get("Datapoints") or []
+        points = (
+            client("cloudwatch", max_attempts=2)
+            .get_metric_statistics(
+                Namespace="AWS/SQS",
+                MetricName="ApproximateAgeOfOldestMessage",
+                Dimensions=[{"Name": "QueueName", "Value": name}],
+                StartTime=end - timedelta(minutes=15),
+                EndTime=end,
+                Period=60,
+                Statistics=["Maximum"],
+            )
+            .get("Datapoints")
+            or []
+        )
     except Exception:  # no permission or no CloudWatch here: the age is simply unknown
         return None
     if not points:
@@ -50,8 +59,16 @@ def oldest_from_cloudwatch(name: str) -> tuple[float, str] | None:
 
 def oldest_from_peek(sqs: Any, url: str) -> tuple[float, str] | None:
     """Receive ≤ 10 messages with VisibilityTimeout=0 and take the oldest SentTimestamp (a lower bound)."""
-    messages = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=0, WaitTimeSeconds=0,
-                                   AttributeNames=["SentTimestamp"]).get("Messages") or []
+    messages = (
+        sqs.receive_message(
+            QueueUrl=url,
+            MaxNumberOfMessages=10,
+            VisibilityTimeout=0,
+            WaitTimeSeconds=0,
+            AttributeNames=["SentTimestamp"],
+        ).get("Messages")
+        or []
+    )
     stamps = [int(m["Attributes"]["SentTimestamp"]) for m in messages if "SentTimestamp" in m.get("Attributes", {})]
     if not stamps:
         return None
@@ -103,8 +120,11 @@ def wiring_status(ctx: StageContext) -> dict[str, Any]:
     try:
         mapping = find_mapping(lam, functions.arns["deliver"], None, functions.esm_uuid)
         types = mapping.get("FunctionResponseTypes") or []
-        checks["event_source_mapping"] = {"ok": RESPONSE_TYPE in types, "uuid": mapping.get("UUID"),
-                                          "function_response_types": types}
+        checks["event_source_mapping"] = {
+            "ok": RESPONSE_TYPE in types,
+            "uuid": mapping.get("UUID"),
+            "function_response_types": types,
+        }
     except OpsError as error:
         checks["event_source_mapping"] = {"ok": False, "detail": str(error)}
     pool_id = ctx.user_pool_id
@@ -114,16 +134,25 @@ def wiring_status(ctx: StageContext) -> dict[str, Any]:
         try:
             pool = client("cognito-idp").describe_user_pool(UserPoolId=pool_id)["UserPool"]
             current = (pool.get("LambdaConfig") or {}).get(TRIGGERS["post_auth"])
-            checks["trigger"] = {"ok": current == functions.arns["post_auth"], "pool": pool_id,
-                                 "post_authentication": current}
-            checks["permission"] = {"ok": has_cognito_permission(lam, functions.arns["post_auth"], pool["Arn"]),
-                                    "source_arn": pool["Arn"]}
+            checks["trigger"] = {
+                "ok": current == functions.arns["post_auth"],
+                "pool": pool_id,
+                "post_authentication": current,
+            }
+            checks["permission"] = {
+                "ok": has_cognito_permission(lam, functions.arns["post_auth"], pool["Arn"]),
+                "source_arn": pool["Arn"],
+            }
         except Exception as error:
             detail = f"{error_code(error)}: {error}"[:300]
             checks["trigger"] = checks["permission"] = {"ok": False, "detail": detail}
     deployed = read_deployed(ctx.project_dir, ctx.stage)
-    return {"ok": all(c["ok"] for c in checks.values()), "deployed": True,
-            "source": str(deployed.path) if deployed else "function names", **checks}
+    return {
+        "ok": all(c["ok"] for c in checks.values()),
+        "deployed": True,
+        "source": str(deployed.path) if deployed else "function names",
+        **checks,
+    }
 
 
 def gather(ctx: StageContext, *, peek: bool = False) -> dict[str, Any]:

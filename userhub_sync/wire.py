@@ -161,9 +161,12 @@ def has_cognito_permission(lam: Any, function_arn: str, pool_arn: str) -> bool:
         service = principal.get("Service") if isinstance(principal, dict) else principal
         actions = statement.get("Action")
         actions = actions if isinstance(actions, list) else [actions]
-        if (statement.get("Effect") == "Allow" and service == COGNITO_PRINCIPAL
-                and any(a in ("lambda:InvokeFunction", "lambda:*") for a in actions)
-                and _source_arn(statement) == pool_arn):
+        if (
+            statement.get("Effect") == "Allow"
+            and service == COGNITO_PRINCIPAL
+            and any(a in ("lambda:InvokeFunction", "lambda:*") for a in actions)
+            and _source_arn(statement) == pool_arn
+        ):
             return True
     return False
 
@@ -172,16 +175,20 @@ def statement_id(pool_id: str) -> str:
     return f"userhub-sync-cognito-{pool_id}"[:100]
 
 
-def ensure_permission(lam: Any, function_arn: str, pool_arn: str, pool_id: str, label: str,
-                      dry_run: bool) -> WireStep:
+def ensure_permission(lam: Any, function_arn: str, pool_arn: str, pool_id: str, label: str, dry_run: bool) -> WireStep:
     what = f"Cognito may invoke {label}"
     if has_cognito_permission(lam, function_arn, pool_arn):
         return WireStep(what, "ok", f"source {pool_arn}")
     if dry_run:
         return WireStep(what, "would add", f"source {pool_arn}")
     sid = statement_id(pool_id)
-    kwargs = {"FunctionName": function_arn, "StatementId": sid, "Action": "lambda:InvokeFunction",
-              "Principal": COGNITO_PRINCIPAL, "SourceArn": pool_arn}
+    kwargs = {
+        "FunctionName": function_arn,
+        "StatementId": sid,
+        "Action": "lambda:InvokeFunction",
+        "Principal": COGNITO_PRINCIPAL,
+        "SourceArn": pool_arn,
+    }
     try:
         lam.add_permission(**kwargs)
     except Exception as error:
@@ -244,8 +251,11 @@ def diff_pool(before: dict[str, Any], after: dict[str, Any], ignore: set[str]) -
     """Every leaf that differs between two DescribeUserPool outputs, except the ignored top-level keys."""
     left = {p: v for p, v in _flatten({k: v for k, v in before.items() if k not in ignore})}
     right = {p: v for p, v in _flatten({k: v for k, v in after.items() if k not in ignore})}
-    return [PoolChange(path, left.get(path), right.get(path))
-            for path in sorted(set(left) | set(right)) if left.get(path) != right.get(path)]
+    return [
+        PoolChange(path, left.get(path), right.get(path))
+        for path in sorted(set(left) | set(right))
+        if left.get(path) != right.get(path)
+    ]
 
 
 def check_conflicts(pool: dict[str, Any], wanted: dict[str, str], force: bool) -> dict[str, str]:
@@ -254,8 +264,11 @@ def check_conflicts(pool: dict[str, Any], wanted: dict[str, str], force: bool) -
     conflicts = {t: current[t] for t, arn in wanted.items() if current.get(t) and current[t] != arn}
     if conflicts and not force:
         listed = "; ".join(f"{t} is {arn}" for t, arn in conflicts.items())
-        raise OpsError(f"pool {pool['Id']} already has a different trigger ({listed}); nothing was changed. "
-                       "Pass --force to replace it.", exit_code=4)
+        raise OpsError(
+            f"pool {pool['Id']} already has a different trigger ({listed}); nothing was changed. "
+            "Pass --force to replace it.",
+            exit_code=4,
+        )
     return conflicts
 
 
@@ -268,8 +281,9 @@ def _deprecated_alias(change: PoolChange, after: dict[str, Any]) -> bool:
     return twin == change.before
 
 
-def ensure_triggers(cognito: Any, pool_id: str, wanted: dict[str, str], force: bool, dry_run: bool,
-                    result: WireResult) -> None:
+def ensure_triggers(
+    cognito: Any, pool_id: str, wanted: dict[str, str], force: bool, dry_run: bool, result: WireResult
+) -> None:
     """Merge `wanted` ({"PostAuthentication": arn, ...}) into the pool's LambdaConfig, changing nothing else."""
     before = cognito.describe_user_pool(UserPoolId=pool_id)["UserPool"]
     current = dict(before.get("LambdaConfig") or {})
@@ -287,8 +301,9 @@ def ensure_triggers(cognito: Any, pool_id: str, wanted: dict[str, str], force: b
     merged = {**current, **todo}
     cognito.update_user_pool(**update_request(cognito, before, merged))
     after = cognito.describe_user_pool(UserPoolId=pool_id)["UserPool"]
-    result.unexpected = [c for c in diff_pool(before, after, VOLATILE | {"LambdaConfig"})
-                         if not _deprecated_alias(c, after)]
+    result.unexpected = [
+        c for c in diff_pool(before, after, VOLATILE | {"LambdaConfig"}) if not _deprecated_alias(c, after)
+    ]
     lost = diff_pool({"LambdaConfig": merged}, {"LambdaConfig": after.get("LambdaConfig") or {}}, set())
     result.unexpected.extend(lost)
     for trigger, arn in todo.items():
@@ -297,9 +312,16 @@ def ensure_triggers(cognito: Any, pool_id: str, wanted: dict[str, str], force: b
 
 
 # ----------------------------------------------------------------------------------------------- main
-def wire(ctx: StageContext, *, user_pool_id: str | None = None, post_confirmation: bool = False,
-         force: bool = False, dry_run: bool = False, skip_esm: bool = False,
-         arns: dict[str, str | None] | None = None) -> WireResult:
+def wire(
+    ctx: StageContext,
+    *,
+    user_pool_id: str | None = None,
+    post_confirmation: bool = False,
+    force: bool = False,
+    dry_run: bool = False,
+    skip_esm: bool = False,
+    arns: dict[str, str | None] | None = None,
+) -> WireResult:
     """Run the three steps of the module docstring; raises PoolChangedError if the pool changed unexpectedly."""
     pool_id = user_pool_id or ctx.user_pool_id
     if not pool_id:

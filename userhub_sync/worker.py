@@ -22,8 +22,9 @@ Handler = Callable[[dict[str, Any], Any], Any]
 class LambdaContext:
     """The parts of Lambda's context object that our handlers read."""
 
-    def __init__(self, function_name: str, timeout_seconds: float, region: str = "us-east-1",
-                 account: str = "123456789012") -> None:
+    def __init__(
+        self, function_name: str, timeout_seconds: float, region: str = "us-east-1", account: str = "123456789012"
+    ) -> None:
         self.function_name = function_name
         self.function_version = "$LATEST"
         self.invoked_function_arn = f"arn:aws:lambda:{region}:{account}:function:{function_name}"
@@ -95,9 +96,18 @@ def failed_ids(response: Any, batch_ids: set[str]) -> set[str] | None:
 class LocalEventSource:
     """Long-poll a queue and feed `handler` batches until stopped (or, with `drain`, until the queue is empty)."""
 
-    def __init__(self, sqs: Any, queue_url: str, handler: Handler, *, batch_size: int = 10,
-                 wait_seconds: int = 1, function_timeout: float = 60.0, function_name: str = "deliver",
-                 region: str = "us-east-1") -> None:
+    def __init__(
+        self,
+        sqs: Any,
+        queue_url: str,
+        handler: Handler,
+        *,
+        batch_size: int = 10,
+        wait_seconds: int = 1,
+        function_timeout: float = 60.0,
+        function_name: str = "deliver",
+        region: str = "us-east-1",
+    ) -> None:
         self.sqs = sqs
         self.queue_url = queue_url
         self.handler = handler
@@ -133,8 +143,7 @@ class LocalEventSource:
         if not messages:
             return result
         records = [lambda_record(m, self.queue_arn, self.region) for m in messages]
-        context = LambdaContext(self.function_name, self.function_timeout, self.region,
-                                self.queue_arn.split(":")[4])
+        context = LambdaContext(self.function_name, self.function_timeout, self.region, self.queue_arn.split(":")[4])
         try:
             response = self.handler({"Records": records}, context)
             failed = failed_ids(response, {r["messageId"] for r in records})
@@ -169,13 +178,22 @@ class LocalEventSource:
         """Messages visible, in flight or delayed: zero means nothing is left to deliver."""
         attrs = self.sqs.get_queue_attributes(
             QueueUrl=self.queue_url,
-            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible",
-                            "ApproximateNumberOfMessagesDelayed"],
+            AttributeNames=[
+                "ApproximateNumberOfMessages",
+                "ApproximateNumberOfMessagesNotVisible",
+                "ApproximateNumberOfMessagesDelayed",
+            ],
         )["Attributes"]
         return sum(int(v) for v in attrs.values())
 
-    def run(self, *, drain: bool = False, should_stop: Callable[[], bool] = lambda: False,
-            on_batch: Callable[[BatchResult], None] | None = None, idle_checks: int = 2) -> BatchResult:
+    def run(
+        self,
+        *,
+        drain: bool = False,
+        should_stop: Callable[[], bool] = lambda: False,
+        on_batch: Callable[[BatchResult], None] | None = None,
+        idle_checks: int = 2,
+    ) -> BatchResult:
         """Poll until `should_stop()`; with `drain`, stop once the backlog is zero `idle_checks` times in a row."""
         idle = 0
         while not should_stop():
