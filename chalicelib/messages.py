@@ -1,8 +1,9 @@
 """The queue message: versioned JSON that every producer writes and `deliver` reads.
 
 A body that does not parse, or carries an unknown version, is poison: retrying cannot fix it, so `parse_message`
-raises `PoisonMessage` with a reason for the dead-letter queue. post_auth writes the same shape with the standard
-library only (see `post_auth.signin_body`); a test checks the two agree.
+raises `PoisonMessage` with a reason for the dead-letter queue. Every field is bounded (Cognito's own limits for the
+pool and the username), so no body can make a request UserHub or SQS would refuse. post_auth writes the same shape
+with the standard library only (`post_auth.message_body`); a test checks the two agree.
 """
 
 from __future__ import annotations
@@ -15,7 +16,15 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
-VERSION = 1
+from chalicelib.identifiers import (
+    CONNECTION_ID_PATTERN,
+    MESSAGE_ID_MAX_CHARS,
+    USER_POOL_ID_MAX_CHARS,
+    USER_POOL_ID_PATTERN,
+    USERNAME_MAX_CHARS,
+)
+
+VERSION: Literal[1] = 1
 
 
 class EventType(StrEnum):
@@ -45,11 +54,13 @@ class SyncMessage(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore", use_enum_values=False)
 
     v: Literal[1] = VERSION
-    id: Annotated[str, Field(min_length=1, max_length=128)] = Field(default_factory=lambda: uuid.uuid4().hex)
+    id: Annotated[str, Field(min_length=1, max_length=MESSAGE_ID_MAX_CHARS)] = Field(
+        default_factory=lambda: uuid.uuid4().hex
+    )
     type: EventType
-    user_pool_id: Annotated[str, Field(min_length=1, max_length=55)]
-    username: Annotated[str, Field(min_length=1, max_length=2048)]
-    connection_id: Annotated[str, Field(pattern=r"^conn_[A-Za-z0-9_-]+$")] | None = None
+    user_pool_id: Annotated[str, Field(max_length=USER_POOL_ID_MAX_CHARS, pattern=USER_POOL_ID_PATTERN)]
+    username: Annotated[str, Field(min_length=1, max_length=USERNAME_MAX_CHARS)]
+    connection_id: Annotated[str, Field(pattern=CONNECTION_ID_PATTERN)] | None = None
     event_time: AwareDatetime = Field(default_factory=lambda: datetime.now(UTC))
     source: Source
 

@@ -15,8 +15,10 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from chalicelib.identifiers import CONNECTION_ID_PATTERN, USER_POOL_ID_PATTERN
+from chalicelib.sqs_limits import MAX_VISIBILITY_SECONDS
+
 DEFAULT_API_URL = "https://api.userhub.com"
-SQS_MAX_VISIBILITY_SECONDS = 43_200  # SQS refuses more than 12 h
 
 
 class ConfigError(Exception):
@@ -42,7 +44,7 @@ class Settings(BaseSettings):
 
     # --- UserHub
     userhub_api_url: str = DEFAULT_API_URL
-    userhub_connection_id: str = Field(pattern=r"^conn_[A-Za-z0-9_-]+$")
+    userhub_connection_id: str = Field(pattern=CONNECTION_ID_PATTERN)
     userhub_admin_key_parameter: str | None = None
     userhub_admin_key_secret_id: str | None = None
     userhub_admin_key: SecretStr | None = None
@@ -50,18 +52,19 @@ class Settings(BaseSettings):
     # --- AWS resources
     events_queue_name: str = Field(min_length=1, max_length=80)
     dead_letter_queue_name: str = Field(min_length=1, max_length=80)
-    user_pool_id: str | None = Field(default=None, pattern=r"^[\w-]+_[0-9a-zA-Z]+$")
+    user_pool_id: str | None = Field(default=None, pattern=USER_POOL_ID_PATTERN)
     snapshot_bucket: str | None = None
 
     # --- delivery tunables
     delivery_concurrency: int = Field(default=16, ge=1, le=512)
     userhub_connect_timeout: PositiveFloat = 2.0
     userhub_read_timeout: PositiveFloat = 5.0
-    retry_base_seconds: int = Field(default=30, ge=0, le=SQS_MAX_VISIBILITY_SECONDS)
-    retry_max_seconds: int = Field(default=SQS_MAX_VISIBILITY_SECONDS, ge=1, le=SQS_MAX_VISIBILITY_SECONDS)
+    retry_base_seconds: int = Field(default=30, ge=0, le=MAX_VISIBILITY_SECONDS)
+    retry_max_seconds: int = Field(default=MAX_VISIBILITY_SECONDS, ge=1, le=MAX_VISIBILITY_SECONDS)
     retry_jitter: float = Field(default=0.25, ge=0, le=1)
     max_receive_count: int = Field(default=13, ge=1, le=1000)  # used only when the queue has no redrive policy
     deliver_time_margin_seconds: float = Field(default=1.5, ge=0)
+    retention_margin_seconds: int = Field(default=3600, ge=0, le=86_400)
 
     # --- reconcile tunables
     reconcile_rate_limit: PositiveFloat = Field(default=5.0, le=30.0)  # ListUsers is 30 req/s per account, shared

@@ -1,19 +1,27 @@
 """A small async client for the one UserHub call we make: report a user event.
 
-Not the userhub-sdk: it cannot set timeouts or a user agent, ignores Retry-After and sleeps for seconds on 429
-(reference/userhub-api.md §7-§8). The wire format is the SDK's: same path encoding (`quote_path`), headers and a
-JSON body, which the guide's snippet never sent (`data:` instead of `body:`).
+Not the userhub-sdk: the SDK cannot set timeouts or a user agent, ignores Retry-After and sleeps for seconds on 429.
+The wire format is the SDK's: the same path encoding (`quote_path`), headers and a JSON body (which the connection
+guide's snippet never sent: it passed `data:` where the SDK expects `body:`).
 
-Failures are exceptions in a small hierarchy, so the caller decides with one `except` per outcome:
+Every way a call can go wrong ends as one of these exceptions, so the caller decides with one `except` per outcome
+and nothing else escapes:
 
     UserHubError
-    ├── TransientError        retry later (429, 5xx, 408, timeouts, connection errors); has retry_after
-    ├── Unauthorized          401: fetch the key again once, then retry later
+    ├── TransientError        retry later: 429, 5xx, 408, a 3xx (a proxy or a wrong USERHUB_API_URL), timeouts,
+    │   │                     connection and protocol errors, an answer that cannot be decoded; has retry_after
+    │   └── ConfigurationError   the request cannot be built from our configuration (an Admin key holding a
+    │                         character HTTP headers cannot carry): retry later, and say so loudly
+    ├── Unauthorized          401: fetch the key again, then retry later
     └── PermanentError        any other 4xx: retrying cannot help
+
+Each call is bounded in wall-clock time (`timeout_seconds`): httpx's own timeouts apply per phase and per read, so a
+server that drips its answer a byte at a time would otherwise hold a call for as long as it likes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import math
 import time
@@ -24,7 +32,7 @@ import httpx
 from pydantic import SecretStr
 
 from chalicelib.messages import EventType
-from chalicelib.settings import SQS_MAX_VISIBILITY_SECONDS
+from chalicelib.sqs_limits import allowed_text
 
 USER_AGENT = "userhub-sync/0.1 (+https://github.com/userhub-sync; Amazon Cognito)"
 API_VERSION = "2025-05-01"
@@ -34,6 +42,7 @@ SDK_SAFE_CHARS = "-._~!$&'()*+,;=:@'"
 # (encode/httpcore#1035); past ~16 connections one pool costs more CPU than the calls. Pools of at most this size
 # keep that cost flat (docs/PERFORMANCE.md, delivery at concurrency 64).
 POOL_SHARD_CONNECTIONS = 8
+MIN_CALL_SECONDS = 0.05
 
 
 def quote_path(value: str) -> str:
@@ -58,9 +67,21 @@ class UserHubError(Exception):
 
 
 class TransientError(UserHubError):
-    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: object) -> None:
-        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        reason: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, status=status, code=code, reason=reason)
         self.retry_after = retry_after
+
+
+class ConfigurationError(TransientError):
+    pass
 
 
 class Unauthorized(UserHubError):
@@ -72,7 +93,7 @@ class PermanentError(UserHubError):
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or HTTP date), clamped to [0, 12 h]."""
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP date); None if absent or unreadable."""
     if not value:
         return None
     value = value.strip()
@@ -86,34 +107,36 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
         if when.tzinfo is None:
             when = when.replace(tzinfo=UTC)
         seconds = when.timestamp() - (time.time() if now is None else now)
-    if seconds != seconds:  # NaN
+    if not math.isfinite(seconds):
         return None
-    return min(max(seconds, 0.0), float(SQS_MAX_VISIBILITY_SECONDS))
+    return max(seconds, 0.0)
 
 
-def _error_details(response: httpx.Response, secret: str = "") -> tuple[str | None, str | None, str]:
-    """UserHub's `code`, `reason` and a short message from an error body (JSON, or text from a proxy).
+def _error_details(response: httpx.Response, secret: str) -> tuple[str | None, str | None, str]:
+    """UserHub's `code`, `reason` and a short message from an error answer (JSON, text from a proxy, or nothing).
 
     `secret` (the key we sent) is cut out first: an error page that echoes the Authorization header must not put
-    the key into an exception, and it must go before truncation could leave half of it behind.
+    the key into an exception, and it must go before truncation could leave half of it behind. What remains is
+    reduced to characters SQS accepts, since it may end up in the dead-letter queue's attributes.
     """
 
-    def clean(value: object) -> str:
-        text = str(value)
-        return text.replace(secret, "***") if secret else text
+    def clean(value: object, limit: int) -> str:
+        text = str(value).replace(secret, "***") if secret else str(value)
+        return allowed_text(" ".join(text.split()))[:limit]
 
-    content_type = response.headers.get("content-type", "")
-    if "json" in content_type:
+    try:
+        content = response.content
+    except httpx.ResponseNotRead:
+        content = b""
+    if "json" in response.headers.get("content-type", "") and content:
         try:
             data = response.json()
         except ValueError:
             data = None
         if isinstance(data, dict):
-            code, reason = data.get("code"), data.get("reason")
-            message = data.get("message") or ""
-            return (clean(code)[:64] if code else None, clean(reason)[:128] if reason else None, clean(message)[:200])
-    text = clean(response.text.strip().replace("\n", " "))
-    return (None, None, text[:120])
+            code, reason, message = data.get("code"), data.get("reason"), data.get("message") or ""
+            return (clean(code, 64) if code else None, clean(reason, 128) if reason else None, clean(message, 200))
+    return (None, None, clean(content.decode("utf-8", "replace"), 120))
 
 
 class UserHubClient:
@@ -158,40 +181,73 @@ class UserHubClient:
         event_type: EventType,
         key: SecretStr,
         *,
-        deadline_seconds: float | None = None,
+        timeout_seconds: float | None = None,
     ) -> None:
-        """POST `{"type": ...}` to `:event`; return on 2xx, raise a `UserHubError` subclass otherwise."""
+        """POST `{"type": ...}` to `:event`; return on 2xx, raise a `UserHubError` subclass otherwise.
+
+        With `timeout_seconds`, the whole call (connection, request, answer) ends within that many seconds.
+        """
         timeout = self.timeout
-        if deadline_seconds is not None:
-            cap = max(deadline_seconds, 0.05)
+        if timeout_seconds is not None:
+            timeout_seconds = max(timeout_seconds, MIN_CALL_SECONDS)
             timeout = httpx.Timeout(
-                min(self.timeout.read or cap, cap),
-                connect=min(self.timeout.connect or cap, cap),
-                pool=cap,
-                write=min(self.timeout.write or cap, cap),
+                min(self.timeout.read or timeout_seconds, timeout_seconds),
+                connect=min(self.timeout.connect or timeout_seconds, timeout_seconds),
+                pool=timeout_seconds,
+                write=min(self.timeout.write or timeout_seconds, timeout_seconds),
             )
-        shard = min(range(len(self._clients)), key=self._in_flight.__getitem__)
-        self._in_flight[shard] += 1
         try:
-            response = await self._clients[shard].post(
+            request = self._clients[0].build_request(
+                "POST",
                 event_path(username, connection_id),
                 json={"type": event_type.value},
                 headers={"authorization": f"Bearer {key.get_secret_value()}"},
                 timeout=timeout,
             )
+        except UnicodeEncodeError as error:  # the message holds only the offending character and its position
+            raise ConfigurationError(
+                f"the Admin key cannot be sent in an HTTP header: character {error.object[error.start]!a} at "
+                f"position {error.start - len('Bearer ')} (a pasted invisible or non-ASCII character?)"
+            ) from None
+        except httpx.InvalidURL as error:
+            raise TransientError(f"cannot build the request URL: {error}") from None
+        shard = min(range(len(self._clients)), key=self._in_flight.__getitem__)
+        self._in_flight[shard] += 1
+        try:
+            async with asyncio.timeout(timeout_seconds):
+                response = await self._clients[shard].send(request, stream=True)
+                try:
+                    await response.aread()
+                except httpx.DecodingError:
+                    pass  # the status is what matters; an undecodable error body just has no details
+                finally:
+                    await response.aclose()
+        except TimeoutError:
+            raise TransientError(f"no complete answer within {timeout_seconds:.2f} s") from None
         except httpx.TimeoutException as error:
             raise TransientError(f"timeout: {type(error).__name__}") from None
-        except httpx.TransportError as error:
+        except httpx.HTTPError as error:  # connection, protocol, proxy errors: nothing reached UserHub for sure
             raise TransientError(f"connection error: {type(error).__name__}") from None
         finally:
             self._in_flight[shard] -= 1
+        self._raise_for_status(response, key.get_secret_value())
+
+    @staticmethod
+    def _raise_for_status(response: httpx.Response, secret: str) -> None:
         status = response.status_code
         if 200 <= status < 300:
             return
-        code, reason, message = _error_details(response, key.get_secret_value())
+        code, reason, message = _error_details(response, secret)
         summary = f"HTTP {status}" + (f" {code}" if code else "") + (f": {message}" if message else "")
         if status == 401:
             raise Unauthorized(summary, status=status, code=code, reason=reason)
+        if 300 <= status < 400:
+            location = allowed_text(response.headers.get("location", ""))[:200]
+            raise TransientError(
+                f"HTTP {status} redirect to {location or '(no Location)'}: UserHub does not redirect its API; "
+                "check USERHUB_API_URL (scheme, host) and any proxy in front of it",
+                status=status,
+            )
         if status in (408, 429) or status >= 500:
             raise TransientError(
                 summary,

@@ -11,7 +11,7 @@ import boto3
 import pytest
 from botocore.exceptions import EndpointConnectionError
 
-from chalicelib.delivery import Kind, Outcome, Record, dlq_attributes
+from chalicelib.dead_letter import DeadLetterInfo, FailureKind, dead_letter_entry
 from chalicelib.messages import EventType, Source, SyncMessage
 from tests.ops_support import CONNECTION, bootstrap, cli, drain, make_project, queue_url
 from userhub_sync import dlq, opsutil
@@ -39,28 +39,25 @@ def dead_letter(
     attempts: int = 1,
     body: str | None = None,
 ) -> SyncMessage | None:
-    """Put a message in the DLQ exactly as deliver does (its own dlq_attributes)."""
+    """Put a message in the DLQ exactly as deliver does (the dead-letter contract's own entry)."""
     message = None
     if body is None:
         message = SyncMessage(
             type=EventType.SIGNIN, user_pool_id=POOL, username=user, connection_id=CONNECTION, source=Source.POST_AUTH
         )
         body = message.to_body()
-    sent_ms = str(int((datetime.now(UTC) - ago).timestamp() * 1000))
-    record = Record(
-        message_id=f"orig-{user}",
-        receipt_handle="rh",
-        body=body,
-        receive_count=attempts,
-        sent_timestamp=sent_ms,
-        source_arn=None,
+    info = DeadLetterInfo(
+        kind=FailureKind(kind),
+        reason=reason or "",
+        attempts=attempts,
+        status=status,
+        code=code,
+        first_seen=datetime.now(UTC) - ago,
+        failed_at=datetime.now(UTC),
+        source_message_id=f"orig-{user}",
+        username=message.username if message else None,
     )
-    outcome = Outcome(
-        record, Kind.DEAD_LETTER, message=message, status=status, code=code, reason=reason, failure_kind=kind
-    )
-    boto3.client("sqs").send_message(
-        QueueUrl=queue_url(DLQ), MessageBody=body, MessageAttributes=dlq_attributes(outcome)
-    )
+    boto3.client("sqs").send_message(QueueUrl=queue_url(DLQ), **dead_letter_entry(body, info))  # type: ignore[arg-type]
     return message
 
 

@@ -1,0 +1,206 @@
+"""`deliver`: one SQS batch through four one-way stages, then the answer Lambda needs.
+
+    Record ──parse──▶ SyncMessage | Poison ──call──▶ CallResult ──plan──▶ Action ──apply──▶ Settled ──▶ response
+
+Every record gets exactly one action and one line of accounting, whatever fails on the way; only the records that
+must come back (retries, unconfirmed dead letters) are reported as `batchItemFailures`. When Lambda would ignore
+that report (`mapping`), the settled records are deleted here and the invocation fails instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+from enum import StrEnum
+from typing import Any
+
+from chalicelib.aws_clients import aws_client
+from chalicelib.delivery.calls import BatchCaller, CallResult, Deadline, NotStarted, Transient
+from chalicelib.delivery.mapping import MappingProbe
+from chalicelib.delivery.plan import Action, DeadLetter, Delay, Delete, Limits, plan
+from chalicelib.delivery.policy import RetryPolicy
+from chalicelib.delivery.records import Poison, Record, parse
+from chalicelib.delivery.settle import QueueDirectory, Settled, apply, delete_settled
+from chalicelib.messages import SyncMessage
+from chalicelib.observability import Metrics, get_logger
+from chalicelib.secrets import AdminKeyProvider
+from chalicelib.settings import Settings
+from chalicelib.userhub import UserHubClient
+
+log = get_logger("deliver")
+SETTLE_RESERVE_SECONDS = 1.0  # every UserHub call ends at least this long before the invocation does
+
+
+class Disposition(StrEnum):
+    """What became of a record, for metrics and the batch's log line."""
+
+    DELIVERED = "delivered"
+    RETRY = "retry"
+    NOT_STARTED = "not_started"
+    DEAD_LETTER = "dead_letter"
+
+
+class RetriesPending(Exception):
+    """Raised instead of a partial batch response that Lambda would ignore; the settled records are deleted."""
+
+
+class Deliverer:
+    """One per warm container: the HTTP pools, the event loop, the key and the queues' facts live across batches."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        sqs: Any = None,
+        keys: AdminKeyProvider | None = None,
+        client: UserHubClient | None = None,
+        metrics: Metrics | None = None,
+        rng: random.Random | None = None,
+        lambda_client: Any = None,
+    ) -> None:
+        self.settings = settings
+        # settling a batch must fit in the time kept back for it: short timeouts, one retry
+        self.sqs = sqs or aws_client("sqs", connect_timeout=1, read_timeout=3)
+        self.queues = QueueDirectory(self.sqs, settings)
+        self.metrics = metrics or Metrics("deliver")
+        self.caller = BatchCaller(
+            client
+            or UserHubClient(
+                settings.userhub_api_url,
+                connect_timeout=settings.userhub_connect_timeout,
+                read_timeout=settings.userhub_read_timeout,
+                max_connections=settings.delivery_concurrency,
+            ),
+            keys or AdminKeyProvider(settings),
+            concurrency=settings.delivery_concurrency,
+            default_connection=settings.userhub_connection_id,
+            metrics=self.metrics,
+        )
+        self.limits = Limits(RetryPolicy.from_settings(settings), settings.retention_margin_seconds)
+        self._lambda = lambda_client
+        self.mapping = MappingProbe(self._lambda_client)
+        self.loop = asyncio.new_event_loop()
+        self.rng = rng or random.Random()
+
+    @property
+    def keys(self) -> AdminKeyProvider:
+        return self.caller.keys
+
+    @property
+    def client(self) -> UserHubClient:
+        return self.caller.client
+
+    def _lambda_client(self) -> Any:
+        if self._lambda is None:
+            self._lambda = aws_client("lambda", connect_timeout=1, read_timeout=3)
+        return self._lambda
+
+    def handle(self, event: Any, remaining_ms: Callable[[], int]) -> dict[str, Any]:
+        started = time.monotonic()
+        deadline = Deadline(
+            end=started + remaining_ms() / 1000,
+            start_margin=self.settings.deliver_time_margin_seconds,
+            settle_reserve=SETTLE_RESERVE_SECONDS,
+        )
+        raw = event.get("Records") if isinstance(event, dict) else None
+        records = [Record.from_lambda(item) for item in (raw if isinstance(raw, list) else [])]
+        parsed = [parse(record) for record in records]
+        outcomes = self._call(parsed, deadline)
+        now = time.time()
+        planned: list[tuple[Record, Action]] = [
+            (
+                record,
+                plan(
+                    record,
+                    outcome,
+                    message if isinstance(message, SyncMessage) else None,
+                    self.queues.facts(record.source_arn),
+                    self.limits,
+                    now=now,
+                    rng=self.rng,
+                ),
+            )
+            for record, message, outcome in zip(records, parsed, outcomes, strict=True)
+        ]
+        settled = apply(planned, self.sqs, self.queues)
+        self._account(settled, outcomes, parsed, started)
+        return self._respond(settled)
+
+    def _call(self, parsed: list[SyncMessage | Poison], deadline: Deadline) -> list[Poison | CallResult]:
+        messages = [item for item in parsed if isinstance(item, SyncMessage)]
+        results = iter(self.loop.run_until_complete(self.caller.call_all(messages, deadline)))
+        return [next(results) if isinstance(item, SyncMessage) else item for item in parsed]
+
+    def _respond(self, settled: list[Settled]) -> dict[str, Any]:
+        back = [s.record.message_id for s in settled if s.comes_back]
+        if back and not self.mapping.honours_partial_responses(settled[0].record.source_arn):
+            delete_settled(settled, self.sqs, self.queues)
+            self.metrics.count("invocation_failed_to_keep_retries")
+            self.metrics.flush()
+            raise RetriesPending(
+                f"{len(back)} of {len(settled)} records must be retried and the SQS mapping does not honour "
+                "batchItemFailures (run `userhub-sync wire`); the settled records were deleted"
+            )
+        self.metrics.flush()
+        return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in back]}
+
+    def _account(
+        self,
+        settled: list[Settled],
+        outcomes: list[Poison | CallResult],
+        parsed: list[SyncMessage | Poison],
+        started: float,
+    ) -> None:
+        """Metrics for every record; a log line for every record that did not simply succeed, and one per batch."""
+        tally = dict.fromkeys(Disposition, 0)
+        configuration: set[str] = set()
+        for item, outcome, message in zip(settled, outcomes, parsed, strict=True):
+            disposition = _disposition(item.action, outcome)
+            tally[disposition] += 1
+            if isinstance(outcome, Transient) and outcome.configuration:
+                configuration.add(outcome.detail)
+            if disposition in (Disposition.RETRY, Disposition.DEAD_LETTER):
+                self._log_failure(item, message if isinstance(message, SyncMessage) else None)
+            if isinstance(item.action, DeadLetter) and not item.confirmed:
+                self.metrics.count("dead_letter_unconfirmed")
+        for disposition, count in tally.items():
+            if count:
+                self.metrics.count(disposition.value, count)
+        for detail in sorted(configuration):  # loud: this fails every message until an operator fixes it
+            self.metrics.count("configuration_error")
+            log.error("configuration error: every delivery fails until it is fixed", extra={"error": detail})
+        log.info(
+            "batch done",
+            extra={
+                "records": len(settled),
+                **{d.value: n for d, n in tally.items()},
+                "ms": round((time.monotonic() - started) * 1000, 1),
+            },
+        )
+
+    @staticmethod
+    def _log_failure(item: Settled, message: SyncMessage | None) -> None:
+        action = item.action
+        fields: dict[str, Any] = {
+            "message_id": item.record.message_id,
+            "user": message.username if message else None,
+            "attempt": item.record.receive_count,
+        }
+        if isinstance(action, Delay):
+            log.warning("message retry", extra={**fields, "visibility_s": action.seconds, "error": action.why})
+        elif isinstance(action, DeadLetter):
+            info = action.info
+            log.warning(
+                "message dead_letter" if item.confirmed else "message dead_letter not confirmed: it stays queued",
+                extra={**fields, "failure": info.kind.value, "status": info.status, "error": info.reason},
+            )
+
+
+def _disposition(action: Action, outcome: Poison | CallResult) -> Disposition:
+    if isinstance(action, Delete):
+        return Disposition.DELIVERED
+    if isinstance(action, DeadLetter):
+        return Disposition.DEAD_LETTER
+    return Disposition.NOT_STARTED if isinstance(outcome, NotStarted) else Disposition.RETRY
