@@ -12,50 +12,19 @@ import app
 from chalicelib.delivery import Deliverer, RetryPolicy
 from chalicelib.settings import get_settings
 from tests.conftest import ADMIN_KEY, CONNECTION_ID, message_body, receive_event
+from tests.support import attrs, capture_visibility, receive_all, send
+from tests.support import depth as queue_depth
 from userhub_sync.fake_userhub import Fault
 from userhub_sync.local import patched_environ
 from userhub_sync.worker import LambdaContext
 
 
-def send(sqs, url: str, *bodies: str) -> None:
-    for body in bodies:
-        sqs.send_message(QueueUrl=url, MessageBody=body)
-
-
 def dlq_messages(stack) -> list[dict]:
-    found: list[dict] = []
-    for _ in range(5):
-        got = stack.sqs.receive_message(
-            QueueUrl=stack.queues.dlq_url,
-            MaxNumberOfMessages=10,
-            VisibilityTimeout=30,
-            MessageAttributeNames=["All"],
-            AttributeNames=["All"],
-        ).get("Messages", [])
-        if not got:
-            break
-        found += got
-    return found
-
-
-def attrs(message: dict) -> dict[str, str]:
-    return {k: v["StringValue"] for k, v in message.get("MessageAttributes", {}).items()}
+    return receive_all(stack.sqs, stack.queues.dlq_url)
 
 
 def depth(stack, url: str) -> int:
-    a = stack.sqs.get_queue_attributes(
-        QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
-    )
-    return sum(int(v) for v in a["Attributes"].values())
-
-
-def capture_visibility(sqs) -> list[dict]:
-    """Record the ChangeMessageVisibilityBatch entries deliver sends (the call still goes to moto)."""
-    seen: list[dict] = []
-    sqs.meta.events.register(
-        "provide-client-params.sqs.ChangeMessageVisibilityBatch", lambda params, **_: seen.extend(params["Entries"])
-    )
-    return seen
+    return queue_depth(stack.sqs, url)
 
 
 def deliverer_with(sqs) -> Deliverer:

@@ -85,6 +85,9 @@ class Fault:
     probability: float = 1.0
     match_external_id: str | None = None
     match_path_regex: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)  # extra answer headers (Location, Content-Encoding, ...)
+    content_type: str | None = None  # None: the body format's; "": no Content-Type header at all
+    drip_ms: float = 0.0  # send the body one byte at a time, this far apart (a slow-drip answer)
 
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS:
@@ -97,8 +100,8 @@ class Fault:
             raise ValueError("fault count must be >= 1 or None")
         if not 0.0 <= self.probability <= 1.0:
             raise ValueError("fault probability must be within [0, 1]")
-        if self.latency_ms < 0:
-            raise ValueError("fault latency_ms must be >= 0")
+        if self.latency_ms < 0 or self.drip_ms < 0:
+            raise ValueError("fault latency_ms and drip_ms must be >= 0")
         if self.match_path_regex is not None:
             re.compile(self.match_path_regex)  # fail at insertion, not on the first request
 
@@ -195,8 +198,9 @@ class _User:
 class _Response:
     status: int
     body: bytes
-    content_type: str = "application/json"
+    content_type: str = "application/json"  # "" sends no Content-Type
     headers: dict[str, str] = field(default_factory=dict)
+    drip_ms: float = 0.0
 
 
 class _ApiError(Exception):
@@ -225,7 +229,16 @@ def _json_response(status: int, payload: Any, headers: dict[str, str] | None = N
 
 
 def _fault_response(fault: Fault) -> _Response:
-    """The canned answer of a "status" or "bad_json_200" fault, in the requested body format."""
+    """The canned answer of a "status" or "bad_json_200" fault, with the fault's headers and pacing."""
+    response = _fault_body(fault)
+    response.headers.update(fault.headers)
+    if fault.content_type is not None:
+        response.content_type = fault.content_type
+    response.drip_ms = fault.drip_ms
+    return response
+
+
+def _fault_body(fault: Fault) -> _Response:
     headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else {}
     if fault.kind == "bad_json_200":
         status, text = 200, fault.message or "<html>this is not json</html>"
@@ -235,10 +248,10 @@ def _fault_response(fault: Fault) -> _Response:
         status = fault.status
         text = fault.message or _STATUS_MESSAGES.get(status) or _phrase(status)
     if fault.body_format == "text":
-        return _Response(status, text.encode(), "text/plain; charset=utf-8", headers)
+        return _Response(status, text.encode(errors="surrogatepass"), "text/plain; charset=utf-8", headers)
     if fault.body_format == "html":
         html = fault.message or f"<html>{_phrase(status).lower()}</html>"
-        return _Response(status, html.encode(), "text/html; charset=utf-8", headers)
+        return _Response(status, html.encode(errors="surrogatepass"), "text/html; charset=utf-8", headers)
     code = fault.code or _STATUS_CODES.get(status, "UNKNOWN")
     return _json_response(status, _error_body(code, text, reason=fault.reason, param=fault.param), headers)
 
@@ -382,14 +395,21 @@ class _Handler(BaseHTTPRequestHandler):
     def _send(self, response: _Response) -> None:
         try:
             self.send_response(response.status)
-            self.send_header("Content-Type", response.content_type)
+            if response.content_type:
+                self.send_header("Content-Type", response.content_type)
             self.send_header("Content-Length", str(len(response.body)))
             for name, value in response.headers.items():
                 self.send_header(name, value)
             if self.close_connection:
                 self.send_header("Connection", "close")
             self.end_headers()
-            self.wfile.write(response.body)
+            if response.drip_ms:
+                for byte in range(len(response.body)):
+                    self.wfile.write(response.body[byte : byte + 1])
+                    self.wfile.flush()
+                    time.sleep(response.drip_ms / 1000)
+            else:
+                self.wfile.write(response.body)
         except OSError:
             self.close_connection = True  # the client went away; nothing to tell it
 
