@@ -1,16 +1,19 @@
 """Structured JSON logs and CloudWatch embedded metrics, with the standard library only.
 
-Powertools' Logger and Metrics would do this too, but importing them costs ~43 ms on this machine (measured with
-`python -X importtime`), about 30 % of `import boto3`, and post_auth sits on the sign-in path. This module is
-~1 ms. Every log line and metric goes through `redact`, so an Admin key registered with `register_secret` can
-never reach CloudWatch even if an exception text carries it.
+Powertools' Logger and Metrics would do this too, but importing them costs tens of milliseconds on a cold start
+(docs/PERFORMANCE.md gives the measurement and how to repeat it), and post_auth sits on the sign-in path. This module
+imports only the standard library. Every log line and metric goes through `redact`, so an Admin key registered
+with `register_secret` can never reach CloudWatch even if an exception text carries it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
 import os
+import re
 import sys
 import threading
 import time
@@ -36,6 +39,20 @@ def redact(text: str) -> str:
     return text
 
 
+def log_user(username: str | None) -> str | None:
+    """A username as log lines show it: itself, or with LOG_USERNAMES=hashed an HMAC-SHA256 of it keyed with
+    LOG_USERNAME_KEY (`h:` and 16 hex digits), so that logs carry no e-mail address yet one user's lines can still be
+    found (`userhub-sync user-hash NAME`). The DLQ keeps the name itself: a replay needs it."""
+    if username is None or os.environ.get("LOG_USERNAMES", "plain") != "hashed":
+        return username
+    key = os.environ.get("LOG_USERNAME_KEY", "")
+    if len(key) < 16:  # never fall back to the plain name; say what is wrong instead, in the line itself
+        return "h:unset-LOG_USERNAME_KEY"
+    digest = hmac.new(key.encode(), username.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
+    return "h:" + digest[:16]
+
+
+_SURROGATES = re.compile(r"[\ud800-\udfff]")  # cannot be written as UTF-8: one in a line would lose the line
 _STANDARD_ATTRS = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
 
@@ -54,7 +71,7 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_info and record.exc_info[0] is not None:
             entry["error"] = f"{record.exc_info[0].__name__}: {record.exc_info[1]}"
-        return redact(json.dumps(entry, default=str, ensure_ascii=False))
+        return _SURROGATES.sub("\ufffd", redact(json.dumps(entry, default=str, ensure_ascii=False)))
 
 
 class _StderrHandler(logging.StreamHandler):

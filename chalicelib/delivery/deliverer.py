@@ -24,7 +24,7 @@ from chalicelib.delivery.policy import RetryPolicy
 from chalicelib.delivery.records import Poison, Record, parse
 from chalicelib.delivery.settle import QueueDirectory, Settled, apply, delete_settled
 from chalicelib.messages import SyncMessage
-from chalicelib.observability import Metrics, get_logger
+from chalicelib.observability import Metrics, get_logger, log_user
 from chalicelib.secrets import AdminKeyProvider
 from chalicelib.settings import Settings
 from chalicelib.userhub import UserHubClient
@@ -185,7 +185,7 @@ class Deliverer:
         action = item.action
         fields: dict[str, Any] = {
             "message_id": item.record.message_id,
-            "user": message.username if message else None,
+            "user": log_user(message.username) if message else None,
             "attempt": item.record.receive_count,
         }
         if isinstance(action, Delay):
