@@ -139,13 +139,32 @@ class ReconcileRequest(BaseModel):
     dry_run: bool = False
 
 
+EVENTBRIDGE_SOURCE = "aws.events"  # `source` of every EventBridge scheduled event (also SAM's generated one)
+
+
 def parse_request(event: Any) -> ReconcileRequest:
-    if not isinstance(event, dict):
+    """The request in a scheduled event, a hand-made payload (`{}`, `{"dry_run": true}`...) or a continuation.
+
+    EventBridge's envelope keys are ignored. A hand-made payload (no `source: aws.events`) may hold only the
+    request's keys: a typo such as `dry-run` must not silently become a real run.
+    """
+    if event is None:
         return ReconcileRequest()
+    if not isinstance(event, dict):
+        raise ReconcileError(f"malformed reconcile event: expected a JSON object, got {type(event).__name__}")
+    if event.get("source") != EVENTBRIDGE_SOURCE:
+        unknown = sorted(str(key) for key in event if key not in ReconcileRequest.model_fields)
+        if unknown:
+            raise ReconcileError(
+                f"malformed reconcile event: unknown key(s) {', '.join(unknown)}; a payload takes "
+                "dry_run and full (booleans), or is an EventBridge scheduled event"
+            )
     try:
         return ReconcileRequest.model_validate(event)
     except ValidationError as error:
-        raise ReconcileError(f"malformed reconcile event: {error.errors()[0]['msg']}") from None
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise ReconcileError(f"malformed reconcile event: {where}: {first['msg']}") from None
 
 
 # --------------------------------------------------------------------------------------------------- rate

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import gzip
 import random
+import re
 from typing import Any
 
 import pytest
@@ -197,6 +198,17 @@ def test_requests_parse_scheduled_events_options_and_continuations() -> None:
     assert parse_request({"full": True}).full is True
     good = parse_request({"continuation": {"run_id": "r1", "checkpoint": "reconcile/p/run.json", "invocation": 2}})
     assert good.continuation is not None and good.continuation.invocation == 2
+    sam = {"id": "x", "detail-type": "Scheduled Event", "source": "aws.events", "detail": {}, "replay-name": "r"}
+    assert parse_request(sam) == reconcile.ReconcileRequest(), "an EventBridge envelope may carry any other key"
+    assert parse_request({"dry_run": True, "full": True}) == reconcile.ReconcileRequest(dry_run=True, full=True)
+    for refused, why in (
+        ({"dry-run": True}, "unknown key(s) dry-run"),
+        ({"source": "me", "full": True}, "unknown key(s) source"),
+        ([], "expected a JSON object, got list"),
+        ({"dry_run": "maybe"}, "dry_run: Input should be a valid boolean"),
+    ):
+        with pytest.raises(ReconcileError, match=re.escape(why)):
+            parse_request(refused)
     for bad in (
         {"run_id": "r1", "checkpoint": "elsewhere/run.json", "invocation": 2},
         {"run_id": "r1", "checkpoint": "reconcile/p/run.json", "invocation": 1},
