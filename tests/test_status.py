@@ -139,3 +139,16 @@ def test_a_failed_reconcile_is_shown_next_to_the_last_complete_one_and_fails_che
 
     assert cli("reconcile", "--stage", "dev").exit_code == 0  # recovered: healthy again
     assert cli("status", "--stage", "dev", "--check").exit_code == 0
+
+
+def test_a_stopped_reconcile_shows_the_last_complete_run_and_stays_healthy(project):
+    bootstrap()
+    s3 = boto3.client("s3")
+    complete = {"status": "complete", "finished_at": "2026-01-01T03:05:00+00:00", "scanned": 9}
+    stopped = {"status": "stopped", "finished_at": "2026-01-02T03:05:00+00:00", "scanned": 4}
+    for key, summary in (("reconcile/last-complete.json", complete), ("reconcile/last-run.json", stopped)):
+        s3.put_object(Bucket="userhub-sync-dev-snapshots", Key=key, Body=json.dumps(summary).encode())
+    rec = _status()["last_reconcile"]
+    assert rec["status"] == "ok" and rec["summary"] == stopped and rec["last_complete"] == complete
+    assert rec["detail"].startswith("last complete run ") and "(2026-01-01T03:05:00+00:00)" in rec["detail"]
+    assert "last run stopped at 2026-01-02T03:05:00+00:00" in rec["detail"]
