@@ -155,6 +155,7 @@ def test_snapshot_appends_members_and_reads_back_as_one_stream() -> None:
         (gzip.compress(b"a\t00000000000001\n"), "entry 1 is not username"),  # 14 digits
         (gzip.compress(b"\xff\xfe\t0000000000000001\n"), "entry 1: username is not UTF-8"),
     ],
+    ids=["not gzip", "truncated", "trailing junk", "no tab", "0x prefix", "14 digits", "not UTF-8"],
 )
 def test_damaged_snapshots_raise_snapshot_damaged_never_a_shorter_list(data: bytes, problem: str) -> None:
     with pytest.raises(SnapshotDamaged, match=re.escape(problem)):
