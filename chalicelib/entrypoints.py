@@ -3,11 +3,39 @@
 All functions share one zip and one `app.py`, so a module-level import of the delivery code would put pydantic and
 httpx on every post_auth cold start. Importing here, inside the call, keeps each function's cold start to what
 it uses.
+
+`ReconcileEvent` is the exception: Chalice's schedule wrapper builds its event object before our function runs, so
+the class has to be ready when app.py is imported (chalice.app is loaded by then anyway; it costs nothing).
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from chalice.app import CloudWatchEvent
+
+
+class ReconcileEvent(CloudWatchEvent):
+    """What `app.reconcile` receives: the EventBridge scheduled event, or a payload an operator made by hand.
+
+    Chalice's CloudWatchEvent reads `event['version']`, `['account']`, `['region']`, `['detail']`, `['detail-type']`,
+    `['source']`, `['time']`, `['id']` and `['resources']` (chalice 1.34, app.py), so `{"dry_run": true}`, `{}` and
+    the event `sam local generate-event cloudwatch scheduled-event` prints (no `version`) raised KeyError before
+    reconcile ran. Here a missing key is None and `to_dict()` is the payload as sent: reconcile decides what it means
+    and refuses what it does not understand (chalicelib.reconcile.parse_request).
+    """
+
+    def _extract_attributes(self, event_dict: Any) -> None:
+        event = event_dict if isinstance(event_dict, dict) else {}
+        self.version = event.get("version")
+        self.account = event.get("account")
+        self.region = event.get("region")
+        self.detail = event.get("detail")
+        self.detail_type = event.get("detail-type")
+        self.source = event.get("source")
+        self.time = event.get("time")
+        self.event_id = event.get("id")
+        self.resources = event.get("resources")
 
 
 def post_auth(event: Any, context: Any) -> Any:

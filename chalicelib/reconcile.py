@@ -13,6 +13,12 @@ Restart safety rests on one rule: the snapshot of a run (and every checkpoint) i
 it implies was accepted by SQS. A crash anywhere therefore leaves the previous snapshot, or the previous checkpoint,
 in place and the next attempt finds the same work again: nothing is lost, at worst something is sent twice.
 
+A damaged committed snapshot (not gzip, cut short, an entry that does not parse, a wrong format marker or entry
+count) never wedges reconcile: it is read to the end before any of it is trusted, and if it is damaged the run treats
+the baseline as missing (every listed user is sent, no deletion is inferred from it) and replaces it at commit.
+Every run that fails is recorded in `reconcile/last-run.json`; `reconcile/last-complete.json` keeps the last
+complete one, so `userhub-sync status` can say both.
+
 One run may span many invocations. Its state is one S3 object, the run record (`reconcile/<pool>/run.json`): lease,
 pagination token, counters, and keys of the partial snapshot. Every write of it is conditional on the ETag last
 read (S3 If-Match / If-None-Match), so two invocations can never both believe they own the run. See
@@ -41,7 +47,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from chalicelib.messages import EventType, Source, SyncMessage
 from chalicelib.observability import Metrics, get_logger, redact
 from chalicelib.settings import Settings, environment_key, get_settings
-from chalicelib.snapshot import FingerprintTable, SnapshotWriter, Verdict, fingerprint, read_entries, user_key
+from chalicelib.snapshot import (
+    FingerprintTable,
+    SnapshotDamaged,
+    SnapshotWriter,
+    Verdict,
+    fingerprint,
+    read_entries,
+    user_key,
+)
 
 log = get_logger("reconcile")
 
@@ -53,7 +67,8 @@ LAMBDA_LEASE_SLACK_SECONDS = 30
 LOCAL_LEASE_SECONDS = 900  # a local run has no deadline: it holds the lease in 15-minute slices, checkpointing
 LOCAL_RENEW_SECONDS = 300  # ... renewed (with a checkpoint) when less than this is left
 PREFIX = "reconcile"
-LAST_RUN_KEY = f"{PREFIX}/last-run.json"
+LAST_RUN_KEY = f"{PREFIX}/last-run.json"  # the last run that ended: complete, stopped or failed
+LAST_COMPLETE_KEY = f"{PREFIX}/last-complete.json"  # the last complete run
 SNAPSHOT_FORMAT = "userhub-sync-snapshot-v1"
 COGNITO_EVENTS = "cognito-identity-provider"  # botocore's hyphenated service id, used in event names
 THROTTLE_CODES = frozenset({"TooManyRequestsException", "ThrottlingException", "Throttling", "RequestLimitExceeded"})
@@ -77,6 +92,10 @@ class TooManyRestarts(ReconcileError):
 
 class EnqueueError(ReconcileError):
     """SQS kept refusing some messages; the snapshot is not committed, so the next run sends them again."""
+
+
+class CheckpointUnreadable(ReconcileError):
+    """An object the run record points at is damaged or gone; the run is discarded and the next one starts afresh."""
 
 
 # --------------------------------------------------------------------------------------------------- models
@@ -111,6 +130,7 @@ class RunRecord(BaseModel):
     full: bool = False
     started_at: float
     baseline_etag: str | None = None  # the committed snapshot this run compares with (None: first run)
+    baseline_damaged: str | None = None  # why that snapshot is not used (the run treats it as missing)
     invocation: int = 1  # the invocation that wrote this record
     chain: int = 1  # invocations since the run was started or adopted; capped by reconcile_max_invocations
     lease_until: float = 0.0
@@ -139,13 +159,32 @@ class ReconcileRequest(BaseModel):
     dry_run: bool = False
 
 
+EVENTBRIDGE_SOURCE = "aws.events"  # `source` of every EventBridge scheduled event (also SAM's generated one)
+
+
 def parse_request(event: Any) -> ReconcileRequest:
-    if not isinstance(event, dict):
+    """The request in a scheduled event, a hand-made payload (`{}`, `{"dry_run": true}`...) or a continuation.
+
+    EventBridge's envelope keys are ignored. A hand-made payload (no `source: aws.events`) may hold only the
+    request's keys: a typo such as `dry-run` must not silently become a real run.
+    """
+    if event is None:
         return ReconcileRequest()
+    if not isinstance(event, dict):
+        raise ReconcileError(f"malformed reconcile event: expected a JSON object, got {type(event).__name__}")
+    if event.get("source") != EVENTBRIDGE_SOURCE:
+        unknown = sorted(str(key) for key in event if key not in ReconcileRequest.model_fields)
+        if unknown:
+            raise ReconcileError(
+                f"malformed reconcile event: unknown key(s) {', '.join(unknown)}; a payload takes "
+                "dry_run and full (booleans), or is an EventBridge scheduled event"
+            )
     try:
         return ReconcileRequest.model_validate(event)
     except ValidationError as error:
-        raise ReconcileError(f"malformed reconcile event: {error.errors()[0]['msg']}") from None
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise ReconcileError(f"malformed reconcile event: {where}: {first['msg']}") from None
 
 
 # --------------------------------------------------------------------------------------------------- rate
@@ -321,7 +360,16 @@ def _code(error: ClientError) -> str:
 @dataclass(frozen=True)
 class SnapshotInfo:
     etag: str
-    users: int
+    users: int | None  # None: the metadata is missing or not a number
+    format: str | None
+
+    def problem(self) -> str | None:
+        """What makes the object unusable as a baseline before a byte of it is read, if anything."""
+        if self.format != SNAPSHOT_FORMAT:
+            return f"format marker is {self.format!r}, expected {SNAPSHOT_FORMAT!r}"
+        if self.users is None:
+            return "its users metadata is missing or not a number"
+        return None
 
 
 class StateStore:
@@ -377,11 +425,12 @@ class StateStore:
             if _code(error) in ("404", "NoSuchKey", "NotFound"):
                 return None
             raise
+        metadata = head.get("Metadata") or {}
         try:
-            users = int((head.get("Metadata") or {}).get("users", "0"))
-        except ValueError:
-            users = 0
-        return SnapshotInfo(head["ETag"], users)
+            users: int | None = int(metadata["users"])
+        except (KeyError, ValueError):
+            users = None
+        return SnapshotInfo(head["ETag"], users, metadata.get("format"))
 
     def stream_snapshot(self, etag: str) -> Iterator[tuple[str, int]]:
         """The committed snapshot, streamed (never held whole); fails if it is no longer the one the run began with."""
@@ -424,20 +473,31 @@ class StateStore:
             self.s3.delete_objects(Bucket=self.bucket, Delete={"Objects": keys[start : start + 1000], "Quiet": True})
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        self.s3.put_object(
-            Bucket=self.bucket, Key=LAST_RUN_KEY, Body=json.dumps(summary).encode(), ContentType="application/json"
-        )
+        """The run's summary as the last run, and also as the last complete run if it is one."""
+        body = json.dumps(summary).encode()
+        if summary.get("status") == "complete":
+            self.s3.put_object(Bucket=self.bucket, Key=LAST_COMPLETE_KEY, Body=body, ContentType="application/json")
+        self.s3.put_object(Bucket=self.bucket, Key=LAST_RUN_KEY, Body=body, ContentType="application/json")
 
 
-def read_last_summary(s3_client: Any, bucket: str) -> dict[str, Any] | None:
-    """The summary of the last run that finished (complete, stopped or failed), or None if there was none."""
+def _read_summary(s3_client: Any, bucket: str, key: str) -> dict[str, Any] | None:
     try:
-        obj = s3_client.get_object(Bucket=bucket, Key=LAST_RUN_KEY)
+        obj = s3_client.get_object(Bucket=bucket, Key=key)
     except ClientError as error:
         if _code(error) in ("NoSuchKey", "404"):
             return None
         raise
     return json.loads(obj["Body"].read())
+
+
+def read_last_summary(s3_client: Any, bucket: str) -> dict[str, Any] | None:
+    """The summary of the last run that finished (complete, stopped or failed), or None if there was none."""
+    return _read_summary(s3_client, bucket, LAST_RUN_KEY)
+
+
+def read_last_complete(s3_client: Any, bucket: str) -> dict[str, Any] | None:
+    """The summary of the last complete run, or None if none completed since this key was introduced."""
+    return _read_summary(s3_client, bucket, LAST_COMPLETE_KEY)
 
 
 # --------------------------------------------------------------------------------------------------- the run
@@ -564,19 +624,26 @@ class Reconciler:
         )
         self.metrics = Metrics("reconcile")
         self._queue_url: str | None = None
+        self._claiming: RunRecord | None = None  # the run `_claim` picked, for the failure summary
 
     # ------------------------------------------------------------------ entry point
     def invoke(self, request: ReconcileRequest, deadline: Deadline, context: Any = None) -> RunResult:
-        continuer = None
-        if deadline.finite and not request.dry_run:
-            continuer = self.deps.continuer or self._lambda_continuer(continue_function_name(context, self.settings))
-        if request.dry_run:
-            run = self._dry_run_state(request)
-        else:
-            claimed = self._claim(request, deadline, context)
-            if isinstance(claimed, RunResult):
-                return claimed
-            run = claimed
+        try:
+            continuer = None
+            if deadline.finite and not request.dry_run:
+                continuer = self.deps.continuer or self._lambda_continuer(
+                    continue_function_name(context, self.settings)
+                )
+            if request.dry_run:
+                run = self._dry_run_state(request)
+            else:
+                claimed = self._claim(request, deadline, context)
+                if isinstance(claimed, RunResult):
+                    return claimed
+                run = claimed
+        except (Exception, KeyboardInterrupt) as error:
+            self._failed_before_work(request, error)
+            raise
         try:
             return self._work(run, deadline, continuer)
         except LeaseConflict as error:
@@ -633,6 +700,7 @@ class Reconciler:
                 baseline_etag=baseline_etag,
             )
             how = "starting"
+        self._claiming = record
         record.counters.invocations += 1
         record.lease_until = self._lease_until(deadline, now)
         record.holder = str(getattr(context, "aws_request_id", "") or f"local:{socket.gethostname()}:{os.getpid()}")
@@ -650,8 +718,16 @@ class Reconciler:
             },
         )
         try:
-            run = self._load(record, etag, baseline.users if baseline else 0, dry_run=False)
+            run = self._load(record, etag, baseline, dry_run=False)
             run.enqueuer = Enqueuer(self._sqs(), self._events_queue_url(), self._message_body, sleep=self.deps.sleep)
+        except CheckpointUnreadable:
+            # resuming would fail the same way every time: drop the run so the next one starts clean
+            try:
+                self.store.delete_record()
+            except ClientError as error:
+                log.warning("could not delete the unusable run record", extra={"error": str(error)})
+            self._discard_objects(record.run_id)
+            raise
         except BaseException:
             self._release(record, etag)
             raise
@@ -673,27 +749,43 @@ class Reconciler:
             baseline_etag=baseline.etag if baseline else None,
         )
         record.counters.invocations = 1
-        return self._load(record, None, baseline.users if baseline else 0, dry_run=True)
+        self._claiming = record
+        return self._load(record, None, baseline, dry_run=True)
 
-    def _load(self, record: RunRecord, etag: str | None, baseline_users: int, *, dry_run: bool) -> _Run:
+    def _load(self, record: RunRecord, etag: str | None, baseline: SnapshotInfo | None, *, dry_run: bool) -> _Run:
         """Rebuild the in-memory state from the committed snapshot and the run's checkpoint."""
-        table = FingerprintTable(baseline_users + baseline_users // 8 + 64)
-        if record.baseline_etag:
-            for name, fp in self.store.stream_snapshot(record.baseline_etag):
-                table.load(user_key(name), fp)
+        expected = (baseline.users or 0) if baseline else 0
+        table = FingerprintTable(expected + expected // 8 + 64)
+        if record.baseline_etag and record.baseline_damaged is None:
+            try:
+                self._load_baseline(table, record.baseline_etag, baseline)
+            except SnapshotDamaged as damage:
+                table = FingerprintTable()  # never compare with a half-read baseline
+                self._drop_baseline(record, str(damage))
         extra = bytearray()
-        if record.extra_key:
-            extra += self.store.get_blob(record.extra_key)
-            for name, fp in read_entries(extra):
-                table.load(user_key(name), fp)
         writer = SnapshotWriter()
-        if record.partial_key:
-            partial = self.store.get_blob(record.partial_key)
-            seen = 0
-            for name, fp in read_entries(partial):
-                table.observe(user_key(name), fp)
-                seen += 1
-            writer = SnapshotWriter(partial, seen)
+        key = record.extra_key
+        try:
+            if record.extra_key:
+                extra += self.store.get_blob(record.extra_key)
+                for name, fp in read_entries(extra):
+                    table.load(user_key(name), fp)
+            key = record.partial_key
+            if record.partial_key:
+                partial = self.store.get_blob(record.partial_key)
+                seen = 0
+                for name, fp in read_entries(partial):
+                    table.observe(user_key(name), fp)
+                    seen += 1
+                writer = SnapshotWriter(partial, seen)
+        except (SnapshotDamaged, ClientError) as error:
+            if isinstance(error, ClientError) and _code(error) not in ("NoSuchKey", "404"):
+                raise
+            problem = str(error) if isinstance(error, SnapshotDamaged) else "missing"
+            raise CheckpointUnreadable(
+                f"checkpoint {key} of run {record.run_id} is unreadable ({problem}): the run is discarded and "
+                "the next one starts afresh"
+            ) from None
         return _Run(
             record=record,
             saved=record.model_copy(deep=True),
@@ -706,6 +798,45 @@ class Reconciler:
             requests0=self.pager.requests,
             throttles0=self.pager.throttles,
         )
+
+    def _load_baseline(self, table: FingerprintTable, etag: str, baseline: SnapshotInfo | None) -> None:
+        """The whole committed snapshot into `table`, checked to the last byte: SnapshotDamaged if it is damaged."""
+        problem = baseline.problem() if baseline is not None else "it disappeared"
+        if problem:
+            raise SnapshotDamaged(problem)
+        assert baseline is not None
+        count = 0
+        for name, fp in self.store.stream_snapshot(etag):
+            table.load(user_key(name), fp)
+            count += 1
+        if count != baseline.users:
+            raise SnapshotDamaged(f"holds {count} entries, its users metadata says {baseline.users}")
+
+    def _drop_baseline(self, record: RunRecord, problem: str) -> None:
+        """Treat the committed snapshot as missing from now on; it is replaced (conditionally on its ETag) at commit.
+
+        Without a baseline every listed user is new, so everyone is sent: safe, and the next run is incremental
+        again. No deletion can be inferred from a damaged baseline; if this run had already compared users against
+        it (possible only if damage shows after loading), it scans again from page one sending everyone.
+        """
+        record.baseline_damaged = problem[:300]
+        progressed = record.token is not None or record.phase != "scan" or record.partial_key or record.counters.scanned
+        log.warning(
+            "reconcile snapshot is damaged: treating it as missing (every user is sent) and replacing it at commit",
+            extra={
+                "key": self.store.snapshot_key,
+                "etag": record.baseline_etag,
+                "problem": record.baseline_damaged,
+                "run_id": record.run_id,
+                "rescan": bool(progressed),
+            },
+        )
+        if progressed:
+            record.full = True
+            record.token = None
+            record.phase = "scan"
+            record.deletions_done = 0
+            record.partial_key = None
 
     # ------------------------------------------------------------------ scanning
     def _work(self, run: _Run, deadline: Deadline, continuer: Callable[[dict[str, Any]], None] | None) -> RunResult:
@@ -728,7 +859,20 @@ class Reconciler:
             if token is None:
                 record.phase = "deletions"
             self._report(run, "scan")
-        # mark and sweep: what the baseline knows and this complete scan never listed is gone
+        try:
+            stopped = self._sweep(run, deadline, continuer)
+        except SnapshotDamaged as damage:  # the baseline turned out damaged only now: never trust it
+            self._rescan_without_baseline(run, str(damage))
+            return self._work(run, deadline, continuer)  # recurses once at most: the baseline is not read again
+        if stopped is not None:
+            return stopped
+        return self._commit(run)
+
+    def _sweep(
+        self, run: _Run, deadline: Deadline, continuer: Callable[[dict[str, Any]], None] | None
+    ) -> RunResult | None:
+        """Mark and sweep: what the baseline knows and this complete scan never listed is gone. None when done."""
+        record = run.record
         position = 0
         for name in self._unseen(run):
             if position >= record.deletions_done:
@@ -740,7 +884,20 @@ class Reconciler:
             position += 1
         record.deletions_done = position
         self._report(run, "deletions")
-        return self._commit(run)
+        return None
+
+    def _rescan_without_baseline(self, run: _Run, problem: str) -> None:
+        """Damage found while sweeping: drop the baseline and scan again from page one, sending everyone.
+
+        Only the entries this run listed itself before a rejected-token restart (`extra`) stay as a baseline,
+        so users listed then and gone now are still swept. Deletions already sent were read from the snapshot
+        before the damage; each is a CHANGED message, which makes UserHub look the user up again, nothing more.
+        """
+        self._drop_baseline(run.record, problem)
+        run.table = FingerprintTable(len(run.table))
+        for name, fp in read_entries(run.extra):
+            run.table.load(user_key(name), fp)
+        run.writer = SnapshotWriter()
 
     def _compare(self, run: _Run, users: list[dict[str, Any]]) -> None:
         counters, full = run.counters, run.record.full
@@ -795,7 +952,7 @@ class Reconciler:
     def _unseen(self, run: _Run) -> Iterator[str]:
         """Usernames the baseline holds and the scan did not list, in a fixed order (resumable by position)."""
         sources: list[Iterator[tuple[str, int]]] = []
-        if run.record.baseline_etag:
+        if run.record.baseline_etag and run.record.baseline_damaged is None:
             sources.append(self.store.stream_snapshot(run.record.baseline_etag))
         if run.extra:
             sources.append(read_entries(run.extra))
@@ -875,20 +1032,44 @@ class Reconciler:
     def _abandon(self, run: _Run, error: BaseException) -> None:
         """After a failure: release the lease but keep the last checkpoint, so a retry or the next run resumes."""
         self._sync_counters(run)
-        summary = self._summary(run, "failed")
+        if not run.dry_run:
+            try:
+                if isinstance(error, TooManyRestarts):
+                    self.store.delete_record()
+                    self._discard_objects(run.record.run_id)
+                else:
+                    self._release(run.saved, run.etag)
+            except Exception as cleanup_error:  # the original error matters more
+                log.warning("could not clean up after the failed reconcile run", extra={"error": str(cleanup_error)})
+        self._record_failure(self._summary(run, "failed"), error, dry_run=run.dry_run)
+
+    def _failed_before_work(self, request: ReconcileRequest, error: BaseException) -> None:
+        """A failure while claiming or loading: there is no run state yet, only the record `_claim` picked."""
+        record, now = self._claiming, self.deps.clock()
+        summary: dict[str, Any] = {
+            "run_id": record.run_id if record else None,
+            "pool_id": self.pool_id,
+            "status": "failed",
+            "full": record.full if record else request.full,
+            "dry_run": request.dry_run,
+            **(record.counters.model_dump() if record else {}),
+            "baseline_damaged": record.baseline_damaged if record else None,
+            "rate_limit": self.settings.reconcile_rate_limit,
+            "started_at": _iso(record.started_at if record else now),
+            "finished_at": _iso(now),
+        }
+        self._record_failure(summary, error, dry_run=request.dry_run)
+
+    def _record_failure(self, summary: dict[str, Any], error: BaseException, *, dry_run: bool) -> None:
+        """Log the failure and store it as the last run (`status` shows it); a dry run writes nothing, even now."""
         summary["error"] = redact(f"{type(error).__name__}: {error}")[:500]
         log.error("reconcile run failed", extra=summary)
-        if run.dry_run:
+        if dry_run:
             return
         try:
-            if isinstance(error, TooManyRestarts):
-                self.store.delete_record()
-                self._discard_objects(run.record.run_id)
-            else:
-                self._release(run.saved, run.etag)
             self.store.write_summary(summary)
-        except Exception as cleanup_error:  # the original error matters more
-            log.warning("could not record the failed reconcile run", extra={"error": str(cleanup_error)})
+        except Exception as store_error:  # the original error matters more
+            log.warning("could not record the failed reconcile run", extra={"error": str(store_error)})
 
     def _release(self, saved: RunRecord, etag: str | None) -> None:
         """Give the lease up, keeping the checkpoint as it was persisted (best effort: it also expires by itself)."""
@@ -916,6 +1097,7 @@ class Reconciler:
             **c.model_dump(),
             "users_per_second": round(c.scanned / c.seconds, 1) if c.seconds else None,
             "requests_per_second": round(c.requests / c.seconds, 2) if c.seconds else None,
+            "baseline_damaged": run.record.baseline_damaged,
             "rate_limit": self.settings.reconcile_rate_limit,
             "started_at": _iso(run.record.started_at),
             "finished_at": _iso(self.deps.clock()),

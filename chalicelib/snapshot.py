@@ -10,6 +10,10 @@ username -> digest costs ~150 bytes a user (measured); `FingerprintTable` keeps 
 64-bit fingerprint and a seen flag in flat arrays (17 bytes a slot, 23-34 bytes a user at 50-75 % load), and the
 usernames of deleted users are streamed back from the snapshot at the end of the scan instead of being kept. The new
 snapshot is built compressed (~14 bytes a user). docs/RECONCILE.md has the measurements.
+
+Reading back is strict: a stream that is not gzip, ends before its end-of-stream marker, fails its CRC, or holds a
+line that is not `username<TAB>16 lowercase hex digits` raises `SnapshotDamaged` (never a silently shorter list), so
+the caller can tell "damaged" apart from "a network read failed" (botocore's own errors, which pass through).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import gzip
 import hashlib
 import io
 import json
+import re
 import zlib
 from array import array
 from collections.abc import Iterable, Iterator, Mapping
@@ -25,6 +30,11 @@ from enum import StrEnum
 from typing import IO, Any
 
 FINGERPRINT_BYTES = 8
+_LINE = re.compile(rb"([^\t\n]+)\t([0-9a-f]{16})\n")
+
+
+class SnapshotDamaged(ValueError):
+    """Stored entries that cannot be read back; the message says what is wrong and how far reading got."""
 
 
 class Verdict(StrEnum):
@@ -191,13 +201,30 @@ class SnapshotWriter:
 
 
 def read_entries(source: bytes | bytearray | IO[bytes]) -> Iterator[tuple[str, int]]:
-    """Stream (username, fingerprint) pairs from a snapshot, one line at a time."""
+    """Stream (username, fingerprint) pairs from a snapshot, one line at a time; SnapshotDamaged if it is damaged.
+
+    Entries before the damage are yielded first (the stream is read lazily), so a caller that must not act on a
+    half-read snapshot has to read it to the end before trusting any of it.
+    """
     raw: IO[bytes] = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
-    with gzip.GzipFile(fileobj=raw, mode="rb") as stream:
-        for line in stream:
-            name, _, fp = line.rstrip(b"\n").rpartition(b"\t")
-            if name:
-                yield name.decode(), int(fp, 16)
+    count = 0
+    try:
+        with gzip.GzipFile(fileobj=raw, mode="rb") as stream:
+            for line in stream:
+                match = _LINE.fullmatch(line)
+                if match is None:
+                    raise SnapshotDamaged(f"entry {count + 1} is not username<TAB>16 hex digits")
+                name = match[1].decode()
+                count += 1
+                yield name, int(match[2], 16)
+    except SnapshotDamaged:
+        raise
+    except UnicodeDecodeError:
+        raise SnapshotDamaged(f"entry {count + 1}: username is not UTF-8") from None
+    except (gzip.BadGzipFile, EOFError, zlib.error) as error:
+        # BadGzipFile: not gzip, or a CRC/length mismatch; EOFError: cut before the end-of-stream marker;
+        # zlib.error: corrupt deflate data. Network failures are botocore errors and are not caught here.
+        raise SnapshotDamaged(f"not a complete gzip stream after {count} entries: {error}") from None
 
 
 def write_entries(entries: Iterable[tuple[str, int]]) -> bytes:

@@ -106,3 +106,12 @@ def test_queues_bucket_and_permission(packaged):
     role = resources["PostAuthRole"]["Properties"]["Policies"][0]["PolicyDocument"]
     actions = {a for s in role["Statement"] for a in s["Action"]}
     assert actions == {"logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents", "sqs:SendMessage"}
+
+
+def test_reconcile_keeps_its_schedule_and_handler(packaged):
+    """app.py swaps the event class of `reconcile` (hand-made payloads); Chalice must still see a schedule."""
+    reconcile = packaged["template"]["Resources"]["Reconcile"]["Properties"]
+    assert reconcile["Handler"] == "app.reconcile"
+    assert reconcile["Events"] == {
+        "ReconcileEvent": {"Type": "Schedule", "Properties": {"Schedule": "cron(0 3 * * ? *)"}}
+    }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import gzip
 import random
+import re
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from chalicelib import reconcile
 from chalicelib.reconcile import EnqueueError, Enqueuer, ReconcileError, TokenBucket, parse_request
 from chalicelib.snapshot import (
     FingerprintTable,
+    SnapshotDamaged,
     SnapshotWriter,
     Verdict,
     fingerprint,
@@ -142,6 +144,52 @@ def test_snapshot_appends_members_and_reads_back_as_one_stream() -> None:
         writer.add("tab\tname", 1)
 
 
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        (b"plain text\n", "not a complete gzip stream after 0 entries"),
+        (write_entries([(f"u{i}", i) for i in range(3000)])[:-2000], "not a complete gzip stream after"),
+        (write_entries([("a", 1)]) + b"trailing junk", "not a complete gzip stream after 1 entries"),
+        (gzip.compress(b"a\t0000000000000001\nno-tab-here\n"), "entry 2 is not username<TAB>16 hex digits"),
+        (gzip.compress(b"a\t0x00000000000001\n"), "entry 1 is not username"),
+        (gzip.compress(b"a\t00000000000001\n"), "entry 1 is not username"),  # 14 digits
+        (gzip.compress(b"\xff\xfe\t0000000000000001\n"), "entry 1: username is not UTF-8"),
+    ],
+    ids=["not gzip", "truncated", "trailing junk", "no tab", "0x prefix", "14 digits", "not UTF-8"],
+)
+def test_damaged_snapshots_raise_snapshot_damaged_never_a_shorter_list(data: bytes, problem: str) -> None:
+    with pytest.raises(SnapshotDamaged, match=re.escape(problem)):
+        list(read_entries(data))
+
+
+class CutBody:
+    """A response body whose connection breaks after the first 1000 bytes, raising what botocore raises."""
+
+    def __init__(self, data: bytes, failure: Exception) -> None:
+        self.data, self.failure, self.sent = data, failure, 0
+
+    def read(self, size: int = -1) -> bytes:
+        if self.sent:
+            raise self.failure
+        self.sent = min(size if size and size > 0 else len(self.data), 1000)
+        return self.data[: self.sent]
+
+
+@pytest.mark.parametrize("failure", ["incomplete read", "read timeout"])
+def test_a_network_failure_while_reading_is_not_called_damage(failure: str) -> None:
+    """botocore's StreamingBody raises its own errors on a cut connection; they pass through, not as damage."""
+    from botocore.exceptions import IncompleteReadError, ReadTimeoutError
+
+    data = write_entries([(f"u{i}", i) for i in range(5000)])
+    error = (
+        IncompleteReadError(actual_bytes=1000, expected_bytes=len(data))
+        if failure == "incomplete read"
+        else ReadTimeoutError(endpoint_url="http://s3")  # an OSError subclass, too
+    )
+    with pytest.raises(type(error)):
+        list(read_entries(CutBody(data, error)))  # type: ignore[arg-type]
+
+
 class BatchSQS:
     def __init__(self, script: list[str]) -> None:
         self.script = script  # per call: "ok", "fail-one" (retryable), "sender-fault"
@@ -197,6 +245,17 @@ def test_requests_parse_scheduled_events_options_and_continuations() -> None:
     assert parse_request({"full": True}).full is True
     good = parse_request({"continuation": {"run_id": "r1", "checkpoint": "reconcile/p/run.json", "invocation": 2}})
     assert good.continuation is not None and good.continuation.invocation == 2
+    sam = {"id": "x", "detail-type": "Scheduled Event", "source": "aws.events", "detail": {}, "replay-name": "r"}
+    assert parse_request(sam) == reconcile.ReconcileRequest(), "an EventBridge envelope may carry any other key"
+    assert parse_request({"dry_run": True, "full": True}) == reconcile.ReconcileRequest(dry_run=True, full=True)
+    for refused, why in (
+        ({"dry-run": True}, "unknown key(s) dry-run"),
+        ({"source": "me", "full": True}, "unknown key(s) source"),
+        ([], "expected a JSON object, got list"),
+        ({"dry_run": "maybe"}, "dry_run: Input should be a valid boolean"),
+    ):
+        with pytest.raises(ReconcileError, match=re.escape(why)):
+            parse_request(refused)
     for bad in (
         {"run_id": "r1", "checkpoint": "elsewhere/run.json", "invocation": 2},
         {"run_id": "r1", "checkpoint": "reconcile/p/run.json", "invocation": 1},

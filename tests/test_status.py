@@ -105,3 +105,50 @@ def test_last_reconcile_from_the_bucket_through_chalicelib(project):
         Bucket="userhub-sync-dev-snapshots", Key="reconcile/last-run.json", Body=json.dumps(summary).encode()
     )
     assert _status()["last_reconcile"] == {"status": "ok", "summary": summary}
+
+
+def test_a_failed_reconcile_is_shown_next_to_the_last_complete_one_and_fails_check(project):
+    """Real runs through `userhub-sync reconcile`; the failed one dies while claiming (its queue is gone)."""
+    pool_id = create_pool()
+    cognito = boto3.client("cognito-idp")
+    for i in range(3):
+        cognito.admin_create_user(UserPoolId=pool_id, Username=f"user{i}@example.com")
+    bootstrap(pool_id)
+    fake_chalice_deploy(project)
+    assert cli("wire", "--stage", "dev").exit_code == 0
+    assert cli("reconcile", "--stage", "dev").exit_code == 0
+    healthy = _status("--check")
+    assert healthy["healthy"] is True and healthy["last_reconcile"]["status"] == "ok"
+    complete = healthy["last_reconcile"]["summary"]
+
+    failed = cli("reconcile", "--stage", "dev", env={"EVENTS_QUEUE_NAME": "userhub-sync-dev-gone"})
+    assert failed.exit_code == 1 and "GetQueueUrl" in failed.output
+
+    result = cli("status", "--stage", "dev", "--json")
+    report = json.loads(result.stdout)
+    rec = report["last_reconcile"]
+    assert rec["status"] == "failing" and report["healthy"] is False
+    assert rec["last_complete"] == complete and rec["summary"]["status"] == "failed"
+    assert rec["detail"].startswith("last complete run ") and " ago (" in rec["detail"]
+    assert f"last run failed at {rec['summary']['finished_at']}: " in rec["detail"]
+    assert "GetQueueUrl" in rec["detail"]
+    assert cli("status", "--stage", "dev", "--check").exit_code == 2
+    table = cli("status", "--stage", "dev")
+    assert "last reconcile: failing" in table.output and "last complete run" in table.output
+    assert "needs attention" in table.output
+
+    assert cli("reconcile", "--stage", "dev").exit_code == 0  # recovered: healthy again
+    assert cli("status", "--stage", "dev", "--check").exit_code == 0
+
+
+def test_a_stopped_reconcile_shows_the_last_complete_run_and_stays_healthy(project):
+    bootstrap()
+    s3 = boto3.client("s3")
+    complete = {"status": "complete", "finished_at": "2026-01-01T03:05:00+00:00", "scanned": 9}
+    stopped = {"status": "stopped", "finished_at": "2026-01-02T03:05:00+00:00", "scanned": 4}
+    for key, summary in (("reconcile/last-complete.json", complete), ("reconcile/last-run.json", stopped)):
+        s3.put_object(Bucket="userhub-sync-dev-snapshots", Key=key, Body=json.dumps(summary).encode())
+    rec = _status()["last_reconcile"]
+    assert rec["status"] == "ok" and rec["summary"] == stopped and rec["last_complete"] == complete
+    assert rec["detail"].startswith("last complete run ") and "(2026-01-01T03:05:00+00:00)" in rec["detail"]
+    assert "last run stopped at 2026-01-02T03:05:00+00:00" in rec["detail"]

@@ -274,7 +274,10 @@ def status_command(
         ),
     ] = False,
     check: Annotated[
-        bool, typer.Option(help="Exit 2 unless queues exist, the DLQ is empty and wiring is in place.")
+        bool,
+        typer.Option(
+            help="Exit 2 unless queues exist, the DLQ is empty, wiring is in place and the last reconcile did not fail."
+        ),
     ] = False,
 ) -> None:
     """Queue depth, in flight, DLQ depth, age of the oldest message, last reconcile, whether wiring is in place."""
@@ -310,12 +313,17 @@ def _print_status(report: dict[str, Any]) -> None:
         )
     console.print(queues)
     rec = report["last_reconcile"]
-    if rec["status"] == "ok":
+    if rec["status"] == "failing":
+        console.print("last reconcile: [red]failing[/red]")
+        console.print(f"  {rec['detail']}", style="red", markup=False)
+    elif rec["status"] == "ok":
         summary = rec["summary"]
         shown = ", ".join(f"{k}={v}" for k, v in summary.items() if not isinstance(v, dict | list))
-        console.print(f"last reconcile: {shown}")
+        console.print(f"last reconcile: {shown}", markup=False)
+        if rec.get("detail"):
+            console.print(f"  {rec['detail']}", markup=False)
     else:
-        console.print(f"last reconcile: {rec['status']} ({rec.get('detail', '')})")
+        console.print(f"last reconcile: {rec['status']} ({rec.get('detail', '')})", markup=False)
     wiring = report["wiring"]
     table = Table(title="wiring")
     table.add_column("check")

@@ -37,6 +37,7 @@ SUMMARY_ROWS = (
     ("users_per_second", "users/s"),
     ("requests_per_second", "requests/s"),
     ("rate_limit", "rate limit (req/s)"),
+    ("baseline_damaged", "snapshot damaged (treated as missing)"),
 )
 
 

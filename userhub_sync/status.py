@@ -11,7 +11,16 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from userhub_sync.opsutil import OpsError, StageContext, client, error_code, now, read_deployed
+from userhub_sync.opsutil import (
+    OpsError,
+    StageContext,
+    client,
+    error_code,
+    format_duration,
+    now,
+    parse_time,
+    read_deployed,
+)
 from userhub_sync.queues import queue_depths
 from userhub_sync.wire import (
     RESPONSE_TYPE,
@@ -95,18 +104,39 @@ def queue_status(sqs: Any, name: str, peek: bool) -> dict[str, Any]:
 
 
 def last_reconcile(bucket: str | None) -> dict[str, Any]:
-    """The last reconcile summary, as chalicelib.reconcile stored it in the bucket."""
+    """The last reconcile run, as chalicelib.reconcile stored it in the bucket; `failing` if that run failed.
+
+    `summary` is the last run that ended (reconcile/last-run.json). If it failed or stopped, `last_complete` is the
+    last complete one (reconcile/last-complete.json; None if there is none) and `detail` says both, e.g.
+    "last complete run 1d 02h ago (…); last run failed at …: <error>".
+    """
     if not bucket:
         return {"status": "unknown", "detail": "SNAPSHOT_BUCKET not set"}
-    from chalicelib.reconcile import read_last_summary
+    from chalicelib.reconcile import read_last_complete, read_last_summary
 
     try:
-        summary = read_last_summary(client("s3"), bucket)
+        s3 = client("s3")
+        summary = read_last_summary(s3, bucket)
+        ended = (summary or {}).get("status")
+        complete = read_last_complete(s3, bucket) if ended in ("failed", "stopped") else None
     except Exception as error:
         return {"status": "error", "detail": f"{error_code(error)}: {error}"[:300]}
     if not summary:
         return {"status": "never", "detail": f"no reconcile/last-run.json in {bucket}"}
-    return {"status": "ok", "summary": summary}
+    if ended not in ("failed", "stopped"):
+        return {"status": "ok", "summary": summary}
+    if complete is None:
+        since = "no complete run recorded"
+    else:
+        finished = parse_time(complete.get("finished_at"))
+        age = format_duration((now() - finished).total_seconds()) if finished else "?"
+        since = f"last complete run {age} ago ({complete.get('finished_at')})"
+    if ended == "failed":
+        reason = summary.get("error") or "no reason recorded"
+        detail = f"{since}; last run failed at {summary.get('finished_at')}: {reason}"
+        return {"status": "failing", "summary": summary, "last_complete": complete, "detail": detail}
+    detail = f"{since}; last run stopped at {summary.get('finished_at')} (the next run carries on)"
+    return {"status": "ok", "summary": summary, "last_complete": complete, "detail": detail}
 
 
 def wiring_status(ctx: StageContext) -> dict[str, Any]:
@@ -167,6 +197,10 @@ def gather(ctx: StageContext, *, peek: bool = False) -> dict[str, Any]:
     dlq = report["dead_letter_queue"]
     dlq_depth = dlq.get("visible", 0) + dlq.get("in_flight", 0) + dlq.get("delayed", 0)
     report["healthy"] = bool(
-        report["events_queue"].get("exists") and dlq.get("exists") and dlq_depth == 0 and report["wiring"]["ok"]
+        report["events_queue"].get("exists")
+        and dlq.get("exists")
+        and dlq_depth == 0
+        and report["wiring"]["ok"]
+        and report["last_reconcile"]["status"] != "failing"
     )
     return report
