@@ -52,6 +52,12 @@ class RetryPolicy:
         """Seconds a message is retried, at the least, before attempt `max_receive_count` dead-letters it."""
         return sum(min(self.base * 2 ** (n - 1), self.cap) for n in range(1, max_receive_count))
 
+    def longest_horizon(self, max_receive_count: int) -> float:
+        """Seconds from the first receive to attempt `max_receive_count` when every wait is at its largest (jitter
+        at its maximum, capped, rounded up as `delay` does, no Retry-After): what the queue's retention must hold."""
+        waits = (self.base * 2 ** min(n - 1, 40) * (1 + self.jitter) for n in range(1, max_receive_count))
+        return float(sum(int(min(wait, self.cap, SQS_MAX_VISIBILITY_SECONDS) + 0.999) for wait in waits))
+
 
 class Kind(StrEnum):
     DELIVERED = "delivered"
