@@ -38,6 +38,8 @@ def stage_variable_names() -> set[str]:
         "RETRY_BASE_SECONDS",
         "RETRY_MAX_SECONDS",
         "RETRY_JITTER",
+        "RETENTION_MARGIN_SECONDS",
+        "EVENTS_RETENTION_SECONDS",
     }
     config = json.loads((REPO / ".chalice" / "config.json").read_text())
     names.update(config.get("environment_variables") or {})
@@ -131,8 +133,9 @@ def _zip() -> bytes:
 def fake_chalice_deploy(project: Path, stage: str = "dev", *, record: bool = True) -> dict[str, str]:
     """What `chalice deploy` leaves behind (functions, the SQS mapping, deployed/<stage>.json), made directly.
 
-    The mapping is created disabled: moto invokes a mapped function inline on every SendMessage (reference
-    §A4), which these tests do not want. tests/test_deploy.py runs the real `chalice deploy`.
+    The mapping is created disabled: moto invokes a mapped function inline on every SendMessage (its SQS backend
+    calls the mapping's function from send_message), which these tests do not want. tests/test_deploy.py runs the
+    real `chalice deploy`.
     """
     iam = boto3.client("iam")
     lam = boto3.client("lambda")

@@ -149,13 +149,13 @@ def test_list_filters(project):
     assert users(list_json("--older-than", "1h", "--newer-than", "1d")) == {"alice"}
     assert list_json("--limit", "2")["matched"] == 2
     bad = cli("dlq", "list", "--stage", "dev", "--older-than", "soon")
-    assert bad.exit_code == 1 and "not a duration" in bad.output
+    assert bad.exit_code == 64 and "not a duration" in bad.stderr  # usage errors: nothing received
     bad_kind = cli("dlq", "list", "--stage", "dev", "--kind", "weird")
-    assert bad_kind.exit_code == 1 and "--kind must be one of" in bad_kind.output
+    assert bad_kind.exit_code == 64 and "--kind must be one of" in bad_kind.stderr
 
 
 def test_messages_redriven_by_sqs_itself_are_listed_as_redriven(project):
-    """moto redrives lazily: the move happens on the first receive after maxReceiveCount (reference §A2)."""
+    """moto redrives lazily: the move happens on the first receive after maxReceiveCount, not in the background."""
     sqs = boto3.client("sqs")
     events = queue_url(EVENTS)
     dlq_arn = sqs.get_queue_attributes(QueueUrl=queue_url(DLQ), AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
@@ -316,7 +316,7 @@ def test_native_replay_fails_clearly_on_moto(project):
     assert time.monotonic() - started < 10  # no retry storm against the 500
     assert depth(DLQ) == 5
     combined = cli("dlq", "replay", "--stage", "dev", "--native", "--user", "alice")
-    assert combined.exit_code == 1 and "cannot be combined" in combined.output
+    assert combined.exit_code == 64 and "cannot be combined" in combined.stderr
 
 
 # ------------------------------------------------------------------------------------------------ purge

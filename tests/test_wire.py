@@ -154,6 +154,14 @@ def test_moto_resets_username_attributes_and_wire_reports_it(project):
     assert "['email']" in result.output  # the diff shows before and after
 
 
+def test_a_malformed_pool_id_is_refused_by_its_format(project):
+    bootstrap()
+    result = cli("wire", "--stage", "dev", "--user-pool-id", "not a pool id")
+    assert result.exit_code == 64, result.output  # a usage error, before any AWS call
+    assert "'not a pool id' is not a user pool id (like us-east-1_AbC123)" in result.stderr
+    assert result.stderr.count("\n") == 1
+
+
 def test_the_deprecated_validity_days_do_not_make_two_runs_disagree(project):
     """A pool with the deprecated AdminCreateUserConfig.UnusedAccountValidityDays (3) next to
     TemporaryPasswordValidityDays (7), which is the one in effect: UpdateUserPool cannot take both, so wire leaves

@@ -1,9 +1,10 @@
 """Operator commands: `bootstrap`, `wire`, `status` and `dlq list|replay|purge`, all per `--stage`.
 
 This file is only the command line (options, tables, exit codes); the work is in bootstrap.py, wire.py,
-status.py and dlq.py so tests and other tools can call it directly. Exit codes: 0 done, 1 error, 2 something needs
-attention (drift, missing resource, unhealthy with --check), 3 the user pool changed beyond LambdaConfig,
-4 a different trigger is in place (use --force).
+status.py and dlq.py so tests and other tools can call it directly. Exit codes are `opsutil.ExitCode`: 0 done,
+1 error, 2 something needs attention (drift, missing resource, unhealthy with --check, DLQ messages left behind or
+not seen), 3 the user pool changed beyond LambdaConfig, 4 a different trigger is in place (use --force), 64 a usage
+error (nothing was done). Every error is one line on stderr, whatever the terminal width.
 """
 
 from __future__ import annotations
@@ -15,10 +16,22 @@ from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from userhub_sync.opsutil import OpsError, error_code, format_duration, load_stage, parse_duration, to_jsonable
+from userhub_sync.opsutil import (
+    EXIT_CODES_HELP,
+    ExitCode,
+    OpsError,
+    UsageProblem,
+    console,
+    error_code,
+    format_duration,
+    format_span,
+    load_stage,
+    parse_duration,
+    print_error,
+    to_jsonable,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -37,13 +50,20 @@ STATUS_STYLE = {
 }
 
 
-def _console(stderr: bool = False) -> Console:
-    return Console(stderr=stderr, highlight=False, soft_wrap=False)
+def _console(stderr: bool = False) -> Any:
+    return console(stderr=stderr)
 
 
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    _console(stderr=True).print(f"[red]error:[/red] {message}", markup=True)
+def _fail(message: str, code: int = ExitCode.ERROR) -> typer.Exit:
+    print_error(message)
     return typer.Exit(code)
+
+
+def _see_help(message: str) -> str:
+    from typer._click.globals import get_current_context  # typer vendors click
+
+    context = get_current_context(silent=True)
+    return f"{message} (see {context.command_path} --help)" if context is not None else message
 
 
 def handle_errors(func: F) -> F:
@@ -55,6 +75,8 @@ def handle_errors(func: F) -> F:
 
         try:
             return func(*args, **kwargs)
+        except UsageProblem as error:
+            raise _fail(_see_help(str(error)), error.exit_code) from None
         except OpsError as error:
             raise _fail(str(error), error.exit_code) from None
         except NoCredentialsError:
@@ -79,20 +101,61 @@ def _styled(status: str) -> str:
     return f"[{STATUS_STYLE.get(status, 'magenta')}]{status}[/]"
 
 
+def _pool_id(value: str | None) -> str | None:
+    """Refused by its format before anything is read or changed (AWS's own pattern for a pool id)."""
+    from userhub_sync.bootstrap import POOL_ID_RE
+
+    if value is not None and not POOL_ID_RE.match(value):
+        raise typer.BadParameter(f"{value!r} is not a user pool id (like us-east-1_AbC123)")
+    return value
+
+
+def _connection_id(value: str | None) -> str | None:
+    from userhub_sync.bootstrap import CONNECTION_RE
+
+    if value is not None and not CONNECTION_RE.match(value):
+        raise typer.BadParameter(f"{value!r} is not a connection id (like conn_...)")
+    return value
+
+
+def _duration(value: str | None) -> str | None:
+    if value is not None:
+        try:
+            parse_duration(value)
+        except ValueError as error:
+            raise typer.BadParameter(str(error)) from None
+    return value
+
+
 # ================================================================================================ bootstrap
 def bootstrap_command(
     stage: StageOpt,
-    user_pool_id: Annotated[str | None, typer.Option(help="Cognito user pool id; written as USER_POOL_ID.")] = None,
+    user_pool_id: Annotated[
+        str | None, typer.Option(callback=_pool_id, help="Cognito user pool id; written as USER_POOL_ID.")
+    ] = None,
     connection_id: Annotated[
-        str | None, typer.Option(help="UserHub connection id (conn_...); written as USERHUB_CONNECTION_ID.")
+        str | None,
+        typer.Option(
+            callback=_connection_id, help="UserHub connection id (conn_...); written as USERHUB_CONNECTION_ID."
+        ),
     ] = None,
     max_receive_count: Annotated[
         int | None,
         typer.Option(
-            help="Receives before SQS dead-letters a message (default: the stage's MAX_RECEIVE_COUNT, else 13 ≈ 29 h)."
+            min=1,
+            max=1000,
+            help="Receives before SQS dead-letters a message (default: the stage's MAX_RECEIVE_COUNT, else 13 ≈ 29 h).",
         ),
     ] = None,
     allow_short_retry: Annotated[bool, typer.Option(help="Accept a retry horizon under 24 h.")] = False,
+    events_retention: Annotated[
+        str | None,
+        typer.Option(
+            callback=_duration,
+            help="How long the events queue keeps a message (4d, 6d, ...; at most 14d). Default: the stage's "
+            "EVENTS_RETENTION_SECONDS, else 4d. The whole retry schedule plus RETENTION_MARGIN_SECONDS must fit.",
+        ),
+    ] = None,
     kms_key: Annotated[
         str | None,
         typer.Option(
@@ -141,6 +204,7 @@ def bootstrap_command(
     opts = bs.BootstrapOptions(
         max_receive_count=max_receive_count,
         allow_short_retry=allow_short_retry,
+        events_retention=int(parse_duration(events_retention)) if events_retention else None,
         kms_key=kms_key,
         fix=fix,
         check=check,
@@ -160,38 +224,43 @@ def bootstrap_command(
                 "max_receive_count": result.max_receive_count,
                 "retry_horizon_seconds": result.retry_horizon_seconds,
                 "visibility_timeout": result.visibility_timeout,
+                "retention": result.retention.to_dict(),
                 "needs_attention": result.needs_attention,
                 "steps": [step.__dict__ for step in result.steps],
             }
         )
     else:
-        console = _console()
+        out = _console()
         table = Table(title=f"bootstrap {stage} ({result.account}, {result.region})")
         for column in ("resource", "name", "status", "detail"):
             table.add_column(column, overflow="fold")
         for step in result.steps:
             table.add_row(step.resource, step.name, _styled(step.status), step.detail)
-        console.print(table)
-        console.print(
-            f"retry horizon: at least {format_duration(result.retry_horizon_seconds)} "
-            f"({result.retry_horizon_seconds / 3600:.1f} h) with maxReceiveCount {result.max_receive_count}; "
-            f"visibility timeout {result.visibility_timeout} s (6 × deliver's timeout)"
+        out.print(table)
+        horizon = result.retry_horizon_seconds
+        hours = f" ({horizon / 3600:.1f} h)" if horizon >= 3600 else ""
+        out.print(
+            f"retry horizon: at least {format_span(horizon)}{hours} with maxReceiveCount "
+            f"{result.max_receive_count}; visibility timeout {result.visibility_timeout} s (6 × deliver's timeout)"
         )
+        out.print(f"retention: {result.retention.describe()}", markup=False)
         if result.needs_attention:
             hint = "rerun without --check" if check else "rerun with --fix to correct drift"
-            console.print(f"[yellow]needs attention[/yellow]: {hint}")
+            out.print(f"[yellow]needs attention[/yellow]: {hint}")
         else:
-            console.print(
+            out.print(
                 f"[green]ok[/green]: next, `chalice deploy --stage {stage}`, then `userhub-sync wire --stage {stage}`"
             )
     if result.needs_attention:
-        raise typer.Exit(2)
+        raise typer.Exit(ExitCode.ATTENTION)
 
 
 # ================================================================================================ wire
 def wire_command(
     stage: StageOpt,
-    user_pool_id: Annotated[str | None, typer.Option(help="Pool to wire (default: the stage's USER_POOL_ID).")] = None,
+    user_pool_id: Annotated[
+        str | None, typer.Option(callback=_pool_id, help="Pool to wire (default: the stage's USER_POOL_ID).")
+    ] = None,
     post_confirmation: Annotated[
         bool,
         typer.Option(
@@ -287,7 +356,7 @@ def status_command(
     else:
         _print_status(report)
     if check and not report["healthy"]:
-        raise typer.Exit(2)
+        raise typer.Exit(ExitCode.ATTENTION)
 
 
 def _print_status(report: dict[str, Any]) -> None:
@@ -333,14 +402,20 @@ def _print_status(report: dict[str, Any]) -> None:
 
 
 # ================================================================================================ dlq
-dlq_app = typer.Typer(help="Inspect, replay or purge the stage's dead-letter queue.", no_args_is_help=True)
+dlq_app = typer.Typer(
+    help="Inspect, replay or purge the stage's dead-letter queue.", epilog=EXIT_CODES_HELP, no_args_is_help=True
+)
 
 ReasonOpt = Annotated[str | None, typer.Option(help="Only messages whose failure reason contains this text.")]
 StatusOpt = Annotated[int | None, typer.Option("--status", help="Only messages that failed with this HTTP status.")]
 UserOpt = Annotated[str | None, typer.Option(help="Only this user's messages (exact username).")]
 KindOpt = Annotated[str | None, typer.Option(help="poison | permanent | exhausted | redriven (moved by SQS).")]
-OlderOpt = Annotated[str | None, typer.Option(help="Only messages first seen longer ago than this (90s, 1h, 2d).")]
-NewerOpt = Annotated[str | None, typer.Option(help="Only messages first seen within this long (90s, 1h, 2d).")]
+OlderOpt = Annotated[
+    str | None, typer.Option(callback=_duration, help="Only messages first seen longer ago than this (90s, 1h, 2d).")
+]
+NewerOpt = Annotated[
+    str | None, typer.Option(callback=_duration, help="Only messages first seen within this long (90s, 1h, 2d).")
+]
 LimitOpt = Annotated[int | None, typer.Option(min=1, help="At most this many messages.")]
 WaitOpt = Annotated[
     int,
@@ -367,8 +442,8 @@ def _filters(
             older_than=parse_duration(older) if older else None,
             newer_than=parse_duration(newer) if newer else None,
         )
-    except ValueError as error:
-        raise OpsError(str(error)) from None
+    except (ValueError, OpsError) as error:  # a malformed filter is a usage error: nothing was received
+        raise UsageProblem(str(error)) from None
 
 
 def _queue(ctx: Any, name: str) -> tuple[Any, str, str]:
@@ -474,7 +549,7 @@ def dlq_replay(
     filters = _filters(reason, status, user, kind, older_than, newer_than)
     if native:
         if filters.active or limit or include_poison or dry_run:
-            raise OpsError(
+            raise UsageProblem(
                 "--native moves the whole DLQ: it cannot be combined with filters, --limit, "
                 "--include-poison or --dry-run"
             )
@@ -542,7 +617,7 @@ def dlq_replay(
                 "deleted from the DLQ; a later replay would send them again"
             )
     if report.failed or report.not_deleted:
-        raise typer.Exit(2)
+        raise typer.Exit(ExitCode.ATTENTION)
 
 
 @dlq_app.command("purge")
@@ -580,13 +655,13 @@ def dlq_purge(
             + (f" (scanned {report.scanned})" if report.mode == "filtered" else "")
         )
     if report.failed:
-        raise typer.Exit(2)
+        raise typer.Exit(ExitCode.ATTENTION)
 
 
 # ================================================================================================ registration
 def register(app: typer.Typer) -> None:
     """Add bootstrap, wire, status and the dlq group to the CLI."""
-    app.command("bootstrap")(handle_errors(bootstrap_command))
-    app.command("wire")(handle_errors(wire_command))
-    app.command("status")(handle_errors(status_command))
+    app.command("bootstrap", epilog=EXIT_CODES_HELP)(handle_errors(bootstrap_command))
+    app.command("wire", epilog=EXIT_CODES_HELP)(handle_errors(wire_command))
+    app.command("status", epilog=EXIT_CODES_HELP)(handle_errors(status_command))
     app.add_typer(dlq_app, name="dlq")

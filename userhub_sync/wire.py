@@ -83,7 +83,14 @@ class Functions:
     source: str
 
 
-def locate_functions(ctx: StageContext, lam: Any, overrides: dict[str, str | None], wanted: list[str]) -> Functions:
+def locate_functions(
+    ctx: StageContext,
+    lam: Any,
+    overrides: dict[str, str | None],
+    wanted: list[str],
+    *,
+    offer_arn_options: bool = True,  # only `wire` has the --<function>-arn options to name in the error
+) -> Functions:
     deployed = read_deployed(ctx.project_dir, ctx.stage)
     arns: dict[str, str] = dict(deployed.functions) if deployed else {}
     source = str(deployed.path) if deployed else "function names (no .chalice/deployed file)"
@@ -97,10 +104,9 @@ def locate_functions(ctx: StageContext, lam: Any, overrides: dict[str, str | Non
             except Exception as error:
                 if error_code(error) != "ResourceNotFoundException":
                     raise
-                raise OpsError(
-                    f"function {ctx.function_name(name)} not found: run `chalice deploy --stage {ctx.stage}` first "
-                    f"(or pass --{name.replace('_', '-')}-arn)"
-                ) from None
+                hint = f" (or pass --{name.replace('_', '-')}-arn)" if offer_arn_options else ""
+                deploy = f"chalice deploy --stage {ctx.stage}"
+                raise OpsError(f"function {ctx.function_name(name)} not found: run `{deploy}` first{hint}") from None
     esm = deployed.esm_uuid("deliver") if deployed and not overrides.get("deliver") else None
     return Functions(arns, esm, source)
 
@@ -343,6 +349,10 @@ def wire(
     pool_id = user_pool_id or ctx.user_pool_id
     if not pool_id:
         raise OpsError("no user pool: pass --user-pool-id or set USER_POOL_ID for the stage (bootstrap does it)")
+    from userhub_sync.bootstrap import POOL_ID_RE
+
+    if not POOL_ID_RE.match(pool_id):
+        raise OpsError(f"{pool_id!r} is not a user pool id (like us-east-1_AbC123)")
     lam = client("lambda")
     cognito = client("cognito-idp")
     try:
@@ -359,7 +369,7 @@ def wire(
     result = WireResult()
 
     if not skip_esm:
-        queue_arn = _queue_arn(ctx)
+        queue_arn = events_queue_arn(ctx)
         mapping = find_mapping(lam, functions.arns["deliver"], queue_arn, functions.esm_uuid)
         result.steps.append(ensure_response_types(lam, mapping, dry_run))
 
@@ -378,7 +388,7 @@ def _pool_arn(pool_id: str) -> str:
     return f"arn:{ident.partition}:cognito-idp:{ident.region}:{ident.account}:userpool/{pool_id}"
 
 
-def _queue_arn(ctx: StageContext) -> str | None:
+def events_queue_arn(ctx: StageContext) -> str | None:
     sqs = client("sqs")
     try:
         url = sqs.get_queue_url(QueueName=ctx.events_queue)["QueueUrl"]
