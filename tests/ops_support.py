@@ -134,8 +134,8 @@ def fake_chalice_deploy(project: Path, stage: str = "dev", *, record: bool = Tru
     """What `chalice deploy` leaves behind (functions, the SQS mapping, deployed/<stage>.json), made directly.
 
     The mapping is created disabled: moto invokes a mapped function inline on every SendMessage (its SQS backend
-    calls the mapping's function from send_message), which these tests do not want. tests/test_deploy.py runs the
-    real `chalice deploy`.
+    calls the mapping's function from send_message), which these tests do not want; `enable_mapping` turns it on
+    once the test sends nothing more. tests/test_deploy.py runs the real `chalice deploy`.
     """
     iam = boto3.client("iam")
     lam = boto3.client("lambda")
@@ -186,6 +186,11 @@ def fake_chalice_deploy(project: Path, stage: str = "dev", *, record: bool = Tru
             json.dumps({"resources": resources, "schema_version": "2.0", "backend": "api"})
         )
     return {**arns, "uuid": mapping["UUID"]}
+
+
+def enable_mapping(uuid: str, enabled: bool = True) -> None:
+    """Set the mapping's State (Enabled/Disabled); only after the test's last SendMessage (see fake_chalice_deploy)."""
+    boto3.client("lambda").update_event_source_mapping(UUID=uuid, Enabled=enabled)
 
 
 def queue_url(name: str) -> str:

@@ -35,7 +35,11 @@ def project(tmp_path, monkeypatch, moto_server):
         (["staus", "--stage", "dev"], "error: no such command 'staus'", ""),
         (["dlq", "list"], "error: missing option '--stage'", "dlq list"),
         (["dlq", "list", "--stage", "dev", "--limit", "0"], "error: invalid value for '--limit'", "dlq list"),
-        (["status", "--stage", "dev", "--peek", "now"], "error: got unexpected extra argument(s) (now)", "status"),
+        (
+            ["status", "--stage", "dev", "--sample-seconds", "soon"],
+            "error: invalid value for '--sample-seconds'",
+            "status",
+        ),
     ],
 )
 def test_usage_errors_are_one_line_and_exit_64(project, args, expected, command):
@@ -152,5 +156,6 @@ def test_errors_and_tables_are_not_wrapped_in_a_pipe(tmp_path, monkeypatch, moto
     bootstrap(create_pool())
     table = _run("status", "--stage", "dev", cwd=project)
     assert table.returncode == 0, table.stderr
-    hint = "function userhub-sync-dev-post_auth not found: run `chalice deploy --stage dev` first"
+    hint = "function userhub-sync-dev-post_auth not found: run `chalice deploy --stage dev` first │"
     assert any(hint in line for line in table.stdout.splitlines()), table.stdout
+    assert "--post-auth-arn" not in table.stdout  # a wire option: status has none to offer

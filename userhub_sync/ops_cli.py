@@ -343,14 +343,27 @@ def status_command(
         ),
     ] = False,
     check: Annotated[
-        bool, typer.Option(help="Exit 2 unless queues exist, the DLQ is empty and wiring is in place.")
+        bool,
+        typer.Option(
+            help="Exit 2 unless the queues exist, the DLQ is empty, the retry schedule fits the retention, the "
+            "wiring is in place and the mapping is enabled, and no backlog waits with nothing consuming it."
+        ),
     ] = False,
+    sample_seconds: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            max=60,
+            help="When messages wait, none is in flight and the mapping is enabled, count the queue again after "
+            "this long: a backlog that grew meanwhile is not being consumed (0: do not sample).",
+        ),
+    ] = 5.0,
 ) -> None:
-    """Queue depth, in flight, DLQ depth, age of the oldest message, last reconcile, whether wiring is in place."""
+    """Queue depth, in flight, DLQ depth, oldest age, retention fit, last reconcile, wiring and the mapping's state."""
     from userhub_sync import status as st
 
     ctx = load_stage(stage)
-    report = st.gather(ctx, peek=peek)
+    report = st.gather(ctx, peek=peek, sample_seconds=sample_seconds)
     if as_json:
         _echo_json(report)
     else:
@@ -360,7 +373,7 @@ def status_command(
 
 
 def _print_status(report: dict[str, Any]) -> None:
-    console = _console()
+    out = _console()
     queues = Table(title=f"status {report['stage']}")
     for column in ("queue", "visible", "in flight", "delayed", "oldest", "age source"):
         queues.add_column(column, overflow="fold")
@@ -377,14 +390,24 @@ def _print_status(report: dict[str, Any]) -> None:
             format_duration(q.get("oldest_age_seconds")),
             q.get("oldest_age_source", ""),
         )
-    console.print(queues)
+    out.print(queues)
+    retention = report.get("retention")
+    if retention:
+        mark = "[green]ok[/green]" if retention["ok"] else "[red]too short[/red]"
+        out.print(f"retention: {mark}: ", end="")
+        out.print(retention["detail"], markup=False)
+    backlog = report.get("backlog")
+    if backlog:
+        mark = "[green]ok[/green]" if backlog["ok"] else "[red]stalled[/red]"
+        out.print(f"backlog: {mark}: ", end="")
+        out.print(backlog["detail"], markup=False)
     rec = report["last_reconcile"]
     if rec["status"] == "ok":
         summary = rec["summary"]
         shown = ", ".join(f"{k}={v}" for k, v in summary.items() if not isinstance(v, dict | list))
-        console.print(f"last reconcile: {shown}")
+        out.print(f"last reconcile: {shown}", markup=False)
     else:
-        console.print(f"last reconcile: {rec['status']} ({rec.get('detail', '')})")
+        out.print(f"last reconcile: {rec['status']} ({rec.get('detail', '')})", markup=False)
     wiring = report["wiring"]
     table = Table(title="wiring")
     table.add_column("check")
@@ -394,11 +417,11 @@ def _print_status(report: dict[str, Any]) -> None:
         table.add_row("deployed", "[red]no[/red]", wiring.get("detail", ""))
     for name in ("event_source_mapping", "trigger", "permission"):
         if name in wiring:
-            check = wiring[name]
-            detail = check.get("detail") or ", ".join(f"{k}={v}" for k, v in check.items() if k != "ok")
-            table.add_row(name, "[green]yes[/green]" if check["ok"] else "[red]no[/red]", detail)
-    console.print(table)
-    console.print("[green]healthy[/green]" if report["healthy"] else "[yellow]needs attention[/yellow]")
+            item = wiring[name]
+            detail = item.get("detail") or ", ".join(f"{k}={v}" for k, v in item.items() if k != "ok")
+            table.add_row(name, "[green]yes[/green]" if item["ok"] else "[red]no[/red]", detail)
+    out.print(table)
+    out.print("[green]healthy[/green]" if report["healthy"] else "[yellow]needs attention[/yellow]")
 
 
 # ================================================================================================ dlq
