@@ -499,8 +499,8 @@ def dlq_list(
         typer.Option(
             min=1,
             max=43200,
-            help="Seconds the listed messages stay hidden "
-            "while the list is built (all are made visible again at the end).",
+            help="Seconds each listed message stays hidden while the list is built; all are made visible again at "
+            "the end, so a replay started after the list sees them at once.",
         ),
     ] = 30,
     show_body: Annotated[bool, typer.Option(help="Include the raw message body (JSON output).")] = False,
@@ -520,11 +520,22 @@ def dlq_list(
                 "queue": ctx.dead_letter_queue,
                 "scanned": listing.scanned,
                 "matched": len(listing.messages),
+                "not_released": listing.not_released,
                 "messages": [m.to_dict(show_body) for m in listing.messages],
             }
         )
-        return
-    table = Table(title=f"{ctx.dead_letter_queue}: {len(listing.messages)} of {listing.scanned} message(s)")
+    else:
+        _print_listing(ctx.dead_letter_queue, listing)
+    if listing.not_released:
+        print_error(
+            f"{listing.not_released} listed message(s) could not be made visible again: they stay hidden for up "
+            f"to {visibility} s, and a replay started before then will not see them"
+        )
+        raise typer.Exit(ExitCode.ATTENTION)
+
+
+def _print_listing(queue: str, listing: Any) -> None:
+    table = Table(title=f"{queue}: {len(listing.messages)} of {listing.scanned} message(s)")
     for column in ("message id", "user", "kind", "status", "code", "reason", "attempts", "first seen", "age"):
         table.add_column(column, overflow="fold")
     for m in listing.messages:
@@ -623,23 +634,26 @@ def dlq_replay(
                 progress=lambda n: progress.advance(task, n),
             )
             progress.update(task, total=max(report.scanned, 1), completed=report.scanned)
-        console = _console()
+        out = _console()
         verb = "would replay" if dry_run else "replayed"
-        console.print(
+        out.print(
             f"{verb} {report.replayed}, skipped {report.skipped} "
             f"({report.skipped_poison} poison), failed {report.failed} "
             f"(scanned {report.scanned})"
         )
         if report.duplicates_removed:
-            console.print(f"removed {report.duplicates_removed} already-replayed message(s) offered again")
+            out.print(f"removed {report.duplicates_removed} already-replayed message(s) offered again")
         for failure in report.failures[:20]:
-            console.print(f"[red]not sent[/red] {failure['message_id']}: {failure['error']} (still in the DLQ)")
+            out.print(f"[red]not sent[/red] {failure['message_id']}: {failure['error']} (still in the DLQ)")
         if report.not_deleted:
-            console.print(
+            out.print(
                 f"[yellow]warning[/yellow]: {report.not_deleted} message(s) were sent but could not be "
                 "deleted from the DLQ; a later replay would send them again"
             )
-    if report.failed or report.not_deleted:
+        if report.unseen:
+            out.print("[yellow]warning[/yellow]: ", end="")
+            out.print(report.unseen_message(), markup=False)
+    if report.failed or report.not_deleted or report.unseen:
         raise typer.Exit(ExitCode.ATTENTION)
 
 
