@@ -32,7 +32,7 @@ from userhub_sync.opsutil import (
     read_deployed,
     retention_fit,
 )
-from userhub_sync.queues import queue_depths
+from userhub_sync.queues import EVENTS_RETENTION_SECONDS, queue_depths
 from userhub_sync.wire import (
     RESPONSE_TYPE,
     TRIGGERS,
@@ -208,7 +208,7 @@ def retention_status(sqs: Any, events: dict[str, Any]) -> dict[str, Any] | None:
     count = schedule.max_receive_count  # deliver's own count, when the queue has no redrive policy
     if attrs.get("RedrivePolicy"):
         count = int(json.loads(attrs["RedrivePolicy"]).get("maxReceiveCount", count))
-    return retention_fit(schedule, count, int(attrs.get("MessageRetentionPeriod", 345_600))).to_dict()
+    return retention_fit(schedule, count, int(attrs.get("MessageRetentionPeriod", EVENTS_RETENTION_SECONDS))).to_dict()
 
 
 # ----------------------------------------------------------------------------------------------- backlog
