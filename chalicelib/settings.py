@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     retry_jitter: float = Field(default=0.25, ge=0, le=1)
     max_receive_count: int = Field(default=13, ge=1, le=1000)  # used only when the queue has no redrive policy
     deliver_time_margin_seconds: float = Field(default=1.5, ge=0)
+    # the longest a message may wait between becoming visible and being received: the events queue's retention must
+    # hold the longest retry schedule plus this (checked by the CLI); deliver dead-letters a message whose next
+    # attempt would start after SentTimestamp + retention - margin, before SQS deletes it unseen
     retention_margin_seconds: int = Field(default=3600, ge=0, le=86_400)
 
     # --- reconcile tunables

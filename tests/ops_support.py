@@ -38,6 +38,8 @@ def stage_variable_names() -> set[str]:
         "RETRY_BASE_SECONDS",
         "RETRY_MAX_SECONDS",
         "RETRY_JITTER",
+        "RETENTION_MARGIN_SECONDS",
+        "EVENTS_RETENTION_SECONDS",
     }
     config = json.loads((REPO / ".chalice" / "config.json").read_text())
     names.update(config.get("environment_variables") or {})
@@ -131,8 +133,9 @@ def _zip() -> bytes:
 def fake_chalice_deploy(project: Path, stage: str = "dev", *, record: bool = True) -> dict[str, str]:
     """What `chalice deploy` leaves behind (functions, the SQS mapping, deployed/<stage>.json), made directly.
 
-    The mapping is created disabled: moto invokes a mapped function inline on every SendMessage (reference
-    §A4), which these tests do not want. tests/test_deploy.py runs the real `chalice deploy`.
+    The mapping is created disabled: moto invokes a mapped function inline on every SendMessage (its SQS backend
+    calls the mapping's function from send_message), which these tests do not want; `enable_mapping` turns it on
+    once the test sends nothing more. tests/test_deploy.py runs the real `chalice deploy`.
     """
     iam = boto3.client("iam")
     lam = boto3.client("lambda")
@@ -183,6 +186,11 @@ def fake_chalice_deploy(project: Path, stage: str = "dev", *, record: bool = Tru
             json.dumps({"resources": resources, "schema_version": "2.0", "backend": "api"})
         )
     return {**arns, "uuid": mapping["UUID"]}
+
+
+def enable_mapping(uuid: str, enabled: bool = True) -> None:
+    """Set the mapping's State (Enabled/Disabled); only after the test's last SendMessage (see fake_chalice_deploy)."""
+    boto3.client("lambda").update_event_source_mapping(UUID=uuid, Enabled=enabled)
 
 
 def queue_url(name: str) -> str:

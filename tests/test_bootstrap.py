@@ -10,6 +10,7 @@ import pytest
 from chalicelib.delivery import RetryPolicy
 from tests.ops_support import ADMIN_KEY, CONNECTION, bootstrap, cli, config, create_pool, make_project, queue_url
 from userhub_sync.bootstrap import TLS_SID, ensure_bucket
+from userhub_sync.opsutil import format_span
 from userhub_sync.queues import QueueSpec, QueueState, ensure_queues
 
 
@@ -158,6 +159,7 @@ def test_unknown_stage_is_a_clear_error_and_create_stage_adds_it(project):
     unknown = cli("bootstrap", "--stage", "qa")
     assert unknown.exit_code == 1
     assert "stage 'qa' is not in .chalice/config.json" in unknown.output
+    assert "userhub-sync bootstrap --stage qa --create-stage" in unknown.output  # says how to add it
 
     created = cli("bootstrap", "--stage", "qa", "--create-stage", env={"USERHUB_ADMIN_KEY": ADMIN_KEY})
     assert created.exit_code == 0, created.output
@@ -171,7 +173,10 @@ def test_unknown_stage_is_a_clear_error_and_create_stage_adds_it(project):
 
 def test_rejects_malformed_ids(project):
     result = cli("bootstrap", "--stage", "dev", "--user-pool-id", "not a pool")
-    assert result.exit_code == 1 and "is not a user pool id" in result.output
+    assert result.exit_code == 64 and "is not a user pool id" in result.stderr  # a usage error: nothing done
+    assert result.stderr.count("\n") == 1 and "(see userhub-sync bootstrap --help)" in result.stderr
+    connection = cli("bootstrap", "--stage", "dev", "--connection-id", "conn with spaces")
+    assert connection.exit_code == 64 and "is not a connection id" in connection.stderr
     missing = cli(
         "bootstrap", "--stage", "dev", "--user-pool-id", "us-east-1_Nope123", env={"USERHUB_ADMIN_KEY": ADMIN_KEY}
     )
@@ -238,3 +243,97 @@ def test_bucket_gets_a_tls_only_policy_behind_https(moto_server):
     real.delete_bucket_policy(Bucket="tls-bucket")
     drift = ensure_bucket(HttpsS3(), "tls-bucket", "us-east-1", "aws", None, fix=False, check=False)
     assert drift.status == "drift" and "TLS-only" in drift.detail
+
+
+# ------------------------------------------------------------------------------------------------ horizon, retention
+def test_a_short_horizon_is_shown_in_minutes_not_as_zero_hours(project):
+    result = cli(
+        "bootstrap",
+        "--stage",
+        "dev",
+        "--max-receive-count",
+        "3",
+        "--allow-short-retry",
+        env={"USERHUB_ADMIN_KEY": ADMIN_KEY},
+    )
+    assert result.exit_code == 0, result.output
+    assert RetryPolicy().minimum_horizon(3) == 90
+    assert "at least 1m 30s with maxReceiveCount 3" in result.output
+    assert "retries for only 1m 30s before the DLQ" in result.output  # the warning step
+    assert "0.0 h" not in result.output
+
+
+def test_longest_horizon_bounds_every_schedule_deliver_can_draw():
+    """The retention check relies on it: no sequence of delays (any jitter) outlasts longest_horizon."""
+    import random
+
+    policy, rng = RetryPolicy(), random.Random(5)
+    for count in (2, 5, 13, 16):
+        drawn = [sum(policy.delay(n, rng=rng) for n in range(1, count)) for _ in range(300)]
+        assert policy.minimum_horizon(count) <= min(drawn) <= max(drawn) <= policy.longest_horizon(count)
+    full = RetryPolicy(jitter=0.0)
+    assert full.longest_horizon(13) == full.minimum_horizon(13)  # without jitter the two agree
+    assert RetryPolicy().longest_horizon(13) == 119_963  # 33.3 h: the figure docs/OPERATIONS.md gives
+
+
+def test_a_schedule_longer_than_the_retention_is_refused_with_the_three_figures(project):
+    # 19 receives: up to 4d 09h 20m of waits + the 1 h margin > the 4-day retention
+    refused = cli("bootstrap", "--stage", "dev", "--max-receive-count", "19", env={"USERHUB_ADMIN_KEY": ADMIN_KEY})
+    assert refused.exit_code == 1
+    longest = format_span(RetryPolicy().longest_horizon(19))
+    for figure in (longest, "margin 1h 00m", "retention of 4d 00h 00m", "up to 14d", "--max-receive-count"):
+        assert figure in refused.stderr, (figure, refused.stderr)
+    assert refused.stderr.count("\n") == 1
+    assert boto3.client("sqs").list_queues().get("QueueUrls") is None  # nothing created
+
+    # the check is the real one, not a rule of thumb: 17 receives (81.3 h + 1 h) fit in 4 days
+    assert RetryPolicy().longest_horizon(17) + 3600 <= 4 * 86400
+    fits = cli("bootstrap", "--stage", "dev", "--max-receive-count", "17", env={"USERHUB_ADMIN_KEY": ADMIN_KEY})
+    assert fits.exit_code == 0, fits.output
+    assert "fits the events queue's retention of 4d 00h 00m" in fits.output
+
+
+def test_a_longer_retention_is_set_remembered_and_checked(project):
+    result = cli(
+        "bootstrap",
+        "--stage",
+        "dev",
+        "--max-receive-count",
+        "19",
+        "--events-retention",
+        "6d",
+        env={"USERHUB_ADMIN_KEY": ADMIN_KEY},
+    )
+    assert result.exit_code == 0, result.output
+    assert _attrs("userhub-sync-dev-events")["MessageRetentionPeriod"] == str(6 * 86400)
+    assert config(project)["stages"]["dev"]["environment_variables"]["EVENTS_RETENTION_SECONDS"] == str(6 * 86400)
+    again = cli("bootstrap", "--stage", "dev", "--check", "--json")  # the stage's values from now on: no drift
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["retention"]["ok"] is True
+    bad = cli("bootstrap", "--stage", "dev", "--events-retention", "a fortnight")
+    assert bad.exit_code == 64 and "not a duration" in bad.stderr
+    too_long = cli("bootstrap", "--stage", "dev", "--events-retention", "15d")
+    assert too_long.exit_code == 1 and "between 1 minute and 14 days" in too_long.stderr
+
+
+def test_check_reports_a_queue_whose_retention_no_longer_holds_the_schedule(project):
+    bootstrap(create_pool())
+    events = queue_url("userhub-sync-dev-events")
+    boto3.client("sqs").set_queue_attributes(QueueUrl=events, Attributes={"MessageRetentionPeriod": "86400"})
+    result = cli("bootstrap", "--stage", "dev", "--check")
+    assert result.exit_code == 2, result.output
+    line = next(line for line in result.stdout.splitlines() if line.startswith("retention:"))
+    assert format_span(RetryPolicy().longest_horizon(13)) in line and "margin 1h 00m" in line
+    assert "exceeds the events queue's retention of 1d 00h 00m" in line and "up to 14d" in line
+    report = json.loads(cli("bootstrap", "--stage", "dev", "--check", "--json").stdout)
+    assert report["retention"]["ok"] is False and report["retention"]["retention_seconds"] == 86400
+
+
+def test_the_schedule_comes_from_the_stage_through_settings(project):
+    """RETRY_* and RETENTION_MARGIN_SECONDS are read and validated by chalicelib's Settings fields."""
+    bad = cli("bootstrap", "--stage", "dev", env={"USERHUB_ADMIN_KEY": ADMIN_KEY, "RETRY_JITTER": "2"})
+    assert bad.exit_code == 1 and "RETRY_JITTER" in bad.stderr and "less than or equal to 1" in bad.stderr
+    # a 24 h margin leaves no room for 17 receives in 4 days (81.3 h + 24 h > 96 h)
+    margin = {"USERHUB_ADMIN_KEY": ADMIN_KEY, "RETENTION_MARGIN_SECONDS": "86400"}
+    refused = cli("bootstrap", "--stage", "dev", "--max-receive-count", "17", env=margin)
+    assert refused.exit_code == 1 and "margin 1d 00h 00m" in refused.stderr

@@ -16,7 +16,10 @@ from pathlib import Path
 import pytest
 
 from chalicelib.delivery import RetryPolicy
+from chalicelib.settings import Settings
 from tests.ops_support import REPO
+from userhub_sync import policies
+from userhub_sync.bootstrap import CONNECTION_RE, POOL_ID_RE
 
 BIN = Path(sys.executable).parent
 
@@ -69,7 +72,7 @@ def test_deliver_reports_batch_item_failures(packaged):
     deliver = packaged["template"]["Resources"]["Deliver"]
     source = deliver["Properties"]["Events"]["DeliverSqsEventSource"]["Properties"]
     assert source["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
-    # Queue is left as Chalice wrote it (merging over it would leave two intrinsics, chalice.md §4)
+    # Queue is left as Chalice wrote it (merging a Fn::GetAtt over its Fn::Sub would leave two intrinsics)
     assert list(source["Queue"]) == ["Fn::Sub"]
     assert source["Queue"]["Fn::Sub"].endswith(":userhub-sync-dev-events")
     assert "EventsQueue" in deliver["DependsOn"]
@@ -88,7 +91,8 @@ def test_queues_bucket_and_permission(packaged):
     count = parameters["MaxReceiveCount"]
     assert RetryPolicy().minimum_horizon(count["Default"]) >= 24 * 3600
     assert RetryPolicy().minimum_horizon(count["MinValue"]) >= 24 * 3600
-    assert RetryPolicy().minimum_horizon(count["MaxValue"]) < events["MessageRetentionPeriod"]
+    margin = Settings.model_fields["retention_margin_seconds"].default
+    assert RetryPolicy().longest_horizon(count["MaxValue"]) + margin <= events["MessageRetentionPeriod"]
     deliver_timeout = config["lambda_functions"]["deliver"]["lambda_timeout"]
     assert parameters["DeliverVisibilityTimeout"]["Default"] == 6 * deliver_timeout
     assert dead["MessageRetentionPeriod"] > events["MessageRetentionPeriod"]
@@ -115,3 +119,42 @@ def test_reconcile_keeps_its_schedule_and_handler(packaged):
     assert reconcile["Events"] == {
         "ReconcileEvent": {"Type": "Schedule", "Properties": {"Schedule": "cron(0 3 * * ? *)"}}
     }
+
+
+FUNCTION_ROLES = {  # the role Chalice makes per function -> (policy role, functions sharing its policy file)
+    "PostAuthRole": ("post_auth", ["post_auth", "post_confirmation"]),
+    "PostConfirmationRole": ("post_auth", ["post_auth", "post_confirmation"]),
+    "DeliverRole": ("deliver", ["deliver"]),
+    "ReconcileRole": ("reconcile", ["reconcile", "reconcile_continue"]),
+    "ReconcileContinueRole": ("reconcile", ["reconcile", "reconcile_continue"]),
+}
+
+
+def test_no_placeholder_is_left_and_pool_and_connection_are_parameters(packaged):
+    template = packaged["template"]
+    assert "CHANGEME" not in json.dumps(template)  # config.json and the committed policy files still carry them
+    parameters = template["Parameters"]
+    # the same patterns the settings and the CLI enforce
+    assert parameters["ConnectionId"]["AllowedPattern"] == CONNECTION_RE.pattern
+    assert parameters["UserPoolId"]["AllowedPattern"] == POOL_ID_RE.pattern
+    assert "Default" not in parameters["ConnectionId"] and "Default" not in parameters["UserPoolId"]
+    resources = template["Resources"]
+    functions = [name for name, r in resources.items() if r["Type"] == "AWS::Serverless::Function"]
+    assert len(functions) == 5
+    for name in functions:
+        variables = resources[name]["Properties"]["Environment"]["Variables"]
+        assert variables["USERHUB_CONNECTION_ID"] == {"Ref": "ConnectionId"}, name
+        assert variables["USER_POOL_ID"] == {"Ref": "UserPoolId"}, name
+
+
+def test_every_role_gets_the_policy_files_document_with_the_templates_arns(packaged):
+    resources = packaged["template"]["Resources"]
+    assert {name for name, r in resources.items() if r["Type"] == "AWS::IAM::Role"} == set(FUNCTION_ROLES)
+    for name, (role, functions) in FUNCTION_ROLES.items():
+        (policy,) = resources[name]["Properties"]["Policies"]
+        assert policy["PolicyDocument"] == policies.cloudformation_policy(role, functions), name
+    reconcile = resources["ReconcileRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+    (scan,) = [s for s in reconcile if s["Action"] == ["cognito-idp:ListUsers"]]
+    assert scan["Resource"] == [
+        {"Fn::Sub": "arn:${AWS::Partition}:cognito-idp:${AWS::Region}:${AWS::AccountId}:userpool/${UserPoolId}"}
+    ]

@@ -146,13 +146,13 @@ def test_list_filters(project):
     assert users(list_json("--older-than", "1h", "--newer-than", "1d")) == {"alice"}
     assert list_json("--limit", "2")["matched"] == 2
     bad = cli("dlq", "list", "--stage", "dev", "--older-than", "soon")
-    assert bad.exit_code == 1 and "not a duration" in bad.output
+    assert bad.exit_code == 64 and "not a duration" in bad.stderr  # usage errors: nothing received
     bad_kind = cli("dlq", "list", "--stage", "dev", "--kind", "weird")
-    assert bad_kind.exit_code == 1 and "--kind must be one of" in bad_kind.output
+    assert bad_kind.exit_code == 64 and "--kind must be one of" in bad_kind.stderr
 
 
 def test_messages_redriven_by_sqs_itself_are_listed_as_redriven(project):
-    """moto redrives lazily: the move happens on the first receive after maxReceiveCount (reference §A2)."""
+    """moto redrives lazily: the move happens on the first receive after maxReceiveCount, not in the background."""
     sqs = boto3.client("sqs")
     events = queue_url(EVENTS)
     dlq_arn = sqs.get_queue_attributes(QueueUrl=queue_url(DLQ), AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
@@ -304,6 +304,61 @@ def test_a_delete_that_keeps_failing_is_reported(project, monkeypatch):
     assert len(drain(queue_url(EVENTS))) == 1  # sent once, not again within the run
 
 
+def test_replay_reports_what_a_concurrent_list_holds_instead_of_exiting_0(project):
+    """A `dlq list` running elsewhere holds what it has received (invisible) until it ends: replay cannot see
+    those messages. It must say so, with the documented exit code, and a rerun after the hold replays them."""
+    for name in ("kim", "lee", "max", "ned", "oli"):
+        dead_letter(name)
+    sqs, url = boto3.client("sqs"), queue_url(DLQ)
+    # a `dlq list` elsewhere that has received two messages so far: it hides them until it ends
+    lister = dlq.Scanner(sqs, url, visibility=60, wait=0)
+    got = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=2, VisibilityTimeout=60)["Messages"]
+    lister.held.update({m["MessageId"]: m["ReceiptHandle"] for m in got})
+    assert len(lister.held) == 2
+
+    result = cli("dlq", "replay", "--stage", "dev", "--json", *FAST)
+    assert result.exit_code == 2, result.output
+    report = json.loads(result.stdout)
+    assert (report["replayed"], report["unseen"], report["in_flight_at_start"]) == (3, 2, 2)
+    assert report["unseen_detail"] == (
+        "2 message(s) were in flight and not replayed (held by another receiver, such as a `dlq list`); "
+        "run again after their visibility timeout (30 s)"
+    )
+    assert len(drain(queue_url(EVENTS))) == 3
+
+    table = cli("dlq", "replay", "--stage", "dev", *FAST)  # the same in the human output
+    assert table.exit_code == 2 and "2 message(s) were in flight and not replayed" in table.stdout
+
+    assert lister.release() == 2  # the list ends and lets go: a rerun replays the rest, exit 0
+    again = cli("dlq", "replay", "--stage", "dev", "--json", *FAST)
+    assert again.exit_code == 0, again.output
+    assert (json.loads(again.stdout)["replayed"], json.loads(again.stdout)["unseen"]) == (2, 0)
+    assert depth(DLQ) == 0
+
+
+def test_list_says_when_it_could_not_release_what_it_held(project, monkeypatch):
+    """list hides each message only while it builds the list and makes all visible again at the end; if that
+    release fails, a replay run now would miss them, so list says so and exits 2."""
+    seed()
+
+    class NoRelease(FaultySQS):
+        def change_message_visibility_batch(self, QueueUrl: str, Entries: list[dict[str, Any]]) -> dict[str, Any]:
+            return {"Successful": [], "Failed": [{"Id": e["Id"], "Code": "InternalError"} for e in Entries]}
+
+    real_client = opsutil.client
+    monkeypatch.setattr(
+        opsutil,
+        "client",
+        lambda service, **kw: (
+            NoRelease(real_client(service, **kw), set()) if service == "sqs" else real_client(service, **kw)
+        ),
+    )
+    result = cli("dlq", "list", "--stage", "dev", "--json", "--wait-seconds", "0", "--visibility", "5")
+    assert result.exit_code == 2
+    assert json.loads(result.stdout)["not_released"] == 5
+    assert "5 listed message(s) could not be made visible again" in result.stderr and "5 s" in result.stderr
+
+
 def test_native_replay_fails_clearly_on_moto(project):
     seed()
     started = time.monotonic()
@@ -313,7 +368,7 @@ def test_native_replay_fails_clearly_on_moto(project):
     assert time.monotonic() - started < 10  # no retry storm against the 500
     assert depth(DLQ) == 5
     combined = cli("dlq", "replay", "--stage", "dev", "--native", "--user", "alice")
-    assert combined.exit_code == 1 and "cannot be combined" in combined.output
+    assert combined.exit_code == 64 and "cannot be combined" in combined.stderr
 
 
 # ------------------------------------------------------------------------------------------------ purge

@@ -1,4 +1,9 @@
-"""Least privilege (issue 5): one policy file per function role, naming only the stage's own resources."""
+"""Least privilege: one policy file per function role, naming only the stage's own resources.
+
+`*` as a resource is allowed only for UNSCOPABLE, the actions IAM cannot scope to a resource (listed here, not
+derived from the code under test), and every committed policy file must grant exactly what docs/OPERATIONS.md's IAM
+table says, so the table cannot drift from the files again.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,8 @@ from tests.ops_support import REPO, bootstrap, create_pool, make_project
 from userhub_sync import policies
 
 LOG_ACTIONS = {"logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"}
+# no resource-level permission exists for these (AWS Service Authorization Reference, list_awslambda.html)
+UNSCOPABLE = {"lambda:ListEventSourceMappings"}
 EXPECTED_ACTIONS = {
     "post_auth": LOG_ACTIONS | {"sqs:SendMessage"},
     "deliver": LOG_ACTIONS
@@ -23,6 +30,7 @@ EXPECTED_ACTIONS = {
         "sqs:GetQueueUrl",
         "sqs:SendMessage",
         "ssm:GetParameter",
+        "lambda:ListEventSourceMappings",
     },
     "reconcile": LOG_ACTIONS
     | {
@@ -77,6 +85,7 @@ def allowed_resources(stage: str, env: dict[str, str], functions: list[str]) -> 
         },
         "s3:ListBucket": {re.escape(f"arn:aws:s3:::{bucket}")},
         "lambda:InvokeFunction": {arn("lambda", f"function:{app}-reconcile_continue")},
+        **{action: {r"\*"} for action in UNSCOPABLE},
     }
 
 
@@ -90,7 +99,7 @@ def check_policy(document: dict[str, Any], role: str, stage: str, env: dict[str,
             assert "*" not in action, f"wildcard action {action}"
             actions.add(action)
             for resource in _list(statement["Resource"]):
-                assert resource != "*", f"{action} on every resource"
+                assert resource != "*" or action in UNSCOPABLE, f"{action} on every resource"
                 assert any(re.fullmatch(p, resource) for p in allowed[action]), f"{action} on {resource}"
     assert actions == EXPECTED_ACTIONS[role]
     if role == "post_auth":  # may only enqueue, on the events queue
@@ -146,6 +155,41 @@ def test_bootstrap_writes_exact_arns(tmp_path, monkeypatch, moto_server):
         check_policy(json.loads(text), role, "dev", env, functions)
     reconcile = (project / ".chalice" / "policy-dev-reconcile.json").read_text()
     assert f"arn:aws:cognito-idp:us-east-1:123456789012:userpool/{pool}" in reconcile
+
+
+def test_only_the_unscopable_actions_may_name_every_resource():
+    assert policies.UNSCOPABLE_ACTIONS == UNSCOPABLE
+    targets = policies.template_targets(_committed("dev")[0], "dev")
+    for role in policies.ROLES:
+        for statement in policies.build_policy(role, [role], targets)["Statement"]:
+            if "*" in statement["Resource"]:
+                assert statement["Resource"] == ["*"] and set(statement["Action"]) <= UNSCOPABLE, statement
+
+
+def _iam_table() -> dict[str, str]:
+    """docs/OPERATIONS.md's IAM table: {role: the row's "allows" cell}."""
+    text = (REPO / "docs" / "OPERATIONS.md").read_text()
+    section = text.split("## IAM policies", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `policy-S-(\w+)\.json` \| [^|]+ \| (.+) \|$", section, flags=re.MULTILINE)
+    return dict(rows)
+
+
+def test_every_policy_file_grants_exactly_what_the_iam_table_in_operations_md_says():
+    table = _iam_table()
+    assert set(table) == set(policies.ROLES)
+    files = sorted((REPO / ".chalice").glob("policy-*.json"))
+    assert len(files) == 2 * len(policies.ROLES)  # dev and prod
+    for path in files:
+        role = path.stem.split("-", 2)[2]
+        row = table[role]
+        documented = set(re.findall(r"`([a-z0-9-]+:[A-Za-z]+)`", row)) | (LOG_ACTIONS if "logs" in row else set())
+        document = json.loads(path.read_text())
+        granted = {a for s in document["Statement"] for a in _list(s["Action"])}
+        assert granted == documented, (path.name, granted ^ documented)
+        for statement in document["Statement"]:
+            if "*" in _list(statement["Resource"]):
+                for action in _list(statement["Action"]):
+                    assert f"`{action}` on `*`" in row, f"{action} on * is not documented as such"
 
 
 def test_customer_managed_key_adds_only_that_key():

@@ -7,7 +7,20 @@ import json
 import boto3
 import pytest
 
-from tests.ops_support import bootstrap, cli, create_pool, fake_chalice_deploy, make_project, queue_url
+from chalicelib.delivery import RetryPolicy
+from tests.ops_support import (
+    bootstrap,
+    cli,
+    create_pool,
+    drain,
+    enable_mapping,
+    fake_chalice_deploy,
+    make_project,
+    queue_url,
+)
+from userhub_sync.opsutil import format_span
+
+EVENTS = "userhub-sync-dev-events"
 
 
 @pytest.fixture
@@ -43,7 +56,7 @@ def test_depths_and_wiring_before_and_after_wire(project):
     assert "chalice deploy" in report["wiring"]["detail"]
     assert report["healthy"] is False
 
-    fake_chalice_deploy(project)
+    deployed = fake_chalice_deploy(project)
     wiring = _status()["wiring"]
     assert wiring["deployed"] and not wiring["ok"]
     assert not wiring["event_source_mapping"]["ok"] and not wiring["trigger"]["ok"]
@@ -51,8 +64,12 @@ def test_depths_and_wiring_before_and_after_wire(project):
 
     assert cli("wire", "--stage", "dev").exit_code == 0
     wiring = _status()["wiring"]
-    assert wiring["ok"] and wiring["event_source_mapping"]["ok"] and wiring["trigger"]["ok"]
-    assert wiring["permission"]["ok"]
+    assert wiring["trigger"]["ok"] and wiring["permission"]["ok"]
+    # wired, but the mapping is still Disabled: Lambda is not polling, so not ok
+    assert not wiring["ok"] and wiring["event_source_mapping"]["state"] == "Disabled"
+    enable_mapping(deployed["uuid"])
+    wiring = _status()["wiring"]
+    assert wiring["ok"] and wiring["event_source_mapping"]["ok"]
 
 
 def test_oldest_age_is_unknown_without_cloudwatch_unless_peeking(project):
@@ -114,9 +131,12 @@ def test_a_failed_reconcile_is_shown_next_to_the_last_complete_one_and_fails_che
     for i in range(3):
         cognito.admin_create_user(UserPoolId=pool_id, Username=f"user{i}@example.com")
     bootstrap(pool_id)
-    fake_chalice_deploy(project)
+    deployed = fake_chalice_deploy(project)
     assert cli("wire", "--stage", "dev").exit_code == 0
     assert cli("reconcile", "--stage", "dev").exit_code == 0
+    events = queue_url(EVENTS)
+    drain(events)  # as deliver would; later runs enqueue nothing (no user changes), so the mapping may be enabled
+    enable_mapping(deployed["uuid"])
     healthy = _status("--check")
     assert healthy["healthy"] is True and healthy["last_reconcile"]["status"] == "ok"
     complete = healthy["last_reconcile"]["summary"]
@@ -152,3 +172,103 @@ def test_a_stopped_reconcile_shows_the_last_complete_run_and_stays_healthy(proje
     assert rec["status"] == "ok" and rec["summary"] == stopped and rec["last_complete"] == complete
     assert rec["detail"].startswith("last complete run ") and "(2026-01-01T03:05:00+00:00)" in rec["detail"]
     assert "last run stopped at 2026-01-02T03:05:00+00:00" in rec["detail"]
+
+
+# ------------------------------------------------------------------------------------------------ health
+def _healthy_stage(project) -> dict[str, str]:
+    """Bootstrapped, deployed, wired, mapping enabled: `status --check` has nothing to flag."""
+    bootstrap(create_pool())
+    deployed = fake_chalice_deploy(project)
+    assert cli("wire", "--stage", "dev").exit_code == 0
+    enable_mapping(deployed["uuid"])
+    return deployed
+
+
+def _line(output: str, prefix: str) -> str:
+    return next(line for line in output.splitlines() if line.startswith(prefix))
+
+
+def test_check_flags_a_disabled_mapping_and_plain_status_shows_its_state(project):
+    deployed = _healthy_stage(project)
+    healthy = cli("status", "--stage", "dev", "--check")
+    assert healthy.exit_code == 0, healthy.output
+    assert "state=Enabled" in _line(healthy.stdout, "│ event_source_mapping")
+
+    enable_mapping(deployed["uuid"], enabled=False)
+    flagged = cli("status", "--stage", "dev", "--check")
+    assert flagged.exit_code == 2, flagged.output
+    row = _line(flagged.stdout, "│ event_source_mapping")
+    assert "state is Disabled, not Enabled" in row and f"--uuid {deployed['uuid']} --enabled" in row
+    plain = cli("status", "--stage", "dev")
+    assert plain.exit_code == 0 and "state is Disabled" in plain.stdout  # shown without --check too
+
+
+def test_the_mapping_is_found_on_the_stage_queue_as_wire_finds_it(project):
+    """deliver also has a mapping on another queue and no deployed file records the UUID: status must judge the
+    mapping on the stage's events queue (as wire does), not give up on "2 SQS mappings"."""
+    bootstrap(create_pool())
+    deployed = fake_chalice_deploy(project, record=False)
+    sqs, lam = boto3.client("sqs"), boto3.client("lambda")
+    other = sqs.create_queue(QueueName="someone-elses-queue")["QueueUrl"]
+    other_arn = sqs.get_queue_attributes(QueueUrl=other, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    lam.create_event_source_mapping(EventSourceArn=other_arn, FunctionName=deployed["deliver"], Enabled=False)
+    assert cli("wire", "--stage", "dev").exit_code == 0
+    enable_mapping(deployed["uuid"])
+
+    result = cli("status", "--stage", "dev", "--check", "--json")
+    assert result.exit_code == 0, result.output
+    mapping = json.loads(result.stdout)["wiring"]["event_source_mapping"]
+    assert mapping["uuid"] == deployed["uuid"] and mapping["state"] == "Enabled"
+
+    lam.update_event_source_mapping(UUID=deployed["uuid"], FunctionResponseTypes=[])
+    missing = cli("status", "--stage", "dev", "--check", "--json")
+    assert missing.exit_code == 2
+    detail = json.loads(missing.stdout)["wiring"]["event_source_mapping"]["detail"]
+    assert "lacks ReportBatchItemFailures" in detail and "userhub-sync wire" in detail
+
+
+def test_check_flags_messages_waiting_with_nothing_consuming(project):
+    deployed = _healthy_stage(project)
+    enable_mapping(deployed["uuid"], enabled=False)
+    _send(EVENTS, 3)  # the mapping is disabled, so moto delivers nothing by itself
+    result = cli("status", "--stage", "dev", "--check", "--json")
+    assert result.exit_code == 2
+    backlog = json.loads(result.stdout)["backlog"]
+    assert backlog["ok"] is False and backlog["visible"] == 3 and backlog["mapping_state"] == "Disabled"
+    assert "nothing consumes them" in backlog["detail"]
+    table = cli("status", "--stage", "dev")
+    assert "backlog: stalled: 3 message(s) wait and deliver's mapping is Disabled" in table.stdout
+
+
+def test_check_flags_a_growing_backlog_that_an_enabled_mapping_does_not_drain(project):
+    """moto's mapping only acts inside SendMessage, so once enabled after the sends it behaves like a mapping
+    that stopped polling: 2 visible now, 3 more becoming visible within the sample (DelaySeconds), none in flight."""
+    deployed = _healthy_stage(project)
+    sqs = boto3.client("sqs")
+    enable_mapping(deployed["uuid"], enabled=False)
+    for i in range(5):
+        sqs.send_message(QueueUrl=queue_url(EVENTS), MessageBody=json.dumps({"n": i}), DelaySeconds=0 if i < 2 else 1)
+    enable_mapping(deployed["uuid"])
+    result = cli("status", "--stage", "dev", "--check", "--json", "--sample-seconds", "2")
+    assert result.exit_code == 2, result.output
+    backlog = json.loads(result.stdout)["backlog"]
+    assert (backlog["ok"], backlog["visible"], backlog["sampled_visible"]) == (False, 2, 5)
+    assert "none in flight" in backlog["detail"] and backlog["mapping_state"] == "Enabled"
+
+    # messages in flight mean something is consuming: no sample, no flag
+    sqs.receive_message(QueueUrl=queue_url(EVENTS), MaxNumberOfMessages=1, VisibilityTimeout=300)
+    consumed = json.loads(cli("status", "--stage", "dev", "--json", "--sample-seconds", "2").stdout)["backlog"]
+    assert consumed["ok"] is True and consumed["sampled_visible"] is None
+
+
+def test_check_flags_a_retention_shorter_than_the_retry_schedule(project):
+    _healthy_stage(project)
+    sqs = boto3.client("sqs")
+    sqs.set_queue_attributes(QueueUrl=queue_url(EVENTS), Attributes={"MessageRetentionPeriod": str(86400)})
+    result = cli("status", "--stage", "dev", "--check")
+    assert result.exit_code == 2, result.output
+    line = _line(result.stdout, "retention:")
+    assert line.startswith("retention: too short: ") and format_span(RetryPolicy().longest_horizon(13)) in line
+    assert "margin 1h 00m" in line and "retention of 1d 00h 00m" in line and "up to 14d" in line
+    report = json.loads(cli("status", "--stage", "dev", "--json").stdout)
+    assert report["retention"]["ok"] is False and report["retention"]["max_receive_count"] == 13

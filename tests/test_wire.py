@@ -143,8 +143,8 @@ def test_clear_errors_before_deploy_or_without_a_pool(project):
 
 
 def test_moto_resets_username_attributes_and_wire_reports_it(project):
-    """moto bug (reference/moto-and-peers.md §A1): update_user_pool drops UsernameAttributes, which AWS cannot
-    change through UpdateUserPool at all. wire must notice (it describes the pool again) and fail loudly."""
+    """A moto bug: update_user_pool drops UsernameAttributes, which AWS cannot change through UpdateUserPool at
+    all. wire must notice (it describes the pool again) and fail loudly."""
     pool_id = create_pool(username_attributes=["email"])
     bootstrap(pool_id)
     fake_chalice_deploy(project)
@@ -152,6 +152,43 @@ def test_moto_resets_username_attributes_and_wire_reports_it(project):
     assert result.exit_code == 3
     assert "UsernameAttributes" in result.output and "moto" in result.output
     assert "['email']" in result.output  # the diff shows before and after
+
+
+def test_a_malformed_pool_id_is_refused_by_its_format(project):
+    bootstrap()
+    result = cli("wire", "--stage", "dev", "--user-pool-id", "not a pool id")
+    assert result.exit_code == 64, result.output  # a usage error, before any AWS call
+    assert "'not a pool id' is not a user pool id (like us-east-1_AbC123)" in result.stderr
+    assert result.stderr.count("\n") == 1
+
+
+def test_the_deprecated_validity_days_do_not_make_two_runs_disagree(project):
+    """A pool with the deprecated AdminCreateUserConfig.UnusedAccountValidityDays (3) next to
+    TemporaryPasswordValidityDays (7), which is the one in effect: UpdateUserPool cannot take both, so wire leaves
+    the deprecated one out. That is not a pool change (exit 3): both runs exit 0."""
+    pool_id = boto3.client("cognito-idp").create_user_pool(
+        PoolName="legacy-pool",
+        Policies={"PasswordPolicy": {"MinimumLength": 12, "TemporaryPasswordValidityDays": 7}},
+        AdminCreateUserConfig={"AllowAdminCreateUserOnly": True, "UnusedAccountValidityDays": 3},
+    )["UserPool"]["Id"]
+    bootstrap(pool_id)
+    deployed = fake_chalice_deploy(project)
+    before = describe_pool(pool_id)
+    assert before["AdminCreateUserConfig"]["UnusedAccountValidityDays"] == 3
+
+    first = cli("wire", "--stage", "dev", "--json")
+    assert first.exit_code == 0, first.output
+    steps = {step["what"]: step for step in json.loads(first.stdout)["steps"]}
+    note = steps["deprecated UnusedAccountValidityDays"]
+    assert note["status"] == "ok" and "TemporaryPasswordValidityDays (7) applies" in note["detail"]
+    second = cli("wire", "--stage", "dev", "--json")
+    assert second.exit_code == first.exit_code == 0, second.output
+    assert {step["status"] for step in json.loads(second.stdout)["steps"]} == {"ok"}
+
+    after = describe_pool(pool_id)
+    assert after["LambdaConfig"]["PostAuthentication"] == deployed["post_auth"]
+    assert after["Policies"]["PasswordPolicy"]["TemporaryPasswordValidityDays"] == 7
+    assert after["AdminCreateUserConfig"]["AllowAdminCreateUserOnly"] is True
 
 
 def test_update_request_keeps_only_what_update_user_pool_accepts():

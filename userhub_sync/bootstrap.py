@@ -1,10 +1,15 @@
 """`bootstrap --stage S`: everything a stage needs before `chalice deploy`, created or checked, idempotently.
 
-Chalice creates no queues, buckets or parameters (reference/chalice.md §4), and `on_sqs_message` needs its queue to
-exist at deploy time. So this creates the DLQ, the events queue (redrive, retention, SSE, visibility), the snapshot
-bucket, the Admin key's SecureString, then writes the names into `.chalice/config.json` and the per-function IAM
-policies with the stage's exact ARNs. A second run changes nothing; drift is reported, and corrected only with
-`fix=True` (the `--fix` option), so nobody's hand-made change is silently undone.
+Chalice creates no queues, buckets or parameters, and `on_sqs_message` needs its queue to exist at deploy time.
+So this creates the DLQ, the events queue (redrive, retention, SSE, visibility), the snapshot bucket, the Admin
+key's SecureString, then writes the names into `.chalice/config.json` and the per-function IAM policies with the
+stage's exact ARNs. A second run changes nothing; drift is reported, and corrected only with `fix=True` (the
+`--fix` option), so nobody's hand-made change is silently undone.
+
+Invariant: deliver's whole retry schedule (every wait at its largest) plus RETENTION_MARGIN_SECONDS fits in the
+events queue's retention, so SQS never deletes a message before deliver could dead-letter it. A configuration that
+does not fit is refused before anything is created; with `check=True` (or on an existing queue) it is reported.
+The schedule is read through chalicelib's Settings (`opsutil.delivery_schedule`), the one definition deliver uses.
 """
 
 from __future__ import annotations
@@ -18,8 +23,26 @@ from pathlib import Path
 from typing import Any
 
 from userhub_sync import policies
-from userhub_sync.opsutil import OpsError, StageContext, caller_identity, client, error_code
-from userhub_sync.queues import DLQ_RETENTION_SECONDS, EVENTS_RETENTION_SECONDS, QueueSpec, ensure_queues
+from userhub_sync.opsutil import (
+    OpsError,
+    RetentionFit,
+    Schedule,
+    StageContext,
+    caller_identity,
+    client,
+    delivery_schedule,
+    error_code,
+    format_span,
+    retention_fit,
+)
+from userhub_sync.queues import (
+    DLQ_RETENTION_SECONDS,
+    EVENTS_RETENTION_SECONDS,
+    SQS_MAX_RETENTION_SECONDS,
+    SQS_MIN_RETENTION_SECONDS,
+    QueueSpec,
+    ensure_queues,
+)
 from userhub_sync.stage import write_config
 
 MIN_RETRY_HORIZON_SECONDS = 24 * 3600
@@ -49,6 +72,7 @@ class Step:
 class BootstrapOptions:
     max_receive_count: int | None = None  # None: the stage's MAX_RECEIVE_COUNT, else 13
     allow_short_retry: bool = False
+    events_retention: int | None = None  # seconds; None: the stage's EVENTS_RETENTION_SECONDS, else 4 days
     kms_key: str | None = None  # None: the stage's KMS_KEY_ARN, else SQS-managed SSE and alias/aws/ssm
     fix: bool = False
     check: bool = False  # read-only: create and write nothing
@@ -67,6 +91,7 @@ class BootstrapResult:
     max_receive_count: int
     retry_horizon_seconds: float
     visibility_timeout: int
+    retention: RetentionFit  # of the events queue as it is (or, before it exists, as it will be)
     steps: list[Step] = field(default_factory=list)
 
     @property
@@ -75,34 +100,34 @@ class BootstrapResult:
 
 
 # ----------------------------------------------------------------------------------------------- retry horizon
-def retry_policy(ctx: StageContext) -> Any:
-    """The deliver function's backoff, with the stage's RETRY_* overrides if any."""
-    from chalicelib.delivery import RetryPolicy
-
-    return RetryPolicy(
-        base=float(ctx.var("RETRY_BASE_SECONDS", "30") or 30),
-        cap=float(ctx.var("RETRY_MAX_SECONDS", str(SQS_MAX_VISIBILITY)) or SQS_MAX_VISIBILITY),
-        jitter=float(ctx.var("RETRY_JITTER", "0.25") or 0.25),
-    )
-
-
-def check_horizon(ctx: StageContext, max_receive_count: int, allow_short: bool) -> float:
-    """Seconds of retrying before the DLQ; refuses < 24 h (unless allowed) or longer than the queue keeps messages."""
+def check_horizon(schedule: Schedule, max_receive_count: int, allow_short: bool) -> float:
+    """Seconds of retrying before the DLQ, at the least; refuses < 24 h unless allowed (see also `retention_fit`)."""
     if max_receive_count < 1 or max_receive_count > 1000:
-        raise OpsError(f"--max-receive-count must be between 1 and 1000, not {max_receive_count}")
-    horizon = retry_policy(ctx).minimum_horizon(max_receive_count)
+        raise OpsError(f"maxReceiveCount must be between 1 and 1000, not {max_receive_count}")
+    horizon = schedule.policy.minimum_horizon(max_receive_count)
     if horizon < MIN_RETRY_HORIZON_SECONDS and not allow_short:
         raise OpsError(
-            f"maxReceiveCount {max_receive_count} retries for only {horizon / 3600:.1f} h (< 24 h) with this "
+            f"maxReceiveCount {max_receive_count} retries for only {format_span(horizon)} (< 24 h) with this "
             f"backoff; raise it (default {DEFAULT_MAX_RECEIVE_COUNT}) or pass --allow-short-retry"
         )
-    if horizon >= EVENTS_RETENTION_SECONDS - 86400:
-        raise OpsError(
-            f"maxReceiveCount {max_receive_count} retries for {horizon / 86400:.1f} days, too close to the events "
-            f"queue's {EVENTS_RETENTION_SECONDS // 86400}-day retention: messages would expire instead of reaching "
-            "the DLQ; lower --max-receive-count"
-        )
     return horizon
+
+
+def events_retention(ctx: StageContext, opts: BootstrapOptions) -> int:
+    """The events queue's MessageRetentionPeriod: the option, else the stage's EVENTS_RETENTION_SECONDS, else 4 d."""
+    chosen = opts.events_retention
+    if chosen is None:
+        configured = ctx.var("EVENTS_RETENTION_SECONDS")
+        try:
+            chosen = int(configured) if configured else EVENTS_RETENTION_SECONDS
+        except ValueError:
+            raise OpsError("EVENTS_RETENTION_SECONDS is not a whole number of seconds") from None
+    if not SQS_MIN_RETENTION_SECONDS <= chosen <= SQS_MAX_RETENTION_SECONDS:
+        raise OpsError(
+            f"the events queue's retention must be between 1 minute and 14 days (SQS's limits), not "
+            f"{format_span(chosen)}"
+        )
+    return int(chosen)
 
 
 # ----------------------------------------------------------------------------------------------- KMS
@@ -387,13 +412,18 @@ def bootstrap(ctx: StageContext, opts: BootstrapOptions) -> BootstrapResult:
     max_receive = opts.max_receive_count or int(stage_count or DEFAULT_MAX_RECEIVE_COUNT)
     # a short count already in config.json was accepted with --allow-short-retry once; keep accepting it
     accepted_before = opts.max_receive_count is None and stage_count is not None
-    horizon = check_horizon(ctx, max_receive, opts.allow_short_retry or accepted_before)
+    schedule = delivery_schedule()
+    horizon = check_horizon(schedule, max_receive, opts.allow_short_retry or accepted_before)
+    retention = events_retention(ctx, opts)
+    planned = retention_fit(schedule, max_receive, retention)
+    if not planned.ok and not opts.check:
+        raise OpsError(f"{planned.describe()}. Nothing was created or changed.")
     visibility = 6 * ctx.deliver_timeout()
     if visibility > SQS_MAX_VISIBILITY:
         raise OpsError(f"6 × deliver's lambda_timeout = {visibility} s exceeds SQS's 12 h visibility maximum")
     ident = caller_identity()
     kms_key_arn = resolve_kms_key(opts.kms_key or ctx.var("KMS_KEY_ARN"))
-    result = BootstrapResult(ctx.stage, ident.account, ident.region, max_receive, horizon, visibility)
+    result = BootstrapResult(ctx.stage, ident.account, ident.region, max_receive, horizon, visibility, planned)
     steps = result.steps
 
     if horizon < MIN_RETRY_HORIZON_SECONDS:
@@ -402,7 +432,7 @@ def bootstrap(ctx: StageContext, opts: BootstrapOptions) -> BootstrapResult:
                 "retry horizon",
                 f"maxReceiveCount {max_receive}",
                 "warning",
-                f"retries for only {horizon / 3600:.1f} h before the DLQ (< 24 h)",
+                f"retries for only {format_span(horizon)} before the DLQ (< 24 h)",
             )
         )
     if ctx.var("USERHUB_ADMIN_KEY") and "USERHUB_ADMIN_KEY" in ctx.variables:
@@ -441,7 +471,7 @@ def bootstrap(ctx: StageContext, opts: BootstrapOptions) -> BootstrapResult:
         ctx.dead_letter_queue,
         max_receive_count=max_receive,
         visibility_timeout=visibility,
-        events_retention=EVENTS_RETENTION_SECONDS,
+        events_retention=retention,
         dlq_retention=DLQ_RETENTION_SECONDS,
         kms_key=kms_key_arn,
     )
@@ -457,6 +487,12 @@ def bootstrap(ctx: StageContext, opts: BootstrapOptions) -> BootstrapResult:
             steps.append(Step(label, name, "fixed" if opts.fix and not opts.check else "drift", "; ".join(mine)))
         else:
             steps.append(Step(label, name, "ok", _queue_detail(spec, label)))
+    if state.events_url and spec.events_name not in state.created and not (opts.fix and not opts.check):
+        attrs = sqs.get_queue_attributes(QueueUrl=state.events_url, AttributeNames=["MessageRetentionPeriod"])
+        actual = int(attrs["Attributes"].get("MessageRetentionPeriod", retention))
+        result.retention = retention_fit(schedule, max_receive, actual)
+    fit = result.retention
+    steps.append(Step("retry schedule", f"maxReceiveCount {max_receive}", "ok" if fit.ok else "drift", fit.describe()))
 
     # bucket, key ------------------------------------------------------------------------------------
     steps.append(
@@ -474,6 +510,8 @@ def bootstrap(ctx: StageContext, opts: BootstrapOptions) -> BootstrapResult:
         "USERHUB_ADMIN_KEY_PARAMETER": ctx.key_parameter,
         "MAX_RECEIVE_COUNT": str(max_receive),
     }
+    if retention != EVENTS_RETENTION_SECONDS or ctx.var("EVENTS_RETENTION_SECONDS"):
+        values["EVENTS_RETENTION_SECONDS"] = str(retention)
     if state.events_url:
         values["EVENTS_QUEUE_URL"] = state.events_url
     if opts.user_pool_id:
@@ -535,8 +573,8 @@ def _policy_steps(
 def _queue_detail(spec: QueueSpec, label: str) -> str:
     sse = "SSE-KMS" if spec.kms_key else "SSE-SQS"
     if label == "dead-letter queue":
-        return f"retention {spec.dlq_retention // 86400} d, {sse}"
+        return f"retention {format_span(spec.dlq_retention)}, {sse}"
     return (
         f"maxReceiveCount {spec.max_receive_count}, visibility {spec.visibility_timeout} s, "
-        f"retention {spec.events_retention // 86400} d, {sse}"
+        f"retention {format_span(spec.events_retention)}, {sse}"
     )

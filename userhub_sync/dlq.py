@@ -6,6 +6,11 @@ run), and at the end makes everything it did not delete visible again. Replay de
 after SendMessageBatch has reported that very entry Successful: a failed or unconfirmed send leaves the message in
 the DLQ, to be replayed again; a message that reappears after being sent (its delete failed) is deleted, not sent
 twice.
+
+A message another receiver holds (a `dlq list` running elsewhere, a console "poll for messages") cannot be received
+until its visibility timeout ends, so a scan cannot see it. Replay compares what it saw with what SQS counted
+(visible + not visible) before it started and reports the difference instead of exiting 0 as if it had replayed
+everything; `list` hides what it receives only while it builds the list and makes it visible again at the end.
 """
 
 from __future__ import annotations
@@ -254,6 +259,7 @@ def _chunks(items: list[Any], size: int) -> list[list[Any]]:
 class Listing:
     scanned: int
     messages: list[DlqMessage]
+    not_released: int = 0  # held messages the final ChangeMessageVisibility(0) did not confirm
 
 
 def list_messages(
@@ -269,8 +275,9 @@ def list_messages(
                 found = found[:limit]
                 break
     finally:
-        scanner.release()
-    return Listing(len(scanner.seen), found)
+        held = len(scanner.held)
+        released = scanner.release()
+    return Listing(len(scanner.seen), found, not_released=held - released)
 
 
 # ----------------------------------------------------------------------------------------------- replay
@@ -319,9 +326,33 @@ class ReplayReport:
     not_deleted: int = 0  # sent, but the DLQ delete failed: may be offered again later
     failures: list[dict[str, str]] = field(default_factory=list)
     replayed_ids: list[str] = field(default_factory=list)
+    counted_at_start: int = 0  # SQS's ApproximateNumberOfMessages + ...NotVisible before the scan
+    in_flight_at_start: int = 0  # ...NotVisible before the scan: held by another receiver, invisible to this one
+    unseen: int = 0  # counted at the start but never received by the scan: not replayed, still in the DLQ
+    visibility_timeout: int = 0  # the DLQ's default, after which held messages are visible again
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "replayed_ids"}
+        data = {k: v for k, v in self.__dict__.items() if k != "replayed_ids"}
+        data["unseen_detail"] = self.unseen_message() if self.unseen else None
+        return data
+
+    def unseen_message(self) -> str:
+        if self.in_flight_at_start:
+            return (
+                f"{self.unseen} message(s) were in flight and not replayed (held by another receiver, such as a "
+                f"`dlq list`); run again after their visibility timeout ({self.visibility_timeout} s)"
+            )
+        return (
+            f"{self.unseen} message(s) were not seen by the scan (SQS counted {self.counted_at_start}, the scan "
+            f"saw {self.scanned}) and were not replayed; run again (with --wait-seconds 1 or more)"
+        )
+
+
+def queue_counts(sqs: Any, url: str) -> tuple[int, int, int]:
+    """(visible, not visible, the queue's VisibilityTimeout), as SQS approximates them."""
+    names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible", "VisibilityTimeout"]
+    attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=names)["Attributes"]
+    return (int(attrs.get(names[0], 0)), int(attrs.get(names[1], 0)), int(attrs.get(names[2], 30)))
 
 
 def replay_body(message: DlqMessage) -> str:
@@ -366,6 +397,8 @@ def replay(
 ) -> ReplayReport:
     """Send selected DLQ messages back to the events queue; delete each only after its send is confirmed."""
     report = ReplayReport(dry_run=dry_run)
+    visible, in_flight, report.visibility_timeout = queue_counts(sqs, dlq_url)
+    report.counted_at_start, report.in_flight_at_start = visible + in_flight, in_flight
     bucket = bucket or TokenBucket(rate)
     # held messages must stay invisible while a rate-limited batch is sent
     visibility = visibility or int(max(60, 30 + (20 / rate if rate > 0 else 0)))
@@ -402,6 +435,9 @@ def replay(
     finally:
         report.scanned = len(scanner.seen)
         scanner.release()
+    if limit is None or report.replayed + report.failed < limit:  # a scan cut short by --limit is not a miss
+        # the total is unchanged by anyone's receives and releases, unlike each count on its own
+        report.unseen = max(0, report.counted_at_start - report.scanned)
     return report
 
 

@@ -1,9 +1,10 @@
 """Operator commands: `bootstrap`, `wire`, `status` and `dlq list|replay|purge`, all per `--stage`.
 
 This file is only the command line (options, tables, exit codes); the work is in bootstrap.py, wire.py,
-status.py and dlq.py so tests and other tools can call it directly. Exit codes: 0 done, 1 error, 2 something needs
-attention (drift, missing resource, unhealthy with --check), 3 the user pool changed beyond LambdaConfig,
-4 a different trigger is in place (use --force).
+status.py and dlq.py so tests and other tools can call it directly. Exit codes are `opsutil.ExitCode`: 0 done,
+1 error, 2 something needs attention (drift, missing resource, unhealthy with --check, DLQ messages left behind or
+not seen), 3 the user pool changed beyond LambdaConfig, 4 a different trigger is in place (use --force), 64 a usage
+error (nothing was done). Every error is one line on stderr, whatever the terminal width.
 """
 
 from __future__ import annotations
@@ -15,10 +16,22 @@ from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from userhub_sync.opsutil import OpsError, error_code, format_duration, load_stage, parse_duration, to_jsonable
+from userhub_sync.opsutil import (
+    EXIT_CODES_HELP,
+    ExitCode,
+    OpsError,
+    UsageProblem,
+    console,
+    error_code,
+    format_duration,
+    format_span,
+    load_stage,
+    parse_duration,
+    print_error,
+    to_jsonable,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -37,13 +50,20 @@ STATUS_STYLE = {
 }
 
 
-def _console(stderr: bool = False) -> Console:
-    return Console(stderr=stderr, highlight=False, soft_wrap=False)
+def _console(stderr: bool = False) -> Any:
+    return console(stderr=stderr)
 
 
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    _console(stderr=True).print(f"[red]error:[/red] {message}", markup=True)
+def _fail(message: str, code: int = ExitCode.ERROR) -> typer.Exit:
+    print_error(message)
     return typer.Exit(code)
+
+
+def _see_help(message: str) -> str:
+    from typer._click.globals import get_current_context  # typer vendors click
+
+    context = get_current_context(silent=True)
+    return f"{message} (see {context.command_path} --help)" if context is not None else message
 
 
 def handle_errors(func: F) -> F:
@@ -55,6 +75,8 @@ def handle_errors(func: F) -> F:
 
         try:
             return func(*args, **kwargs)
+        except UsageProblem as error:
+            raise _fail(_see_help(str(error)), error.exit_code) from None
         except OpsError as error:
             raise _fail(str(error), error.exit_code) from None
         except NoCredentialsError:
@@ -79,20 +101,61 @@ def _styled(status: str) -> str:
     return f"[{STATUS_STYLE.get(status, 'magenta')}]{status}[/]"
 
 
+def _pool_id(value: str | None) -> str | None:
+    """Refused by its format before anything is read or changed (AWS's own pattern for a pool id)."""
+    from userhub_sync.bootstrap import POOL_ID_RE
+
+    if value is not None and not POOL_ID_RE.match(value):
+        raise typer.BadParameter(f"{value!r} is not a user pool id (like us-east-1_AbC123)")
+    return value
+
+
+def _connection_id(value: str | None) -> str | None:
+    from userhub_sync.bootstrap import CONNECTION_RE
+
+    if value is not None and not CONNECTION_RE.match(value):
+        raise typer.BadParameter(f"{value!r} is not a connection id (like conn_...)")
+    return value
+
+
+def _duration(value: str | None) -> str | None:
+    if value is not None:
+        try:
+            parse_duration(value)
+        except ValueError as error:
+            raise typer.BadParameter(str(error)) from None
+    return value
+
+
 # ================================================================================================ bootstrap
 def bootstrap_command(
     stage: StageOpt,
-    user_pool_id: Annotated[str | None, typer.Option(help="Cognito user pool id; written as USER_POOL_ID.")] = None,
+    user_pool_id: Annotated[
+        str | None, typer.Option(callback=_pool_id, help="Cognito user pool id; written as USER_POOL_ID.")
+    ] = None,
     connection_id: Annotated[
-        str | None, typer.Option(help="UserHub connection id (conn_...); written as USERHUB_CONNECTION_ID.")
+        str | None,
+        typer.Option(
+            callback=_connection_id, help="UserHub connection id (conn_...); written as USERHUB_CONNECTION_ID."
+        ),
     ] = None,
     max_receive_count: Annotated[
         int | None,
         typer.Option(
-            help="Receives before SQS dead-letters a message (default: the stage's MAX_RECEIVE_COUNT, else 13 ≈ 29 h)."
+            min=1,
+            max=1000,
+            help="Receives before SQS dead-letters a message (default: the stage's MAX_RECEIVE_COUNT, else 13 ≈ 29 h).",
         ),
     ] = None,
     allow_short_retry: Annotated[bool, typer.Option(help="Accept a retry horizon under 24 h.")] = False,
+    events_retention: Annotated[
+        str | None,
+        typer.Option(
+            callback=_duration,
+            help="How long the events queue keeps a message (4d, 6d, ...; at most 14d). Default: the stage's "
+            "EVENTS_RETENTION_SECONDS, else 4d. The whole retry schedule plus RETENTION_MARGIN_SECONDS must fit.",
+        ),
+    ] = None,
     kms_key: Annotated[
         str | None,
         typer.Option(
@@ -141,6 +204,7 @@ def bootstrap_command(
     opts = bs.BootstrapOptions(
         max_receive_count=max_receive_count,
         allow_short_retry=allow_short_retry,
+        events_retention=int(parse_duration(events_retention)) if events_retention else None,
         kms_key=kms_key,
         fix=fix,
         check=check,
@@ -160,38 +224,43 @@ def bootstrap_command(
                 "max_receive_count": result.max_receive_count,
                 "retry_horizon_seconds": result.retry_horizon_seconds,
                 "visibility_timeout": result.visibility_timeout,
+                "retention": result.retention.to_dict(),
                 "needs_attention": result.needs_attention,
                 "steps": [step.__dict__ for step in result.steps],
             }
         )
     else:
-        console = _console()
+        out = _console()
         table = Table(title=f"bootstrap {stage} ({result.account}, {result.region})")
         for column in ("resource", "name", "status", "detail"):
             table.add_column(column, overflow="fold")
         for step in result.steps:
             table.add_row(step.resource, step.name, _styled(step.status), step.detail)
-        console.print(table)
-        console.print(
-            f"retry horizon: at least {format_duration(result.retry_horizon_seconds)} "
-            f"({result.retry_horizon_seconds / 3600:.1f} h) with maxReceiveCount {result.max_receive_count}; "
-            f"visibility timeout {result.visibility_timeout} s (6 × deliver's timeout)"
+        out.print(table)
+        horizon = result.retry_horizon_seconds
+        hours = f" ({horizon / 3600:.1f} h)" if horizon >= 3600 else ""
+        out.print(
+            f"retry horizon: at least {format_span(horizon)}{hours} with maxReceiveCount "
+            f"{result.max_receive_count}; visibility timeout {result.visibility_timeout} s (6 × deliver's timeout)"
         )
+        out.print(f"retention: {result.retention.describe()}", markup=False)
         if result.needs_attention:
             hint = "rerun without --check" if check else "rerun with --fix to correct drift"
-            console.print(f"[yellow]needs attention[/yellow]: {hint}")
+            out.print(f"[yellow]needs attention[/yellow]: {hint}")
         else:
-            console.print(
+            out.print(
                 f"[green]ok[/green]: next, `chalice deploy --stage {stage}`, then `userhub-sync wire --stage {stage}`"
             )
     if result.needs_attention:
-        raise typer.Exit(2)
+        raise typer.Exit(ExitCode.ATTENTION)
 
 
 # ================================================================================================ wire
 def wire_command(
     stage: StageOpt,
-    user_pool_id: Annotated[str | None, typer.Option(help="Pool to wire (default: the stage's USER_POOL_ID).")] = None,
+    user_pool_id: Annotated[
+        str | None, typer.Option(callback=_pool_id, help="Pool to wire (default: the stage's USER_POOL_ID).")
+    ] = None,
     post_confirmation: Annotated[
         bool,
         typer.Option(
@@ -276,25 +345,36 @@ def status_command(
     check: Annotated[
         bool,
         typer.Option(
-            help="Exit 2 unless queues exist, the DLQ is empty, wiring is in place and the last reconcile did not fail."
+            help="Exit 2 unless the queues exist, the DLQ is empty, the retry schedule fits the retention, the "
+            "wiring is in place and the mapping is enabled, no backlog waits with nothing consuming it, and the last "
+            "reconcile did not fail."
         ),
     ] = False,
+    sample_seconds: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            max=60,
+            help="When messages wait, none is in flight and the mapping is enabled, count the queue again after "
+            "this long: a backlog that grew meanwhile is not being consumed (0: do not sample).",
+        ),
+    ] = 5.0,
 ) -> None:
-    """Queue depth, in flight, DLQ depth, age of the oldest message, last reconcile, whether wiring is in place."""
+    """Queue depth, in flight, DLQ depth, oldest age, retention fit, last reconcile, wiring and the mapping's state."""
     from userhub_sync import status as st
 
     ctx = load_stage(stage)
-    report = st.gather(ctx, peek=peek)
+    report = st.gather(ctx, peek=peek, sample_seconds=sample_seconds)
     if as_json:
         _echo_json(report)
     else:
         _print_status(report)
     if check and not report["healthy"]:
-        raise typer.Exit(2)
+        raise typer.Exit(ExitCode.ATTENTION)
 
 
 def _print_status(report: dict[str, Any]) -> None:
-    console = _console()
+    out = _console()
     queues = Table(title=f"status {report['stage']}")
     for column in ("queue", "visible", "in flight", "delayed", "oldest", "age source"):
         queues.add_column(column, overflow="fold")
@@ -311,19 +391,29 @@ def _print_status(report: dict[str, Any]) -> None:
             format_duration(q.get("oldest_age_seconds")),
             q.get("oldest_age_source", ""),
         )
-    console.print(queues)
+    out.print(queues)
+    retention = report.get("retention")
+    if retention:
+        mark = "[green]ok[/green]" if retention["ok"] else "[red]too short[/red]"
+        out.print(f"retention: {mark}: ", end="")
+        out.print(retention["detail"], markup=False)
+    backlog = report.get("backlog")
+    if backlog:
+        mark = "[green]ok[/green]" if backlog["ok"] else "[red]stalled[/red]"
+        out.print(f"backlog: {mark}: ", end="")
+        out.print(backlog["detail"], markup=False)
     rec = report["last_reconcile"]
     if rec["status"] == "failing":
-        console.print("last reconcile: [red]failing[/red]")
-        console.print(f"  {rec['detail']}", style="red", markup=False)
+        out.print("last reconcile: [red]failing[/red]")
+        out.print(f"  {rec['detail']}", style="red", markup=False)
     elif rec["status"] == "ok":
         summary = rec["summary"]
         shown = ", ".join(f"{k}={v}" for k, v in summary.items() if not isinstance(v, dict | list))
-        console.print(f"last reconcile: {shown}", markup=False)
+        out.print(f"last reconcile: {shown}", markup=False)
         if rec.get("detail"):
-            console.print(f"  {rec['detail']}", markup=False)
+            out.print(f"  {rec['detail']}", markup=False)
     else:
-        console.print(f"last reconcile: {rec['status']} ({rec.get('detail', '')})", markup=False)
+        out.print(f"last reconcile: {rec['status']} ({rec.get('detail', '')})", markup=False)
     wiring = report["wiring"]
     table = Table(title="wiring")
     table.add_column("check")
@@ -333,22 +423,28 @@ def _print_status(report: dict[str, Any]) -> None:
         table.add_row("deployed", "[red]no[/red]", wiring.get("detail", ""))
     for name in ("event_source_mapping", "trigger", "permission"):
         if name in wiring:
-            check = wiring[name]
-            detail = check.get("detail") or ", ".join(f"{k}={v}" for k, v in check.items() if k != "ok")
-            table.add_row(name, "[green]yes[/green]" if check["ok"] else "[red]no[/red]", detail)
-    console.print(table)
-    console.print("[green]healthy[/green]" if report["healthy"] else "[yellow]needs attention[/yellow]")
+            item = wiring[name]
+            detail = item.get("detail") or ", ".join(f"{k}={v}" for k, v in item.items() if k != "ok")
+            table.add_row(name, "[green]yes[/green]" if item["ok"] else "[red]no[/red]", detail)
+    out.print(table)
+    out.print("[green]healthy[/green]" if report["healthy"] else "[yellow]needs attention[/yellow]")
 
 
 # ================================================================================================ dlq
-dlq_app = typer.Typer(help="Inspect, replay or purge the stage's dead-letter queue.", no_args_is_help=True)
+dlq_app = typer.Typer(
+    help="Inspect, replay or purge the stage's dead-letter queue.", epilog=EXIT_CODES_HELP, no_args_is_help=True
+)
 
 ReasonOpt = Annotated[str | None, typer.Option(help="Only messages whose failure reason contains this text.")]
 StatusOpt = Annotated[int | None, typer.Option("--status", help="Only messages that failed with this HTTP status.")]
 UserOpt = Annotated[str | None, typer.Option(help="Only this user's messages (exact username).")]
 KindOpt = Annotated[str | None, typer.Option(help="poison | permanent | exhausted | redriven (moved by SQS).")]
-OlderOpt = Annotated[str | None, typer.Option(help="Only messages first seen longer ago than this (90s, 1h, 2d).")]
-NewerOpt = Annotated[str | None, typer.Option(help="Only messages first seen within this long (90s, 1h, 2d).")]
+OlderOpt = Annotated[
+    str | None, typer.Option(callback=_duration, help="Only messages first seen longer ago than this (90s, 1h, 2d).")
+]
+NewerOpt = Annotated[
+    str | None, typer.Option(callback=_duration, help="Only messages first seen within this long (90s, 1h, 2d).")
+]
 LimitOpt = Annotated[int | None, typer.Option(min=1, help="At most this many messages.")]
 WaitOpt = Annotated[
     int,
@@ -375,8 +471,8 @@ def _filters(
             older_than=parse_duration(older) if older else None,
             newer_than=parse_duration(newer) if newer else None,
         )
-    except ValueError as error:
-        raise OpsError(str(error)) from None
+    except (ValueError, OpsError) as error:  # a malformed filter is a usage error: nothing was received
+        raise UsageProblem(str(error)) from None
 
 
 def _queue(ctx: Any, name: str) -> tuple[Any, str, str]:
@@ -409,8 +505,8 @@ def dlq_list(
         typer.Option(
             min=1,
             max=43200,
-            help="Seconds the listed messages stay hidden "
-            "while the list is built (all are made visible again at the end).",
+            help="Seconds each listed message stays hidden while the list is built; all are made visible again at "
+            "the end, so a replay started after the list sees them at once.",
         ),
     ] = 30,
     show_body: Annotated[bool, typer.Option(help="Include the raw message body (JSON output).")] = False,
@@ -430,11 +526,22 @@ def dlq_list(
                 "queue": ctx.dead_letter_queue,
                 "scanned": listing.scanned,
                 "matched": len(listing.messages),
+                "not_released": listing.not_released,
                 "messages": [m.to_dict(show_body) for m in listing.messages],
             }
         )
-        return
-    table = Table(title=f"{ctx.dead_letter_queue}: {len(listing.messages)} of {listing.scanned} message(s)")
+    else:
+        _print_listing(ctx.dead_letter_queue, listing)
+    if listing.not_released:
+        print_error(
+            f"{listing.not_released} listed message(s) could not be made visible again: they stay hidden for up "
+            f"to {visibility} s, and a replay started before then will not see them"
+        )
+        raise typer.Exit(ExitCode.ATTENTION)
+
+
+def _print_listing(queue: str, listing: Any) -> None:
+    table = Table(title=f"{queue}: {len(listing.messages)} of {listing.scanned} message(s)")
     for column in ("message id", "user", "kind", "status", "code", "reason", "attempts", "first seen", "age"):
         table.add_column(column, overflow="fold")
     for m in listing.messages:
@@ -482,7 +589,7 @@ def dlq_replay(
     filters = _filters(reason, status, user, kind, older_than, newer_than)
     if native:
         if filters.active or limit or include_poison or dry_run:
-            raise OpsError(
+            raise UsageProblem(
                 "--native moves the whole DLQ: it cannot be combined with filters, --limit, "
                 "--include-poison or --dry-run"
             )
@@ -533,24 +640,27 @@ def dlq_replay(
                 progress=lambda n: progress.advance(task, n),
             )
             progress.update(task, total=max(report.scanned, 1), completed=report.scanned)
-        console = _console()
+        out = _console()
         verb = "would replay" if dry_run else "replayed"
-        console.print(
+        out.print(
             f"{verb} {report.replayed}, skipped {report.skipped} "
             f"({report.skipped_poison} poison), failed {report.failed} "
             f"(scanned {report.scanned})"
         )
         if report.duplicates_removed:
-            console.print(f"removed {report.duplicates_removed} already-replayed message(s) offered again")
+            out.print(f"removed {report.duplicates_removed} already-replayed message(s) offered again")
         for failure in report.failures[:20]:
-            console.print(f"[red]not sent[/red] {failure['message_id']}: {failure['error']} (still in the DLQ)")
+            out.print(f"[red]not sent[/red] {failure['message_id']}: {failure['error']} (still in the DLQ)")
         if report.not_deleted:
-            console.print(
+            out.print(
                 f"[yellow]warning[/yellow]: {report.not_deleted} message(s) were sent but could not be "
                 "deleted from the DLQ; a later replay would send them again"
             )
-    if report.failed or report.not_deleted:
-        raise typer.Exit(2)
+        if report.unseen:
+            out.print("[yellow]warning[/yellow]: ", end="")
+            out.print(report.unseen_message(), markup=False)
+    if report.failed or report.not_deleted or report.unseen:
+        raise typer.Exit(ExitCode.ATTENTION)
 
 
 @dlq_app.command("purge")
@@ -588,13 +698,13 @@ def dlq_purge(
             + (f" (scanned {report.scanned})" if report.mode == "filtered" else "")
         )
     if report.failed:
-        raise typer.Exit(2)
+        raise typer.Exit(ExitCode.ATTENTION)
 
 
 # ================================================================================================ registration
 def register(app: typer.Typer) -> None:
     """Add bootstrap, wire, status and the dlq group to the CLI."""
-    app.command("bootstrap")(handle_errors(bootstrap_command))
-    app.command("wire")(handle_errors(wire_command))
-    app.command("status")(handle_errors(status_command))
+    app.command("bootstrap", epilog=EXIT_CODES_HELP)(handle_errors(bootstrap_command))
+    app.command("wire", epilog=EXIT_CODES_HELP)(handle_errors(wire_command))
+    app.command("status", epilog=EXIT_CODES_HELP)(handle_errors(status_command))
     app.add_typer(dlq_app, name="dlq")

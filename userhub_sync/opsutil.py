@@ -12,22 +12,90 @@ import os
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import IntEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from userhub_sync.stage import StageError, apply_stage, find_project_dir, read_config
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from chalicelib.delivery import RetryPolicy
 
 DEFAULT_APP_NAME = "userhub-sync"
 CHALICE_DEFAULT_TIMEOUT = 60  # chalice/constants.py: DEFAULT_LAMBDA_TIMEOUT
 FUNCTIONS = ("post_auth", "post_confirmation", "deliver", "reconcile", "reconcile_continue")
 
 
+class ExitCode(IntEnum):
+    """Every exit code of the operator commands; docs/OPERATIONS.md and `--help` show the same table."""
+
+    OK = 0  # done, or already as it should be
+    ERROR = 1  # an error: missing stage or resource, AWS refused a call, no credentials or region
+    ATTENTION = 2  # needs attention: drift, unhealthy, messages left behind or not seen
+    POOL_CHANGED = 3  # wire: UpdateUserPool changed pool settings other than LambdaConfig
+    TRIGGER_CONFLICT = 4  # wire: the pool has a different trigger; nothing changed
+    USAGE = 64  # the command line is wrong (EX_USAGE in sysexits.h); nothing was done
+
+
+EXIT_CODES_HELP = "\n\n".join(
+    [
+        "Exit codes:",
+        "0  done, or already as it should be",
+        "1  error: missing stage or resource, AWS refused a call, no credentials or region",
+        "2  needs attention: drift, not healthy (--check), messages left behind or not seen",
+        "3  wire: UpdateUserPool changed pool settings other than LambdaConfig",
+        "4  wire: the pool has a different trigger; nothing was changed (--force replaces it)",
+        "64 usage: unknown command or option, missing or malformed value; nothing was done",
+    ]
+)
+
+
 class OpsError(Exception):
     """A failure the operator can act on; the CLI prints the message (no traceback) and exits with `exit_code`."""
 
-    def __init__(self, message: str, exit_code: int = 1) -> None:
+    def __init__(self, message: str, exit_code: int = ExitCode.ERROR) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class UsageProblem(OpsError):
+    """Options that are well-formed one by one but cannot go together: a usage error (exit 64), nothing done."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, ExitCode.USAGE)
+
+
+# ----------------------------------------------------------------------------------------------- output
+PIPE_WIDTH = 200  # table width when the output is not a terminal and COLUMNS is not set
+
+
+def console(stderr: bool = False) -> Console:
+    """A rich console that never breaks a line it cannot see the end of.
+
+    Off a terminal (cron, CI, a pipe) rich cannot detect a width and wraps at 80 columns, which splits error lines
+    and table cells for whatever reads them. There, plain lines are never wrapped and tables get $COLUMNS or
+    PIPE_WIDTH columns.
+    """
+    from rich.console import Console
+
+    made = Console(stderr=stderr, highlight=False, soft_wrap=False)
+    if made.is_terminal:
+        return made
+    try:
+        width = int(os.environ.get("COLUMNS") or PIPE_WIDTH)
+    except ValueError:
+        width = PIPE_WIDTH
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, width=max(width, 40))
+
+
+def print_error(message: str) -> None:
+    """`error: <message>` as exactly one line on stderr (no markup is read from the message, nothing wraps)."""
+    from rich.text import Text
+
+    line = Text("error: ", style="red") + Text(" ".join(str(message).splitlines()))
+    console(stderr=True).print(line, soft_wrap=True)
 
 
 # ----------------------------------------------------------------------------------------------- AWS clients
@@ -73,6 +141,114 @@ def error_code(error: BaseException) -> str:
     if isinstance(response, dict):
         return str((response.get("Error") or {}).get("Code") or type(error).__name__)
     return type(error).__name__
+
+
+# ----------------------------------------------------------------------------------------------- schedule
+SCHEDULE_SETTINGS = (
+    "retry_base_seconds",
+    "retry_max_seconds",
+    "retry_jitter",
+    "max_receive_count",
+    "retention_margin_seconds",
+)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """deliver's retry schedule as the stage configures it: the fields and defaults of chalicelib's Settings (one
+    definition), read from the same environment deliver gets, so the CLI checks the schedule that will run."""
+
+    policy: RetryPolicy
+    max_receive_count: int  # deliver's own count, used only when the queue has no redrive policy
+    retention_margin: int  # RETENTION_MARGIN_SECONDS
+
+
+def delivery_schedule() -> Schedule:
+    """The stage's RETRY_*, MAX_RECEIVE_COUNT and RETENTION_MARGIN_SECONDS, validated by Settings' own fields.
+
+    Only these fields are read, so a stage that lacks what deliver needs elsewhere (a connection id, a key
+    source) can still be bootstrapped; a malformed value is one error naming the variable.
+    """
+    from pydantic import ValidationError, create_model
+    from pydantic_settings import BaseSettings, SettingsConfigDict
+
+    from chalicelib.delivery import RetryPolicy
+    from chalicelib.settings import Settings
+
+    class _Environment(BaseSettings):
+        model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
+
+    fields: dict[str, Any] = {
+        name: (Settings.model_fields[name].annotation, Settings.model_fields[name]) for name in SCHEDULE_SETTINGS
+    }
+    model = create_model("ScheduleSettings", __base__=_Environment, **fields)
+    try:
+        values = model()
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'/'.join(str(part).upper() for part in item['loc'])}: {item['msg']}" for item in error.errors()
+        )
+        raise OpsError(f"invalid configuration: {problems}") from None  # the value is never echoed
+    return Schedule(
+        policy=RetryPolicy(values.retry_base_seconds, values.retry_max_seconds, values.retry_jitter),
+        max_receive_count=values.max_receive_count,
+        retention_margin=values.retention_margin_seconds,
+    )
+
+
+@dataclass(frozen=True)
+class RetentionFit:
+    """Does deliver's whole retry schedule, plus the margin, fit in the events queue's retention?
+
+    A message older than the retention is deleted by SQS unseen, before deliver could dead-letter it. The longest
+    schedule (every wait at its largest) plus RETENTION_MARGIN_SECONDS (the time a visible message may wait for a
+    receive) must not exceed MessageRetentionPeriod.
+    """
+
+    retention: int
+    longest: float
+    margin: int
+    max_receive_count: int
+
+    @property
+    def needed(self) -> float:
+        return self.longest + self.margin
+
+    @property
+    def ok(self) -> bool:
+        return self.needed <= self.retention
+
+    def describe(self) -> str:
+        figures = (
+            f"retry schedule up to {format_span(self.longest)} (maxReceiveCount {self.max_receive_count}, "
+            f"largest waits) + margin {format_span(self.margin)} = {format_span(self.needed)}"
+        )
+        if self.ok:
+            return f"{figures} fits the events queue's retention of {format_span(self.retention)}"
+        return (
+            f"{figures} exceeds the events queue's retention of {format_span(self.retention)}: messages would "
+            "expire before deliver dead-letters them; raise the retention (bootstrap --events-retention, up to "
+            "14d) or allow fewer receives (bootstrap --max-receive-count)"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "retention_seconds": self.retention,
+            "longest_schedule_seconds": self.longest,
+            "margin_seconds": self.margin,
+            "max_receive_count": self.max_receive_count,
+            "detail": self.describe(),
+        }
+
+
+def retention_fit(schedule: Schedule, max_receive_count: int, retention: int) -> RetentionFit:
+    return RetentionFit(
+        retention=int(retention),
+        longest=schedule.policy.longest_horizon(max_receive_count),
+        margin=schedule.retention_margin,
+        max_receive_count=max_receive_count,
+    )
 
 
 # ----------------------------------------------------------------------------------------------- stage
@@ -219,6 +395,27 @@ def format_duration(seconds: float | None) -> str:
         return f"{days}d {hours:02d}h"
     if hours:
         return f"{hours}h {minutes:02d}m"
+    if minutes:
+        return f"{minutes}m {secs:02d}s"
+    return f"{secs}s"
+
+
+def format_span(seconds: float) -> str:
+    """A length of time with up to three units ('1d 09h 20m', '1h 30m', '1m 30s', '38s'), rounded up to the
+    unit shown last so a comparison of two printed figures never looks the wrong way round."""
+    total = int(-(-max(seconds, 0) // 1))
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        minutes += 1 if secs else 0
+        hours, minutes = hours + minutes // 60, minutes % 60
+        days, hours = days + hours // 24, hours % 24
+        return f"{days}d {hours:02d}h {minutes:02d}m"
+    if hours:
+        minutes += 1 if secs else 0
+        hours, minutes = hours + minutes // 60, minutes % 60
+        return f"{hours}h {minutes:02d}m" if hours < 24 else "1d 00h 00m"
     if minutes:
         return f"{minutes}m {secs:02d}s"
     return f"{secs}s"

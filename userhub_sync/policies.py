@@ -4,6 +4,11 @@
 (Chalice's autogen only scans app.py and would miss every boto3 call in chalicelib/). Each policy names the
 stage's own queue, DLQ, pool, bucket prefix, parameter and log groups, and no `*` action. `bootstrap` writes
 them with the account and region from STS; the committed dev/prod versions carry `*` there until it runs.
+
+The one `*` resource is for actions AWS cannot scope to a resource (UNSCOPABLE_ACTIONS; the Service Authorization
+Reference lists no resource type for them: docs.aws.amazon.com/service-authorization/latest/reference/
+list_awslambda.html). The CloudFormation path gets the same documents with `Fn::Sub` ARNs (`cloudformation_policy`),
+so the pool and the stage come from template parameters there, never from a placeholder.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ FUNCTION_ROLES: dict[str, str] = {
 }
 ROLES = ("post_auth", "deliver", "reconcile")
 LOG_ACTIONS = ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"]
+# Actions without resource-level permissions: their only valid Resource is "*".
+UNSCOPABLE_ACTIONS = frozenset({"lambda:ListEventSourceMappings"})
 
 
 @dataclass(frozen=True)
@@ -107,6 +114,9 @@ def build_policy(role: str, functions: list[str], t: PolicyTargets) -> dict[str,
         )
         statements.append(_statement("DeadLetter", ["sqs:SendMessage", "sqs:GetQueueUrl"], [t.dead_letter_queue_arn]))
         statements.append(_statement("ReadAdminKey", ["ssm:GetParameter"], [t.parameter_arn]))
+        # for deliver to look up its own SQS event source mapping; ListEventSourceMappings has no
+        # resource-level permission in IAM, so "*" is its only possible Resource (UNSCOPABLE_ACTIONS)
+        statements.append(_statement("FindOwnMapping", ["lambda:ListEventSourceMappings"], ["*"]))
         kms_actions = ["kms:Decrypt", "kms:GenerateDataKey"]
     elif role == "reconcile":
         statements.append(_statement("ScanPool", ["cognito-idp:ListUsers"], [t.user_pool_arn]))
@@ -163,6 +173,28 @@ def write_policies(project_dir: Path, config: dict[str, Any], targets: PolicyTar
         path.write_text(text)
         results[name] = "created" if old is None else "updated"
     return results
+
+
+CFN_TARGETS = PolicyTargets(
+    app_name="userhub-sync",
+    stage="${Stage}",
+    account="${AWS::AccountId}",
+    region="${AWS::Region}",
+    partition="${AWS::Partition}",
+    events_queue="userhub-sync-${Stage}-events",
+    dead_letter_queue="userhub-sync-${Stage}-dlq",
+    user_pool_id="${UserPoolId}",
+    bucket="userhub-sync-${Stage}-snapshots",
+    key_parameter="/userhub-sync/${Stage}/admin-key",
+)
+
+
+def cloudformation_policy(role: str, functions: list[str]) -> dict[str, Any]:
+    """`build_policy` for infra/merge-template.json: every ARN an `Fn::Sub` of the template's parameters."""
+    document = build_policy(role, functions, CFN_TARGETS)
+    for statement in document["Statement"]:
+        statement["Resource"] = [r if r == "*" else {"Fn::Sub": r} for r in statement["Resource"]]
+    return document
 
 
 def template_targets(config: dict[str, Any], stage: str) -> PolicyTargets:

@@ -10,8 +10,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-DLQ_RETENTION_SECONDS = 14 * 24 * 3600  # the SQS maximum; longer than the events queue's
-EVENTS_RETENTION_SECONDS = 4 * 24 * 3600  # SQS default; the retry horizon (≥ 24 h) fits well inside
+SQS_MIN_RETENTION_SECONDS, SQS_MAX_RETENTION_SECONDS = 60, 14 * 24 * 3600  # MessageRetentionPeriod's limits
+DLQ_RETENTION_SECONDS = SQS_MAX_RETENTION_SECONDS  # longer than the events queue's (redrive keeps the enqueue time)
+EVENTS_RETENTION_SECONDS = 4 * 24 * 3600  # SQS default; holds the default schedule (≤ 33.4 h) plus the margin
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,10 @@ import os
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+from userhub_sync.opsutil import console, print_error
 
 SUMMARY_ROWS = (
     ("status", "status"),
@@ -42,7 +43,7 @@ SUMMARY_ROWS = (
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    Console(stderr=True, highlight=False).print(f"error: {message}", style="red", markup=False)
+    print_error(message)
     return typer.Exit(code)
 
 
@@ -114,8 +115,8 @@ def reconcile_command(
 
     from chalicelib import reconcile
 
-    err = Console(stderr=True, highlight=False)
-    out = Console(highlight=False)
+    err = console(stderr=True)
+    out = console()
     logger = logging.getLogger("userhub_sync")
     level = logger.level
     logger.setLevel(logging.INFO if verbose else logging.WARNING)  # the table says it all; --verbose for the JSON

@@ -7,10 +7,11 @@ import threading
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
-console = Console(stderr=False)
-err = Console(stderr=True)
+from userhub_sync.opsutil import console as make_console
+from userhub_sync.opsutil import print_error
+
+console = make_console()
 
 
 def demo(
@@ -51,10 +52,10 @@ def worker(
         sqs = boto3.client("sqs")
         url = sqs.get_queue_url(QueueName=settings.events_queue_name)["QueueUrl"]
     except (ConfigError, StageError) as error:
-        err.print(f"[red]error:[/] {error}")
-        raise typer.Exit(2) from None
+        print_error(str(error))
+        raise typer.Exit(1) from None
     except Exception as error:
-        err.print(f"[red]error:[/] cannot reach the events queue: {error}")
+        print_error(f"cannot reach the events queue: {error}")
         raise typer.Exit(1) from None
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -33,7 +33,10 @@ def read_config(project_dir: Path | None = None) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        raise StageError(f"{path} not found: run this from the project directory (or pass --project-dir)") from None
+        raise StageError(
+            f"{path} not found: run this from the project directory (the one holding .chalice/config.json) "
+            "or a directory below it"
+        ) from None
     except json.JSONDecodeError as error:
         raise StageError(f"{path} is not valid JSON: {error}") from None
 
@@ -53,7 +56,10 @@ def stage_variables(stage: str, function: str | None = None, project_dir: Path |
     stages = config.get("stages") or {}
     if stage not in stages:
         known = ", ".join(sorted(stages)) or "none"
-        raise StageError(f"stage {stage!r} is not in .chalice/config.json (stages: {known})")
+        raise StageError(
+            f"stage {stage!r} is not in .chalice/config.json (stages: {known}): add it with "
+            f"`userhub-sync bootstrap --stage {stage} --create-stage` (copies --from-stage dev)"
+        )
     merged: dict[str, str] = {}
     merged.update(config.get("environment_variables") or {})
     merged.update(stages[stage].get("environment_variables") or {})

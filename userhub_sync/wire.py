@@ -8,6 +8,12 @@
    given, so the request is the pool's own DescribeUserPool output cut down to what UpdateUserPool accepts (from
    botocore's model) with only LambdaConfig changed; the pool is then described again and any other difference is
    a loud failure. A different trigger already in place is never replaced without `force`.
+
+Two runs agree: AdminCreateUserConfig.UnusedAccountValidityDays is deprecated and has no effect once the pool has
+PasswordPolicy.TemporaryPasswordValidityDays (AWS: "that value is effective until you set a value for
+TemporaryPasswordValidityDays", docs.aws.amazon.com/cognito-user-identity-pools/latest/APIReference/
+API_AdminCreateUserConfigType.html). AWS refuses both in one UpdateUserPool, so the request leaves the deprecated
+one out, and its disappearing (whatever its value was) is reported as a note, not as a pool change (exit 3).
 """
 
 from __future__ import annotations
@@ -24,9 +30,10 @@ COGNITO_PRINCIPAL = "cognito-idp.amazonaws.com"
 TRIGGERS = {"post_auth": "PostAuthentication", "post_confirmation": "PostConfirmation"}
 # DescribeUserPool fields that change by themselves and are not settings
 VOLATILE = {"LastModifiedDate", "EstimatedNumberOfUsers", "Status"}
+DEPRECATED_VALIDITY = "AdminCreateUserConfig.UnusedAccountValidityDays"
 MOTO_USERNAME_ATTRIBUTES_NOTE = (
     "UsernameAttributes cannot be changed through UpdateUserPool on AWS; moto resets it on every update_user_pool "
-    "(a moto bug, reference/moto-and-peers.md §A1). On AWS this difference means something else changed the pool."
+    "(a moto bug). On AWS this difference means something else changed the pool."
 )
 
 
@@ -76,7 +83,14 @@ class Functions:
     source: str
 
 
-def locate_functions(ctx: StageContext, lam: Any, overrides: dict[str, str | None], wanted: list[str]) -> Functions:
+def locate_functions(
+    ctx: StageContext,
+    lam: Any,
+    overrides: dict[str, str | None],
+    wanted: list[str],
+    *,
+    offer_arn_options: bool = True,  # only `wire` has the --<function>-arn options to name in the error
+) -> Functions:
     deployed = read_deployed(ctx.project_dir, ctx.stage)
     arns: dict[str, str] = dict(deployed.functions) if deployed else {}
     source = str(deployed.path) if deployed else "function names (no .chalice/deployed file)"
@@ -90,10 +104,9 @@ def locate_functions(ctx: StageContext, lam: Any, overrides: dict[str, str | Non
             except Exception as error:
                 if error_code(error) != "ResourceNotFoundException":
                     raise
-                raise OpsError(
-                    f"function {ctx.function_name(name)} not found: run `chalice deploy --stage {ctx.stage}` first "
-                    f"(or pass --{name.replace('_', '-')}-arn)"
-                ) from None
+                hint = f" (or pass --{name.replace('_', '-')}-arn)" if offer_arn_options else ""
+                deploy = f"chalice deploy --stage {ctx.stage}"
+                raise OpsError(f"function {ctx.function_name(name)} not found: run `{deploy}` first{hint}") from None
     esm = deployed.esm_uuid("deliver") if deployed and not overrides.get("deliver") else None
     return Functions(arns, esm, source)
 
@@ -272,13 +285,14 @@ def check_conflicts(pool: dict[str, Any], wanted: dict[str, str], force: bool) -
     return conflicts
 
 
-def _deprecated_alias(change: PoolChange, after: dict[str, Any]) -> bool:
-    """UnusedAccountValidityDays is the deprecated twin of TemporaryPasswordValidityDays, which AWS wants instead
-    (update_request drops it); its disappearing while the twin keeps the same value is not a change."""
-    if change.path != "AdminCreateUserConfig.UnusedAccountValidityDays" or change.after is not None:
-        return False
-    twin = ((after.get("Policies") or {}).get("PasswordPolicy") or {}).get("TemporaryPasswordValidityDays")
-    return twin == change.before
+def _temporary_password_days(pool: dict[str, Any]) -> Any:
+    return ((pool.get("Policies") or {}).get("PasswordPolicy") or {}).get("TemporaryPasswordValidityDays")
+
+
+def _deprecated_alias(change: PoolChange, before: dict[str, Any]) -> bool:
+    """UnusedAccountValidityDays has no effect once TemporaryPasswordValidityDays is set (see the module docstring):
+    update_request leaves it out, so its disappearing or changing is not a change of the pool's behaviour."""
+    return change.path == DEPRECATED_VALIDITY and _temporary_password_days(before) is not None
 
 
 def ensure_triggers(
@@ -301,9 +315,18 @@ def ensure_triggers(
     merged = {**current, **todo}
     cognito.update_user_pool(**update_request(cognito, before, merged))
     after = cognito.describe_user_pool(UserPoolId=pool_id)["UserPool"]
-    result.unexpected = [
-        c for c in diff_pool(before, after, VOLATILE | {"LambdaConfig"}) if not _deprecated_alias(c, after)
-    ]
+    changes = diff_pool(before, after, VOLATILE | {"LambdaConfig"})
+    result.unexpected = [c for c in changes if not _deprecated_alias(c, before)]
+    for change in changes:
+        if _deprecated_alias(change, before):
+            result.steps.append(
+                WireStep(
+                    "deprecated UnusedAccountValidityDays",
+                    "ok",
+                    f"{change.before} → {change.after}: no effect, TemporaryPasswordValidityDays "
+                    f"({_temporary_password_days(before)}) applies; UpdateUserPool takes only one of the two",
+                )
+            )
     lost = diff_pool({"LambdaConfig": merged}, {"LambdaConfig": after.get("LambdaConfig") or {}}, set())
     result.unexpected.extend(lost)
     for trigger, arn in todo.items():
@@ -326,6 +349,10 @@ def wire(
     pool_id = user_pool_id or ctx.user_pool_id
     if not pool_id:
         raise OpsError("no user pool: pass --user-pool-id or set USER_POOL_ID for the stage (bootstrap does it)")
+    from userhub_sync.bootstrap import POOL_ID_RE
+
+    if not POOL_ID_RE.match(pool_id):
+        raise OpsError(f"{pool_id!r} is not a user pool id (like us-east-1_AbC123)")
     lam = client("lambda")
     cognito = client("cognito-idp")
     try:
@@ -342,7 +369,7 @@ def wire(
     result = WireResult()
 
     if not skip_esm:
-        queue_arn = _queue_arn(ctx)
+        queue_arn = events_queue_arn(ctx)
         mapping = find_mapping(lam, functions.arns["deliver"], queue_arn, functions.esm_uuid)
         result.steps.append(ensure_response_types(lam, mapping, dry_run))
 
@@ -361,7 +388,7 @@ def _pool_arn(pool_id: str) -> str:
     return f"arn:{ident.partition}:cognito-idp:{ident.region}:{ident.account}:userpool/{pool_id}"
 
 
-def _queue_arn(ctx: StageContext) -> str | None:
+def events_queue_arn(ctx: StageContext) -> str | None:
     sqs = client("sqs")
     try:
         url = sqs.get_queue_url(QueueName=ctx.events_queue)["QueueUrl"]

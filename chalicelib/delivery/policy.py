@@ -32,14 +32,13 @@ class RetryPolicy:
             wait = max(wait, retry_after)
         return int(min(max(wait, 0), self.cap, MAX_VISIBILITY_SECONDS) + 0.999)
 
-    def _waits(self, max_receive_count: int, factor: float) -> float:
-        cap = min(self.cap, MAX_VISIBILITY_SECONDS)
-        return sum(min(self.base * 2 ** (n - 1) * factor, cap) for n in range(1, max_receive_count))
-
     def minimum_horizon(self, max_receive_count: int) -> float:
         """Seconds from the first attempt to the last allowed one, at the least (no jitter, no Retry-After)."""
-        return self._waits(max_receive_count, 1.0)
+        cap = min(self.cap, MAX_VISIBILITY_SECONDS)
+        return sum(min(self.base * 2 ** (n - 1), cap) for n in range(1, max_receive_count))
 
     def longest_horizon(self, max_receive_count: int) -> float:
-        """The same, at the most without Retry-After: every wait at its largest jitter."""
-        return self._waits(max_receive_count, 1.0 + self.jitter)
+        """The same at the most without Retry-After (every wait at its largest jitter, rounded up as `delay` rounds):
+        what the queue's retention must hold."""
+        waits = (self.base * 2 ** min(n - 1, 40) * (1 + self.jitter) for n in range(1, max_receive_count))
+        return float(sum(int(min(wait, self.cap, MAX_VISIBILITY_SECONDS) + 0.999) for wait in waits))
