@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from chalicelib.sqs_limits import MAX_VISIBILITY_SECONDS
 from userhub_sync import policies
 from userhub_sync.opsutil import (
     OpsError,
@@ -47,7 +48,6 @@ from userhub_sync.stage import write_config
 
 MIN_RETRY_HORIZON_SECONDS = 24 * 3600
 DEFAULT_MAX_RECEIVE_COUNT = 13
-SQS_MAX_VISIBILITY = 43_200
 LIFECYCLE_RULE_ID = "userhub-sync-abort-incomplete-uploads"
 TLS_SID = "DenyInsecureTransport"
 POOL_ID_RE = re.compile(r"^[\w-]+_[0-9a-zA-Z]+$")
@@ -419,7 +419,7 @@ def bootstrap(ctx: StageContext, opts: BootstrapOptions) -> BootstrapResult:
     if not planned.ok and not opts.check:
         raise OpsError(f"{planned.describe()}. Nothing was created or changed.")
     visibility = 6 * ctx.deliver_timeout()
-    if visibility > SQS_MAX_VISIBILITY:
+    if visibility > MAX_VISIBILITY_SECONDS:
         raise OpsError(f"6 × deliver's lambda_timeout = {visibility} s exceeds SQS's 12 h visibility maximum")
     ident = caller_identity()
     kms_key_arn = resolve_kms_key(opts.kms_key or ctx.var("KMS_KEY_ARN"))

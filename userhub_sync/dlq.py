@@ -22,10 +22,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from chalicelib.dead_letter import DeadLetterInfo, FailureKind
+from chalicelib.sqs_limits import batches_within, chunks
 from userhub_sync.opsutil import OpsError, client, error_code, iso, now, parse_time
-
-FAILURE_KINDS = ("poison", "permanent", "exhausted", "redriven")
-MAX_BATCH_BYTES = 250_000  # SendMessageBatch's total payload limit is 256 KiB
 
 
 # ----------------------------------------------------------------------------------------------- messages
@@ -34,7 +33,7 @@ class DlqMessage:
     message_id: str
     receipt_handle: str
     body: str
-    attributes: dict[str, str]  # our failure attributes (MessageAttributes), as strings
+    failure: DeadLetterInfo | None  # what deliver recorded; None when SQS's redrive moved the message
     system: dict[str, str]  # SQS attributes (SentTimestamp, ApproximateReceiveCount, ...)
     parsed: Any = None  # a chalicelib.messages.SyncMessage, or None for poison
     poison_reason: str | None = None
@@ -49,7 +48,11 @@ class DlqMessage:
             if v.get("DataType", "").startswith(("String", "Number"))
         }
         message = cls(
-            raw["MessageId"], raw["ReceiptHandle"], raw.get("Body") or "", attributes, dict(raw.get("Attributes") or {})
+            raw["MessageId"],
+            raw["ReceiptHandle"],
+            raw.get("Body") or "",
+            DeadLetterInfo.from_message_attributes(attributes),
+            dict(raw.get("Attributes") or {}),
         )
         try:
             message.parsed = parse_message(message.body)
@@ -58,44 +61,42 @@ class DlqMessage:
         return message
 
     @property
-    def kind(self) -> str:
-        """Why it is here: poison / permanent / exhausted (deliver's verdict), or redriven by SQS itself."""
-        return self.attributes.get("failure_kind") or ("poison" if self.parsed is None else "redriven")
+    def kind(self) -> FailureKind:
+        """Why it is here: deliver's verdict, or redriven by SQS itself (poison if the body cannot be read)."""
+        if self.failure is not None:
+            return self.failure.kind
+        return FailureKind.POISON if self.parsed is None else FailureKind.REDRIVEN
 
     @property
     def status(self) -> int | None:
-        try:
-            return int(self.attributes["failure_status"])
-        except (KeyError, ValueError):
-            return None
+        return self.failure.status if self.failure else None
 
     @property
     def code(self) -> str | None:
-        return self.attributes.get("failure_code")
+        return self.failure.code if self.failure else None
 
     @property
     def reason(self) -> str | None:
-        return self.attributes.get("failure_reason") or self.poison_reason
+        return (self.failure.reason if self.failure else None) or self.poison_reason
 
     @property
     def attempts(self) -> int | None:
-        try:
-            return int(self.attributes["attempts"])
-        except (KeyError, ValueError):
-            return None
+        return self.failure.attempts if self.failure else None
 
     @property
     def username(self) -> str | None:
-        return self.attributes.get("username") or (self.parsed.username if self.parsed is not None else None)
+        recorded = self.failure.username if self.failure else None
+        return recorded or (self.parsed.username if self.parsed is not None else None)
 
     @property
     def first_seen(self) -> datetime | None:
         """When the event first entered the events queue (SQS keeps the original time on redrive)."""
-        return parse_time(self.attributes.get("first_seen")) or parse_time(self.system.get("SentTimestamp"))
+        recorded = self.failure.first_seen if self.failure else None
+        return recorded or parse_time(self.system.get("SentTimestamp"))
 
     @property
     def failed_at(self) -> datetime | None:
-        return parse_time(self.attributes.get("failed_at"))
+        return self.failure.failed_at if self.failure else None
 
     def age(self, at: datetime | None = None) -> float | None:
         seen = self.first_seen
@@ -105,7 +106,7 @@ class DlqMessage:
         data: dict[str, Any] = {
             "message_id": self.message_id,
             "user": self.username,
-            "kind": self.kind,
+            "kind": self.kind.value,
             "status": self.status,
             "code": self.code,
             "reason": self.reason,
@@ -113,7 +114,7 @@ class DlqMessage:
             "first_seen": iso(self.first_seen),
             "failed_at": iso(self.failed_at),
             "age_seconds": round(self.age() or 0, 1) if self.first_seen else None,
-            "source_message_id": self.attributes.get("source_message_id"),
+            "source_message_id": self.failure.source_message_id if self.failure else None,
         }
         if self.parsed is not None:
             data["message"] = {
@@ -139,8 +140,8 @@ class Filters:
     newer_than: float | None = None
 
     def __post_init__(self) -> None:
-        if self.kind and self.kind not in FAILURE_KINDS:
-            raise OpsError(f"--kind must be one of {', '.join(FAILURE_KINDS)}, not {self.kind!r}")
+        if self.kind and self.kind not in set(FailureKind):
+            raise OpsError(f"--kind must be one of {', '.join(FailureKind)}, not {self.kind!r}")
 
     @property
     def active(self) -> bool:
@@ -214,7 +215,7 @@ class Scanner:
         """Delete with the latest receipt handles; returns (deleted, [(message, error code)])."""
         deleted: list[DlqMessage] = []
         failed: list[tuple[DlqMessage, str]] = []
-        for chunk in _chunks(messages, 10):
+        for chunk in chunks(messages):
             entries = [
                 {"Id": str(i), "ReceiptHandle": self.held.get(m.message_id, m.receipt_handle)}
                 for i, m in enumerate(chunk)
@@ -237,7 +238,7 @@ class Scanner:
         """Make every held message visible again at once (best effort; otherwise it reappears in `visibility` s)."""
         items = list(self.held.items())
         released = 0
-        for chunk in _chunks(items, 10):
+        for chunk in chunks(items):
             entries = [
                 {"Id": str(i), "ReceiptHandle": handle, "VisibilityTimeout": 0} for i, (_, handle) in enumerate(chunk)
             ]
@@ -248,10 +249,6 @@ class Scanner:
                 continue
         self.held.clear()
         return released
-
-
-def _chunks(items: list[Any], size: int) -> list[list[Any]]:
-    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 # ----------------------------------------------------------------------------------------------- list
@@ -365,19 +362,7 @@ def replay_body(message: DlqMessage) -> str:
 
 
 def _send_chunks(messages: list[DlqMessage]) -> list[list[DlqMessage]]:
-    chunks: list[list[DlqMessage]] = []
-    current: list[DlqMessage] = []
-    size = 0
-    for message in messages:
-        length = len(replay_body(message).encode())
-        if current and (len(current) == 10 or size + length > MAX_BATCH_BYTES):
-            chunks.append(current)
-            current, size = [], 0
-        current.append(message)
-        size += length
-    if current:
-        chunks.append(current)
-    return chunks
+    return batches_within(messages, lambda message: len(replay_body(message).encode()))
 
 
 def replay(

@@ -18,6 +18,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.table import Table
 
+from chalicelib.sqs_limits import MAX_VISIBILITY_SECONDS
 from userhub_sync.opsutil import (
     EXIT_CODES_HELP,
     ExitCode,
@@ -504,7 +505,7 @@ def dlq_list(
         int,
         typer.Option(
             min=1,
-            max=43200,
+            max=MAX_VISIBILITY_SECONDS,
             help="Seconds each listed message stays hidden while the list is built; all are made visible again at "
             "the end, so a replay started after the list sees them at once.",
         ),
