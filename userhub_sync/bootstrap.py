@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from chalicelib.sqs_limits import MAX_VISIBILITY_SECONDS
+from chalicelib.sqs_limits import MAX_RETENTION_SECONDS, MAX_VISIBILITY_SECONDS, MIN_RETENTION_SECONDS
 from userhub_sync import policies
 from userhub_sync.opsutil import (
     OpsError,
@@ -39,8 +39,6 @@ from userhub_sync.opsutil import (
 from userhub_sync.queues import (
     DLQ_RETENTION_SECONDS,
     EVENTS_RETENTION_SECONDS,
-    SQS_MAX_RETENTION_SECONDS,
-    SQS_MIN_RETENTION_SECONDS,
     QueueSpec,
     ensure_queues,
 )
@@ -122,7 +120,7 @@ def events_retention(ctx: StageContext, opts: BootstrapOptions) -> int:
             chosen = int(configured) if configured else EVENTS_RETENTION_SECONDS
         except ValueError:
             raise OpsError("EVENTS_RETENTION_SECONDS is not a whole number of seconds") from None
-    if not SQS_MIN_RETENTION_SECONDS <= chosen <= SQS_MAX_RETENTION_SECONDS:
+    if not MIN_RETENTION_SECONDS <= chosen <= MAX_RETENTION_SECONDS:
         raise OpsError(
             f"the events queue's retention must be between 1 minute and 14 days (SQS's limits), not "
             f"{format_span(chosen)}"

@@ -10,9 +10,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from chalicelib.sqs_limits import MAX_RETENTION_SECONDS as SQS_MAX_RETENTION_SECONDS
+from chalicelib.sqs_limits import MAX_RETENTION_SECONDS
 
-DLQ_RETENTION_SECONDS = SQS_MAX_RETENTION_SECONDS  # longer than the events queue's (redrive keeps the enqueue time)
+DLQ_RETENTION_SECONDS = MAX_RETENTION_SECONDS  # longer than the events queue's (redrive keeps the enqueue time)
 EVENTS_RETENTION_SECONDS = 4 * 24 * 3600  # SQS default; holds the default schedule (≤ 33.4 h) plus the margin
 
 
