@@ -73,3 +73,16 @@ def test_the_logger_writes_json_at_the_configured_level(capfd) -> None:
     logger.info("plain", extra={"n": 1})
     [entry] = [e for e in lines(capfd.readouterr().err) if e["message"] == "plain"]
     assert (entry["level"], entry["logger"], entry["n"]) == ("INFO", "userhub_sync.test", 1)
+
+
+def test_user_hash_prints_what_the_stages_log_lines_show(tmp_path, monkeypatch, moto_server) -> None:
+    from tests.ops_support import cli, make_project
+
+    make_project(tmp_path, monkeypatch, moto_server)
+    hashed = {"LOG_USERNAMES": "hashed", "LOG_USERNAME_KEY": HASH_KEY}
+    result = cli("user-hash", "alice@example.com", "--stage", "dev", env=hashed)
+    expected = "h:" + hmac.new(HASH_KEY.encode(), b"alice@example.com", hashlib.sha256).hexdigest()[:16]
+    assert (result.exit_code, result.stdout.strip()) == (0, expected)
+    assert cli("user-hash", "alice@example.com", "--stage", "dev").stdout.strip() == "alice@example.com"
+    unkeyed = cli("user-hash", "alice@example.com", "--stage", "dev", env={"LOG_USERNAMES": "hashed"})
+    assert unkeyed.exit_code == 1 and "LOG_USERNAME_KEY" in unkeyed.output

@@ -703,9 +703,23 @@ def dlq_purge(
 
 
 # ================================================================================================ registration
+def user_hash_command(
+    username: Annotated[str, typer.Argument(help="The username whose log lines you look for.")],
+    stage: StageOpt,
+) -> None:
+    """Print how the stage's log lines show USERNAME: its keyed hash with LOG_USERNAMES=hashed, else the name."""
+    from chalicelib.observability import log_user
+
+    load_stage(stage)
+    if os.environ.get("LOG_USERNAMES", "plain") == "hashed" and len(os.environ.get("LOG_USERNAME_KEY", "")) < 16:
+        raise OpsError(f"stage {stage} sets LOG_USERNAMES=hashed but LOG_USERNAME_KEY is unset or under 16 characters")
+    typer.echo(log_user(username))
+
+
 def register(app: typer.Typer) -> None:
-    """Add bootstrap, wire, status and the dlq group to the CLI."""
+    """Add bootstrap, wire, status, user-hash and the dlq group to the CLI."""
     app.command("bootstrap", epilog=EXIT_CODES_HELP)(handle_errors(bootstrap_command))
     app.command("wire", epilog=EXIT_CODES_HELP)(handle_errors(wire_command))
     app.command("status", epilog=EXIT_CODES_HELP)(handle_errors(status_command))
+    app.command("user-hash", epilog=EXIT_CODES_HELP)(handle_errors(user_hash_command))
     app.add_typer(dlq_app, name="dlq")
