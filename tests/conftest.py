@@ -7,6 +7,9 @@ boto3 client, and the credentials are moto's dummies.
 from __future__ import annotations
 
 import os
+import socket
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -148,3 +151,40 @@ def receive_event(sqs, queue_url: str, expected: int) -> dict:
             break
     assert len(messages) == expected, f"received {len(messages)} of {expected}"
     return {"Records": [lambda_record(m, arn, "us-east-1") for m in messages]}
+
+
+def wait_for_sender_threads(timeout: float = 10.0) -> None:
+    """Calls given up on end once their server goes away; later tests should start with every thread free."""
+    from chalicelib import post_auth
+
+    ends = time.monotonic() + timeout
+    while post_auth.queue.busy and time.monotonic() < ends:
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def black_hole() -> Iterator[str]:
+    """A TCP server that accepts connections and never answers: the worst SQS can do to us."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    stop.set()
+    thread.join()
+    for conn in held:
+        conn.close()
+    server.close()
+    wait_for_sender_threads()

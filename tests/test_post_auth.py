@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 import app
 from chalicelib import post_auth
 from chalicelib.messages import EventType, Source, parse_message
-from tests.conftest import CONNECTION_ID, POOL_ID, signin_event
+from tests.conftest import CONNECTION_ID, POOL_ID, signin_event, wait_for_sender_threads
 from userhub_sync.local import free_port, patched_environ
 
 
@@ -39,13 +39,6 @@ def log_lines(text: str) -> list[dict]:
 
 def recovery_records(text: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.startswith('{"recovery"')]
-
-
-def wait_for_sender_threads(timeout: float = 10.0) -> None:
-    """Calls given up on end once their server goes away; later tests should start with every thread free."""
-    ends = time.monotonic() + timeout
-    while post_auth.queue.busy and time.monotonic() < ends:
-        time.sleep(0.02)
 
 
 def test_signin_is_enqueued_and_event_returned_unchanged(pipeline) -> None:
@@ -106,34 +99,6 @@ def test_refused_connection_is_retried_counted_and_leaves_a_recovery_record(pipe
     assert failure["reason"].count("EndpointConnectionError") == 2  # both attempts, each with its reason
     [record] = recovery_records(captured.out)
     assert record["message"]["username"] == "dave" and record["sub"] == event["request"]["userAttributes"]["sub"]
-
-
-@pytest.fixture
-def black_hole() -> Iterator[str]:
-    """A TCP server that accepts connections and never answers: the worst SQS can do to us."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(64)
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        server.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                held.append(server.accept()[0])
-            except OSError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.getsockname()[1]}"
-    stop.set()
-    thread.join()
-    for conn in held:
-        conn.close()
-    server.close()
-    wait_for_sender_threads()
 
 
 @pytest.mark.parametrize("queue_url_known", [True, False])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from userhub_sync import ops_cli, reconcile_cli, run_cli
+from userhub_sync import ops_cli, reconcile_cli, recover_cli, run_cli
 
 app = typer.Typer(
     name="userhub-sync",
@@ -16,6 +16,7 @@ app = typer.Typer(
 run_cli.register(app)
 ops_cli.register(app)
 reconcile_cli.register(app)
+recover_cli.register(app)
 
 
 def main() -> None:
