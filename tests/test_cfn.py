@@ -106,3 +106,18 @@ def test_queues_bucket_and_permission(packaged):
     role = resources["PostAuthRole"]["Properties"]["Policies"][0]["PolicyDocument"]
     actions = {a for s in role["Statement"] for a in s["Action"]}
     assert actions == {"logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents", "sqs:SendMessage"}
+
+
+def test_reconcile_can_find_and_read_the_trigger_log_groups(packaged):
+    """CloudFormation names the functions itself, so sign-in recovery is told the log groups, and may read them."""
+    resources = packaged["template"]["Resources"]
+    variables = resources["Reconcile"]["Properties"]["Environment"]["Variables"]
+    assert variables["SIGNIN_RECOVERY_LOG_GROUPS"] == {
+        "Fn::Sub": "/aws/lambda/${PostAuth},/aws/lambda/${PostConfirmation}"
+    }
+    policy = resources["SigninRecoveryLogsPolicy"]["Properties"]
+    assert policy["Roles"] == [{"Ref": "ReconcileRole"}] and "ReconcileRole" in resources
+    [statement] = policy["PolicyDocument"]["Statement"]
+    assert statement["Action"] == ["logs:FilterLogEvents"]
+    groups = {r["Fn::Sub"].split(":log-group:")[1] for r in statement["Resource"]}
+    assert groups == {f"/aws/lambda/${{{f}}}{s}" for f in ("PostAuth", "PostConfirmation") for s in ("", ":*")}
