@@ -42,7 +42,7 @@ log = get_logger("signin_recovery")
 FILTER_PATTERN = f'"{RECOVERY_MARKER}"'  # a quoted term: CloudWatch Logs and moto both match it as a phrase
 WATERMARK_KEY = "reconcile/signin-recovery/watermark.json"  # reconcile's prefix: its role may already write there
 TRIGGER_FUNCTIONS = ("post_auth", "post_confirmation")
-SLICE_MS = 3_600_000  # the watermark advances an hour at a time
+SLICE_MS = 6 * 3_600_000  # the watermark advances six hours at a time: 4 FilterLogEvents calls a group a night
 INGESTION_LAG_MS = 600_000  # CloudWatch Logs may make an event searchable after its timestamp; 10 min of slack
 FIRST_RUN_LOOKBACK_MS = 2 * 86_400_000  # no watermark yet: look back two days
 SQS_BATCH = 10
@@ -236,7 +236,7 @@ class RecoveryReport:
     watermark_before_ms: int | None = None
     watermark_after_ms: int | None = None
     matched: int = 0  # log events the filter returned
-    records: int = 0  # of which recovery records
+    records: int = 0  # of which valid recovery records (broken ones count as invalid)
     enqueued: int = 0
     invalid: int = 0
     unresolved: int = 0  # named by a sub that Cognito no longer knows
@@ -310,6 +310,8 @@ def recover_signins(
             slice_end = min(slice_start + SLICE_MS, now)
             found: list[SyncMessage] = []
             for group in log_groups:
+                if group in report.missing_groups:
+                    continue
                 for event in _events(clients.logs, group, slice_start, slice_end, report):
                     message = _recover(event, group, resolver, report)
                     if message is not None:

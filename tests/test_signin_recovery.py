@@ -289,16 +289,16 @@ def recovery(aws) -> Recovery:
     return Recovery(aws)
 
 
-def test_records_over_hours_go_out_ten_per_batch_and_keep_their_message(recovery: Recovery) -> None:
-    base = now_ms() - 5 * 60 * MINUTE_MS
+def test_records_over_several_slices_go_out_ten_per_batch(recovery: Recovery) -> None:
+    base = now_ms() - 3 * sr.SLICE_MS
     names = [f"user{i:02d}" for i in range(23)]
-    for hour in range(3):  # three time slices
-        put_lines(GROUP, [record_line(n) for n in names[hour::3]], at_ms=base + hour * 60 * MINUTE_MS)
+    for part in range(3):  # three time slices
+        put_lines(GROUP, [record_line(n) for n in names[part::3]], at_ms=base + part * sr.SLICE_MS + 1000)
     batches: list[int] = []
     recovery.sqs.meta.events.register(
         "provide-client-params.sqs.SendMessageBatch", lambda params, **_: batches.append(len(params["Entries"]))
     )
-    report = recovery.run(since_ms=base - MINUTE_MS)
+    report = recovery.run(since_ms=base)
     assert sorted(recovery.queued()) == names and report.enqueued == 23
     assert max(batches) <= 10 and sum(batches) == 23
     assert report.watermark_after_ms == report.end_ms - sr.INGESTION_LAG_MS
@@ -329,15 +329,15 @@ class FailingSQS:
 
 
 def test_an_sqs_outage_mid_run_keeps_the_watermark_at_the_last_complete_slice(recovery: Recovery) -> None:
-    base = now_ms() - 6 * 60 * MINUTE_MS
-    for hour, name in enumerate(("h0", "h1", "h2")):
-        put_lines(GROUP, [record_line(name)], at_ms=base + hour * 60 * MINUTE_MS + 1000)
+    base = now_ms() - 3 * sr.SLICE_MS - 60 * MINUTE_MS
+    for part, name in enumerate(("s0", "s1", "s2")):
+        put_lines(GROUP, [record_line(name)], at_ms=base + part * sr.SLICE_MS + 1000)
     with pytest.raises(ConnectionError):
         recovery.run(FailingSQS(recovery.sqs, fail_from_call=2), since_ms=base)
-    assert recovery.queued() == ["h0"]
-    assert recovery.watermark() == base + 60 * MINUTE_MS  # the end of the first slice, the only one sent
+    assert recovery.queued() == ["s0"]
+    assert recovery.watermark() == base + sr.SLICE_MS  # the end of the first slice, the only one sent
     report = recovery.run()  # the next run starts from the watermark: nothing skipped
-    assert sorted(recovery.queued()) == ["h1", "h2"] and report.start_ms == base + 60 * MINUTE_MS
+    assert sorted(recovery.queued()) == ["s1", "s2"] and report.start_ms == base + sr.SLICE_MS
 
 
 class RejectingSQS:
@@ -387,9 +387,13 @@ def test_a_record_younger_than_the_ingestion_lag_is_read_again_next_time(recover
     assert recovery.queued() == ["recent", "recent"]  # a duplicate, never a miss: a late-ingested line is found
 
 
-def test_missing_log_groups_are_reported_and_write_nothing(recovery: Recovery) -> None:
-    report = recovery.run()
+def test_missing_log_groups_are_reported_asked_once_and_write_nothing(recovery: Recovery) -> None:
+    calls: list[str] = []
+    clients = recovery.clients()
+    clients.logs.meta.events.register("provide-client-params.logs.FilterLogEvents", lambda **_: calls.append("x"))
+    report = sr.recover_signins(clients, bucket=BUCKET, log_groups=[GROUP])  # two days: eight slices
     assert report.missing_groups == [GROUP] and report.enqueued == 0 and recovery.watermark() is None
+    assert len(calls) == 1
 
 
 def test_cognito_is_asked_once_per_sub_and_only_when_a_record_lacks_a_username(recovery: Recovery) -> None:
