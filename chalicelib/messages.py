@@ -2,7 +2,7 @@
 
 A body that does not parse, or carries an unknown version, is poison: retrying cannot fix it, so `parse_message`
 raises `PoisonMessage` with a reason for the dead-letter queue. post_auth writes the same shape with the standard
-library only (see `post_auth.signin_body`); a test checks the two agree.
+library only (see `post_auth.message_body`); a test checks the two agree.
 """
 
 from __future__ import annotations

@@ -58,8 +58,8 @@ def stage_environ(userhub_url: str = "http://127.0.0.1:9", **overrides: str | No
         "SNAPSHOT_BUCKET": "test-snapshots",
         "RETRY_BASE_SECONDS": "1",
         "USERHUB_SYNC_METRICS": "off",
-        # post_auth's production budget (0.5 s / 1 s) is tested on its own (test_post_auth); elsewhere a moto
-        # server slowed by a loaded CI machine must not turn into failed sign-in enqueues
+        # post_auth's deployed settings (connect 0.5 s, read 1 s, 1.8 s for both attempts) are tested on their own
+        # (test_post_auth); elsewhere a moto server slowed by a loaded CI machine must not turn into failed enqueues
         "SQS_CONNECT_TIMEOUT": "2",
         "SQS_READ_TIMEOUT": "2",
         "POST_AUTH_BUDGET_SECONDS": "4",
