@@ -122,7 +122,8 @@ class _Queue:
         return tuple(os.environ.get(name) for name in names)
 
     def _submit(self, call: Callable[[], tuple[Any, str, str]]) -> Future[tuple[Any, str, str]] | None:
-        """Run `call` on a free sender thread; None if every thread is still held by a call given up on."""
+        """Run `call` on a free sender thread; None if every thread is still held by a call given up on (or the
+        interpreter is shutting down)."""
         with self._lock:
             if self.busy >= SENDER_THREADS:
                 return None
@@ -130,14 +131,21 @@ class _Queue:
                 self._executor = ThreadPoolExecutor(SENDER_THREADS, thread_name_prefix="post_auth-sqs")
             self.busy += 1
 
+        def release() -> None:
+            with self._lock:
+                self.busy -= 1
+
         def run() -> tuple[Any, str, str]:
             try:
                 return call()
             finally:
-                with self._lock:
-                    self.busy -= 1
+                release()
 
-        return self._executor.submit(run)
+        try:
+            return self._executor.submit(run)
+        except RuntimeError:  # the interpreter is shutting down: no thread will run it
+            release()
+            return None
 
     def _attempt(self, body: str, context: Any, client: Any) -> tuple[Any, str, str]:
         """One SendMessage (on a sender thread): the client used, the queue URL and the message id."""
@@ -168,7 +176,7 @@ class _Queue:
             future = self._submit(lambda client=client: self._attempt(body, context, client)) if window > 0 else None
             if future is None:
                 reason = (
-                    f"all {SENDER_THREADS} sender threads still held by calls given up on"
+                    f"all {SENDER_THREADS} sender threads still held by calls given up on (or shutting down)"
                     if window > 0
                     else "budget spent"
                 )
