@@ -3,8 +3,8 @@
 - warm: `app.post_auth(event, None)` against a bare `boto3.client("sqs").send_message` to the same in-process moto
   server (over HTTP), one call of each in turn, p50 and p99;
 - cold: imports and the first call, in fresh interpreters, against `import boto3` and a bare client + send;
-- worst case: SQS black-holed (a listener that accepts and never answers, and one whose backlog is full so that
-  connections never complete), with and without EVENTS_QUEUE_URL.
+- worst case: SQS refusing, black-holed (a listener that accepts and never answers, one whose backlog is full so
+  that connections never complete) or dripping a byte at a time; and what writing the recovery record costs.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import Future
 from typing import Any
 
 from bench.common import ROOT, Figure, Options, Section, fmt, interleaved, log, median, paired_ratio, percentile
@@ -108,18 +109,20 @@ def run(options: Options) -> Section:
         queue_url = boto3.client("sqs").create_queue(QueueName=QUEUE_NAME)["QueueUrl"]
         _warm(section, queue_url, calls)
         _cold(section, moto.endpoint, queue_url, cold_runs)
-    _black_hole(section)
+    _worst_case(section)
     section.method = [
         "moto's ThreadedMotoServer in this process, over HTTP on loopback; one standard queue kept under "
         "100 messages (moto's SendMessage is O(depth)). post_auth runs as deployed: LOG_LEVEL=INFO and embedded "
         "metrics on, its output written to a sink (so their cost is in the timing).",
-        f"Warm: after one untimed call each, {calls} calls of `app.post_auth(event, None)` and {calls} of "
-        "`boto3.client('sqs').send_message(QueueUrl, MessageBody)` (same body size), alternating call by call.",
+        f"Warm: after one untimed call each, {calls} calls of `app.post_auth(event, None)`, {calls} of "
+        f"`boto3.client('sqs').send_message(QueueUrl, MessageBody)` (same body size) and {calls} of post_auth with "
+        "its SendMessage run inline instead of on a sender thread, rotating call by call.",
         f"Cold: {cold_runs} fresh interpreters per variant, interleaved; import time is measured inside the "
         "child (interpreter start-up excluded); the first call includes building the boto3 client.",
-        "Black hole: a loopback listener that accepts and never answers (read timeout path), and one whose accept "
-        "backlog is full (connect timeout path); a new container each time (`post_auth.queue.reset()`), default "
-        "timeouts (connect 0.5 s, read 1.0 s, one attempt).",
+        "Worst case: loopback endpoints that refuse, accept and never answer, never complete the connection (full "
+        "accept backlog), or drip one byte every 0.2 s; a new client each time (`post_auth.queue.reset()`), the "
+        "deployed settings (budget 1.8 s for both attempts, connect 0.5 s, read 1.0 s). Sender threads are the "
+        "process's, as in a container: calls given up on still hold theirs.",
     ]
     return section
 
@@ -137,6 +140,14 @@ def _warm(section: Section, queue_url: str, calls: int) -> None:
     bare = boto3.client("sqs")
     subject_ms: list[float] = []
     bare_ms: list[float] = []
+    inline_ms: list[float] = []  # post_auth with SendMessage run inline: what the sender-thread hop costs
+    shipped_submit = post_auth.queue._submit
+
+    def inline_submit(call: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        future.set_result(call())
+        return future
+
     events = [signin_event(f"warm-{i:05d}") for i in range(calls + 1)]
     bodies = [post_auth.message_body(e, "SIGNIN", "post_auth") for e in events]
     failed_before = post_auth.metrics.totals.get("enqueue_failed", 0)
@@ -146,17 +157,19 @@ def _warm(section: Section, queue_url: str, calls: int) -> None:
         for i in range(calls):
             if i % 50 == 0:
                 _empty_queue()
-            first_subject = i % 2 == 0
-            for which in ("subject", "bare") if first_subject else ("bare", "subject"):
+            order = ("subject", "bare", "inline")
+            for which in order[i % 3 :] + order[: i % 3]:
+                post_auth.queue._submit = inline_submit if which == "inline" else shipped_submit  # type: ignore[method-assign]
                 started = time.perf_counter()
-                if which == "subject":
+                if which in ("subject", "inline"):
                     returned = app.post_auth(events[i], None)
-                    subject_ms.append((time.perf_counter() - started) * 1000)
+                    (subject_ms if which == "subject" else inline_ms).append((time.perf_counter() - started) * 1000)
                     if returned is not events[i]:
                         raise RuntimeError("post_auth did not return the event it was given")
                 else:
                     bare.send_message(QueueUrl=queue_url, MessageBody=bodies[i])
                     bare_ms.append((time.perf_counter() - started) * 1000)
+    post_auth.queue._submit = shipped_submit  # type: ignore[method-assign]
     _empty_queue()
     failed = post_auth.metrics.totals.get("enqueue_failed", 0) - failed_before
     if failed:
@@ -166,6 +179,18 @@ def _warm(section: Section, queue_url: str, calls: int) -> None:
         section.add(
             Figure(f"post_auth warm p{p}", s, "ms", b, f"bare send_message p{p}", s / b, "≤ 1.2×", s / b <= 1.2)
         )
+    hop_us = median([(a - b) * 1000 for a, b in zip(subject_ms, inline_ms, strict=True)])
+    section.add(
+        Figure(
+            "sender-thread hop: post_auth warm p50, SendMessage on a sender thread vs inline",
+            median(subject_ms),
+            "ms",
+            median(inline_ms),
+            "post_auth with the call inline (no wall-clock bound)",
+            median(subject_ms) / median(inline_ms),
+            note=f"median paired difference {hop_us:.0f} µs",
+        )
+    )
     section.tables.append(
         f"Warm latency (ms) over {calls} calls each — post_auth: p50 {fmt(percentile(subject_ms, 50))}, p90 "
         f"{fmt(percentile(subject_ms, 90))}, p99 {fmt(percentile(subject_ms, 99))}, max {fmt(max(subject_ms))}; "
@@ -312,11 +337,15 @@ def _importtime_table() -> str:
     )
 
 
-# --------------------------------------------------------------------------------------------------- black hole
+# --------------------------------------------------------------------------------------------------- worst case
 
 
 class _Listener:
-    """A loopback TCP port where SQS never answers: `accept` holds connections open; `full` never accepts."""
+    """A loopback TCP port where SQS misbehaves.
+
+    `refused`: nothing listens. `accept`: accepts and never answers. `full`: the accept backlog is full, so
+    connecting hangs. `drip`: answers one byte every 0.2 s for 10 s, which botocore's per-read timeout never ends.
+    """
 
     def __init__(self, mode: str) -> None:
         self.sock = socket.socket()
@@ -325,7 +354,10 @@ class _Listener:
         self.held: list[socket.socket] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        if mode == "accept":
+        self.mode = mode
+        if mode == "refused":
+            self.sock.close()
+        elif mode in ("accept", "drip"):
             self.sock.listen(64)
             self.sock.settimeout(0.1)
             self._thread = threading.Thread(target=self._accept, daemon=True)
@@ -342,67 +374,125 @@ class _Listener:
                 self.held.append(conn)
             except (TimeoutError, OSError):
                 continue
+            if self.mode == "drip":
+                threading.Thread(target=self._drip, args=(conn,), daemon=True).start()
+
+    def _drip(self, conn: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            conn.settimeout(1)
+            conn.recv(65536)
+        ends = time.monotonic() + 10
+        for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Padding: " + b"a" * 200:
+            if self._stop.is_set() or time.monotonic() > ends:
+                break
+            with contextlib.suppress(OSError):
+                conn.send(bytes([byte]))
+            time.sleep(0.2)
 
     def close(self) -> None:
+        from chalicelib import post_auth
+
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=2)
         for conn in self.held:
             with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
                 conn.close()
-        self.sock.close()
+        with contextlib.suppress(OSError):
+            self.sock.close()
+        ends = time.monotonic() + 15  # calls post_auth gave up on end now; free their threads for what follows
+        while post_auth.queue.busy and time.monotonic() < ends:
+            time.sleep(0.02)
 
 
-def _black_hole(section: Section) -> None:
+def _worst_case(section: Section) -> None:
     import app
     from chalicelib import post_auth
     from userhub_sync.local import patched_environ
 
     rows = [
-        "| SQS endpoint | EVENTS_QUEUE_URL | post_auth wall time, each run (s) | enqueue failures counted |",
-        "| --- | --- | --- | ---: |",
+        "| SQS endpoint | EVENTS_QUEUE_URL | post_auth wall time, each sign-in (s) | enqueue failures "
+        "| recovery records |",
+        "| --- | --- | --- | ---: | ---: |",
     ]
     worst = 0.0
-    for mode, label in (("accept", "accepts, never answers"), ("full", "backlog full, never connects")):
+    cases = (
+        ("refused", "refuses connections", (True,)),
+        ("accept", "accepts, never answers", (True, False)),
+        ("full", "backlog full, never connects", (True,)),
+        ("drip", "answers a byte every 0.2 s", (True,)),
+    )
+    for mode, label, url_options in cases:
         listener = _Listener(mode)
         endpoint = f"http://127.0.0.1:{listener.port}"
         try:
-            for with_url in (True, False):
+            for with_url in url_options:
                 queue_url = f"{endpoint}/123456789012/{QUEUE_NAME}" if with_url else None
                 times = []
                 failed_before = post_auth.metrics.totals.get("enqueue_failed", 0)
+                records_before = post_auth.metrics.totals.get("recovery_record_written", 0)
                 with patched_environ(stage_environ(endpoint, queue_url)), deployed_logging():
                     for i in range(3):
-                        post_auth.queue.reset()  # a new container: client built inside the sign-in
+                        post_auth.queue.reset()  # a new container's client; its sender threads are the process's
                         event = signin_event(f"hole-{mode}-{i}")
                         started = time.perf_counter()
                         returned = app.post_auth(event, None)
                         times.append(time.perf_counter() - started)
                         if returned is not event:
-                            raise RuntimeError("post_auth did not return the event when SQS was black-holed")
+                            raise RuntimeError(f"post_auth did not return the event when SQS {label}")
                 post_auth.queue.reset()
                 failures = post_auth.metrics.totals.get("enqueue_failed", 0) - failed_before
+                records = post_auth.metrics.totals.get("recovery_record_written", 0) - records_before
                 worst = max(worst, *times)
                 rows.append(
                     f"| {label} | {'set' if with_url else 'unset (GetQueueUrl first)'} | "
-                    f"{', '.join(f'{t:.2f}' for t in times)} | {failures:.0f} of 3 |"
+                    f"{', '.join(f'{t:.2f}' for t in times)} | {failures:.0f} of 3 | {records:.0f} of 3 |"
                 )
-                log(
-                    f"   black hole ({label}, URL {'set' if with_url else 'unset'}): "
-                    + ", ".join(f"{t:.2f} s" for t in times)
-                )
+                log(f"   SQS {label} (URL {'set' if with_url else 'unset'}): " + ", ".join(f"{t:.2f} s" for t in times))
         finally:
             listener.close()
     section.add(
         Figure(
-            "worst case, SQS black-holed (max of 12 sign-ins)",
+            "worst case, SQS refused / black-holed / slow-drip (max of 15 sign-ins)",
             worst,
             "s",
             None,
-            "bounded by connect 0.5 s + read 1.0 s, one attempt",
+            "bounded by POST_AUTH_BUDGET_SECONDS (1.8 s), both attempts",
             None,
             f"< {BUDGET_SECONDS:g} s",
             worst < BUDGET_SECONDS,
         )
     )
     section.tables.append("\n".join(rows))
+    _recovery_record_cost(section)
+
+
+def _recovery_record_cost(section: Section) -> None:
+    """What writing the recovery record adds to a sign-in whose two attempts failed (µs, median of 2,000)."""
+    from chalicelib import post_auth
+
+    event = signin_event("record-cost")
+    body = post_auth.message_body(event, "SIGNIN", "post_auth")
+    reason = "EndpointConnectionError: Could not connect | EndpointConnectionError: Could not connect"
+    sink = _NullWriter()
+    samples = []
+    with contextlib.redirect_stdout(sink):
+        for _ in range(2000):
+            started = time.perf_counter()
+            sink.write(post_auth.redact(post_auth.recovery_record(body, event, reason)) + "\n")
+            sink.flush()
+            samples.append((time.perf_counter() - started) * 1e6)
+    section.add(
+        Figure(
+            "recovery record: build and write one line (only when both attempts failed)",
+            median(samples),
+            "µs",
+            None,
+            "",
+            None,
+            "",
+            None,
+            note=f"p99 {percentile(samples, 99):.1f} µs; {len(post_auth.recovery_record(body, event, reason))} bytes",
+        )
+    )

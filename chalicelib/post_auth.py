@@ -1,8 +1,22 @@
 """Cognito post-authentication (and post-confirmation) trigger: enqueue, return the event, never raise.
 
-This runs inside every sign-in, which Cognito fails if the trigger raises or takes 5 s. So it does one thing,
-an SQS SendMessage with tight timeouts and no botocore retries, and swallows every failure after logging it (with
-user, pool and reason) and counting it. The nightly reconcile covers anything lost here.
+This runs inside every sign-in, which Cognito fails if the trigger raises or takes 5 s (and it may then retry the
+trigger). Invariants:
+
+- **Bounded by wall-clock time.** The whole run, every attempt included, ends within `POST_AUTH_BUDGET_SECONDS`
+  (default 1.8 s) whatever the endpoint does: refuse, never answer, or answer one byte at a time. botocore's read
+  timeout is per socket read, so it bounds none of the last; here each SendMessage runs on a worker thread of the
+  container and the handler waits for it with a timeout. A call given up on may still finish later: at worst a
+  duplicate SIGNIN (UserHub re-pulls the user once more).
+- **Two attempts.** A first attempt that fails or runs past half the budget is followed by a second on a new client
+  (a fresh connection), within the rest of the budget. Both attempts are counted and logged (user, pool, reason).
+- **A second path.** If both fail, post_auth prints one *recovery record* to stdout: a JSON line with
+  `"recovery": "userhub-sync/v1"`, the complete v1 message and the user's `sub`. Lambda ships function output to
+  CloudWatch Logs through the Lambda service, not through our connection to SQS, so an SQS outage does not stop it.
+  `chalicelib.signin_recovery` (run by the nightly reconcile, or `userhub-sync recover-signins`) enqueues it again.
+  The nightly scan itself cannot find a lost sign-in: a sign-in changes no attribute it fingerprints.
+- A sign-in is lost only if both attempts fail *and* its record never reaches CloudWatch Logs, or expires there
+  before recovery runs (docs/RELIABILITY.md).
 
 Only the standard library and boto3 are imported: no pydantic, httpx or UserHub code (see docs/PERFORMANCE.md for
 the measured import time). The body it writes is the v1 message of `chalicelib.messages`.
@@ -13,12 +27,17 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
+import threading
 import time
 import uuid
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import UTC, datetime
 from typing import Any
 
-from chalicelib.observability import Metrics, get_logger
+from chalicelib.observability import Metrics, get_logger, redact
 
 log = get_logger("post_auth")
 metrics = Metrics("post_auth")
@@ -29,13 +48,17 @@ EVENT_TYPES = {
 }
 _CONNECTION_RE = re.compile(r"^conn_[A-Za-z0-9_-]+$")
 DEFAULTS = {"SQS_CONNECT_TIMEOUT": 0.5, "SQS_READ_TIMEOUT": 1.0, "POST_AUTH_BUDGET_SECONDS": 1.8}
+MAX_SECONDS = 4.0  # no setting may go beyond this: Cognito gives the whole trigger 5 s
+FIRST_ATTEMPT_SHARE = 0.5  # the first attempt may use this share of the budget; the second gets the rest
+SENDER_THREADS = 4  # threads a container keeps for SendMessage; calls given up on hold one until they end
+RECOVERY_MARKER = "userhub-sync/v1"  # the value of "recovery" in a recovery record; signin_recovery filters on it
 
 
 def _seconds(name: str) -> float:
     """A timeout from the environment; a bad value falls back to the default (sign-in must not break)."""
     try:
         value = float(os.environ.get(name, DEFAULTS[name]))
-        if 0 < value <= 4:
+        if 0 < value <= MAX_SECONDS:
             return value
     except ValueError:
         pass
@@ -43,10 +66,40 @@ def _seconds(name: str) -> float:
     return DEFAULTS[name]
 
 
+class EnqueueFailed(Exception):
+    """Both attempts failed; `reasons` says why, one entry per attempt."""
+
+    def __init__(self, reasons: list[str]) -> None:
+        super().__init__("; ".join(reasons))
+        self.reasons = reasons
+
+
+def _new_client() -> Any:
+    import boto3
+    from botocore.config import Config
+
+    with _client_lock:  # boto3's default session is not thread-safe for creating clients
+        return boto3.client(
+            "sqs",
+            config=Config(
+                connect_timeout=_seconds("SQS_CONNECT_TIMEOUT"),
+                read_timeout=_seconds("SQS_READ_TIMEOUT"),
+                retries={"total_max_attempts": 1, "mode": "standard"},
+                tcp_keepalive=True,
+            ),
+        )
+
+
+_client_lock = threading.Lock()
+
+
 class _Queue:
-    """The SQS client and queue URL, built on first use and kept for the container's life."""
+    """The SQS client and queue URL, kept for the container's life, and the threads that send."""
 
     def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._executor: ThreadPoolExecutor | None = None
+        self.busy = 0  # calls running on the sender threads, abandoned ones included
         self.reset()
 
     def reset(self) -> None:
@@ -59,6 +112,7 @@ class _Queue:
     def environment_key() -> tuple[str | None, ...]:
         names = (
             "AWS_ENDPOINT_URL",
+            "AWS_ENDPOINT_URL_SQS",
             "AWS_DEFAULT_REGION",
             "AWS_REGION",
             "EVENTS_QUEUE_URL",
@@ -67,31 +121,80 @@ class _Queue:
         )
         return tuple(os.environ.get(name) for name in names)
 
-    def send(self, body: str, deadline: float, context: Any = None) -> str:
+    def _submit(self, call: Callable[[], tuple[Any, str, str]]) -> Future[tuple[Any, str, str]] | None:
+        """Run `call` on a free sender thread; None if every thread is still held by a call given up on (or the
+        interpreter is shutting down)."""
+        with self._lock:
+            if self.busy >= SENDER_THREADS:
+                return None
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(SENDER_THREADS, thread_name_prefix="post_auth-sqs")
+            self.busy += 1
+
+        def release() -> None:
+            with self._lock:
+                self.busy -= 1
+
+        def run() -> tuple[Any, str, str]:
+            try:
+                return call()
+            finally:
+                release()
+
+        try:
+            return self._executor.submit(run)
+        except RuntimeError:  # the interpreter is shutting down: no thread will run it
+            release()
+            return None
+
+    def _attempt(self, body: str, context: Any, client: Any) -> tuple[Any, str, str]:
+        """One SendMessage (on a sender thread): the client used, the queue URL and the message id."""
+        client = client or _new_client()
+        url = self.url or os.environ.get("EVENTS_QUEUE_URL") or queue_url_from_context(context)
+        if url is None:  # local runs (moto): the deployed role has no sqs:GetQueueUrl
+            url = client.get_queue_url(QueueName=os.environ["EVENTS_QUEUE_NAME"])["QueueUrl"]
+        return client, url, client.send_message(QueueUrl=url, MessageBody=body)["MessageId"]
+
+    def send(
+        self,
+        body: str,
+        started: float,
+        budget: float,
+        context: Any = None,
+        on_retry: Callable[[str], None] | None = None,
+    ) -> str:
+        """The SQS message id, within `budget` seconds of `started`; raises EnqueueFailed after two failures."""
         key = self.environment_key()
         if key != self.key:  # never in Lambda; a process driving the handler with other settings
             self.reset()
             self.key = key
-        if self.client is None:
-            import boto3
-            from botocore.config import Config
-
-            self.client = boto3.client(
-                "sqs",
-                config=Config(
-                    connect_timeout=_seconds("SQS_CONNECT_TIMEOUT"),
-                    read_timeout=_seconds("SQS_READ_TIMEOUT"),
-                    retries={"total_max_attempts": 1, "mode": "standard"},
-                    tcp_keepalive=True,
-                ),
-            )
-        if self.url is None:
-            self.url = os.environ.get("EVENTS_QUEUE_URL") or queue_url_from_context(context)
-            if self.url is None:  # local runs (moto): the deployed role has no sqs:GetQueueUrl
-                self.url = self.client.get_queue_url(QueueName=os.environ["EVENTS_QUEUE_NAME"])["QueueUrl"]
-            if time.monotonic() >= deadline:  # the budget bounds starting the send: worst case budget + one call
-                raise TimeoutError("post_auth budget spent resolving the queue URL")
-        return self.client.send_message(QueueUrl=self.url, MessageBody=body)["MessageId"]
+        deadline = started + budget
+        reasons: list[str] = []
+        for attempt, until in ((1, started + budget * FIRST_ATTEMPT_SHARE), (2, deadline)):
+            client = self.client if attempt == 1 else None  # the second attempt always opens a new connection
+            window = until - time.monotonic()
+            future = self._submit(lambda client=client: self._attempt(body, context, client)) if window > 0 else None
+            if future is None:
+                reason = (
+                    f"all {SENDER_THREADS} sender threads still held by calls given up on (or shutting down)"
+                    if window > 0
+                    else "budget spent"
+                )
+            else:
+                try:
+                    self.client, self.url, message_id = future.result(timeout=max(0.0, until - time.monotonic()))
+                    return message_id
+                except FutureTimeout:
+                    future.cancel()
+                    reason = f"no answer within {window:.2f} s (POST_AUTH_BUDGET_SECONDS={budget:g})"
+                except Exception as error:
+                    reason = f"{type(error).__name__}: {error}"
+            reasons.append(reason[:300])
+            if self.client is client:
+                self.client = None  # its connection may be the broken one: the next sign-in starts afresh
+            if attempt == 1 and on_retry is not None:
+                on_retry(reason)
+        raise EnqueueFailed(reasons)
 
 
 queue = _Queue()
@@ -135,10 +238,61 @@ def message_body(event: dict[str, Any], event_type: str, source: str) -> str:
     )
 
 
+def user_sub(event: Any) -> str | None:
+    """The user's immutable id, `request.userAttributes.sub`, if the event carries one."""
+    try:
+        sub = event["request"]["userAttributes"]["sub"]
+    except (KeyError, TypeError):
+        return None
+    return sub[:128] if isinstance(sub, str) and sub else None
+
+
+def recovery_record(body: str, event: Any, reason: str) -> str:
+    """The line `signin_recovery` parses back: marker first, then sub, reason and the complete v1 message.
+
+    ASCII only (json's escapes), so no character in a username can split it into two log events.
+    """
+    return json.dumps(
+        {"recovery": RECOVERY_MARKER, "sub": user_sub(event), "reason": reason[:500], "message": json.loads(body)},
+        separators=(",", ":"),
+    )
+
+
+def _who(event: Any) -> dict[str, str | None]:
+    user = event.get("userName") if isinstance(event, dict) else None
+    pool = event.get("userPoolId") if isinstance(event, dict) else None
+    return {"user": str(user)[:256] if user is not None else None, "pool": str(pool)[:64] if pool else None}
+
+
+def _log_retry(event: Any, reason: str) -> None:
+    metrics.count("enqueue_retried")
+    log.warning(
+        "enqueue attempt 1 failed; retrying on a fresh connection", extra={**_who(event), "reason": reason[:500]}
+    )
+
+
+def _write_recovery_record(body: str, event: Any, event_type: str, reason: str) -> None:
+    """The second path: one line on stdout, which Lambda ships to CloudWatch Logs without our SQS connection."""
+    try:
+        sys.stdout.write(redact(recovery_record(body, event, reason)) + "\n")
+        sys.stdout.flush()
+    except Exception as error:
+        metrics.count("recovery_record_failed")
+        log.error(
+            "enqueue failed twice and the recovery record could not be written: sign-in lost",
+            extra={**_who(event), "type": event_type, "reason": f"{reason[:400]} | {type(error).__name__}"},
+        )
+        return
+    metrics.count("recovery_record_written")
+    log.error(
+        "enqueue failed twice; recovery record written, sign-in continues",
+        extra={**_who(event), "type": event_type, "reason": reason[:500]},
+    )
+
+
 def handle_trigger(event: Any, context: Any = None) -> Any:
     """Enqueue one message for a sign-in or sign-up and give Cognito its event back, whatever happens."""
     started = time.monotonic()
-    deadline = started + _seconds("POST_AUTH_BUDGET_SECONDS")
     try:
         source_name = event.get("triggerSource") if isinstance(event, dict) else None
         if source_name not in EVENT_TYPES:
@@ -146,7 +300,14 @@ def handle_trigger(event: Any, context: Any = None) -> Any:
             metrics.count("trigger_ignored")
             return event
         event_type, source = EVENT_TYPES[source_name]
-        message_id = queue.send(message_body(event, event_type, source), deadline, context)
+        body = message_body(event, event_type, source)
+        budget = _seconds("POST_AUTH_BUDGET_SECONDS")
+        try:
+            message_id = queue.send(body, started, budget, context, lambda reason: _log_retry(event, reason))
+        except EnqueueFailed as failure:
+            metrics.count("enqueue_failed")
+            _write_recovery_record(body, event, event_type, " | ".join(failure.reasons))
+            return event
         metrics.count("enqueued")
         log.info(
             "enqueued",
@@ -157,18 +318,12 @@ def handle_trigger(event: Any, context: Any = None) -> Any:
                 "sqs_message_id": message_id,
             },
         )
-    except Exception as error:  # sign-in must never fail because of us; reconcile will catch up
+    except Exception as error:  # sign-in must never fail because of us
         metrics.count("enqueue_failed")
         try:
-            user = event.get("userName") if isinstance(event, dict) else None
-            pool = event.get("userPoolId") if isinstance(event, dict) else None
             log.error(
-                "enqueue failed; sign-in continues",
-                extra={
-                    "user": str(user)[:256] if user is not None else None,
-                    "pool": str(pool)[:64] if pool else None,
-                    "reason": f"{type(error).__name__}: {error}"[:500],
-                },
+                "enqueue failed; nothing to recover, sign-in continues",
+                extra={**_who(event), "reason": f"{type(error).__name__}: {error}"[:500]},
             )
         except Exception:
             pass

@@ -625,6 +625,7 @@ class Reconciler:
         self.metrics = Metrics("reconcile")
         self._queue_url: str | None = None
         self._claiming: RunRecord | None = None  # the run `_claim` picked, for the failure summary
+        self.extra_summary: dict[str, Any] = {}  # e.g. signins_recovered, from the hook in run_reconcile
 
     # ------------------------------------------------------------------ entry point
     def invoke(self, request: ReconcileRequest, deadline: Deadline, context: Any = None) -> RunResult:
@@ -1101,6 +1102,7 @@ class Reconciler:
             "rate_limit": self.settings.reconcile_rate_limit,
             "started_at": _iso(run.record.started_at),
             "finished_at": _iso(self.deps.clock()),
+            **self.extra_summary,
         }
 
     def _finish(self, run: _Run, status: str, *, store: bool = False) -> RunResult:
@@ -1196,9 +1198,16 @@ def run_reconcile(
     """
     settings = settings or get_settings()
     deps = deps or Deps()
+    reconciler = Reconciler(settings, deps, progress)
+    if request.continuation is None and not request.dry_run:  # a new run first re-enqueues sign-ins post_auth lost
+        from chalicelib.signin_recovery import recover_at_run_start
+
+        injected = {"sqs": deps.sqs, "s3": deps.s3, "cognito-idp": deps.cognito}
+        recovered = recover_at_run_start(settings, context, lambda service: injected.get(service) or _client(service))
+        reconciler.extra_summary = {} if recovered is None else {"signins_recovered": recovered}
     in_lambda = bool(os.environ.get("AWS_LAMBDA_FUNCTION_NAME"))
     deadline = Deadline(context if in_lambda or deps.continuer else None, settings.reconcile_time_margin_seconds)
-    return Reconciler(settings, deps, progress).invoke(request, deadline, context)
+    return reconciler.invoke(request, deadline, context)
 
 
 def handle_scheduled_event(event: dict[str, Any], context: Any, *, deps: Deps | None = None) -> dict[str, Any]:

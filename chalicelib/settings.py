@@ -2,7 +2,7 @@
 
 Read lazily (not at import) so a cold start pays for pydantic only in the functions that need it, and so a bad
 value surfaces as one `ConfigError` naming the variable instead of a stack trace from deep inside a handler.
-post_auth does not use this module: it reads its three variables with `os.environ` to stay light.
+post_auth does not use this module: it reads its own three variables with `os.environ` to stay light.
 """
 
 from __future__ import annotations
@@ -75,6 +75,8 @@ class Settings(BaseSettings):
     reconcile_max_invocations: int = Field(default=200, ge=1)
     reconcile_max_restarts: int = Field(default=5, ge=0, le=100)  # scans restarted after a rejected page token
     reconcile_continue_function: str | None = None  # default: derived from the running function's name
+    # post_auth's and post_confirmation's log groups, comma-separated; default: derived from the running function
+    signin_recovery_log_groups: str | None = Field(default=None, pattern=r"^[.\-_/#A-Za-z0-9]+(,[.\-_/#A-Za-z0-9]+)*$")
 
     @field_validator("userhub_api_url")
     @classmethod

@@ -158,3 +158,19 @@ def test_every_role_gets_the_policy_files_document_with_the_templates_arns(packa
     assert scan["Resource"] == [
         {"Fn::Sub": "arn:${AWS::Partition}:cognito-idp:${AWS::Region}:${AWS::AccountId}:userpool/${UserPoolId}"}
     ]
+
+
+def test_functions_keep_the_names_the_policies_and_defaults_expect(packaged):
+    """Named as `chalice deploy` names them, so log-group ARNs, sign-in recovery and the reconcile continuation
+    (all derived from function names) hold on this path too."""
+    resources = packaged["template"]["Resources"]
+    names = {"PostAuth": "post_auth", "Deliver": "deliver", "Reconcile": "reconcile"}
+    names |= {"PostConfirmation": "post_confirmation", "ReconcileContinue": "reconcile_continue"}
+    for logical, name in names.items():
+        assert resources[logical]["Properties"]["FunctionName"] == {"Fn::Sub": f"userhub-sync-${{Stage}}-{name}"}
+    statements = resources["ReconcileRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+    [read_logs] = [s for s in statements if s["Action"] == ["logs:FilterLogEvents"]]
+    groups = {r["Fn::Sub"].split(":log-group:")[1] for r in read_logs["Resource"]}
+    assert groups == {
+        f"/aws/lambda/userhub-sync-${{Stage}}-{f}{s}" for f in ("post_auth", "post_confirmation") for s in ("", ":*")
+    }

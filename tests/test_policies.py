@@ -42,6 +42,7 @@ EXPECTED_ACTIONS = {
         "sqs:SendMessage",
         "sqs:GetQueueUrl",
         "lambda:InvokeFunction",
+        "logs:FilterLogEvents",
     },
 }
 ACCOUNT = r"(\*|\d{12})"
@@ -63,9 +64,15 @@ def allowed_resources(stage: str, env: dict[str, str], functions: list[str]) -> 
         return rf"arn:aws:{service}:{REGION}:{ACCOUNT}:{re.escape(rest)}"
 
     logs = {arn("logs", f"log-group:/aws/lambda/{app}-{fn}") + suffix for fn in functions for suffix in ("", ":\\*")}
+    triggers = {
+        arn("logs", f"log-group:/aws/lambda/{app}-{fn}") + suffix
+        for fn in ("post_auth", "post_confirmation")
+        for suffix in ("", ":\\*")
+    }
     queue = {name: arn("sqs", name) for name in (events, dlq)}
     return {
         **{action: logs for action in LOG_ACTIONS},
+        "logs:FilterLogEvents": triggers,  # sign-in recovery reads what post_auth and post_confirmation logged
         "sqs:SendMessage": {queue[events], queue[dlq]},
         "sqs:GetQueueUrl": {queue[events], queue[dlq]},
         **{
@@ -111,6 +118,14 @@ def check_policy(document: dict[str, Any], role: str, stage: str, env: dict[str,
             for r in _list(s["Resource"])
         }
         assert all(r.endswith(":" + env["EVENTS_QUEUE_NAME"]) for r in sqs_resources)
+    if role == "reconcile":  # both trigger functions' log groups, nothing else
+        [recover] = [s for s in document["Statement"] if "logs:FilterLogEvents" in _list(s["Action"])]
+        assert _list(recover["Action"]) == ["logs:FilterLogEvents"]
+        assert {r.split(":log-group:")[1] for r in _list(recover["Resource"])} == {
+            f"/aws/lambda/userhub-sync-{stage}-{fn}{suffix}"
+            for fn in ("post_auth", "post_confirmation")
+            for suffix in ("", ":*")
+        }
 
 
 def _committed(stage: str) -> tuple[dict[str, Any], dict[str, str]]:

@@ -15,7 +15,7 @@ import typer
 from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError  # typer vendors click here
 from typer.core import TyperGroup
 
-from userhub_sync import ops_cli, reconcile_cli, run_cli
+from userhub_sync import ops_cli, reconcile_cli, recover_cli, run_cli
 from userhub_sync.opsutil import EXIT_CODES_HELP, ExitCode, print_error
 
 
@@ -69,6 +69,7 @@ app = typer.Typer(
 run_cli.register(app)
 ops_cli.register(app)
 reconcile_cli.register(app)
+recover_cli.register(app)
 
 
 def main() -> None:

@@ -130,6 +130,14 @@ def build_policy(role: str, functions: list[str], t: PolicyTargets) -> dict[str,
         statements.append(
             _statement("ContinueReconcile", ["lambda:InvokeFunction"], [t.function_arn("reconcile_continue")])
         )
+        # chalicelib/signin_recovery.py reads the recovery records post_auth and post_confirmation wrote
+        statements.append(
+            _statement(
+                "RecoverSignins",
+                ["logs:FilterLogEvents"],
+                [arn for fn in ("post_auth", "post_confirmation") for arn in t.log_group_arns(fn)],
+            )
+        )
         kms_actions = ["kms:GenerateDataKey", "kms:Decrypt"]
     else:
         raise ValueError(f"unknown role {role!r}")
