@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 import threading
 import time
@@ -37,7 +36,8 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import UTC, datetime
 from typing import Any
 
-from chalicelib.observability import Metrics, get_logger, redact
+from chalicelib.identifiers import is_connection_id
+from chalicelib.observability import Metrics, get_logger, log_user, redact
 
 log = get_logger("post_auth")
 metrics = Metrics("post_auth")
@@ -46,7 +46,6 @@ EVENT_TYPES = {
     "PostAuthentication_Authentication": ("SIGNIN", "post_auth"),
     "PostConfirmation_ConfirmSignUp": ("SIGNUP", "post_confirmation"),
 }
-_CONNECTION_RE = re.compile(r"^conn_[A-Za-z0-9_-]+$")
 DEFAULTS = {"SQS_CONNECT_TIMEOUT": 0.5, "SQS_READ_TIMEOUT": 1.0, "POST_AUTH_BUDGET_SECONDS": 1.8}
 MAX_SECONDS = 4.0  # no setting may go beyond this: Cognito gives the whole trigger 5 s
 FIRST_ATTEMPT_SHARE = 0.5  # the first attempt may use this share of the budget; the second gets the rest
@@ -229,7 +228,7 @@ def message_body(event: dict[str, Any], event_type: str, source: str) -> str:
             "type": event_type,
             "user_pool_id": pool,
             "username": username,
-            "connection_id": connection if _CONNECTION_RE.match(connection) else None,
+            "connection_id": connection if is_connection_id(connection) else None,
             "event_time": datetime.now(UTC).isoformat(timespec="milliseconds"),
             "source": source,
         },
@@ -252,8 +251,11 @@ def recovery_record(body: str, event: Any, reason: str) -> str:
 
     ASCII only (json's escapes), so no character in a username can split it into two log events.
     """
+    message, sub = json.loads(body), user_sub(event)
+    if sub and log_user(message["username"]) != message["username"]:
+        message["username"] = None  # LOG_USERNAMES=hashed: recovery finds the user by `sub` instead
     return json.dumps(
-        {"recovery": RECOVERY_MARKER, "sub": user_sub(event), "reason": reason[:500], "message": json.loads(body)},
+        {"recovery": RECOVERY_MARKER, "sub": sub, "reason": reason[:500], "message": message},
         separators=(",", ":"),
     )
 
@@ -261,7 +263,7 @@ def recovery_record(body: str, event: Any, reason: str) -> str:
 def _who(event: Any) -> dict[str, str | None]:
     user = event.get("userName") if isinstance(event, dict) else None
     pool = event.get("userPoolId") if isinstance(event, dict) else None
-    return {"user": str(user)[:256] if user is not None else None, "pool": str(pool)[:64] if pool else None}
+    return {"user": log_user(str(user)[:256]) if user is not None else None, "pool": str(pool)[:64] if pool else None}
 
 
 def _log_retry(event: Any, reason: str) -> None:
@@ -312,7 +314,7 @@ def handle_trigger(event: Any, context: Any = None) -> Any:
         log.info(
             "enqueued",
             extra={
-                "user": event.get("userName"),
+                "user": log_user(event.get("userName")),
                 "pool": event.get("userPoolId"),
                 "type": event_type,
                 "sqs_message_id": message_id,

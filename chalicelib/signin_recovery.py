@@ -34,8 +34,9 @@ from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from chalicelib.messages import PoisonMessage, SyncMessage, parse_message
-from chalicelib.observability import Metrics, get_logger, redact
+from chalicelib.observability import Metrics, get_logger, log_user, redact
 from chalicelib.post_auth import RECOVERY_MARKER
+from chalicelib.sqs_limits import chunks
 
 log = get_logger("signin_recovery")
 
@@ -45,7 +46,6 @@ TRIGGER_FUNCTIONS = ("post_auth", "post_confirmation")
 SLICE_MS = 6 * 3_600_000  # the watermark advances six hours at a time: 4 FilterLogEvents calls a group a night
 INGESTION_LAG_MS = 600_000  # CloudWatch Logs may make an event searchable after its timestamp; 10 min of slack
 FIRST_RUN_LOOKBACK_MS = 2 * 86_400_000  # no watermark yet: look back two days
-SQS_BATCH = 10
 SEND_ATTEMPTS = 5
 _LOG_GROUP_RE = re.compile(r"^[.\-_/#A-Za-z0-9]{1,512}$")
 
@@ -202,8 +202,8 @@ class BatchSender:
         self.rejected: list[tuple[SyncMessage, str]] = []  # SQS said the message itself is wrong
 
     def send(self, messages: list[SyncMessage]) -> None:
-        for start in range(0, len(messages), SQS_BATCH):
-            self._batch(messages[start : start + SQS_BATCH])
+        for batch in chunks(messages):
+            self._batch(batch)
 
     def _batch(self, messages: list[SyncMessage]) -> None:
         self._url = self._url or self._queue_url()
@@ -324,7 +324,7 @@ def recover_signins(
                 for message, code in sender.rejected[report.rejected :]:
                     log.error(
                         "SQS rejected a recovered sign-in: skipped",
-                        extra={"user": message.username, "pool": message.user_pool_id, "code": code},
+                        extra={"user": log_user(message.username), "pool": message.user_pool_id, "code": code},
                     )
                 report.rejected = len(sender.rejected)
             covered = slice_end

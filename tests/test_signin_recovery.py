@@ -72,13 +72,6 @@ def user_sub(pool: str, username: str) -> str:
     return next(a["Value"] for a in user["UserAttributes"] if a["Name"] == "sub")
 
 
-def without_username(line: str) -> str:
-    """The record a later change (usernames hashed in logs) will write: the sub names the user."""
-    record = json.loads(line)
-    del record["message"]["username"]
-    return json.dumps(record)
-
-
 def drain_to_userhub(sqs, queue_url: str) -> None:
     LocalEventSource(sqs, queue_url, app.deliver, wait_seconds=0).run(drain=True)
 
@@ -95,14 +88,16 @@ def test_black_holed_signins_reach_userhub_through_the_nightly_reconcile(pipelin
     harness.pool.add(["alice@example.com", "bob@example.com"])
     fast = {"POST_AUTH_BUDGET_SECONDS": "0.4"}  # the bound is tested in test_post_auth; keep this test quick
     _, alice = failed_signin(capsys, "alice@example.com", harness.pool.id, black_hole, **fast)
-    _, bob = failed_signin(capsys, "bob@example.com", harness.pool.id, black_hole, **fast)
-    _, gone = failed_signin(capsys, "gone@example.com", harness.pool.id, black_hole, **fast)
+    hashed = {"LOG_USERNAMES": "hashed", "LOG_USERNAME_KEY": "a-log-hashing-key-for-tests"}
+    _, bob = failed_signin(capsys, "bob@example.com", harness.pool.id, black_hole, **fast, **hashed)
+    _, gone = failed_signin(capsys, "gone@example.com", harness.pool.id, black_hole, **fast, **hashed)
+    assert "bob@example.com" not in bob and json.loads(bob)["message"]["username"] is None  # logs hold no name
     put_lines(
         GROUP,
         [
             alice,
-            without_username(bob),  # resolved through ListUsers(Filter='sub = "…"')
-            without_username(gone),  # a sub Cognito no longer knows: skipped, logged
+            bob,  # usernames hashed in logs: resolved through ListUsers(Filter='sub = "…"')
+            gone,  # a sub Cognito no longer knows: skipped, logged
             alice[:120],  # cut off (a log event over the size limit): invalid, skipped
             '{"level": "ERROR", "message": "enqueue failed", "user": "userhub-sync/v1"}',  # matches, not a record
         ],
@@ -400,7 +395,8 @@ def test_cognito_is_asked_once_per_sub_and_only_when_a_record_lacks_a_username(r
     pool = boto3.client("cognito-idp").create_user_pool(PoolName="recovery")["UserPool"]["Id"]
     boto3.client("cognito-idp").admin_create_user(UserPoolId=pool, Username="gus")
     sub = user_sub(pool, "gus")
-    line = without_username(record_line("gus", pool=pool, sub=sub))
+    with patched_environ({"LOG_USERNAMES": "hashed", "LOG_USERNAME_KEY": "a-log-hashing-key-for-tests"}):
+        line = record_line("gus", pool=pool, sub=sub)  # usernames hashed in logs: the record names gus by sub
     put_lines(GROUP, [line, line, record_line("hal")], at_ms=now_ms() - 20 * MINUTE_MS)
     report = recovery.run()
     assert sorted(recovery.queued()) == ["gus", "gus", "hal"] and report.enqueued == 3
