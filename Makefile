@@ -12,6 +12,6 @@ demo: install
 test: install
 	$(VENV)/bin/pytest -q -n 2
 lint: install
-	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check . && $(VENV)/bin/ruff check . && $(VENV)/bin/mypy
 bench: install
 	$(PY) -m bench

@@ -21,21 +21,21 @@ class ReconcileEvent(CloudWatchEvent):
     Chalice's CloudWatchEvent reads `event['version']`, `['account']`, `['region']`, `['detail']`, `['detail-type']`,
     `['source']`, `['time']`, `['id']` and `['resources']` (chalice 1.34, app.py), so `{"dry_run": true}`, `{}` and
     the event `sam local generate-event cloudwatch scheduled-event` prints (no `version`) raised KeyError before
-    reconcile ran. Here a missing key is None and `to_dict()` is the payload as sent: reconcile decides what it means
+    reconcile ran. Here a missing key is empty and `to_dict()` is the payload as sent: reconcile decides what it means
     and refuses what it does not understand (chalicelib.reconcile.parse_request).
     """
 
     def _extract_attributes(self, event_dict: Any) -> None:
-        event = event_dict if isinstance(event_dict, dict) else {}
-        self.version = event.get("version")
-        self.account = event.get("account")
-        self.region = event.get("region")
-        self.detail = event.get("detail")
-        self.detail_type = event.get("detail-type")
-        self.source = event.get("source")
-        self.time = event.get("time")
-        self.event_id = event.get("id")
-        self.resources = event.get("resources")
+        event: dict[str, Any] = event_dict if isinstance(event_dict, dict) else {}
+        self.version = str(event.get("version") or "")
+        self.account = str(event.get("account") or "")
+        self.region = str(event.get("region") or "")
+        self.detail = event.get("detail") or {}
+        self.detail_type = str(event.get("detail-type") or "")
+        self.source = str(event.get("source") or "")
+        self.time = str(event.get("time") or "")
+        self.event_id = str(event.get("id") or "")
+        self.resources = event.get("resources") or []
 
 
 def post_auth(event: Any, context: Any) -> Any:

@@ -77,8 +77,8 @@ class JsonFormatter(logging.Formatter):
 class _StderrHandler(logging.StreamHandler):
     """Writes to whatever sys.stderr is now (test capture, the CLI's redirection), not what it was at setup."""
 
-    @property  # type: ignore[override]
-    def stream(self):
+    @property
+    def stream(self) -> Any:
         return sys.stderr
 
     @stream.setter

@@ -24,6 +24,7 @@ the measured import time). The body it writes is the v1 message of `chalicelib.m
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -172,7 +173,7 @@ class _Queue:
         for attempt, until in ((1, started + budget * FIRST_ATTEMPT_SHARE), (2, deadline)):
             client = self.client if attempt == 1 else None  # the second attempt always opens a new connection
             window = until - time.monotonic()
-            future = self._submit(lambda client=client: self._attempt(body, context, client)) if window > 0 else None
+            future = self._submit(functools.partial(self._attempt, body, context, client)) if window > 0 else None
             if future is None:
                 reason = (
                     f"all {SENDER_THREADS} sender threads still held by calls given up on (or shutting down)"

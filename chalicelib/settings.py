@@ -134,7 +134,7 @@ def get_settings() -> Settings:
     key = environment_key()
     if _cached is None or _cached[0] != key:
         try:
-            _cached = (key, Settings())  # type: ignore[call-arg]
+            _cached = (key, Settings())
         except ValidationError as error:
             raise ConfigError(_describe(error)) from None
     return _cached[1]

@@ -475,7 +475,7 @@ def _finish_deletes(scanner: Scanner, sent: set[str], undeleted_ids: set[str], r
         deleted, _ = scanner.delete(list(again.values()))
         report.duplicates_removed += len(deleted)
         undeleted_ids.difference_update(m.message_id for m in deleted)
-    retry = [DlqMessage(mid, scanner.held[mid], "", {}, {}) for mid in sorted(undeleted_ids) if mid in scanner.held]
+    retry = [DlqMessage(mid, scanner.held[mid], "", None, {}) for mid in sorted(undeleted_ids) if mid in scanner.held]
     if retry:
         deleted, _ = scanner.delete(retry)
         undeleted_ids.difference_update(m.message_id for m in deleted)
