@@ -107,6 +107,7 @@ class Metrics:
         self._stream = stream
         self._counts: dict[str, float] = defaultdict(float)
         self._timings: dict[str, list[float]] = defaultdict(list)
+        self._gauges: dict[str, float] = {}
         self._lock = threading.Lock()
         self.totals: dict[str, float] = defaultdict(float)  # since process start: for the CLI and tests
 
@@ -119,16 +120,24 @@ class Metrics:
         with self._lock:
             self._timings[name].append(round(milliseconds, 2))
 
+    def gauge(self, name: str, value: float) -> None:
+        """A level at flush time (the last value set), such as the current concurrency limit."""
+        with self._lock:
+            self._gauges[name] = value
+
     def flush(self) -> None:
         with self._lock:
-            counts, timings = dict(self._counts), dict(self._timings)
+            counts, timings, gauges = dict(self._counts), dict(self._timings), dict(self._gauges)
             self._counts.clear()
             self._timings.clear()
-        if not counts and not timings:
+            self._gauges.clear()
+        if not counts and not timings and not gauges:
             return
-        metrics = [{"Name": n, "Unit": "Count"} for n in counts] + [
-            {"Name": n, "Unit": "Milliseconds"} for n in timings
-        ]
+        metrics = (
+            [{"Name": n, "Unit": "Count"} for n in counts]
+            + [{"Name": n, "Unit": "Milliseconds"} for n in timings]
+            + [{"Name": n, "Unit": "None"} for n in gauges]
+        )
         document = {
             "_aws": {
                 "Timestamp": int(time.time() * 1000),
@@ -137,6 +146,7 @@ class Metrics:
             "service": self.service,
             **counts,
             **timings,
+            **gauges,
         }
         if os.environ.get("USERHUB_SYNC_METRICS", "on") != "off":
             print(redact(json.dumps(document)), file=self._stream or sys.stdout, flush=True)

@@ -57,6 +57,8 @@ class Settings(BaseSettings):
 
     # --- delivery tunables
     delivery_concurrency: int = Field(default=16, ge=1, le=512)
+    adaptive_concurrency: bool = True  # fewer calls in flight on 429/503/timeouts, more on success (delivery/flow.py)
+    delivery_rate_limit: float | None = Field(default=None, gt=0, le=10_000)  # calls/s per container; None: no limit
     userhub_connect_timeout: PositiveFloat = 2.0
     userhub_read_timeout: PositiveFloat = 5.0
     retry_base_seconds: int = Field(default=30, ge=0, le=MAX_VISIBILITY_SECONDS)

@@ -8,8 +8,9 @@ Every way a call can go wrong ends as one of these exceptions, so the caller dec
 and nothing else escapes:
 
     UserHubError
-    ├── TransientError        retry later: 429, 5xx, 408, a 3xx (a proxy or a wrong USERHUB_API_URL), timeouts,
-    │   │                     connection and protocol errors, an answer that cannot be decoded; has retry_after
+    ├── TransientError        retry later: 429, 5xx, 408, a 3xx (a proxy or a wrong USERHUB_API_URL), connection and
+    │   │                     protocol errors, an answer that cannot be decoded; has retry_after
+    │   ├── CallTimeout       no complete answer in time (a sign of load, like 429 and 503)
     │   └── ConfigurationError   the request cannot be built from our configuration (an Admin key holding a
     │                         character HTTP headers cannot carry): retry later, and say so loudly
     ├── Unauthorized          401: fetch the key again, then retry later
@@ -78,6 +79,10 @@ class TransientError(UserHubError):
     ) -> None:
         super().__init__(message, status=status, code=code, reason=reason)
         self.retry_after = retry_after
+
+
+class CallTimeout(TransientError):
+    pass
 
 
 class ConfigurationError(TransientError):
@@ -223,9 +228,9 @@ class UserHubClient:
                 finally:
                     await response.aclose()
         except TimeoutError:
-            raise TransientError(f"no complete answer within {timeout_seconds:.2f} s") from None
+            raise CallTimeout(f"no complete answer within {timeout_seconds:.2f} s") from None
         except httpx.TimeoutException as error:
-            raise TransientError(f"timeout: {type(error).__name__}") from None
+            raise CallTimeout(f"timeout: {type(error).__name__}") from None
         except httpx.HTTPError as error:  # connection, protocol, proxy errors: nothing reached UserHub for sure
             raise TransientError(f"connection error: {type(error).__name__}") from None
         finally:

@@ -2,8 +2,9 @@
 
 Each message ends with exactly one `CallResult`, whatever goes wrong while handling it: an exception this module does
 not know is a `Transient` result for that message alone, never a failure of the batch. Messages with the same
-(user, connection, type) in one batch make one call and share its result. No call starts when too little time is
-left (`NotStarted`), and every call that starts ends before the invocation's deadline.
+(user, connection, type) in one batch make one call and share its result. How many calls are in flight, and when the
+next may start, is `flow.FlowControl`'s decision. No call starts when too little time is left (`NotStarted`), and
+every call that starts ends before the invocation's deadline.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from chalicelib.delivery.flow import FlowControl, Signal, Slot
 from chalicelib.messages import SyncMessage
 from chalicelib.observability import Metrics, get_logger
 from chalicelib.secrets import AdminKeyProvider, KeyMisconfigured, SecretUnavailable
 from chalicelib.userhub import (
+    CallTimeout,
     ConfigurationError,
     PermanentError,
     TransientError,
@@ -35,7 +38,8 @@ class Delivered:
 
 @dataclass(frozen=True)
 class Transient:
-    """Worth trying again later. `configuration` marks our own misconfiguration, which an operator must fix."""
+    """Worth trying again later. `configuration` marks our own misconfiguration, which an operator must fix;
+    `congestion` a sign that UserHub is loaded (429, 503, a timeout)."""
 
     detail: str
     status: int | None = None
@@ -43,6 +47,7 @@ class Transient:
     reason: str | None = None
     retry_after: float | None = None
     configuration: bool = False
+    congestion: bool = False
 
 
 @dataclass(frozen=True)
@@ -57,12 +62,16 @@ class Rejected:
 
 @dataclass(frozen=True)
 class NotStarted:
-    """The invocation ran low on time before this message's turn."""
+    """The invocation ran low on time before this message's turn; `wait` is how long this container must still hold
+    back (UserHub's Retry-After, or the rate limit), so the message is offered again only after that."""
+
+    wait: float = 0.0
 
 
 CallResult = Delivered | Transient | Rejected | NotStarted
 DELIVERED = Delivered()
 NOT_STARTED = NotStarted()
+PAUSE_CAP_SECONDS = 300.0  # one odd Retry-After must not silence a container for hours (each message still waits)
 
 
 @dataclass(frozen=True)
@@ -73,8 +82,9 @@ class Deadline:
     start_margin: float  # no call starts with less than this left
     settle_reserve: float  # every call ends at least this long before `end`
 
-    def can_start(self) -> bool:
-        return self.end - time.monotonic() >= self.start_margin
+    def start_time_left(self) -> float:
+        """Seconds during which a call may still start."""
+        return self.end - self.start_margin - time.monotonic()
 
     def call_seconds(self) -> float:
         return self.end - self.settle_reserve - time.monotonic()
@@ -88,13 +98,13 @@ class BatchCaller:
         client: UserHubClient,
         keys: AdminKeyProvider,
         *,
-        concurrency: int,
+        flow: FlowControl,
         default_connection: str,
         metrics: Metrics,
     ) -> None:
         self.client = client
         self.keys = keys
-        self.concurrency = concurrency
+        self.flow = flow
         self.default_connection = default_connection
         self.metrics = metrics
 
@@ -105,13 +115,17 @@ class BatchCaller:
             groups.setdefault(message.dedup_key, []).append(index)
         if len(groups) < len(messages):
             self.metrics.count("duplicates_merged", len(messages) - len(groups))
-        semaphore = asyncio.Semaphore(self.concurrency)
 
         async def run(leader: SyncMessage) -> CallResult:
-            async with semaphore:
-                if not deadline.can_start():
-                    return NOT_STARTED
-                return await self.call_one(leader, deadline)
+            slot = await self.flow.acquire(deadline.start_time_left)
+            if not isinstance(slot, Slot):
+                return NotStarted(wait=slot)
+            result: CallResult = NOT_STARTED
+            try:
+                result = await self.call_one(leader, deadline)
+            finally:
+                await self.flow.release(slot, *_signal(result))
+            return result
 
         results = await asyncio.gather(*(run(messages[indexes[0]]) for indexes in groups.values()))
         by_index: dict[int, CallResult] = {}
@@ -130,7 +144,8 @@ class BatchCaller:
         except ConfigurationError as error:
             return Transient(str(error), configuration=True)
         except TransientError as error:
-            return Transient(str(error), error.status, error.code, error.reason, error.retry_after)
+            congestion = isinstance(error, CallTimeout) or error.status in (429, 503)
+            return Transient(str(error), error.status, error.code, error.reason, error.retry_after, False, congestion)
         except UserHubError as error:  # Unauthorized, when a fresh key did not help
             return Transient(str(error), error.status, error.code, error.reason)
         except KeyMisconfigured as error:
@@ -160,3 +175,13 @@ class BatchCaller:
             await self.client.report_event(
                 message.username, connection, message.type, fresh, timeout_seconds=deadline.call_seconds()
             )
+
+
+def _signal(result: CallResult) -> tuple[Signal, float | None]:
+    """What a result tells the flow control, and how long UserHub asked this container to hold back."""
+    if isinstance(result, Delivered):
+        return Signal.SUCCESS, None
+    if isinstance(result, Transient) and result.congestion:
+        pause = min(result.retry_after, PAUSE_CAP_SECONDS) if result.retry_after else None
+        return Signal.CONGESTION, pause
+    return Signal.NEUTRAL, None

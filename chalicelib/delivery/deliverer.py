@@ -18,6 +18,7 @@ from typing import Any
 
 from chalicelib.aws_clients import aws_client
 from chalicelib.delivery.calls import BatchCaller, CallResult, Deadline, NotStarted, Transient
+from chalicelib.delivery.flow import FlowControl
 from chalicelib.delivery.mapping import MappingProbe
 from chalicelib.delivery.plan import Action, DeadLetter, Delay, Delete, Limits, plan
 from chalicelib.delivery.policy import RetryPolicy
@@ -74,7 +75,11 @@ class Deliverer:
                 max_connections=settings.delivery_concurrency,
             ),
             keys or AdminKeyProvider(settings),
-            concurrency=settings.delivery_concurrency,
+            flow=FlowControl(
+                settings.delivery_concurrency,
+                adaptive=settings.adaptive_concurrency,
+                rate_limit=settings.delivery_rate_limit,
+            ),
             default_connection=settings.userhub_connection_id,
             metrics=self.metrics,
         )
@@ -168,6 +173,7 @@ class Deliverer:
         for disposition, count in tally.items():
             if count:
                 self.metrics.count(disposition.value, count)
+        self.metrics.gauge("concurrency_limit", round(self.caller.flow.limit, 2))
         for detail in sorted(configuration):  # loud: this fails every message until an operator fixes it
             self.metrics.count("configuration_error")
             log.error("configuration error: every delivery fails until it is fixed", extra={"error": detail})

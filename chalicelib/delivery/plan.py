@@ -2,7 +2,8 @@
 
     Delivered                          → Delete
     Poison, Rejected                   → DeadLetter (poison / permanent), at once
-    Transient, NotStarted              → Delay (the retry schedule; 0 for a record never tried)
+    Transient, NotStarted              → Delay (the retry schedule; for a record never tried, only as long as the
+                                         container is told to hold back, usually 0)
         ... on the last receive the queue's redrive policy allows
         ... or when the next attempt would start after the queue's retention ends (minus a margin)
                                        → DeadLetter (exhausted), with the reason
@@ -13,6 +14,7 @@ without a reason, and its retention would delete it without a trace.
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -22,6 +24,7 @@ from chalicelib.delivery.calls import CallResult, Delivered, NotStarted, Rejecte
 from chalicelib.delivery.policy import RetryPolicy
 from chalicelib.delivery.records import Poison, Record
 from chalicelib.messages import SyncMessage
+from chalicelib.sqs_limits import MAX_VISIBILITY_SECONDS
 from chalicelib.timefmt import utc_iso
 
 
@@ -96,7 +99,11 @@ def plan(
             detail=outcome.detail,
         )
     if isinstance(outcome, NotStarted):
-        why, seconds, failure = "not started: the invocation ran low on time", 0, {}
+        failure: dict[str, object] = {}
+        seconds = min(math.ceil(outcome.wait), MAX_VISIBILITY_SECONDS)
+        why = "not started: the invocation ran low on time"
+        if seconds:
+            why = f"not started: this container holds back {seconds} s (Retry-After or DELIVERY_RATE_LIMIT)"
     else:
         why = outcome.detail
         seconds = limits.policy.delay(record.receive_count, outcome.retry_after, rng)

@@ -1,0 +1,128 @@
+"""How many UserHub calls a container has in flight, and when it may start the next one.
+
+UserHub publishes no rate limit, and Lambda runs as many containers as the backlog asks for, so each container finds
+its share by itself (additive increase, multiplicative decrease, as TCP does):
+
+    start      4 calls in flight (or DELIVERY_CONCURRENCY if lower), +1 per success until the first congestion
+    success    +1/limit (about +1 per round of `limit` calls), up to DELIVERY_CONCURRENCY
+    congestion ×0.5, at most once per round: a 429, a 503 or a timeout from a call started after the last cut
+    429 + Retry-After   no new call from this container until then (calls already in flight finish)
+    DELIVERY_RATE_LIMIT at most this many calls a second from this container (optional): containers × rate is a hard
+                        ceiling an operator can agree with UserHub
+
+The state lives as long as the warm container. With `ADAPTIVE_CONCURRENCY=off` the limit stays at
+DELIVERY_CONCURRENCY, as before; pauses and the rate limit still apply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+
+INITIAL_LIMIT = 4
+DECREASE = 0.5
+
+
+class Signal(StrEnum):
+    """What a finished call says about UserHub's capacity."""
+
+    SUCCESS = "success"
+    CONGESTION = "congestion"  # 429, 503, timeout
+    NEUTRAL = "neutral"  # any other failure: says nothing about load
+
+
+@dataclass(frozen=True)
+class Slot:
+    started: float
+
+
+class FlowControl:
+    def __init__(
+        self,
+        max_concurrency: int,
+        *,
+        adaptive: bool = True,
+        rate_limit: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_concurrency = max_concurrency
+        self.adaptive = adaptive
+        self.limit = float(min(INITIAL_LIMIT, max_concurrency) if adaptive else max_concurrency)
+        self.slow_start = adaptive
+        self.in_flight = 0
+        self.paused_until = 0.0
+        self.rate_limit = rate_limit
+        self._tokens = 1.0
+        self._refilled = clock()
+        self._last_cut = float("-inf")
+        self._clock = clock
+        self._changed: asyncio.Condition | None = None
+
+    # ------------------------------------------------------------------ the decisions, pure given the clock
+    def wait_before_start(self) -> float | None:
+        """0 if a call may start now; else seconds until it may (None: until a call in flight finishes)."""
+        now = self._clock()
+        if now < self.paused_until:
+            return self.paused_until - now
+        if self.in_flight >= max(int(self.limit), 1):
+            return None
+        if self.rate_limit:
+            self._refill(now)
+            if self._tokens < 1:
+                return (1 - self._tokens) / self.rate_limit
+        return 0.0
+
+    def _refill(self, now: float) -> None:
+        assert self.rate_limit
+        self._tokens = min(max(self.rate_limit, 1.0), self._tokens + (now - self._refilled) * self.rate_limit)
+        self._refilled = now
+
+    def started(self) -> Slot:
+        self.in_flight += 1
+        if self.rate_limit:
+            self._tokens -= 1
+        return Slot(self._clock())
+
+    def finished(self, slot: Slot, signal: Signal, retry_after: float | None = None) -> None:
+        self.in_flight -= 1
+        now = self._clock()
+        if retry_after:
+            self.paused_until = max(self.paused_until, now + retry_after)
+        if not self.adaptive:
+            return
+        if signal is Signal.SUCCESS:
+            self.limit = min(self.max_concurrency, self.limit + (1 if self.slow_start else 1 / self.limit))
+        elif signal is Signal.CONGESTION and slot.started >= self._last_cut:
+            self.slow_start = False
+            self.limit = max(1.0, self.limit * DECREASE)
+            self._last_cut = now
+
+    # ------------------------------------------------------------------ async use by the caller
+    async def acquire(self, time_left: Callable[[], float]) -> Slot | float:
+        """A slot, once one may start; or, when waiting would outlast `time_left()`, the seconds this container
+        still has to wait (0 if it is only busy), so the message can be offered again when that is over."""
+        if self._changed is None:
+            self._changed = asyncio.Condition()
+        async with self._changed:
+            while True:
+                left = time_left()
+                if left <= 0:
+                    return 0.0
+                wait = self.wait_before_start()
+                if wait == 0.0:
+                    return self.started()
+                if wait is not None and wait >= left:
+                    return wait
+                try:
+                    await asyncio.wait_for(self._changed.wait(), timeout=min(wait or left, left))
+                except TimeoutError:
+                    pass
+
+    async def release(self, slot: Slot, signal: Signal, retry_after: float | None = None) -> None:
+        self.finished(slot, signal, retry_after)
+        assert self._changed is not None
+        async with self._changed:
+            self._changed.notify_all()

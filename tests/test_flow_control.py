@@ -1,0 +1,126 @@
+"""Each container finds its share of UserHub's capacity: fewer calls on 429/503/timeouts, more on success, a pause
+on Retry-After, and an optional hard rate. Unit tests on a controlled clock, then through app.deliver."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from chalicelib.delivery import Deliverer
+from chalicelib.delivery.flow import INITIAL_LIMIT, FlowControl, Signal, Slot
+from chalicelib.settings import get_settings
+from tests.conftest import message_body, receive_event
+from tests.support import capture_visibility, send
+from userhub_sync.fake_userhub import Fault
+from userhub_sync.worker import LambdaContext
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def run_calls(flow: FlowControl, signals: list[Signal], clock: Clock, *, concurrent: bool = False) -> None:
+    """Finish one call per signal; `concurrent` starts them all before any finishes (a burst in flight)."""
+    slots = [flow.started() for _ in signals] if concurrent else []
+    for i, signal in enumerate(signals):
+        slot = slots[i] if concurrent else flow.started()
+        clock.now += 0.01
+        flow.finished(slot, signal)
+
+
+def test_slow_start_doubles_per_round_up_to_the_configured_concurrency() -> None:
+    clock = Clock()
+    flow = FlowControl(16, clock=clock)
+    assert flow.limit == INITIAL_LIMIT
+    run_calls(flow, [Signal.SUCCESS] * 4, clock)
+    assert flow.limit == 8
+    run_calls(flow, [Signal.SUCCESS] * 50, clock)
+    assert flow.limit == 16, "never above DELIVERY_CONCURRENCY"
+
+
+def test_congestion_halves_once_per_round_and_success_recovers_one_per_round() -> None:
+    clock = Clock()
+    flow = FlowControl(16, clock=clock)
+    run_calls(flow, [Signal.SUCCESS] * 20, clock)
+    assert flow.limit == 16
+    run_calls(flow, [Signal.CONGESTION] * 8, clock, concurrent=True)  # eight 429s of calls in flight together
+    assert flow.limit == 8, "one cut for one burst, not 16 → 0.06"
+    run_calls(flow, [Signal.CONGESTION], clock)  # a call started after the cut: a new signal
+    assert flow.limit == 4
+    run_calls(flow, [Signal.SUCCESS] * 4, clock)
+    assert 4.9 < flow.limit < 5.1, "after the first cut: about +1 per round of `limit` calls"
+    run_calls(flow, [Signal.NEUTRAL] * 10, clock)
+    assert 4.9 < flow.limit < 5.1, "a 400 or a 500 says nothing about load"
+    run_calls(flow, [Signal.CONGESTION] * 5, clock)
+    assert flow.limit == 1, "never below one call in flight"
+
+
+def test_a_retry_after_pauses_every_new_call_of_the_container() -> None:
+    clock = Clock()
+    flow = FlowControl(16, clock=clock)
+    slot = flow.started()
+    flow.finished(slot, Signal.CONGESTION, retry_after=5)
+    assert flow.wait_before_start() == pytest.approx(5)
+    clock.now += 4
+    assert flow.wait_before_start() == pytest.approx(1)
+    clock.now += 1
+    assert flow.wait_before_start() == 0.0
+
+
+def test_the_limit_holds_calls_until_one_finishes() -> None:
+    flow = FlowControl(2, clock=Clock())
+    flow.started()
+    assert flow.wait_before_start() == 0.0
+    flow.started()
+    assert flow.wait_before_start() is None
+
+
+def test_a_rate_limit_spaces_calls_whatever_the_concurrency() -> None:
+    clock = Clock()
+    flow = FlowControl(64, adaptive=False, rate_limit=10, clock=clock)
+    starts = 0
+    for _ in range(100):  # one simulated second in steps of 10 ms
+        while flow.wait_before_start() == 0.0:
+            flow.finished(flow.started(), Signal.SUCCESS)
+            starts += 1
+        clock.now += 0.01
+    assert 10 <= starts <= 11  # the rate, plus the one token a container starts with
+
+
+def test_without_adaptivity_the_limit_stays_at_the_configured_concurrency() -> None:
+    clock = Clock()
+    flow = FlowControl(16, adaptive=False, clock=clock)
+    assert flow.limit == 16
+    run_calls(flow, [Signal.CONGESTION] * 5, clock)
+    assert flow.limit == 16
+
+
+def test_acquire_gives_back_the_wait_when_it_would_outlast_the_invocation() -> None:
+    clock = Clock()
+    flow = FlowControl(4, clock=clock)
+    flow.finished(flow.started(), Signal.CONGESTION, retry_after=30)
+    got = asyncio.run(flow.acquire(lambda: 10.0))
+    assert got == pytest.approx(30)
+    assert asyncio.run(flow.acquire(lambda: -1.0)) == 0.0
+    clock.now += 31
+    assert isinstance(asyncio.run(flow.acquire(lambda: 10.0)), Slot)
+
+
+def test_through_deliver_a_429_holds_back_the_rest_of_the_batch(pipeline, hub) -> None:
+    """The first round of calls meets 429s asking for 30 s: the container starts no new call, and the records it
+    did not start wait those 30 s in the queue instead of coming straight back."""
+    hub.add_fault(Fault(status=429, retry_after="30", count=INITIAL_LIMIT))
+    sqs, queues = pipeline.sqs, pipeline.queues
+    seen = capture_visibility(sqs)
+    send(sqs, queues.events_url, *(message_body(f"user{i}") for i in range(10)))
+    event = receive_event(sqs, queues.events_url, 10)
+    deliverer = Deliverer(get_settings(), sqs=sqs)
+    result = deliverer.handle(event, LambdaContext("deliver", 5).get_remaining_time_in_millis)
+    assert len(hub.journal()) == INITIAL_LIMIT, "calls after the 429s were started anyway"
+    assert len(result["batchItemFailures"]) == 10
+    assert len(seen) == 10 and min(entry["VisibilityTimeout"] for entry in seen) >= 29
