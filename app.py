@@ -41,9 +41,10 @@ def reconcile(event):
     return entrypoints.reconcile(event.to_dict(), event.context)
 
 
-reconcile.event_class = entrypoints.ReconcileEvent  # also takes hand-made payloads: docs/RECONCILE.md
+reconcile.event_class = entrypoints.TolerantEvent  # also takes hand-made payloads: docs/RECONCILE.md
 
 
 @app.lambda_function(name="reconcile_continue")
 def reconcile_continue(event, context):
     return entrypoints.reconcile(event, context)
+

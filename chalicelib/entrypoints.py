@@ -4,8 +4,8 @@ All functions share one zip and one `app.py`, so a module-level import of the de
 httpx on every post_auth cold start. Importing here, inside the call, keeps each function's cold start to what
 it uses.
 
-`ReconcileEvent` is the exception: Chalice's schedule wrapper builds its event object before our function runs, so
-the class has to be ready when app.py is imported (chalice.app is loaded by then anyway; it costs nothing).
+`TolerantEvent` is the exception: Chalice's schedule and EventBridge wrappers build their event object before our
+function runs, so the class has to be ready when app.py is imported (chalice.app is loaded by then anyway).
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from typing import Any
 from chalice.app import CloudWatchEvent
 
 
-class ReconcileEvent(CloudWatchEvent):
-    """What `app.reconcile` receives: the EventBridge scheduled event, or a payload an operator made by hand.
+class TolerantEvent(CloudWatchEvent):
+    """What `app.reconcile` and `app.capture` receive: an EventBridge event, or a payload made by hand (an operator's
+    `{"dry_run": true}`, a test's envelope, moto's SQS copy of an event, which lacks `account`).
 
     Chalice's CloudWatchEvent reads `event['version']`, `['account']`, `['region']`, `['detail']`, `['detail-type']`,
     `['source']`, `['time']`, `['id']` and `['resources']` (chalice 1.34, app.py), so `{"dry_run": true}`, `{}` and
@@ -48,6 +49,12 @@ def deliver(event: dict[str, Any], context: Any) -> dict[str, Any]:
     from chalicelib.delivery import handle_sqs_event
 
     return handle_sqs_event(event, context)
+
+
+def capture(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    from chalicelib.capture import handle_capture_event
+
+    return handle_capture_event(event, context)
 
 
 def reconcile(event: dict[str, Any], context: Any) -> dict[str, Any]:

@@ -13,6 +13,8 @@ USER_POOL_ID_PATTERN = r"^[\w-]+_[0-9a-zA-Z]+$"
 USER_POOL_ID_MAX_CHARS = 55
 USERNAME_MAX_CHARS = 128
 MESSAGE_ID_MAX_CHARS = 128
+# A Cognito `sub` is UUID-shaped; anything bounded without quotes or backslashes is safe in `Filter='sub = "…"'`.
+SUB_PATTERN = r"^[\w-]{1,128}$"
 
 _CONNECTION_ID = re.compile(CONNECTION_ID_PATTERN)
 

@@ -14,11 +14,12 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from chalicelib.identifiers import (
     CONNECTION_ID_PATTERN,
     MESSAGE_ID_MAX_CHARS,
+    SUB_PATTERN,
     USER_POOL_ID_MAX_CHARS,
     USER_POOL_ID_PATTERN,
     USERNAME_MAX_CHARS,
@@ -38,6 +39,7 @@ class Source(StrEnum):
     POST_CONFIRMATION = "post_confirmation"
     RECONCILE = "reconcile"
     REPLAY = "replay"
+    CAPTURE = "capture"
 
 
 class PoisonMessage(ValueError):
@@ -73,7 +75,50 @@ class SyncMessage(BaseModel):
         return self.model_dump_json()
 
 
-def parse_message(body: str | bytes | None) -> SyncMessage:
+class CaptureMessage(BaseModel):
+    """A change CloudTrail saw, naming the user only as CloudTrail does: a `sub`, and perhaps a username that may be
+    an alias. `deliver` resolves it to the canonical username first (`delivery.resolve`), then it is a SyncMessage.
+    Nothing from the event but who changed is kept: UserHub re-reads the user (CHANGED), so order does not matter."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore", use_enum_values=False)
+
+    v: Literal[1] = VERSION
+    id: Annotated[str, Field(min_length=1, max_length=MESSAGE_ID_MAX_CHARS)] = Field(
+        default_factory=lambda: uuid.uuid4().hex
+    )
+    type: Literal[EventType.CHANGED] = EventType.CHANGED
+    source: Literal[Source.CAPTURE] = Source.CAPTURE
+    user_pool_id: Annotated[str, Field(max_length=USER_POOL_ID_MAX_CHARS, pattern=USER_POOL_ID_PATTERN)] | None = None
+    connection_id: Annotated[str, Field(pattern=CONNECTION_ID_PATTERN)] | None = None
+    event_time: AwareDatetime = Field(default_factory=lambda: datetime.now(UTC))
+    event_id: Annotated[str, Field(min_length=1, max_length=128)]  # CloudTrail's eventID: repeats share it
+    event_name: Annotated[str, Field(pattern=r"^[A-Za-z]{1,64}$")]
+    sub: Annotated[str, Field(pattern=SUB_PATTERN)] | None = None  # safe inside a ListUsers filter
+    username_hint: Annotated[str, Field(min_length=1, max_length=USERNAME_MAX_CHARS)] | None = None
+
+    @model_validator(mode="after")
+    def _names_someone(self) -> CaptureMessage:
+        if not self.sub and not self.username_hint:
+            raise ValueError("a captured change needs a sub or a username hint")
+        return self
+
+    def to_body(self) -> str:
+        return self.model_dump_json()
+
+    def resolved(self, username: str, user_pool_id: str) -> SyncMessage:
+        """The message deliver sends once it knows the user's canonical username."""
+        return SyncMessage(
+            id=self.id,
+            type=self.type,
+            user_pool_id=user_pool_id,
+            username=username,
+            connection_id=self.connection_id,
+            event_time=self.event_time,
+            source=Source.CAPTURE,
+        )
+
+
+def parse_message(body: str | bytes | None) -> SyncMessage | CaptureMessage:
     """Parse a queue body, or raise `PoisonMessage` with a short reason (never the whole body)."""
     if body is None or body == "" or body == b"":
         raise PoisonMessage("empty body")
@@ -87,6 +132,8 @@ def parse_message(body: str | bytes | None) -> SyncMessage:
     if version != VERSION or isinstance(version, bool):
         raise PoisonMessage(f"unsupported message version {json.dumps(version)[:20]} (this code reads v{VERSION})")
     try:
+        if data.get("source") == Source.CAPTURE:
+            return CaptureMessage.model_validate(data)
         return SyncMessage.model_validate(data)
     except ValidationError as error:
         problems = ", ".join(

@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     # attempt would start after SentTimestamp + retention - margin, before SQS deletes it unseen
     retention_margin_seconds: int = Field(default=3600, ge=0, le=86_400)
 
+    # --- capture: resolving a captured change's user (ListUsers' 30/s quota is the account's, shared with reconcile)
+    capture_list_users_rate: float = Field(default=2.0, gt=0, le=30.0)
+
     # --- reconcile tunables
     reconcile_rate_limit: PositiveFloat = Field(default=5.0, le=30.0)  # ListUsers is 30 req/s per account, shared
     reconcile_time_margin_seconds: float = Field(default=60.0, ge=0)

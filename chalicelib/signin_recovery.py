@@ -147,6 +147,8 @@ def to_message(record: RecoveryRecord, resolver: SubResolver) -> SyncMessage | N
         raise InvalidRecord(error.reason) from None
     except (UnicodeError, ValueError) as error:
         raise InvalidRecord(f"cannot be sent: {type(error).__name__}") from None
+    if not isinstance(message, SyncMessage):  # post_auth writes sign-ins only
+        raise InvalidRecord("not a sign-in message")
     return message
 
 

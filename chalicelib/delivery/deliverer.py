@@ -1,6 +1,8 @@
-"""`deliver`: one SQS batch through four one-way stages, then the answer Lambda needs.
+"""`deliver`: one SQS batch through one-way stages, then the answer Lambda needs.
 
-    Record ──parse──▶ SyncMessage | Poison ──call──▶ CallResult ──plan──▶ Action ──apply──▶ Settled ──▶ response
+    Record ──parse──▶ SyncMessage | CaptureMessage | Poison
+           ──resolve (captured changes only)──▶ SyncMessage | Dropped | Transient
+           ──call──▶ CallResult ──plan──▶ Action ──apply──▶ Settled ──▶ response
 
 Every record gets exactly one action and one line of accounting, whatever fails on the way; only the records that
 must come back (retries, unconfirmed dead letters) are reported as `batchItemFailures`. When Lambda would ignore
@@ -23,14 +25,20 @@ from chalicelib.delivery.mapping import MappingProbe
 from chalicelib.delivery.plan import Action, DeadLetter, Delay, Delete, Limits, plan
 from chalicelib.delivery.policy import RetryPolicy
 from chalicelib.delivery.records import Poison, Record, parse
+from chalicelib.delivery.resolve import Dropped, Resolver
 from chalicelib.delivery.settle import QueueDirectory, Settled, apply, delete_settled
-from chalicelib.messages import SyncMessage
+from chalicelib.messages import CaptureMessage, SyncMessage
 from chalicelib.observability import Metrics, get_logger, log_user
 from chalicelib.secrets import AdminKeyProvider
 from chalicelib.settings import Settings
+from chalicelib.sub_index import SubIndex
+from chalicelib.token_bucket import TokenBucket
 from chalicelib.userhub import UserHubClient
 
 log = get_logger("deliver")
+Parsed = SyncMessage | CaptureMessage | Poison
+Ready = SyncMessage | Poison | Dropped | Transient | NotStarted  # after resolution
+Outcome = Poison | Dropped | CallResult
 SETTLE_RESERVE_SECONDS = 1.0  # every UserHub call ends at least this long before the invocation does
 
 
@@ -41,6 +49,7 @@ class Disposition(StrEnum):
     RETRY = "retry"
     NOT_STARTED = "not_started"
     DEAD_LETTER = "dead_letter"
+    DROPPED = "dropped"  # a captured change for another pool, or nobody: the nightly run covers it
 
 
 class RetriesPending(Exception):
@@ -84,6 +93,14 @@ class Deliverer:
             metrics=self.metrics,
         )
         self.limits = Limits(RetryPolicy.from_settings(settings), settings.retention_margin_seconds)
+        self.resolver = Resolver(
+            self._cognito_client,
+            settings.user_pool_id,
+            SubIndex(self._s3_client, settings.snapshot_bucket),
+            TokenBucket(settings.capture_list_users_rate),
+        )
+        self._cognito: Any = None
+        self._s3: Any = None
         self._lambda = lambda_client
         self.mapping = MappingProbe(self._lambda_client)
         self.loop = asyncio.new_event_loop()
@@ -96,6 +113,16 @@ class Deliverer:
     @property
     def client(self) -> UserHubClient:
         return self.caller.client
+
+    def _cognito_client(self) -> Any:
+        if self._cognito is None:
+            self._cognito = aws_client("cognito-idp", connect_timeout=1, read_timeout=3)
+        return self._cognito
+
+    def _s3_client(self) -> Any:
+        if self._s3 is None:
+            self._s3 = aws_client("s3", connect_timeout=1, read_timeout=5)
+        return self._s3
 
     def _lambda_client(self) -> Any:
         if self._lambda is None:
@@ -112,7 +139,8 @@ class Deliverer:
         raw = event.get("Records") if isinstance(event, dict) else None
         records = [Record.from_lambda(item) for item in (raw if isinstance(raw, list) else [])]
         parsed = [parse(record) for record in records]
-        outcomes = self._call(parsed, deadline)
+        ready = self._resolve(parsed, deadline)
+        outcomes = self._call(ready, deadline)
         now = time.time()
         planned: list[tuple[Record, Action]] = [
             (
@@ -127,16 +155,27 @@ class Deliverer:
                     rng=self.rng,
                 ),
             )
-            for record, message, outcome in zip(records, parsed, outcomes, strict=True)
+            for record, message, outcome in zip(records, ready, outcomes, strict=True)
         ]
         settled = apply(planned, self.sqs, self.queues)
-        self._account(settled, outcomes, parsed, started)
+        self._account(settled, outcomes, ready, started)
         return self._respond(settled)
 
-    def _call(self, parsed: list[SyncMessage | Poison], deadline: Deadline) -> list[Poison | CallResult]:
-        messages = [item for item in parsed if isinstance(item, SyncMessage)]
+    def _resolve(self, parsed: list[Parsed], deadline: Deadline) -> list[Ready]:
+        captured = [item for item in parsed if isinstance(item, CaptureMessage)]
+        resolutions = self.resolver.resolve_all(captured, deadline.start_time_left) if captured else []
+        for resolution in resolutions:
+            if isinstance(resolution, SyncMessage):
+                self.metrics.count("capture_resolved")
+            elif isinstance(resolution, Dropped):
+                self.metrics.count(f"capture_dropped_{resolution.reason.value}")
+        found = iter(resolutions)
+        return [next(found) if isinstance(item, CaptureMessage) else item for item in parsed]
+
+    def _call(self, ready: list[Ready], deadline: Deadline) -> list[Outcome]:
+        messages = [item for item in ready if isinstance(item, SyncMessage)]
         results = iter(self.loop.run_until_complete(self.caller.call_all(messages, deadline)))
-        return [next(results) if isinstance(item, SyncMessage) else item for item in parsed]
+        return [next(results) if isinstance(item, SyncMessage) else item for item in ready]
 
     def _respond(self, settled: list[Settled]) -> dict[str, Any]:
         back = [s.record.message_id for s in settled if s.comes_back]
@@ -154,14 +193,14 @@ class Deliverer:
     def _account(
         self,
         settled: list[Settled],
-        outcomes: list[Poison | CallResult],
-        parsed: list[SyncMessage | Poison],
+        outcomes: list[Outcome],
+        ready: list[Ready],
         started: float,
     ) -> None:
         """Metrics for every record; a log line for every record that did not simply succeed, and one per batch."""
         tally = dict.fromkeys(Disposition, 0)
         configuration: set[str] = set()
-        for item, outcome, message in zip(settled, outcomes, parsed, strict=True):
+        for item, outcome, message in zip(settled, outcomes, ready, strict=True):
             disposition = _disposition(item.action, outcome)
             tally[disposition] += 1
             if isinstance(outcome, Transient) and outcome.configuration:
@@ -204,7 +243,9 @@ class Deliverer:
             )
 
 
-def _disposition(action: Action, outcome: Poison | CallResult) -> Disposition:
+def _disposition(action: Action, outcome: Outcome) -> Disposition:
+    if isinstance(outcome, Dropped):
+        return Disposition.DROPPED
     if isinstance(action, Delete):
         return Disposition.DELIVERED
     if isinstance(action, DeadLetter):

@@ -1,6 +1,6 @@
 """Third stage, pure: what to do with each record, given how its call went and what its queue allows.
 
-    Delivered                          → Delete
+    Delivered, Dropped (a captured change for another pool, or nobody) → Delete
     Poison, Rejected                   → DeadLetter (poison / permanent), at once
     Transient, NotStarted              → Delay (the retry schedule; for a record never tried, only as long as the
                                          container is told to hold back, usually 0)
@@ -23,6 +23,7 @@ from chalicelib.dead_letter import DeadLetterInfo, FailureKind
 from chalicelib.delivery.calls import CallResult, Delivered, NotStarted, Rejected
 from chalicelib.delivery.policy import RetryPolicy
 from chalicelib.delivery.records import Poison, Record
+from chalicelib.delivery.resolve import Dropped
 from chalicelib.messages import SyncMessage
 from chalicelib.sqs_limits import MAX_VISIBILITY_SECONDS
 from chalicelib.timefmt import utc_iso
@@ -64,7 +65,7 @@ class Limits:
 
 def plan(
     record: Record,
-    outcome: Poison | CallResult,
+    outcome: Poison | Dropped | CallResult,
     message: SyncMessage | None,
     queue: QueueFacts,
     limits: Limits,
@@ -86,7 +87,7 @@ def plan(
             )
         )
 
-    if isinstance(outcome, Delivered):
+    if isinstance(outcome, Delivered | Dropped):
         return DELETE
     if isinstance(outcome, Poison):
         return dead(FailureKind.POISON, outcome.reason)

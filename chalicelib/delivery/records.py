@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from chalicelib.messages import PoisonMessage, SyncMessage, parse_message
+from chalicelib.messages import CaptureMessage, PoisonMessage, SyncMessage, parse_message
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class Poison:
     reason: str
 
 
-def parse(record: Record) -> SyncMessage | Poison:
+def parse(record: Record) -> SyncMessage | CaptureMessage | Poison:
     try:
         return parse_message(record.body)
     except PoisonMessage as poison:
