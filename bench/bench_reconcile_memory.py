@@ -156,7 +156,7 @@ class CountingSQS:
 
 def measure_memory(size: int) -> list[dict[str, Any]]:
     from chalicelib import reconcile
-    from chalicelib.settings import reset_settings
+    from chalicelib.settings import get_settings, reset_settings
 
     rows = []
     with patched_environ({**ENV, "RECONCILE_RATE_LIMIT": "30"}):
@@ -169,7 +169,7 @@ def measure_memory(size: int) -> list[dict[str, Any]]:
             if label == "incremental":
                 cognito.mutate()
             deps = reconcile.Deps(cognito=cognito, s3=s3, sqs=CountingSQS())
-            reconciler = reconcile.Reconciler(reconcile.get_settings(), deps)
+            reconciler = reconcile.Reconciler(get_settings(), deps)
             pager.bucket.rate = 1e9
             stored_before = s3.stored_bytes()
             tracemalloc.start()

@@ -173,7 +173,7 @@ def _queue_depth(sqs: Any, url: str) -> int:
 def run(options: Options) -> Section:
     section = Section("reconcile", "3. Reconcile")
     if importlib.util.find_spec("chalicelib.reconcile") is None:
-        section.error = "reconcile not available yet (chalicelib/reconcile.py does not exist)"
+        section.error = "reconcile not available yet (chalicelib/reconcile/ does not exist)"
         return section
     with json_line_process("bench._moto_proc") as moto:
         _run(section, moto, options)

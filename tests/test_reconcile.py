@@ -26,7 +26,7 @@ from moto.cognitoidp.models import cognitoidp_backends
 from chalicelib import reconcile
 from chalicelib.messages import EventType, Source, parse_message
 from chalicelib.reconcile import Deps, handle_scheduled_event, make_cognito_client, read_last_summary
-from chalicelib.settings import reset_settings
+from chalicelib.settings import get_settings, reset_settings
 from chalicelib.snapshot import fingerprint, read_entries
 from tests.conftest import CONNECTION_ID
 from userhub_sync.local import DEFAULT_REGION, MOTO_ACCOUNT, patched_environ
@@ -653,7 +653,7 @@ def test_scheduled_handler_through_app_and_the_real_queue(harness: Harness, aws)
 
 
 def test_continuation_name_comes_from_the_function_and_can_be_overridden(harness: Harness) -> None:
-    settings = reconcile.get_settings()
+    settings = get_settings()
     for running in ("userhub-sync-dev-reconcile", "userhub-sync-dev-reconcile_continue"):
         context = FakeContext(function_name=running)
         assert reconcile.continue_function_name(context, settings) == "userhub-sync-dev-reconcile_continue"
@@ -661,9 +661,7 @@ def test_continuation_name_comes_from_the_function_and_can_be_overridden(harness
         reconcile.continue_function_name(FakeContext(function_name="something-else"), settings)
     with patched_environ({"RECONCILE_CONTINUE_FUNCTION": "custom-continue"}):
         reset_settings()
-        assert reconcile.continue_function_name(FakeContext(function_name="x"), reconcile.get_settings()) == (
-            "custom-continue"
-        )
+        assert reconcile.continue_function_name(FakeContext(function_name="x"), get_settings()) == ("custom-continue")
     reset_settings()
 
     class FakeLambda:

@@ -13,6 +13,7 @@ from botocore.exceptions import ClientError
 
 from chalicelib import reconcile
 from chalicelib.reconcile import EnqueueError, Enqueuer, ReconcileError, TokenBucket, parse_request
+from chalicelib.reconcile.pacing import is_bad_token
 from chalicelib.snapshot import (
     FingerprintTable,
     SnapshotDamaged,
@@ -270,11 +271,11 @@ def client_error(code: str, message: str = "") -> ClientError:
 
 
 def test_rejected_token_errors_are_recognised_and_others_are_not() -> None:
-    assert reconcile._is_bad_token(client_error("InvalidToken", "Invalid Token: Resource not found!"))
-    assert reconcile._is_bad_token(client_error("ExpiredTokenException"))
-    assert reconcile._is_bad_token(client_error("InvalidParameterException", "Invalid pagination token"))
-    assert not reconcile._is_bad_token(client_error("InvalidParameterException", "Invalid search attribute"))
-    assert not reconcile._is_bad_token(client_error("TooManyRequestsException", "token bucket"))
+    assert is_bad_token(client_error("InvalidToken", "Invalid Token: Resource not found!"))
+    assert is_bad_token(client_error("ExpiredTokenException"))
+    assert is_bad_token(client_error("InvalidParameterException", "Invalid pagination token"))
+    assert not is_bad_token(client_error("InvalidParameterException", "Invalid search attribute"))
+    assert not is_bad_token(client_error("TooManyRequestsException", "token bucket"))
 
 
 def test_read_last_summary_is_none_before_any_run() -> None:

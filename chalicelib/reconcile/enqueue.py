@@ -1,0 +1,72 @@
+"""CHANGED messages for the users a run found, onto the events queue.
+
+A message counts as sent only when SQS said so in `Successful`; the run's snapshot and checkpoints are written after
+`flush()` returns, so nothing they record can still be waiting here.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+from chalicelib.reconcile.errors import EnqueueError
+
+SQS_BATCH = 10
+
+
+class Enqueuer:
+    """CHANGED messages to the events queue, ten per SendMessageBatch, failed entries retried with backoff."""
+
+    def __init__(
+        self,
+        sqs: Any,
+        queue_url: str,
+        body: Callable[[str], str],
+        *,
+        attempts: int = 6,
+        base_delay: float = 0.2,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.sqs = sqs
+        self.queue_url = queue_url
+        self.body = body
+        self.attempts = attempts
+        self.base_delay = base_delay
+        self.sleep = sleep
+        self.sent = 0
+        self.retried = 0
+        self._buffer: list[str] = []
+
+    def add(self, username: str) -> None:
+        self._buffer.append(username)
+        if len(self._buffer) >= SQS_BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        while self._buffer:
+            names, self._buffer = self._buffer[:SQS_BATCH], self._buffer[SQS_BATCH:]
+            self._send(names)
+
+    def _send(self, names: list[str]) -> None:
+        pending = {str(i): self.body(name) for i, name in enumerate(names)}
+        failures: list[dict[str, Any]] = []
+        for attempt in range(self.attempts):
+            if attempt:
+                self.retried += len(pending)
+                self.sleep(min(self.base_delay * 2 ** (attempt - 1), 5.0) * random.uniform(1, 1.25))
+            response = self.sqs.send_message_batch(
+                QueueUrl=self.queue_url, Entries=[{"Id": i, "MessageBody": b} for i, b in pending.items()]
+            )
+            for ok in response.get("Successful") or []:
+                if pending.pop(ok["Id"], None) is not None:
+                    self.sent += 1
+            if not pending:
+                return
+            failures = response.get("Failed") or []
+            permanent = [f for f in failures if f.get("SenderFault")]
+            if permanent:
+                raise EnqueueError(f"SQS rejected {len(permanent)} message(s): {permanent[0].get('Code')}")
+        codes = sorted({str(f.get("Code")) for f in failures})
+        raise EnqueueError(f"{len(pending)} message(s) still failing after {self.attempts} attempts: {codes}")

@@ -1,0 +1,126 @@
+"""ListUsers under Cognito's rate limit: a token bucket in front of every HTTP attempt, retries included.
+
+ListUsers shares the 30 requests/s of the UserList category of Cognito's request rate quotas with every other caller
+in the account and Region (https://docs.aws.amazon.com/cognito/latest/developerguide/quotas.html), and throttled
+requests count too. So the bucket sits in botocore's `before-send` hook, where it also paces botocore's own retries,
+and the client uses botocore's adaptive retry mode, which lowers its send rate when throttled.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+PAGE_SIZE = 60  # ListUsers' maximum: AWS rejects 61 (moto accepts it, so nothing in tests would catch a mistake)
+LIST_USERS_MAX_ATTEMPTS = 10  # botocore attempts per page; adaptive backoff caps each wait at 20 s
+COGNITO_EVENTS = "cognito-identity-provider"  # botocore's hyphenated service id, used in event names
+THROTTLE_CODES = frozenset({"TooManyRequestsException", "ThrottlingException", "Throttling", "RequestLimitExceeded"})
+BAD_TOKEN_CODES = frozenset(
+    {"InvalidToken", "ExpiredTokenException", "InvalidPaginationTokenException", "InvalidNextTokenException"}
+)
+
+
+class TokenBucket:
+    """At most `rate` acquisitions a second, bursts of at most `burst`: in any window of t seconds, ≤ burst + rate·t."""
+
+    def __init__(
+        self,
+        rate: float,
+        burst: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if rate <= 0 or burst < 1:
+            raise ValueError("rate must be > 0 and burst ≥ 1")
+        self.rate = rate
+        self.burst = burst
+        self._clock = clock
+        self._sleep = sleep
+        self._tokens = burst
+        self._last = clock()
+        self._lock = threading.Lock()
+
+    def acquire(self) -> float:
+        """Take one token, sleeping until there is one; returns the seconds waited."""
+        waited = 0.0
+        with self._lock:
+            while True:
+                now = self._clock()
+                self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+                self._last = now
+                if self._tokens >= 1:
+                    self._tokens -= 1
+                    return waited
+                delay = (1 - self._tokens) / self.rate
+                self._sleep(delay)
+                waited += delay
+
+
+class UserPager:
+    """ListUsers pages under a token bucket, counting attempts and throttles.
+
+    The bucket sits in botocore's `before-send` hook, so botocore's own retries are paced too: Cognito's quota
+    counts every request, throttled ones included. One pager per client (hooks are registered once).
+    """
+
+    def __init__(self, client: Any, rate: float, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.client = client
+        self.bucket = TokenBucket(rate, sleep=sleep)
+        self.requests = 0
+        self.throttles = 0
+        events = getattr(getattr(client, "meta", None), "events", None)
+        self._hooked = events is not None
+        if events is not None:
+            events.register(f"before-send.{COGNITO_EVENTS}.ListUsers", self._before_send)
+            events.register(f"needs-retry.{COGNITO_EVENTS}.ListUsers", self._needs_retry)
+
+    @classmethod
+    def for_client(cls, client: Any, rate: float, sleep: Callable[[float], None] = time.sleep) -> UserPager:
+        pager = getattr(client, "_userhub_sync_pager", None)
+        if pager is None:
+            pager = cls(client, rate, sleep)
+            client._userhub_sync_pager = pager
+        pager.bucket.rate = rate
+        return pager
+
+    def _before_send(self, **_: Any) -> None:
+        self.bucket.acquire()
+        self.requests += 1
+
+    def _needs_retry(self, response: Any = None, **_: Any) -> None:
+        if response is not None and response[1].get("Error", {}).get("Code") in THROTTLE_CODES:
+            self.throttles += 1
+
+    def page(self, pool_id: str, token: str | None) -> tuple[list[dict[str, Any]], str | None]:
+        if not self._hooked:
+            self.bucket.acquire()
+            self.requests += 1
+        params: dict[str, Any] = {"UserPoolId": pool_id, "Limit": PAGE_SIZE}
+        if token:
+            params["PaginationToken"] = token
+        response = self.client.list_users(**params)
+        return response.get("Users") or [], response.get("PaginationToken") or None
+
+
+def is_bad_token(error: ClientError) -> bool:
+    """Cognito refused the page token (expired, or its user is gone): the scan must restart from page one."""
+    details = error.response.get("Error", {})
+    code, message = details.get("Code", ""), str(details.get("Message", "")).lower()
+    return code in BAD_TOKEN_CODES or (code == "InvalidParameterException" and "token" in message)
+
+
+def make_cognito_client() -> Any:
+    """The Cognito client reconcile uses: adaptive retries (client-side rate adapts to throttling), bounded waits."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "cognito-idp",
+        config=Config(
+            retries={"mode": "adaptive", "max_attempts": LIST_USERS_MAX_ATTEMPTS}, connect_timeout=5, read_timeout=30
+        ),
+    )

@@ -1,0 +1,481 @@
+"""One invocation of a run: claim the run, scan, enqueue, then commit, hand off or stop.
+
+Order of writes, on which restart safety rests: messages are flushed to SQS, then the partial snapshot is
+written, then the run record that points at it; the committed snapshot is replaced last, after a final flush and
+a conditional write of the record proving the lease is still held.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from chalicelib.messages import EventType, Source, SyncMessage
+from chalicelib.observability import Metrics, get_logger, redact
+from chalicelib.reconcile.clients import (
+    Continuer,
+    Deps,
+    cached_client,
+    continue_function_name,
+    lambda_continuer,
+)
+from chalicelib.reconcile.enqueue import SQS_BATCH, Enqueuer
+from chalicelib.reconcile.errors import CheckpointUnreadable, LeaseConflict, ReconcileError, TooManyRestarts
+from chalicelib.reconcile.lease import (
+    HANDOFF_GRACE_SECONDS,
+    LOCAL_LEASE_SECONDS,
+    LOCAL_RENEW_SECONDS,
+    Deadline,
+    lease_until,
+)
+from chalicelib.reconcile.pacing import UserPager, is_bad_token
+from chalicelib.reconcile.records import (
+    Continuation,
+    Counters,
+    ReconcileRequest,
+    RunRecord,
+    RunResult,
+    new_run_id,
+    parse_request,
+)
+from chalicelib.reconcile.state import RunState, load_state
+from chalicelib.reconcile.store import StateStore
+from chalicelib.settings import Settings, get_settings
+from chalicelib.snapshot import SnapshotDamaged
+
+log = get_logger("reconcile")
+
+Progress = Callable[[Counters, str], None]
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
+
+
+class Reconciler:
+    """One invocation of a run: claim the run, scan, enqueue, then commit, hand off or stop."""
+
+    def __init__(self, settings: Settings, deps: Deps | None = None, progress: Progress | None = None) -> None:
+        self.settings = settings
+        self.deps = deps or Deps()
+        self.progress = progress
+        self.pool_id = settings.require("USER_POOL_ID")
+        self.store = StateStore(self.deps.s3 or cached_client("s3"), settings.require("SNAPSHOT_BUCKET"), self.pool_id)
+        self.pager = UserPager.for_client(
+            self.deps.cognito or cached_client("cognito-idp"), settings.reconcile_rate_limit, sleep=self.deps.sleep
+        )
+        self.metrics = Metrics("reconcile")
+        self._queue_url: str | None = None
+        self._claiming: RunRecord | None = None  # the run `_claim` picked, for the failure summary
+        self.extra_summary: dict[str, Any] = {}  # e.g. signins_recovered, from the hook in run_reconcile
+
+    def invoke(self, request: ReconcileRequest, deadline: Deadline, context: Any = None) -> RunResult:
+        try:
+            continuer = None
+            if deadline.finite and not request.dry_run:
+                continuer = self.deps.continuer or lambda_continuer(
+                    self.deps.lambda_client or cached_client("lambda"), continue_function_name(context, self.settings)
+                )
+            if request.dry_run:
+                run = self._dry_run_state(request)
+            else:
+                claimed = self._claim(request, deadline, context)
+                if isinstance(claimed, RunResult):
+                    return claimed
+                run = claimed
+        except (Exception, KeyboardInterrupt) as error:
+            self._failed_before_work(request, error)
+            raise
+        try:
+            return self._work(run, deadline, continuer)
+        except LeaseConflict as error:
+            log.warning(
+                "reconcile run taken over by another invocation",
+                extra={"run_id": run.record.run_id, "error": str(error)},
+            )
+            return self._finish(run, "skipped")
+        except (Exception, KeyboardInterrupt) as error:
+            self._abandon(run, error)
+            raise
+        finally:
+            self.metrics.flush()
+
+    def _claim(self, request: ReconcileRequest, deadline: Deadline, context: Any) -> RunState | RunResult:
+        now = self.deps.clock()
+        record, etag = self.store.read_record()
+        baseline = self.store.head_snapshot()
+        baseline_etag = baseline.etag if baseline else None
+        if record is not None and record.baseline_etag != baseline_etag:
+            # a snapshot was committed after this record was written (e.g. a crash between commit and cleanup)
+            log.warning("discarding a stale run record", extra={"run_id": record.run_id})
+            self._discard_objects(record.run_id)
+            record = None
+        continuation = request.continuation
+        if continuation is not None:
+            if continuation.checkpoint != self.store.record_key:
+                raise ReconcileError(f"continuation names {continuation.checkpoint}, expected {self.store.record_key}")
+            if record is None or record.run_id != continuation.run_id:
+                return self._skipped(f"run {continuation.run_id} is finished or was superseded")
+            running = record.lease_until > now
+            if record.invocation > continuation.invocation or (
+                record.invocation == continuation.invocation and running
+            ):
+                return self._skipped(f"invocation {continuation.invocation} of run {record.run_id} already ran")
+            record.invocation = continuation.invocation
+            record.chain += 1
+            how = "continuing"
+        elif record is not None and record.lease_until > now:
+            return self._skipped(f"run {record.run_id} is in progress (lease until {_iso(record.lease_until)})")
+        elif record is not None and (record.full or not request.full):
+            record.invocation += 1
+            record.chain = 1
+            how = "adopting"  # a run whose chain stopped or crashed: carry on from its last checkpoint
+        else:
+            if record is not None:
+                self._discard_objects(record.run_id)
+            record = RunRecord(
+                run_id=new_run_id(now),
+                pool_id=self.pool_id,
+                full=request.full,
+                started_at=now,
+                baseline_etag=baseline_etag,
+            )
+            how = "starting"
+        self._claiming = record
+        record.counters.invocations += 1
+        record.lease_until = lease_until(deadline, now)
+        record.holder = str(getattr(context, "aws_request_id", "") or f"local:{socket.gethostname()}:{os.getpid()}")
+        try:
+            etag = self.store.write_record(record, etag)
+        except LeaseConflict:
+            return self._skipped("another invocation claimed the run first")
+        log.info(
+            f"reconcile {how}",
+            extra={
+                "run_id": record.run_id,
+                "invocation": record.invocation,
+                "phase": record.phase,
+                "full": record.full,
+            },
+        )
+        try:
+            run = self._load(record, etag, baseline, dry_run=False)
+            run.enqueuer = Enqueuer(self._sqs(), self._events_queue_url(), self._message_body, sleep=self.deps.sleep)
+        except CheckpointUnreadable:
+            # resuming would fail the same way every time: drop the run so the next one starts clean
+            try:
+                self.store.delete_record()
+            except ClientError as error:
+                log.warning("could not delete the unusable run record", extra={"error": str(error)})
+            self._discard_objects(record.run_id)
+            raise
+        except BaseException:
+            self._release(record, etag)
+            raise
+        return run
+
+    def _dry_run_state(self, request: ReconcileRequest) -> RunState:
+        baseline = self.store.head_snapshot()
+        now = self.deps.clock()
+        record = RunRecord(
+            run_id="dry-run-" + new_run_id(now),
+            pool_id=self.pool_id,
+            full=request.full,
+            started_at=now,
+            baseline_etag=baseline.etag if baseline else None,
+        )
+        record.counters.invocations = 1
+        self._claiming = record
+        return self._load(record, None, baseline, dry_run=True)
+
+    def _load(self, record: RunRecord, etag: str | None, baseline: Any, *, dry_run: bool) -> RunState:
+        return load_state(
+            self.store,
+            record,
+            etag,
+            baseline,
+            dry_run=dry_run,
+            requests0=self.pager.requests,
+            throttles0=self.pager.throttles,
+        )
+
+    def _work(self, run: RunState, deadline: Deadline, continuer: Continuer | None) -> RunResult:
+        record = run.record
+        while record.phase == "scan":
+            if deadline.low():
+                return self._out_of_time(run, continuer)
+            if not run.dry_run and not deadline.finite and record.lease_until - self.deps.clock() < LOCAL_RENEW_SECONDS:
+                self._checkpoint(run, lease_until=self.deps.clock() + LOCAL_LEASE_SECONDS)
+            try:
+                users, token = self.pager.page(self.pool_id, record.token)
+            except ClientError as error:
+                if record.token is None or not is_bad_token(error):
+                    raise
+                run.restart_scan(error, self.settings.reconcile_max_restarts)
+                continue
+            record.counters.pages += 1
+            run.compare(users)
+            record.token = token
+            if token is None:
+                record.phase = "deletions"
+            self._report(run, "scan")
+        try:
+            stopped = self._sweep(run, deadline, continuer)
+        except SnapshotDamaged as damage:  # the baseline turned out damaged only now: never trust it
+            run.rescan_without_baseline(str(damage), self.store.snapshot_key)
+            return self._work(run, deadline, continuer)  # recurses once at most: the baseline is not read again
+        if stopped is not None:
+            return stopped
+        return self._commit(run)
+
+    def _sweep(self, run: RunState, deadline: Deadline, continuer: Continuer | None) -> RunResult | None:
+        """Mark and sweep: what the baseline knows and this complete scan never listed is gone. None when done."""
+        record = run.record
+        position = 0
+        for name in run.unseen(self.store):
+            if position >= record.deletions_done:
+                if position % SQS_BATCH == 0 and deadline.low():
+                    record.deletions_done = position
+                    return self._out_of_time(run, continuer)
+                record.counters.deleted += 1
+                run.emit("deleted", name)
+            position += 1
+        record.deletions_done = position
+        self._report(run, "deletions")
+        return None
+
+    def _sync_counters(self, run: RunState) -> None:
+        counters, start = run.counters, run.at_start
+        counters.requests = start.requests + self.pager.requests - run.requests0
+        counters.throttles = start.throttles + self.pager.throttles - run.throttles0
+        counters.enqueued = start.enqueued + (run.enqueuer.sent if run.enqueuer else 0)
+        counters.seconds = round(start.seconds + time.monotonic() - run.started, 3)
+
+    def _checkpoint(self, run: RunState, lease_until: float) -> None:
+        """Persist progress: enqueue first, then the partial snapshot, then the record that points at it."""
+        assert run.enqueuer is not None
+        run.enqueuer.flush()
+        record = run.record
+        run.checkpoints += 1
+        if run.writer.count:
+            record.partial_key = self.store.run_key(
+                record.run_id, f"partial-{record.invocation:05d}-{run.checkpoints}.gz"
+            )
+            self.store.put_blob(record.partial_key, run.writer.finish())
+        else:
+            record.partial_key = None
+        if run.extra_dirty:
+            record.extra_key = self.store.run_key(record.run_id, f"extra-{record.invocation:05d}-{run.checkpoints}.gz")
+            self.store.put_blob(record.extra_key, bytes(run.extra))
+            run.extra_dirty = False
+        self._sync_counters(run)
+        record.lease_until = lease_until
+        run.etag = self.store.write_record(record, run.etag)
+        run.saved = record.model_copy(deep=True)
+
+    def _out_of_time(self, run: RunState, continuer: Continuer | None) -> RunResult:
+        if run.dry_run:
+            return self._finish(run, "dry_run_incomplete")
+        record, now = run.record, self.deps.clock()
+        if record.chain >= self.settings.reconcile_max_invocations or continuer is None:
+            self._checkpoint(run, lease_until=now)  # released: the next scheduled run adopts it
+            log.error(
+                "reconcile stopped at RECONCILE_MAX_INVOCATIONS; the next run carries on from the checkpoint",
+                extra={"run_id": record.run_id, "chain": record.chain},
+            )
+            return self._finish(run, "stopped", store=True)
+        self._checkpoint(run, lease_until=now + HANDOFF_GRACE_SECONDS)
+        payload = {
+            "continuation": Continuation(
+                run_id=record.run_id, checkpoint=self.store.record_key, invocation=record.invocation + 1
+            ).model_dump()
+        }
+        continuer(payload)
+        return self._finish(run, "continued")
+
+    def _commit(self, run: RunState) -> RunResult:
+        if run.dry_run:
+            return self._finish(run, "dry_run")
+        assert run.enqueuer is not None
+        run.enqueuer.flush()
+        # Prove we still hold the lease just before replacing the snapshot (itself a conditional write). The record
+        # written is the last checkpoint, unchanged: a crash right here must resume from a consistent state.
+        run.saved.lease_until = self.deps.clock() + HANDOFF_GRACE_SECONDS
+        run.etag = self.store.write_record(run.saved, run.etag)
+        self.store.put_snapshot(run.writer.finish(), run.writer.count, run.record.baseline_etag)
+        result = self._finish(run, "complete", store=True)
+        try:
+            self.store.delete_record()
+            self._discard_objects(run.record.run_id)
+        except ClientError as error:  # harmless: the next run sees a stale record and discards it
+            log.warning("could not clean up the run record", extra={"error": str(error)})
+        return result
+
+    def _abandon(self, run: RunState, error: BaseException) -> None:
+        """After a failure: release the lease but keep the last checkpoint, so a retry or the next run resumes."""
+        self._sync_counters(run)
+        if not run.dry_run:
+            try:
+                if isinstance(error, TooManyRestarts):
+                    self.store.delete_record()
+                    self._discard_objects(run.record.run_id)
+                else:
+                    self._release(run.saved, run.etag)
+            except Exception as cleanup_error:  # the original error matters more
+                log.warning("could not clean up after the failed reconcile run", extra={"error": str(cleanup_error)})
+        self._record_failure(self._summary(run, "failed"), error, dry_run=run.dry_run)
+
+    def _failed_before_work(self, request: ReconcileRequest, error: BaseException) -> None:
+        """A failure while claiming or loading: there is no run state yet, only the record `_claim` picked."""
+        record, now = self._claiming, self.deps.clock()
+        summary: dict[str, Any] = {
+            "run_id": record.run_id if record else None,
+            "pool_id": self.pool_id,
+            "status": "failed",
+            "full": record.full if record else request.full,
+            "dry_run": request.dry_run,
+            **(record.counters.model_dump() if record else {}),
+            "baseline_damaged": record.baseline_damaged if record else None,
+            "rate_limit": self.settings.reconcile_rate_limit,
+            "started_at": _iso(record.started_at if record else now),
+            "finished_at": _iso(now),
+        }
+        self._record_failure(summary, error, dry_run=request.dry_run)
+
+    def _record_failure(self, summary: dict[str, Any], error: BaseException, *, dry_run: bool) -> None:
+        """Log the failure and store it as the last run (`status` shows it); a dry run writes nothing, even now."""
+        summary["error"] = redact(f"{type(error).__name__}: {error}")[:500]
+        log.error("reconcile run failed", extra=summary)
+        if dry_run:
+            return
+        try:
+            self.store.write_summary(summary)
+        except Exception as store_error:  # the original error matters more
+            log.warning("could not record the failed reconcile run", extra={"error": str(store_error)})
+
+    def _release(self, saved: RunRecord, etag: str | None) -> None:
+        """Give the lease up, keeping the checkpoint as it was persisted (best effort: it also expires by itself)."""
+        saved.lease_until = self.deps.clock()
+        try:
+            self.store.write_record(saved, etag)
+        except Exception as error:
+            log.warning("could not release the reconcile lease", extra={"error": str(error)})
+
+    def _discard_objects(self, run_id: str) -> None:
+        try:
+            self.store.delete_run_objects(run_id)
+        except ClientError as error:
+            log.warning("could not delete old checkpoint objects", extra={"run_id": run_id, "error": str(error)})
+
+    def _summary(self, run: RunState, status: str) -> dict[str, Any]:
+        c = run.counters
+        return {
+            "run_id": run.record.run_id,
+            "pool_id": self.pool_id,
+            "status": status,
+            "full": run.record.full,
+            "dry_run": run.dry_run,
+            **c.model_dump(),
+            "users_per_second": round(c.scanned / c.seconds, 1) if c.seconds else None,
+            "requests_per_second": round(c.requests / c.seconds, 2) if c.seconds else None,
+            "baseline_damaged": run.record.baseline_damaged,
+            "rate_limit": self.settings.reconcile_rate_limit,
+            "started_at": _iso(run.record.started_at),
+            "finished_at": _iso(self.deps.clock()),
+            **self.extra_summary,
+        }
+
+    def _finish(self, run: RunState, status: str, *, store: bool = False) -> RunResult:
+        self._sync_counters(run)
+        summary = self._summary(run, status)
+        for name in (
+            "scanned",
+            "new",
+            "changed",
+            "unchanged",
+            "deleted",
+            "enqueued",
+            "pages",
+            "requests",
+            "throttles",
+            "restarts",
+        ):
+            delta = getattr(run.counters, name) - getattr(run.at_start, name)
+            if delta:
+                self.metrics.count(f"reconcile_{name}", delta)
+        final = status in ("complete", "stopped", "dry_run")
+        log.info("reconcile run summary" if final else "reconcile invocation done", extra=summary)
+        if store:
+            self.store.write_summary(summary)
+        planned = {k: list(v) for k, v in run.planned.items()}
+        if run.dry_run:
+            summary["would_enqueue"] = {k: v[:20] for k, v in planned.items()}
+        return RunResult(status, summary, planned)
+
+    def _skipped(self, reason: str) -> RunResult:
+        log.info("reconcile skipped", extra={"reason": reason, "pool_id": self.pool_id})
+        return RunResult("skipped", {"status": "skipped", "reason": reason, "pool_id": self.pool_id})
+
+    def _report(self, run: RunState, phase: str) -> None:
+        if self.progress is not None:
+            self._sync_counters(run)
+            self.progress(run.counters, phase)
+
+    def _sqs(self) -> Any:
+        return self.deps.sqs or cached_client("sqs")
+
+    def _events_queue_url(self) -> str:
+        if self._queue_url is None:
+            self._queue_url = self._sqs().get_queue_url(QueueName=self.settings.events_queue_name)["QueueUrl"]
+        return self._queue_url
+
+    def _message_body(self, username: str) -> str:
+        return SyncMessage(
+            type=EventType.CHANGED,
+            user_pool_id=self.pool_id,
+            username=username,
+            connection_id=self.settings.userhub_connection_id,
+            source=Source.RECONCILE,
+        ).to_body()
+
+
+def run_reconcile(
+    request: ReconcileRequest,
+    *,
+    context: Any = None,
+    deps: Deps | None = None,
+    settings: Settings | None = None,
+    progress: Progress | None = None,
+) -> RunResult:
+    """One invocation in Lambda; one whole run anywhere else.
+
+    The context's remaining time is honoured only where a continuation can start: inside Lambda
+    (AWS_LAMBDA_FUNCTION_NAME is always set there) or when a test injects a continuer. Elsewhere (the CLI, chalice
+    local, a script calling `app.reconcile` with a stand-in context) there is no 15-minute limit and no function to
+    continue in, so the run keeps going to the end.
+    """
+    settings = settings or get_settings()
+    deps = deps or Deps()
+    reconciler = Reconciler(settings, deps, progress)
+    if request.continuation is None and not request.dry_run:  # a new run first re-enqueues sign-ins post_auth lost
+        from chalicelib.signin_recovery import recover_at_run_start
+
+        injected = {"sqs": deps.sqs, "s3": deps.s3, "cognito-idp": deps.cognito}
+        recovered = recover_at_run_start(
+            settings, context, lambda service: injected.get(service) or cached_client(service)
+        )
+        reconciler.extra_summary = {} if recovered is None else {"signins_recovered": recovered}
+    in_lambda = bool(os.environ.get("AWS_LAMBDA_FUNCTION_NAME"))
+    deadline = Deadline(context if in_lambda or deps.continuer else None, settings.reconcile_time_margin_seconds)
+    return reconciler.invoke(request, deadline, context)
+
+
+def handle_scheduled_event(event: dict[str, Any], context: Any, *, deps: Deps | None = None) -> dict[str, Any]:
+    """The `reconcile` and `reconcile_continue` handlers: returns this invocation's summary of the run."""
+    return run_reconcile(parse_request(event), context=context, deps=deps).summary

@@ -1,0 +1,174 @@
+"""Reconcile's state in SNAPSHOT_BUCKET: the committed snapshot, the run record and checkpoints, the last summaries.
+
+Every write that decides who owns the run or which snapshot is committed is conditional (S3 If-Match on the ETag
+last read, or If-None-Match: * when there was nothing): losing such a race raises `LeaseConflict`, never overwrites.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from botocore.exceptions import ClientError
+from pydantic import ValidationError
+
+from chalicelib.observability import get_logger
+from chalicelib.reconcile.errors import LeaseConflict, ReconcileError
+from chalicelib.reconcile.records import PREFIX, RunRecord
+from chalicelib.snapshot import read_entries
+
+log = get_logger("reconcile")
+
+LAST_RUN_KEY = f"{PREFIX}/last-run.json"  # the last run that ended: complete, stopped or failed
+LAST_COMPLETE_KEY = f"{PREFIX}/last-complete.json"  # the last complete run
+SNAPSHOT_FORMAT = "userhub-sync-snapshot-v1"
+_LOST_RACE = ("PreconditionFailed", "ConditionalRequestConflict", "412", "409")
+
+
+def error_code(error: ClientError) -> str:
+    return str(error.response.get("Error", {}).get("Code", ""))
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    etag: str
+    users: int | None  # None: the metadata is missing or not a number
+    format: str | None
+
+    def problem(self) -> str | None:
+        """What makes the object unusable as a baseline before a byte of it is read, if anything."""
+        if self.format != SNAPSHOT_FORMAT:
+            return f"format marker is {self.format!r}, expected {SNAPSHOT_FORMAT!r}"
+        if self.users is None:
+            return "its users metadata is missing or not a number"
+        return None
+
+
+class StateStore:
+    """The run record, snapshots and last summary in SNAPSHOT_BUCKET, under `reconcile/<pool>/`."""
+
+    def __init__(self, s3: Any, bucket: str, pool_id: str) -> None:
+        self.s3 = s3
+        self.bucket = bucket
+        self.prefix = f"{PREFIX}/{pool_id}"
+        self.snapshot_key = f"{self.prefix}/snapshot.gz"
+        self.record_key = f"{self.prefix}/run.json"
+
+    def run_key(self, run_id: str, name: str) -> str:
+        return f"{self.prefix}/runs/{run_id}/{name}"
+
+    def read_record(self) -> tuple[RunRecord | None, str | None]:
+        try:
+            obj = self.s3.get_object(Bucket=self.bucket, Key=self.record_key)
+        except ClientError as error:
+            if error_code(error) in ("NoSuchKey", "404"):
+                return None, None
+            raise
+        try:
+            return RunRecord.model_validate_json(obj["Body"].read()), obj["ETag"]
+        except ValidationError:
+            log.warning("run record unreadable: starting a new run over it", extra={"key": self.record_key})
+            return None, obj["ETag"]
+
+    def write_record(self, record: RunRecord, etag: str | None) -> str:
+        """Conditional on `etag` (or on absence): losing the race raises LeaseConflict."""
+        condition = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
+        try:
+            response = self.s3.put_object(
+                Bucket=self.bucket,
+                Key=self.record_key,
+                ContentType="application/json",
+                Body=record.model_dump_json().encode(),
+                **condition,
+            )
+        except ClientError as error:
+            if error_code(error) in _LOST_RACE:
+                raise LeaseConflict(f"run record changed under run {record.run_id}") from None
+            raise
+        return response["ETag"]
+
+    def delete_record(self) -> None:
+        self.s3.delete_object(Bucket=self.bucket, Key=self.record_key)
+
+    def head_snapshot(self) -> SnapshotInfo | None:
+        try:
+            head = self.s3.head_object(Bucket=self.bucket, Key=self.snapshot_key)
+        except ClientError as error:
+            if error_code(error) in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+        metadata = head.get("Metadata") or {}
+        try:
+            users: int | None = int(metadata["users"])
+        except (KeyError, ValueError):
+            users = None
+        return SnapshotInfo(head["ETag"], users, metadata.get("format"))
+
+    def stream_snapshot(self, etag: str) -> Iterator[tuple[str, int]]:
+        """The committed snapshot, streamed (never held whole); fails if it is no longer the one the run began with."""
+        try:
+            obj = self.s3.get_object(Bucket=self.bucket, Key=self.snapshot_key, IfMatch=etag)
+        except ClientError as error:
+            if error_code(error) in ("PreconditionFailed", "412", "NoSuchKey"):
+                raise ReconcileError("the committed snapshot changed during this run") from None
+            raise
+        yield from read_entries(obj["Body"])
+
+    def put_snapshot(self, data: bytes, users: int, expected_etag: str | None) -> str:
+        condition = {"IfMatch": expected_etag} if expected_etag else {"IfNoneMatch": "*"}
+        try:
+            response = self.s3.put_object(
+                Bucket=self.bucket,
+                Key=self.snapshot_key,
+                Body=data,
+                ContentType="application/gzip",
+                Metadata={"format": SNAPSHOT_FORMAT, "users": str(users)},
+                **condition,
+            )
+        except ClientError as error:
+            if error_code(error) in _LOST_RACE:
+                raise LeaseConflict("the committed snapshot changed during this run") from None
+            raise
+        return response["ETag"]
+
+    def put_blob(self, key: str, data: bytes) -> None:
+        self.s3.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType="application/gzip")
+
+    def get_blob(self, key: str) -> bytes:
+        return self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+
+    def delete_run_objects(self, run_id: str) -> None:
+        prefix = self.run_key(run_id, "")
+        listing = self.s3.list_objects_v2(Bucket=self.bucket, Prefix=prefix)
+        keys = [{"Key": o["Key"]} for o in listing.get("Contents") or []]
+        for start in range(0, len(keys), 1000):
+            self.s3.delete_objects(Bucket=self.bucket, Delete={"Objects": keys[start : start + 1000], "Quiet": True})
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        """The run's summary as the last run, and also as the last complete run if it is one."""
+        body = json.dumps(summary).encode()
+        if summary.get("status") == "complete":
+            self.s3.put_object(Bucket=self.bucket, Key=LAST_COMPLETE_KEY, Body=body, ContentType="application/json")
+        self.s3.put_object(Bucket=self.bucket, Key=LAST_RUN_KEY, Body=body, ContentType="application/json")
+
+
+def _read_summary(s3_client: Any, bucket: str, key: str) -> dict[str, Any] | None:
+    try:
+        obj = s3_client.get_object(Bucket=bucket, Key=key)
+    except ClientError as error:
+        if error_code(error) in ("NoSuchKey", "404"):
+            return None
+        raise
+    return json.loads(obj["Body"].read())
+
+
+def read_last_summary(s3_client: Any, bucket: str) -> dict[str, Any] | None:
+    """The summary of the last run that finished (complete, stopped or failed), or None if there was none."""
+    return _read_summary(s3_client, bucket, LAST_RUN_KEY)
+
+
+def read_last_complete(s3_client: Any, bucket: str) -> dict[str, Any] | None:
+    """The summary of the last complete run, or None if none completed since this key was introduced."""
+    return _read_summary(s3_client, bucket, LAST_COMPLETE_KEY)
