@@ -53,7 +53,6 @@ class RunRecord(BaseModel):
     invocation: int = 1  # the invocation that wrote this record
     chain: int = 1  # invocations since the run was started or adopted; capped by reconcile_max_invocations
     lease_until: float = 0.0
-    holder: str = ""
     phase: Literal["scan", "deletions"] = "scan"
     token: str | None = None
     partial_key: str | None = None  # entries of the current pass, all already enqueued where needed

@@ -8,7 +8,6 @@ a conditional write of the record proving the lease is still held.
 from __future__ import annotations
 
 import os
-import socket
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -26,13 +25,18 @@ from chalicelib.reconcile.clients import (
     lambda_continuer,
 )
 from chalicelib.reconcile.enqueue import SQS_BATCH, Enqueuer
-from chalicelib.reconcile.errors import CheckpointUnreadable, LeaseConflict, ReconcileError, TooManyRestarts
+from chalicelib.reconcile.errors import CheckpointUnreadable, LeaseConflict, TooManyRestarts
 from chalicelib.reconcile.lease import (
     HANDOFF_GRACE_SECONDS,
     LOCAL_LEASE_SECONDS,
     LOCAL_RENEW_SECONDS,
+    Adopt,
+    Continue,
     Deadline,
-    lease_until,
+    Skip,
+    Start,
+    decide_claim,
+    lease_end,
 )
 from chalicelib.reconcile.pacing import UserPager, is_bad_token
 from chalicelib.reconcile.records import (
@@ -52,6 +56,7 @@ from chalicelib.snapshot import SnapshotDamaged
 log = get_logger("reconcile")
 
 Progress = Callable[[Counters, str], None]
+CLAIM_VERBS = {Continue: "continuing", Adopt: "adopting", Start: "starting"}
 
 
 def _iso(epoch: float) -> str:
@@ -85,7 +90,7 @@ class Reconciler:
             if request.dry_run:
                 run = self._dry_run_state(request)
             else:
-                claimed = self._claim(request, deadline, context)
+                claimed = self._claim(request, deadline)
                 if isinstance(claimed, RunResult):
                     return claimed
                 run = claimed
@@ -106,57 +111,33 @@ class Reconciler:
         finally:
             self.metrics.flush()
 
-    def _claim(self, request: ReconcileRequest, deadline: Deadline, context: Any) -> RunState | RunResult:
+    def _claim(self, request: ReconcileRequest, deadline: Deadline) -> RunState | RunResult:
         now = self.deps.clock()
-        record, etag = self.store.read_record()
+        found, etag = self.store.read_record()
         baseline = self.store.head_snapshot()
-        baseline_etag = baseline.etag if baseline else None
-        if record is not None and record.baseline_etag != baseline_etag:
-            # a snapshot was committed after this record was written (e.g. a crash between commit and cleanup)
-            log.warning("discarding a stale run record", extra={"run_id": record.run_id})
-            self._discard_objects(record.run_id)
-            record = None
-        continuation = request.continuation
-        if continuation is not None:
-            if continuation.checkpoint != self.store.record_key:
-                raise ReconcileError(f"continuation names {continuation.checkpoint}, expected {self.store.record_key}")
-            if record is None or record.run_id != continuation.run_id:
-                return self._skipped(f"run {continuation.run_id} is finished or was superseded")
-            running = record.lease_until > now
-            if record.invocation > continuation.invocation or (
-                record.invocation == continuation.invocation and running
-            ):
-                return self._skipped(f"invocation {continuation.invocation} of run {record.run_id} already ran")
-            record.invocation = continuation.invocation
-            record.chain += 1
-            how = "continuing"
-        elif record is not None and record.lease_until > now:
-            return self._skipped(f"run {record.run_id} is in progress (lease until {_iso(record.lease_until)})")
-        elif record is not None and (record.full or not request.full):
-            record.invocation += 1
-            record.chain = 1
-            how = "adopting"  # a run whose chain stopped or crashed: carry on from its last checkpoint
-        else:
-            if record is not None:
-                self._discard_objects(record.run_id)
-            record = RunRecord(
-                run_id=new_run_id(now),
-                pool_id=self.pool_id,
-                full=request.full,
-                started_at=now,
-                baseline_etag=baseline_etag,
-            )
-            how = "starting"
+        claim = decide_claim(
+            found,
+            baseline.etag if baseline else None,
+            request,
+            now,
+            record_key=self.store.record_key,
+            pool_id=self.pool_id,
+            lease_until=lease_end(deadline, now),
+            run_id=new_run_id(now),
+        )
+        if isinstance(claim, Skip | Start) and claim.discard:
+            log.warning("discarding the checkpoint objects of an earlier run", extra={"run_id": claim.discard})
+            self._discard_objects(claim.discard)
+        if isinstance(claim, Skip):
+            return self._skipped(claim.reason)
+        record = claim.record
         self._claiming = record
-        record.counters.invocations += 1
-        record.lease_until = lease_until(deadline, now)
-        record.holder = str(getattr(context, "aws_request_id", "") or f"local:{socket.gethostname()}:{os.getpid()}")
         try:
             etag = self.store.write_record(record, etag)
         except LeaseConflict:
             return self._skipped("another invocation claimed the run first")
         log.info(
-            f"reconcile {how}",
+            f"reconcile {CLAIM_VERBS[type(claim)]}",
             extra={
                 "run_id": record.run_id,
                 "invocation": record.invocation,
