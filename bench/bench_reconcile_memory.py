@@ -162,15 +162,12 @@ def measure_memory(size: int) -> list[dict[str, Any]]:
     with patched_environ({**ENV, "RECONCILE_RATE_LIMIT": "30"}):
         reset_settings()
         cognito, s3 = FakeCognito(size), FakeS3()
-        # the fake pager is not botocore: skip the token bucket's sleeps here (memory only)
-        pager = reconcile.UserPager.for_client(cognito, 30.0)
-        pager.bucket.rate = 1e9
         for label in ("first run", "incremental"):
             if label == "incremental":
                 cognito.mutate()
             deps = reconcile.Deps(cognito=cognito, s3=s3, sqs=CountingSQS())
-            reconciler = reconcile.Reconciler(get_settings(), deps)
-            pager.bucket.rate = 1e9
+            # the fake Cognito is not botocore (no hooks to attach): a bucket with no real limit, memory only
+            reconciler = reconcile.Reconciler(get_settings(), deps, reconcile.UserPager(cognito, 1e9))
             stored_before = s3.stored_bytes()
             tracemalloc.start()
             before, _ = tracemalloc.get_traced_memory()

@@ -135,12 +135,11 @@ class _RssWatch:
 def subject_run(pool_id: str, users: int, *, sqs: Any, s3: Any, trace_memory: bool = False) -> Scan:
     """One reconcile run by hand (no Lambda deadline), as `userhub-sync reconcile` runs it."""
     from chalicelib import reconcile
-    from chalicelib.settings import get_settings, reset_settings
+    from chalicelib.settings import reset_settings
 
     reset_settings()
     reconcile.reset_clients()
     cognito = reconcile.make_cognito_client()  # adaptive retries, as deployed
-    reconcile.UserPager.for_client(cognito, get_settings().reconcile_rate_limit)  # its hook first, ours after
     times: list[float] = []
     _listusers_hook(cognito, times)
     deps = reconcile.Deps(cognito=cognito, sqs=sqs, s3=s3)

@@ -413,7 +413,7 @@ def test_throttling_is_retried_and_the_request_rate_stays_under_the_limit(harnes
             return throttle_response()
         return None
 
-    reconcile.UserPager.for_client(harness.cognito, rate)  # the bucket's hook first, so we time what it let through
+    # registered last: after the run's token bucket, so we time what it let through
     harness.cognito.meta.events.register_last("before-send.cognito-identity-provider.ListUsers", record_and_throttle)
     with patched_environ({"RECONCILE_RATE_LIMIT": str(rate)}):
         reset_settings()
@@ -429,6 +429,29 @@ def test_throttling_is_retried_and_the_request_rate_stays_under_the_limit(harnes
     assert worst <= 0.2, f"more requests than rate·t + 1 (burst) in some window: excess {worst:.2f}"
     overall = (len(sent_at) - 1) / (sent_at[-1] - sent_at[0])
     assert overall <= rate, overall
+
+
+def test_the_pager_paces_only_while_its_run_lasts(harness: Harness) -> None:
+    """A warm container keeps its Cognito client; a finished run must leave no hook (or stale bucket) on it."""
+    harness.pool.seed(130)  # 3 pages
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        time.sleep(seconds)
+
+    deps = Deps(cognito=harness.cognito, sqs=harness.sqs, s3=harness.s3, sleep=sleep)
+    with patched_environ({"RECONCILE_RATE_LIMIT": "2"}):
+        reset_settings()
+        first = reconcile.run_reconcile(reconcile.ReconcileRequest(), deps=deps)
+        assert (first.summary["requests"], first.summary["pages"]) == (3, 3) and waits, "paced at 2 requests/s"
+        waits.clear()
+        for _ in range(3):
+            harness.cognito.list_users(UserPoolId=harness.pool.id, Limit=1)
+        assert waits == [], "after the run, the client's own ListUsers calls wait for no bucket"
+        again = reconcile.run_reconcile(reconcile.ReconcileRequest(), deps=deps)
+    reset_settings()
+    assert (again.summary["requests"], again.summary["enqueued"]) == (3, 0), "each run counts its own requests"
 
 
 def test_crash_before_the_snapshot_is_written_loses_nothing(harness: Harness) -> None:

@@ -19,6 +19,8 @@ PAGE_SIZE = 60  # ListUsers' maximum: AWS rejects 61 (moto accepts it, so nothin
 LIST_USERS_MAX_ATTEMPTS = 10  # botocore attempts per page; adaptive backoff caps each wait at 20 s
 COGNITO_EVENTS = "cognito-identity-provider"  # botocore's hyphenated service id, used in event names
 THROTTLE_CODES = frozenset({"TooManyRequestsException", "ThrottlingException", "Throttling", "RequestLimitExceeded"})
+_BEFORE_SEND = f"before-send.{COGNITO_EVENTS}.ListUsers"
+_NEEDS_RETRY = f"needs-retry.{COGNITO_EVENTS}.ListUsers"
 BAD_TOKEN_CODES = frozenset(
     {"InvalidToken", "ExpiredTokenException", "InvalidPaginationTokenException", "InvalidNextTokenException"}
 )
@@ -61,10 +63,13 @@ class TokenBucket:
 
 
 class UserPager:
-    """ListUsers pages under a token bucket, counting attempts and throttles.
+    """ListUsers pages for one invocation under a token bucket, counting its attempts and throttles.
 
-    The bucket sits in botocore's `before-send` hook, so botocore's own retries are paced too: Cognito's quota
-    counts every request, throttled ones included. One pager per client (hooks are registered once).
+    Use it as a context manager: it hooks the client's botocore events on entry and unhooks them on exit, so a warm
+    container's cached client never carries an earlier invocation's hooks or counts. While hooked, every ListUsers
+    attempt the client sends waits for a token (Cognito's quota counts them all, whoever sends them); only the
+    attempts made for `page()` are counted. Hooks are registered in the middle of botocore's order: after the
+    adaptive retry mode's own limiter, so the bucket sets the spacing of the requests as sent.
     """
 
     def __init__(self, client: Any, rate: float, sleep: Callable[[float], None] = time.sleep) -> None:
@@ -72,37 +77,41 @@ class UserPager:
         self.bucket = TokenBucket(rate, sleep=sleep)
         self.requests = 0
         self.throttles = 0
-        events = getattr(getattr(client, "meta", None), "events", None)
-        self._hooked = events is not None
-        if events is not None:
-            events.register(f"before-send.{COGNITO_EVENTS}.ListUsers", self._before_send)
-            events.register(f"needs-retry.{COGNITO_EVENTS}.ListUsers", self._needs_retry)
+        self._events = getattr(getattr(client, "meta", None), "events", None)
+        self._paging = False
 
-    @classmethod
-    def for_client(cls, client: Any, rate: float, sleep: Callable[[float], None] = time.sleep) -> UserPager:
-        pager = getattr(client, "_userhub_sync_pager", None)
-        if pager is None:
-            pager = cls(client, rate, sleep)
-            client._userhub_sync_pager = pager
-        pager.bucket.rate = rate
-        return pager
+    def __enter__(self) -> UserPager:
+        if self._events is not None:
+            self._events.register(_BEFORE_SEND, self._before_send)
+            self._events.register(_NEEDS_RETRY, self._needs_retry)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self._events is not None:
+            self._events.unregister(_BEFORE_SEND, self._before_send)
+            self._events.unregister(_NEEDS_RETRY, self._needs_retry)
 
     def _before_send(self, **_: Any) -> None:
         self.bucket.acquire()
-        self.requests += 1
+        if self._paging:
+            self.requests += 1
 
     def _needs_retry(self, response: Any = None, **_: Any) -> None:
-        if response is not None and response[1].get("Error", {}).get("Code") in THROTTLE_CODES:
+        if self._paging and response is not None and response[1].get("Error", {}).get("Code") in THROTTLE_CODES:
             self.throttles += 1
 
     def page(self, pool_id: str, token: str | None) -> tuple[list[dict[str, Any]], str | None]:
-        if not self._hooked:
+        if self._events is None:  # not a botocore client (a benchmark's in-process fake): pace the call itself
             self.bucket.acquire()
             self.requests += 1
         params: dict[str, Any] = {"UserPoolId": pool_id, "Limit": PAGE_SIZE}
         if token:
             params["PaginationToken"] = token
-        response = self.client.list_users(**params)
+        self._paging = True
+        try:
+            response = self.client.list_users(**params)
+        finally:
+            self._paging = False
         return response.get("Users") or [], response.get("PaginationToken") or None
 
 

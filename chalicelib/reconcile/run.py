@@ -66,15 +66,13 @@ def _iso(epoch: float) -> str:
 class Reconciler:
     """One invocation of a run: claim the run, scan, enqueue, then commit, hand off or stop."""
 
-    def __init__(self, settings: Settings, deps: Deps | None = None, progress: Progress | None = None) -> None:
+    def __init__(self, settings: Settings, deps: Deps, pager: UserPager, progress: Progress | None = None) -> None:
         self.settings = settings
-        self.deps = deps or Deps()
+        self.deps = deps
+        self.pager = pager
         self.progress = progress
         self.pool_id = settings.require("USER_POOL_ID")
         self.store = StateStore(self.deps.s3 or cached_client("s3"), settings.require("SNAPSHOT_BUCKET"), self.pool_id)
-        self.pager = UserPager.for_client(
-            self.deps.cognito or cached_client("cognito-idp"), settings.reconcile_rate_limit, sleep=self.deps.sleep
-        )
         self.metrics = Metrics("reconcile")
         self._queue_url: str | None = None
         self._claiming: RunRecord | None = None  # the run `_claim` picked, for the failure summary
@@ -146,7 +144,7 @@ class Reconciler:
             },
         )
         try:
-            run = self._load(record, etag, baseline, dry_run=False)
+            run = load_state(self.store, record, etag, baseline, dry_run=False)
             run.enqueuer = Enqueuer(self._sqs(), self._events_queue_url(), self._message_body, sleep=self.deps.sleep)
         except CheckpointUnreadable:
             # resuming would fail the same way every time: drop the run so the next one starts clean
@@ -173,18 +171,7 @@ class Reconciler:
         )
         record.counters.invocations = 1
         self._claiming = record
-        return self._load(record, None, baseline, dry_run=True)
-
-    def _load(self, record: RunRecord, etag: str | None, baseline: Any, *, dry_run: bool) -> RunState:
-        return load_state(
-            self.store,
-            record,
-            etag,
-            baseline,
-            dry_run=dry_run,
-            requests0=self.pager.requests,
-            throttles0=self.pager.throttles,
-        )
+        return load_state(self.store, record, None, baseline, dry_run=True)
 
     def _work(self, run: RunState, deadline: Deadline, continuer: Continuer | None) -> RunResult:
         record = run.record
@@ -233,8 +220,8 @@ class Reconciler:
 
     def _sync_counters(self, run: RunState) -> None:
         counters, start = run.counters, run.at_start
-        counters.requests = start.requests + self.pager.requests - run.requests0
-        counters.throttles = start.throttles + self.pager.throttles - run.throttles0
+        counters.requests = start.requests + self.pager.requests
+        counters.throttles = start.throttles + self.pager.throttles
         counters.enqueued = start.enqueued + (run.enqueuer.sent if run.enqueuer else 0)
         counters.seconds = round(start.seconds + time.monotonic() - run.started, 3)
 
@@ -443,18 +430,20 @@ def run_reconcile(
     """
     settings = settings or get_settings()
     deps = deps or Deps()
-    reconciler = Reconciler(settings, deps, progress)
-    if request.continuation is None and not request.dry_run:  # a new run first re-enqueues sign-ins post_auth lost
-        from chalicelib.signin_recovery import recover_at_run_start
+    cognito = deps.cognito or cached_client("cognito-idp")
+    with UserPager(cognito, settings.reconcile_rate_limit, sleep=deps.sleep) as pager:
+        reconciler = Reconciler(settings, deps, pager, progress)
+        if request.continuation is None and not request.dry_run:  # a new run first re-enqueues lost sign-ins
+            from chalicelib.signin_recovery import recover_at_run_start
 
-        injected = {"sqs": deps.sqs, "s3": deps.s3, "cognito-idp": deps.cognito}
-        recovered = recover_at_run_start(
-            settings, context, lambda service: injected.get(service) or cached_client(service)
-        )
-        reconciler.extra_summary = {} if recovered is None else {"signins_recovered": recovered}
-    in_lambda = bool(os.environ.get("AWS_LAMBDA_FUNCTION_NAME"))
-    deadline = Deadline(context if in_lambda or deps.continuer else None, settings.reconcile_time_margin_seconds)
-    return reconciler.invoke(request, deadline, context)
+            injected = {"sqs": deps.sqs, "s3": deps.s3, "cognito-idp": cognito}
+            recovered = recover_at_run_start(
+                settings, context, lambda service: injected.get(service) or cached_client(service)
+            )
+            reconciler.extra_summary = {} if recovered is None else {"signins_recovered": recovered}
+        in_lambda = bool(os.environ.get("AWS_LAMBDA_FUNCTION_NAME"))
+        deadline = Deadline(context if in_lambda or deps.continuer else None, settings.reconcile_time_margin_seconds)
+        return reconciler.invoke(request, deadline, context)
 
 
 def handle_scheduled_event(event: dict[str, Any], context: Any, *, deps: Deps | None = None) -> dict[str, Any]:

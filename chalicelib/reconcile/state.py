@@ -49,8 +49,6 @@ class RunState:
     planned: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
     started: float = field(default_factory=time.monotonic)
     at_start: Counters = field(default_factory=Counters)
-    requests0: int = 0
-    throttles0: int = 0
     checkpoints: int = 0
 
     @property
@@ -141,8 +139,6 @@ def load_state(
     baseline: SnapshotInfo | None,
     *,
     dry_run: bool,
-    requests0: int = 0,
-    throttles0: int = 0,
 ) -> RunState:
     """Rebuild the in-memory state from the committed snapshot and the run's checkpoint."""
     expected = (baseline.users or 0) if baseline else 0
@@ -186,8 +182,6 @@ def load_state(
         writer=writer,
         extra=extra,
         at_start=record.counters.model_copy(),
-        requests0=requests0,
-        throttles0=throttles0,
     )
 
 
