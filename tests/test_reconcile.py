@@ -335,7 +335,7 @@ def test_first_run_enqueues_everyone_then_only_new_changed_and_deleted(harness: 
         "unchanged": 4925,
         "enqueued": 100,
     }
-    assert read_last_summary(harness.s3, BUCKET) == second
+    assert read_last_summary(harness.s3, BUCKET).to_dict() == second  # type: ignore[union-attr]
 
     [third] = harness.run()  # the committed snapshot agrees with what ListUsers says now
     assert harness.sqs.take() == [] and third["enqueued"] == 0 and third["unchanged"] == 5000
@@ -444,14 +444,14 @@ def test_the_pager_paces_only_while_its_run_lasts(harness: Harness) -> None:
     with patched_environ({"RECONCILE_RATE_LIMIT": "2"}):
         reset_settings()
         first = reconcile.run_reconcile(reconcile.ReconcileRequest(), deps=deps)
-        assert (first.summary["requests"], first.summary["pages"]) == (3, 3) and waits, "paced at 2 requests/s"
+        assert (first.summary.requests, first.summary.pages) == (3, 3) and waits, "paced at 2 requests/s"
         waits.clear()
         for _ in range(3):
             harness.cognito.list_users(UserPoolId=harness.pool.id, Limit=1)
         assert waits == [], "after the run, the client's own ListUsers calls wait for no bucket"
         again = reconcile.run_reconcile(reconcile.ReconcileRequest(), deps=deps)
     reset_settings()
-    assert (again.summary["requests"], again.summary["enqueued"]) == (3, 0), "each run counts its own requests"
+    assert (again.summary.requests, again.summary.enqueued) == (3, 0), "each run counts its own requests"
 
 
 def test_crash_before_the_snapshot_is_written_loses_nothing(harness: Harness) -> None:
@@ -472,7 +472,7 @@ def test_crash_before_the_snapshot_is_written_loses_nothing(harness: Harness) ->
     harness.s3.meta.events.unregister("before-send.s3.PutObject", crash_on_snapshot_put)
     assert set(harness.sqs.take()) == expected
     assert harness.snapshot_etag() == committed, "the old snapshot is still the committed one"
-    assert read_last_summary(harness.s3, BUCKET)["status"] == "failed"  # type: ignore[index]
+    assert read_last_summary(harness.s3, BUCKET).status == "failed"  # type: ignore[union-attr]
 
     [retry] = harness.run()  # adopts the released run and finds the same work again
     assert retry["status"] == "complete" and retry["invocations"] == 2
@@ -591,7 +591,7 @@ def test_max_invocations_stops_the_chain_and_the_next_run_adopts_it(harness: Har
         reset_settings()
         summaries = harness.run(pages_per_invocation=3)
     assert [s["status"] for s in summaries] == ["continued", "stopped"]
-    assert read_last_summary(harness.s3, BUCKET)["status"] == "stopped"  # type: ignore[index]
+    assert read_last_summary(harness.s3, BUCKET).status == "stopped"  # type: ignore[union-attr]
     reset_settings()
     [adopted] = harness.run()
     assert adopted["status"] == "complete" and adopted["run_id"] == summaries[0]["run_id"]
@@ -624,7 +624,7 @@ def test_dry_run_reports_by_category_and_writes_nothing(harness: Harness) -> Non
         "changed": set(names[2:5]),
         "new": {"fresh@example.com"},
     }
-    assert result.summary["enqueued"] == 0 and harness.sqs.usernames == []
+    assert result.summary.enqueued == 0 and harness.sqs.usernames == []
     assert harness.snapshot_etag() == etag and read_last_summary(harness.s3, BUCKET) == last
     assert harness.record() is None
 
@@ -670,7 +670,7 @@ def test_scheduled_handler_through_app_and_the_real_queue(harness: Harness, aws)
         received += [json.loads(m["Body"]) for m in got]
     check_messages(received, harness.pool.id)
     assert exactly_once([m["username"] for m in received]) == set(names)
-    assert read_last_summary(harness.s3, BUCKET) == summary
+    assert read_last_summary(harness.s3, BUCKET).to_dict() == summary  # type: ignore[union-attr]
     stored = harness.s3.get_object(Bucket=BUCKET, Key=f"reconcile/{harness.pool.id}/snapshot.gz")
     assert stored["Metadata"]["users"] == "130" and len(gzip.decompress(stored["Body"].read()).splitlines()) == 130
 

@@ -30,13 +30,22 @@ from chalicelib.reconcile.errors import (
 )
 from chalicelib.reconcile.lease import Deadline
 from chalicelib.reconcile.pacing import TokenBucket, UserPager, make_cognito_client
-from chalicelib.reconcile.records import CATEGORIES, Counters, ReconcileRequest, RunResult, parse_request
+from chalicelib.reconcile.records import (
+    Category,
+    Counters,
+    Phase,
+    ReconcileRequest,
+    RunResult,
+    RunStatus,
+    RunSummary,
+    parse_request,
+)
 from chalicelib.reconcile.run import Progress, Reconciler, handle_scheduled_event, run_reconcile
 from chalicelib.reconcile.store import SNAPSHOT_FORMAT, StateStore, read_last_complete, read_last_summary
 
 __all__ = [
-    "CATEGORIES",
     "SNAPSHOT_FORMAT",
+    "Category",
     "CheckpointUnreadable",
     "Counters",
     "Deadline",
@@ -44,11 +53,14 @@ __all__ = [
     "EnqueueError",
     "Enqueuer",
     "LeaseConflict",
+    "Phase",
     "Progress",
     "ReconcileError",
     "ReconcileRequest",
     "Reconciler",
     "RunResult",
+    "RunStatus",
+    "RunSummary",
     "StateStore",
     "TokenBucket",
     "TooManyRestarts",

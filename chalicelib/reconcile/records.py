@@ -1,7 +1,11 @@
-"""The shapes reconcile reads and writes: the request an invocation gets, the run record it persists, its counters.
+"""The shapes reconcile reads and writes: the request an invocation gets, the run record it persists, its summary.
 
 The run record is the whole state of a run between invocations (`reconcile/<pool>/run.json`). It is read with
 `extra="ignore"`, so a record written by an older version (with fields since dropped) still resumes.
+
+The summary is what the handler returns, what `reconcile/last-run.json` holds and what the CLI and `status` show:
+one flat JSON object whose keys depend on how the invocation ended (a skip has three). `RunSummary.to_dict()`
+gives exactly the keys the summary was built with, so the JSON keeps that shape whatever the model can hold.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -17,7 +22,37 @@ from chalicelib.reconcile.errors import ReconcileError
 
 PREFIX = "reconcile"
 EVENTBRIDGE_SOURCE = "aws.events"  # `source` of every EventBridge scheduled event (also SAM's generated one)
-CATEGORIES = ("new", "changed", "deleted", "unchanged")
+
+
+class Category(StrEnum):
+    """Why a user is sent (or, for UNCHANGED, not sent unless the run is full)."""
+
+    NEW = "new"
+    CHANGED = "changed"
+    DELETED = "deleted"
+    UNCHANGED = "unchanged"
+
+
+class Phase(StrEnum):
+    SCAN = "scan"  # listing the pool page by page
+    DELETIONS = "deletions"  # the scan is complete: sweeping what the baseline holds and the scan did not list
+
+
+class RunStatus(StrEnum):
+    """How an invocation ended."""
+
+    COMPLETE = "complete"  # scanned, swept and committed: the next run compares with this one
+    CONTINUED = "continued"  # handed off to a new invocation
+    STOPPED = "stopped"  # out of time with no way to continue (RECONCILE_MAX_INVOCATIONS): the next run adopts it
+    SKIPPED = "skipped"  # another invocation owns the run, or this continuation is stale
+    DRY_RUN = "dry_run"  # compared everything, sent and wrote nothing
+    DRY_RUN_INCOMPLETE = "dry_run_incomplete"  # a dry run out of time (it never continues)
+    FAILED = "failed"
+
+    @property
+    def ends_run(self) -> bool:
+        """The run is over (or stopped where the next run picks it up), not just this invocation."""
+        return self in (RunStatus.COMPLETE, RunStatus.STOPPED, RunStatus.DRY_RUN)
 
 
 class Counters(BaseModel):
@@ -53,7 +88,7 @@ class RunRecord(BaseModel):
     invocation: int = 1  # the invocation that wrote this record
     chain: int = 1  # invocations since the run was started or adopted; capped by reconcile_max_invocations
     lease_until: float = 0.0
-    phase: Literal["scan", "deletions"] = "scan"
+    phase: Phase = Phase.SCAN
     token: str | None = None
     partial_key: str | None = None  # entries of the current pass, all already enqueued where needed
     extra_key: str | None = None  # entries folded into the baseline when a rejected token restarted the scan
@@ -106,8 +141,37 @@ def new_run_id(now: float) -> str:
     return datetime.fromtimestamp(now, UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
 
 
-@dataclass
+class RunSummary(Counters):
+    """What one invocation says about the run: the run's counters so far, plus how and when it ended.
+
+    Built with only the keys that apply (a skip: status, reason, pool_id); `to_dict()` gives those keys back.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    run_id: str | None = None
+    pool_id: str | None = None
+    status: RunStatus | None = None  # always set by reconcile; a summary stored by hand may lack it
+    reason: str | None = None  # skipped: why
+    full: bool = False
+    dry_run: bool = False
+    users_per_second: float | None = None
+    requests_per_second: float | None = None
+    baseline_damaged: str | None = None  # why the committed snapshot was treated as missing
+    rate_limit: float | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    signins_recovered: int | None = None  # present when this invocation ran sign-in recovery
+    error: str | None = None  # failed: the error, redacted
+    would_enqueue: dict[Category, list[str]] | None = None  # dry run: the first usernames per category
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object the handler returns and last-run.json holds."""
+        return self.model_dump(mode="json", exclude_unset=True)
+
+
+@dataclass(frozen=True)
 class RunResult:
-    status: str  # complete, continued, stopped, skipped, dry_run, dry_run_incomplete
-    summary: dict[str, Any]
-    planned: dict[str, list[str]] = field(default_factory=dict)  # dry runs: usernames by category
+    status: RunStatus
+    summary: RunSummary
+    planned: dict[Category, list[str]] = field(default_factory=dict)  # dry runs: usernames by category

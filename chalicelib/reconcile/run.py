@@ -40,11 +40,15 @@ from chalicelib.reconcile.lease import (
 )
 from chalicelib.reconcile.pacing import UserPager, is_bad_token
 from chalicelib.reconcile.records import (
+    Category,
     Continuation,
     Counters,
+    Phase,
     ReconcileRequest,
     RunRecord,
     RunResult,
+    RunStatus,
+    RunSummary,
     new_run_id,
     parse_request,
 )
@@ -55,7 +59,19 @@ from chalicelib.snapshot import SnapshotDamaged
 
 log = get_logger("reconcile")
 
-Progress = Callable[[Counters, str], None]
+Progress = Callable[[Counters, Phase], None]
+METRIC_COUNTERS = (
+    "scanned",
+    "new",
+    "changed",
+    "unchanged",
+    "deleted",
+    "enqueued",
+    "pages",
+    "requests",
+    "throttles",
+    "restarts",
+)
 CLAIM_VERBS = {Continue: "continuing", Adopt: "adopting", Start: "starting"}
 
 
@@ -76,7 +92,7 @@ class Reconciler:
         self.metrics = Metrics("reconcile")
         self._queue_url: str | None = None
         self._claiming: RunRecord | None = None  # the run `_claim` picked, for the failure summary
-        self.extra_summary: dict[str, Any] = {}  # e.g. signins_recovered, from the hook in run_reconcile
+        self.signins_recovered: int | None = None  # set by run_reconcile when it ran sign-in recovery
 
     def invoke(self, request: ReconcileRequest, deadline: Deadline, context: Any = None) -> RunResult:
         try:
@@ -102,7 +118,7 @@ class Reconciler:
                 "reconcile run taken over by another invocation",
                 extra={"run_id": run.record.run_id, "error": str(error)},
             )
-            return self._finish(run, "skipped")
+            return self._finish(run, RunStatus.SKIPPED)
         except (Exception, KeyboardInterrupt) as error:
             self._abandon(run, error)
             raise
@@ -175,7 +191,7 @@ class Reconciler:
 
     def _work(self, run: RunState, deadline: Deadline, continuer: Continuer | None) -> RunResult:
         record = run.record
-        while record.phase == "scan":
+        while record.phase is Phase.SCAN:
             if deadline.low():
                 return self._out_of_time(run, continuer)
             if not run.dry_run and not deadline.finite and record.lease_until - self.deps.clock() < LOCAL_RENEW_SECONDS:
@@ -191,8 +207,8 @@ class Reconciler:
             run.compare(users)
             record.token = token
             if token is None:
-                record.phase = "deletions"
-            self._report(run, "scan")
+                record.phase = Phase.DELETIONS
+            self._report(run, Phase.SCAN)
         try:
             stopped = self._sweep(run, deadline, continuer)
         except SnapshotDamaged as damage:  # the baseline turned out damaged only now: never trust it
@@ -212,10 +228,10 @@ class Reconciler:
                     record.deletions_done = position
                     return self._out_of_time(run, continuer)
                 record.counters.deleted += 1
-                run.emit("deleted", name)
+                run.emit(Category.DELETED, name)
             position += 1
         record.deletions_done = position
-        self._report(run, "deletions")
+        self._report(run, Phase.DELETIONS)
         return None
 
     def _sync_counters(self, run: RunState) -> None:
@@ -249,7 +265,7 @@ class Reconciler:
 
     def _out_of_time(self, run: RunState, continuer: Continuer | None) -> RunResult:
         if run.dry_run:
-            return self._finish(run, "dry_run_incomplete")
+            return self._finish(run, RunStatus.DRY_RUN_INCOMPLETE)
         record, now = run.record, self.deps.clock()
         if record.chain >= self.settings.reconcile_max_invocations or continuer is None:
             self._checkpoint(run, lease_until=now)  # released: the next scheduled run adopts it
@@ -257,7 +273,7 @@ class Reconciler:
                 "reconcile stopped at RECONCILE_MAX_INVOCATIONS; the next run carries on from the checkpoint",
                 extra={"run_id": record.run_id, "chain": record.chain},
             )
-            return self._finish(run, "stopped", store=True)
+            return self._finish(run, RunStatus.STOPPED, store=True)
         self._checkpoint(run, lease_until=now + HANDOFF_GRACE_SECONDS)
         payload = {
             "continuation": Continuation(
@@ -265,11 +281,11 @@ class Reconciler:
             ).model_dump()
         }
         continuer(payload)
-        return self._finish(run, "continued")
+        return self._finish(run, RunStatus.CONTINUED)
 
     def _commit(self, run: RunState) -> RunResult:
         if run.dry_run:
-            return self._finish(run, "dry_run")
+            return self._finish(run, RunStatus.DRY_RUN)
         assert run.enqueuer is not None
         run.enqueuer.flush()
         # Prove we still hold the lease just before replacing the snapshot (itself a conditional write). The record
@@ -277,7 +293,7 @@ class Reconciler:
         run.saved.lease_until = self.deps.clock() + HANDOFF_GRACE_SECONDS
         run.etag = self.store.write_record(run.saved, run.etag)
         self.store.put_snapshot(run.writer.finish(), run.writer.count, run.record.baseline_etag)
-        result = self._finish(run, "complete", store=True)
+        result = self._finish(run, RunStatus.COMPLETE, store=True)
         try:
             self.store.delete_record()
             self._discard_objects(run.record.run_id)
@@ -297,29 +313,29 @@ class Reconciler:
                     self._release(run.saved, run.etag)
             except Exception as cleanup_error:  # the original error matters more
                 log.warning("could not clean up after the failed reconcile run", extra={"error": str(cleanup_error)})
-        self._record_failure(self._summary(run, "failed"), error, dry_run=run.dry_run)
+        self._record_failure(self._summary(run, RunStatus.FAILED), error, dry_run=run.dry_run)
 
     def _failed_before_work(self, request: ReconcileRequest, error: BaseException) -> None:
         """A failure while claiming or loading: there is no run state yet, only the record `_claim` picked."""
         record, now = self._claiming, self.deps.clock()
-        summary: dict[str, Any] = {
-            "run_id": record.run_id if record else None,
-            "pool_id": self.pool_id,
-            "status": "failed",
-            "full": record.full if record else request.full,
-            "dry_run": request.dry_run,
+        summary = RunSummary(
+            run_id=record.run_id if record else None,
+            pool_id=self.pool_id,
+            status=RunStatus.FAILED,
+            full=record.full if record else request.full,
+            dry_run=request.dry_run,
             **(record.counters.model_dump() if record else {}),
-            "baseline_damaged": record.baseline_damaged if record else None,
-            "rate_limit": self.settings.reconcile_rate_limit,
-            "started_at": _iso(record.started_at if record else now),
-            "finished_at": _iso(now),
-        }
+            baseline_damaged=record.baseline_damaged if record else None,
+            rate_limit=self.settings.reconcile_rate_limit,
+            started_at=_iso(record.started_at if record else now),
+            finished_at=_iso(now),
+        )
         self._record_failure(summary, error, dry_run=request.dry_run)
 
-    def _record_failure(self, summary: dict[str, Any], error: BaseException, *, dry_run: bool) -> None:
+    def _record_failure(self, summary: RunSummary, error: BaseException, *, dry_run: bool) -> None:
         """Log the failure and store it as the last run (`status` shows it); a dry run writes nothing, even now."""
-        summary["error"] = redact(f"{type(error).__name__}: {error}")[:500]
-        log.error("reconcile run failed", extra=summary)
+        summary = summary.model_copy(update={"error": redact(f"{type(error).__name__}: {error}")[:500]})
+        log.error("reconcile run failed", extra=summary.to_dict())
         if dry_run:
             return
         try:
@@ -341,56 +357,48 @@ class Reconciler:
         except ClientError as error:
             log.warning("could not delete old checkpoint objects", extra={"run_id": run_id, "error": str(error)})
 
-    def _summary(self, run: RunState, status: str) -> dict[str, Any]:
+    def _summary(self, run: RunState, status: RunStatus) -> RunSummary:
         c = run.counters
-        return {
-            "run_id": run.record.run_id,
-            "pool_id": self.pool_id,
-            "status": status,
-            "full": run.record.full,
-            "dry_run": run.dry_run,
+        summary = RunSummary(
+            run_id=run.record.run_id,
+            pool_id=self.pool_id,
+            status=status,
+            full=run.record.full,
+            dry_run=run.dry_run,
             **c.model_dump(),
-            "users_per_second": round(c.scanned / c.seconds, 1) if c.seconds else None,
-            "requests_per_second": round(c.requests / c.seconds, 2) if c.seconds else None,
-            "baseline_damaged": run.record.baseline_damaged,
-            "rate_limit": self.settings.reconcile_rate_limit,
-            "started_at": _iso(run.record.started_at),
-            "finished_at": _iso(self.deps.clock()),
-            **self.extra_summary,
-        }
+            users_per_second=round(c.scanned / c.seconds, 1) if c.seconds else None,
+            requests_per_second=round(c.requests / c.seconds, 2) if c.seconds else None,
+            baseline_damaged=run.record.baseline_damaged,
+            rate_limit=self.settings.reconcile_rate_limit,
+            started_at=_iso(run.record.started_at),
+            finished_at=_iso(self.deps.clock()),
+        )
+        if self.signins_recovered is None:
+            return summary
+        return summary.model_copy(update={"signins_recovered": self.signins_recovered})
 
-    def _finish(self, run: RunState, status: str, *, store: bool = False) -> RunResult:
+    def _finish(self, run: RunState, status: RunStatus, *, store: bool = False) -> RunResult:
         self._sync_counters(run)
         summary = self._summary(run, status)
-        for name in (
-            "scanned",
-            "new",
-            "changed",
-            "unchanged",
-            "deleted",
-            "enqueued",
-            "pages",
-            "requests",
-            "throttles",
-            "restarts",
-        ):
+        for name in METRIC_COUNTERS:
             delta = getattr(run.counters, name) - getattr(run.at_start, name)
             if delta:
                 self.metrics.count(f"reconcile_{name}", delta)
-        final = status in ("complete", "stopped", "dry_run")
-        log.info("reconcile run summary" if final else "reconcile invocation done", extra=summary)
+        message = "reconcile run summary" if status.ends_run else "reconcile invocation done"
+        log.info(message, extra=summary.to_dict())
         if store:
             self.store.write_summary(summary)
-        planned = {k: list(v) for k, v in run.planned.items()}
+        planned = {category: list(names) for category, names in run.planned.items()}
         if run.dry_run:
-            summary["would_enqueue"] = {k: v[:20] for k, v in planned.items()}
+            would_enqueue = {category: names[:20] for category, names in planned.items()}
+            summary = summary.model_copy(update={"would_enqueue": would_enqueue})
         return RunResult(status, summary, planned)
 
     def _skipped(self, reason: str) -> RunResult:
         log.info("reconcile skipped", extra={"reason": reason, "pool_id": self.pool_id})
-        return RunResult("skipped", {"status": "skipped", "reason": reason, "pool_id": self.pool_id})
+        return RunResult(RunStatus.SKIPPED, RunSummary(status=RunStatus.SKIPPED, reason=reason, pool_id=self.pool_id))
 
-    def _report(self, run: RunState, phase: str) -> None:
+    def _report(self, run: RunState, phase: Phase) -> None:
         if self.progress is not None:
             self._sync_counters(run)
             self.progress(run.counters, phase)
@@ -440,7 +448,7 @@ def run_reconcile(
             recovered = recover_at_run_start(
                 settings, context, lambda service: injected.get(service) or cached_client(service)
             )
-            reconciler.extra_summary = {} if recovered is None else {"signins_recovered": recovered}
+            reconciler.signins_recovered = recovered
         in_lambda = bool(os.environ.get("AWS_LAMBDA_FUNCTION_NAME"))
         deadline = Deadline(context if in_lambda or deps.continuer else None, settings.reconcile_time_margin_seconds)
         return reconciler.invoke(request, deadline, context)
@@ -448,4 +456,4 @@ def run_reconcile(
 
 def handle_scheduled_event(event: dict[str, Any], context: Any, *, deps: Deps | None = None) -> dict[str, Any]:
     """The `reconcile` and `reconcile_continue` handlers: returns this invocation's summary of the run."""
-    return run_reconcile(parse_request(event), context=context, deps=deps).summary
+    return run_reconcile(parse_request(event), context=context, deps=deps).summary.to_dict()

@@ -18,7 +18,7 @@ from botocore.exceptions import ClientError
 from chalicelib.observability import get_logger
 from chalicelib.reconcile.enqueue import Enqueuer
 from chalicelib.reconcile.errors import CheckpointUnreadable, TooManyRestarts
-from chalicelib.reconcile.records import Counters, RunRecord
+from chalicelib.reconcile.records import Category, Counters, Phase, RunRecord
 from chalicelib.reconcile.store import SnapshotInfo, StateStore, error_code
 from chalicelib.snapshot import (
     FingerprintTable,
@@ -46,7 +46,7 @@ class RunState:
     extra: bytearray
     extra_dirty: bool = False
     enqueuer: Enqueuer | None = None
-    planned: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    planned: dict[Category, list[str]] = field(default_factory=lambda: defaultdict(list))
     started: float = field(default_factory=time.monotonic)
     at_start: Counters = field(default_factory=Counters)
     checkpoints: int = 0
@@ -69,9 +69,9 @@ class RunState:
             self.writer.add(name, fp)
             setattr(counters, verdict.value, getattr(counters, verdict.value) + 1)
             if verdict is not Verdict.UNCHANGED or full:
-                self.emit(verdict.value, name)
+                self.emit(Category(verdict.value), name)
 
-    def emit(self, category: str, username: str) -> None:
+    def emit(self, category: Category, username: str) -> None:
         if self.dry_run:
             self.planned[category].append(username)
         else:
@@ -207,7 +207,9 @@ def drop_baseline(record: RunRecord, problem: str, snapshot_key: str) -> None:
     it (possible only if damage shows after loading), it scans again from page one sending everyone.
     """
     record.baseline_damaged = problem[:300]
-    progressed = record.token is not None or record.phase != "scan" or record.partial_key or record.counters.scanned
+    progressed = (
+        record.token is not None or record.phase is not Phase.SCAN or record.partial_key or record.counters.scanned
+    )
     log.warning(
         "reconcile snapshot is damaged: treating it as missing (every user is sent) and replacing it at commit",
         extra={
@@ -221,6 +223,6 @@ def drop_baseline(record: RunRecord, problem: str, snapshot_key: str) -> None:
     if progressed:
         record.full = True
         record.token = None
-        record.phase = "scan"
+        record.phase = Phase.SCAN
         record.deletions_done = 0
         record.partial_key = None

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from chalicelib.observability import get_logger
 from chalicelib.reconcile.errors import LeaseConflict, ReconcileError
-from chalicelib.reconcile.records import PREFIX, RunRecord
+from chalicelib.reconcile.records import PREFIX, RunRecord, RunStatus, RunSummary
 from chalicelib.snapshot import read_entries
 
 log = get_logger("reconcile")
@@ -146,29 +146,29 @@ class StateStore:
         for start in range(0, len(keys), 1000):
             self.s3.delete_objects(Bucket=self.bucket, Delete={"Objects": keys[start : start + 1000], "Quiet": True})
 
-    def write_summary(self, summary: dict[str, Any]) -> None:
+    def write_summary(self, summary: RunSummary) -> None:
         """The run's summary as the last run, and also as the last complete run if it is one."""
-        body = json.dumps(summary).encode()
-        if summary.get("status") == "complete":
+        body = json.dumps(summary.to_dict()).encode()
+        if summary.status is RunStatus.COMPLETE:
             self.s3.put_object(Bucket=self.bucket, Key=LAST_COMPLETE_KEY, Body=body, ContentType="application/json")
         self.s3.put_object(Bucket=self.bucket, Key=LAST_RUN_KEY, Body=body, ContentType="application/json")
 
 
-def _read_summary(s3_client: Any, bucket: str, key: str) -> dict[str, Any] | None:
+def _read_summary(s3_client: Any, bucket: str, key: str) -> RunSummary | None:
     try:
         obj = s3_client.get_object(Bucket=bucket, Key=key)
     except ClientError as error:
         if error_code(error) in ("NoSuchKey", "404"):
             return None
         raise
-    return json.loads(obj["Body"].read())
+    return RunSummary.model_validate_json(obj["Body"].read())
 
 
-def read_last_summary(s3_client: Any, bucket: str) -> dict[str, Any] | None:
+def read_last_summary(s3_client: Any, bucket: str) -> RunSummary | None:
     """The summary of the last run that finished (complete, stopped or failed), or None if there was none."""
     return _read_summary(s3_client, bucket, LAST_RUN_KEY)
 
 
-def read_last_complete(s3_client: Any, bucket: str) -> dict[str, Any] | None:
+def read_last_complete(s3_client: Any, bucket: str) -> RunSummary | None:
     """The summary of the last complete run, or None if none completed since this key was introduced."""
     return _read_summary(s3_client, bucket, LAST_COMPLETE_KEY)
