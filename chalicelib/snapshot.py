@@ -44,7 +44,8 @@ class Verdict(StrEnum):
     DUPLICATE = "duplicate"  # listed twice in one scan (ListUsers is eventually consistent)
 
 
-def _iso(value: Any) -> str:
+def _fingerprinted_time(value: Any) -> str:
+    """UserLastModifiedDate as the fingerprint reads it. Never change this: every stored fingerprint depends on it."""
     return value.isoformat() if hasattr(value, "isoformat") else str(value)
 
 
@@ -55,7 +56,12 @@ def fingerprint(user: Mapping[str, Any]) -> int:
     """
     attributes = sorted((a["Name"], a.get("Value", "")) for a in user.get("Attributes") or ())
     canonical = json.dumps(
-        [attributes, user.get("UserStatus"), user.get("Enabled"), _iso(user.get("UserLastModifiedDate"))],
+        [
+            attributes,
+            user.get("UserStatus"),
+            user.get("Enabled"),
+            _fingerprinted_time(user.get("UserLastModifiedDate")),
+        ],
         separators=(",", ":"),
         ensure_ascii=False,
     )
@@ -194,10 +200,6 @@ class SnapshotWriter:
             self._data += self._compressor.flush(zlib.Z_FINISH)
             self._compressor = None
         return bytes(self._data)
-
-    @property
-    def nbytes(self) -> int:
-        return len(self._data)
 
 
 def read_entries(source: bytes | bytearray | IO[bytes]) -> Iterator[tuple[str, int]]:

@@ -338,3 +338,15 @@ def test_the_typed_summary_keeps_the_json_shape_it_was_built_with() -> None:
     assert summary.to_dict() == stored
     dry = RunSummary(status=RunStatus.DRY_RUN).model_copy(update={"would_enqueue": {Category.NEW: ["a"]}})
     assert json.loads(json.dumps(dry.to_dict())) == {"status": "dry_run", "would_enqueue": {"new": ["a"]}}
+
+
+def test_token_bucket_takes_a_batch_at_the_rate_and_none_means_no_limit() -> None:
+    fake = FakeTime()
+    bucket = TokenBucket(5.0, burst=5, clock=fake.clock, sleep=fake.sleep)
+    assert bucket.take(25) == pytest.approx(4.0)  # a burst of 5 at once, then 20 more at 5 a second
+    assert fake.now - 1000.0 == pytest.approx(4.0)
+    unlimited = TokenBucket(None, clock=fake.clock, sleep=fake.sleep)
+    slept = len(fake.slept)
+    assert unlimited.take(1000) == 0.0 and unlimited.acquire() == 0.0 and len(fake.slept) == slept
+    with pytest.raises(ValueError):
+        TokenBucket(-1.0)

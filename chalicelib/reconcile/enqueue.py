@@ -12,8 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from chalicelib.reconcile.errors import EnqueueError
-
-SQS_BATCH = 10
+from chalicelib.sqs_limits import BATCH_ENTRIES
 
 
 class Enqueuer:
@@ -41,12 +40,13 @@ class Enqueuer:
 
     def add(self, username: str) -> None:
         self._buffer.append(username)
-        if len(self._buffer) >= SQS_BATCH:
+        if len(self._buffer) >= BATCH_ENTRIES:
             self.flush()
 
     def flush(self) -> None:
+        """Send everything added so far; returns only when SQS has accepted all of it (or raises EnqueueError)."""
         while self._buffer:
-            names, self._buffer = self._buffer[:SQS_BATCH], self._buffer[SQS_BATCH:]
+            names, self._buffer = self._buffer[:BATCH_ENTRIES], self._buffer[BATCH_ENTRIES:]
             self._send(names)
 
     def _send(self, names: list[str]) -> None:

@@ -27,17 +27,21 @@ BAD_TOKEN_CODES = frozenset(
 
 
 class TokenBucket:
-    """At most `rate` acquisitions a second, bursts of at most `burst`: in any window of t seconds, ≤ burst + rate·t."""
+    """At most `rate` tokens a second, in bursts of at most `burst`: in any window of t seconds, ≤ burst + rate·t.
+
+    `rate=None` is no limit, said explicitly: a rate ≤ 0 is refused, so a limit that went wrong never silently
+    becomes no limit. Safe to share between threads.
+    """
 
     def __init__(
         self,
-        rate: float,
+        rate: float | None,
         burst: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        if rate <= 0 or burst < 1:
-            raise ValueError("rate must be > 0 and burst ≥ 1")
+        if (rate is not None and rate <= 0) or burst < 1:
+            raise ValueError("rate must be > 0 (None: no limit) and burst ≥ 1")
         self.rate = rate
         self.burst = burst
         self._clock = clock
@@ -48,18 +52,30 @@ class TokenBucket:
 
     def acquire(self) -> float:
         """Take one token, sleeping until there is one; returns the seconds waited."""
+        return self.take(1)
+
+    def take(self, count: int) -> float:
+        """Take `count` tokens one after another (a batch of `count` requests); returns the seconds waited."""
+        if self.rate is None:
+            return 0.0
         waited = 0.0
         with self._lock:
-            while True:
-                now = self._clock()
-                self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
-                self._last = now
-                if self._tokens >= 1:
-                    self._tokens -= 1
-                    return waited
-                delay = (1 - self._tokens) / self.rate
-                self._sleep(delay)
-                waited += delay
+            for _ in range(count):
+                waited += self._take_one(self.rate)
+        return waited
+
+    def _take_one(self, rate: float) -> float:
+        waited = 0.0
+        while True:
+            now = self._clock()
+            self._tokens = min(self.burst, self._tokens + (now - self._last) * rate)
+            self._last = now
+            if self._tokens >= 1 - 1e-9:  # float drift must not leave a wait too small to move the clock
+                self._tokens -= 1
+                return waited
+            delay = (1 - self._tokens) / rate
+            self._sleep(delay)
+            waited += delay
 
 
 class UserPager:

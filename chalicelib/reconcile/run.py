@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -24,7 +23,7 @@ from chalicelib.reconcile.clients import (
     continue_function_name,
     lambda_continuer,
 )
-from chalicelib.reconcile.enqueue import SQS_BATCH, Enqueuer
+from chalicelib.reconcile.enqueue import Enqueuer
 from chalicelib.reconcile.errors import CheckpointUnreadable, LeaseConflict, TooManyRestarts
 from chalicelib.reconcile.lease import (
     HANDOFF_GRACE_SECONDS,
@@ -56,6 +55,8 @@ from chalicelib.reconcile.state import RunState, load_state
 from chalicelib.reconcile.store import StateStore
 from chalicelib.settings import Settings, get_settings
 from chalicelib.snapshot import SnapshotDamaged
+from chalicelib.sqs_limits import BATCH_ENTRIES
+from chalicelib.timefmt import utc_iso
 
 log = get_logger("reconcile")
 
@@ -73,10 +74,6 @@ METRIC_COUNTERS = (
     "restarts",
 )
 CLAIM_VERBS = {Continue: "continuing", Adopt: "adopting", Start: "starting"}
-
-
-def _iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
 
 
 class Reconciler:
@@ -224,7 +221,7 @@ class Reconciler:
         position = 0
         for name in run.unseen(self.store):
             if position >= record.deletions_done:
-                if position % SQS_BATCH == 0 and deadline.low():
+                if position % BATCH_ENTRIES == 0 and deadline.low():  # a whole batch between looks at the clock
                     record.deletions_done = position
                     return self._out_of_time(run, continuer)
                 record.counters.deleted += 1
@@ -327,8 +324,8 @@ class Reconciler:
             **(record.counters.model_dump() if record else {}),
             baseline_damaged=record.baseline_damaged if record else None,
             rate_limit=self.settings.reconcile_rate_limit,
-            started_at=_iso(record.started_at if record else now),
-            finished_at=_iso(now),
+            started_at=utc_iso(record.started_at if record else now),
+            finished_at=utc_iso(now),
         )
         self._record_failure(summary, error, dry_run=request.dry_run)
 
@@ -370,8 +367,8 @@ class Reconciler:
             requests_per_second=round(c.requests / c.seconds, 2) if c.seconds else None,
             baseline_damaged=run.record.baseline_damaged,
             rate_limit=self.settings.reconcile_rate_limit,
-            started_at=_iso(run.record.started_at),
-            finished_at=_iso(self.deps.clock()),
+            started_at=utc_iso(run.record.started_at),
+            finished_at=utc_iso(self.deps.clock()),
         )
         if self.signins_recovered is None:
             return summary
