@@ -178,12 +178,12 @@ def measure_memory(size: int) -> list[dict[str, Any]]:
             tracemalloc.stop()
             held_by_s3 = s3.stored_bytes() - stored_before
             snapshot_size = len(s3.objects[f"reconcile/{ENV['USER_POOL_ID']}/snapshot.gz"][0])
-            users = result.summary["scanned"]
+            users = result.summary.scanned
             rows.append(
                 {
                     "users": users,
                     "run": label,
-                    "enqueued": result.summary["enqueued"],
+                    "enqueued": result.summary.enqueued,
                     "peak_bytes": peak - before,
                     "peak_per_user": (peak - before - max(held_by_s3, 0)) / users,
                     "snapshot_per_user": snapshot_size / users,
@@ -218,7 +218,7 @@ def measure_moto(size: int, rate: float = 30.0) -> list[dict[str, Any]]:
                     for name in list(users)[::100]:
                         users[name].update_attributes([{"Name": "name", "Value": "changed"}])
                 deps = reconcile.Deps(cognito=cognito, s3=boto3.client("s3"), sqs=CountingSQS())
-                summary = reconcile.run_reconcile(reconcile.ReconcileRequest(), deps=deps).summary
+                summary = reconcile.run_reconcile(reconcile.ReconcileRequest(), deps=deps).summary.to_dict()
                 rows.append(
                     {
                         "users": size,

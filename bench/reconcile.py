@@ -157,11 +157,9 @@ def subject_run(pool_id: str, users: int, *, sqs: Any, s3: Any, trace_memory: bo
             tracemalloc.stop()
     if result.status != "complete":
         raise RuntimeError(f"reconcile run ended {result.status}: {result.summary}")
-    if result.summary.get("scanned") != users:
-        raise RuntimeError(f"reconcile scanned {result.summary.get('scanned')} of {users} users")
-    return Scan(
-        users, seconds, times, result.summary, int(result.summary.get("enqueued", 0)), peak, rss.peak - rss.start
-    )
+    if result.summary.scanned != users:
+        raise RuntimeError(f"reconcile scanned {result.summary.scanned} of {users} users")
+    return Scan(users, seconds, times, result.summary.to_dict(), result.summary.enqueued, peak, rss.peak - rss.start)
 
 
 def _queue_depth(sqs: Any, url: str) -> int:

@@ -27,10 +27,16 @@ import zlib
 from array import array
 from collections.abc import Iterable, Iterator, Mapping
 from enum import StrEnum
-from typing import IO, Any
+from typing import IO, Any, Protocol, cast
 
 FINGERPRINT_BYTES = 8
 _LINE = re.compile(rb"([^\t\n]+)\t([0-9a-f]{16})\n")
+
+
+class Readable(Protocol):
+    """What a snapshot can be streamed from: a file, or botocore's StreamingBody."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
 
 
 class SnapshotDamaged(ValueError):
@@ -202,16 +208,17 @@ class SnapshotWriter:
         return bytes(self._data)
 
 
-def read_entries(source: bytes | bytearray | IO[bytes]) -> Iterator[tuple[str, int]]:
+def read_entries(source: bytes | bytearray | Readable) -> Iterator[tuple[str, int]]:
     """Stream (username, fingerprint) pairs from a snapshot, one line at a time; SnapshotDamaged if it is damaged.
 
     Entries before the damage are yielded first (the stream is read lazily), so a caller that must not act on a
     half-read snapshot has to read it to the end before trusting any of it.
     """
-    raw: IO[bytes] = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
+    raw: Readable = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
     count = 0
     try:
-        with gzip.GzipFile(fileobj=raw, mode="rb") as stream:
+        # reading front to back never seeks, so botocore's StreamingBody will do; typeshed asks for seek() anyway
+        with gzip.GzipFile(fileobj=cast("IO[bytes]", raw), mode="rb") as stream:
             for line in stream:
                 match = _LINE.fullmatch(line)
                 if match is None:

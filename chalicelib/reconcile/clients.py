@@ -7,34 +7,39 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import boto3
 
 from chalicelib.observability import get_logger
 from chalicelib.reconcile.errors import ReconcileError
 from chalicelib.reconcile.pacing import make_cognito_client
 from chalicelib.settings import Settings, environment_key
 
+if TYPE_CHECKING:
+    from types_boto3_cognito_idp import CognitoIdentityProviderClient
+    from types_boto3_lambda import LambdaClient
+    from types_boto3_logs import CloudWatchLogsClient
+    from types_boto3_s3 import S3Client
+    from types_boto3_sqs import SQSClient
+
 log = get_logger("reconcile")
 
 Continuer = Callable[[dict[str, Any]], None]  # starts the next invocation of the run with this payload
+C = TypeVar("C")
 
 _clients: dict[str, Any] = {}
 _clients_lock = threading.Lock()
 
 
-def cached_client(service: str) -> Any:
+def _cached(service: str, build: Callable[[], C]) -> C:
     """boto3 clients built once per container (warm invocations reuse them and their connection pools)."""
     with _clients_lock:
         if _clients.get("_environment") != environment_key():  # never in Lambda; see settings.environment_key
             _clients.clear()
             _clients["_environment"] = environment_key()
         if service not in _clients:
-            if service == "cognito-idp":
-                _clients[service] = make_cognito_client()
-            else:
-                import boto3
-
-                _clients[service] = boto3.client(service)
+            _clients[service] = build()
         return _clients[service]
 
 
@@ -47,13 +52,28 @@ def reset_clients() -> None:
 class Deps:
     """Everything reconcile talks to; None means the real (cached) boto3 client. Tests inject fakes here."""
 
-    cognito: Any = None
-    sqs: Any = None
-    s3: Any = None
-    lambda_client: Any = None
+    cognito: CognitoIdentityProviderClient | None = None
+    sqs: SQSClient | None = None
+    s3: S3Client | None = None
+    lambda_client: LambdaClient | None = None
     continuer: Continuer | None = None
     clock: Callable[[], float] = time.time
     sleep: Callable[[float], None] = time.sleep
+
+    def cognito_client(self) -> CognitoIdentityProviderClient:
+        return self.cognito or _cached("cognito-idp", make_cognito_client)
+
+    def sqs_client(self) -> SQSClient:
+        return self.sqs or _cached("sqs", lambda: boto3.client("sqs"))
+
+    def s3_client(self) -> S3Client:
+        return self.s3 or _cached("s3", lambda: boto3.client("s3"))
+
+    def lambda_(self) -> LambdaClient:
+        return self.lambda_client or _cached("lambda", lambda: boto3.client("lambda"))
+
+    def logs_client(self) -> CloudWatchLogsClient:
+        return _cached("logs", lambda: boto3.client("logs"))
 
 
 def continue_function_name(context: Any, settings: Settings) -> str:
@@ -67,7 +87,7 @@ def continue_function_name(context: Any, settings: Settings) -> str:
     raise ReconcileError(f"cannot derive the continuation function from {name!r}: set RECONCILE_CONTINUE_FUNCTION")
 
 
-def lambda_continuer(client: Any, function_name: str) -> Continuer:
+def lambda_continuer(client: LambdaClient, function_name: str) -> Continuer:
     """A continuer that invokes `function_name` asynchronously (InvocationType Event: Lambda answers 202)."""
 
     def invoke(payload: dict[str, Any]) -> None:

@@ -9,10 +9,14 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from chalicelib.reconcile.errors import EnqueueError
 from chalicelib.sqs_limits import BATCH_ENTRIES
+
+if TYPE_CHECKING:
+    from types_boto3_sqs import SQSClient
+    from types_boto3_sqs.type_defs import BatchResultErrorEntryTypeDef
 
 
 class Enqueuer:
@@ -20,7 +24,7 @@ class Enqueuer:
 
     def __init__(
         self,
-        sqs: Any,
+        sqs: SQSClient,
         queue_url: str,
         body: Callable[[str], str],
         *,
@@ -51,7 +55,7 @@ class Enqueuer:
 
     def _send(self, names: list[str]) -> None:
         pending = {str(i): self.body(name) for i, name in enumerate(names)}
-        failures: list[dict[str, Any]] = []
+        failures: list[BatchResultErrorEntryTypeDef] = []
         for attempt in range(self.attempts):
             if attempt:
                 self.retried += len(pending)

@@ -11,9 +11,15 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import boto3
+from botocore.config import Config
 from botocore.exceptions import ClientError
+
+if TYPE_CHECKING:
+    from types_boto3_cognito_idp import CognitoIdentityProviderClient
+    from types_boto3_cognito_idp.type_defs import UserTypeTypeDef
 
 PAGE_SIZE = 60  # ListUsers' maximum: AWS rejects 61 (moto accepts it, so nothing in tests would catch a mistake)
 LIST_USERS_MAX_ATTEMPTS = 10  # botocore attempts per page; adaptive backoff caps each wait at 20 s
@@ -88,7 +94,9 @@ class UserPager:
     adaptive retry mode's own limiter, so the bucket sets the spacing of the requests as sent.
     """
 
-    def __init__(self, client: Any, rate: float, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self, client: CognitoIdentityProviderClient, rate: float, sleep: Callable[[float], None] = time.sleep
+    ) -> None:
         self.client = client
         self.bucket = TokenBucket(rate, sleep=sleep)
         self.requests = 0
@@ -116,7 +124,7 @@ class UserPager:
         if self._paging and response is not None and response[1].get("Error", {}).get("Code") in THROTTLE_CODES:
             self.throttles += 1
 
-    def page(self, pool_id: str, token: str | None) -> tuple[list[dict[str, Any]], str | None]:
+    def page(self, pool_id: str, token: str | None) -> tuple[list[UserTypeTypeDef], str | None]:
         if self._events is None:  # not a botocore client (a benchmark's in-process fake): pace the call itself
             self.bucket.acquire()
             self.requests += 1
@@ -138,11 +146,8 @@ def is_bad_token(error: ClientError) -> bool:
     return code in BAD_TOKEN_CODES or (code == "InvalidParameterException" and "token" in message)
 
 
-def make_cognito_client() -> Any:
+def make_cognito_client() -> CognitoIdentityProviderClient:
     """The Cognito client reconcile uses: adaptive retries (client-side rate adapts to throttling), bounded waits."""
-    import boto3
-    from botocore.config import Config
-
     return boto3.client(
         "cognito-idp",
         config=Config(

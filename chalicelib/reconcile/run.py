@@ -19,7 +19,6 @@ from chalicelib.observability import Metrics, get_logger, redact
 from chalicelib.reconcile.clients import (
     Continuer,
     Deps,
-    cached_client,
     continue_function_name,
     lambda_continuer,
 )
@@ -85,7 +84,7 @@ class Reconciler:
         self.pager = pager
         self.progress = progress
         self.pool_id = settings.require("USER_POOL_ID")
-        self.store = StateStore(self.deps.s3 or cached_client("s3"), settings.require("SNAPSHOT_BUCKET"), self.pool_id)
+        self.store = StateStore(deps.s3_client(), settings.require("SNAPSHOT_BUCKET"), self.pool_id)
         self.metrics = Metrics("reconcile")
         self._queue_url: str | None = None
         self._claiming: RunRecord | None = None  # the run `_claim` picked, for the failure summary
@@ -96,7 +95,7 @@ class Reconciler:
             continuer = None
             if deadline.finite and not request.dry_run:
                 continuer = self.deps.continuer or lambda_continuer(
-                    self.deps.lambda_client or cached_client("lambda"), continue_function_name(context, self.settings)
+                    self.deps.lambda_(), continue_function_name(context, self.settings)
                 )
             if request.dry_run:
                 run = self._dry_run_state(request)
@@ -158,7 +157,9 @@ class Reconciler:
         )
         try:
             run = load_state(self.store, record, etag, baseline, dry_run=False)
-            run.enqueuer = Enqueuer(self._sqs(), self._events_queue_url(), self._message_body, sleep=self.deps.sleep)
+            run.enqueuer = Enqueuer(
+                self.deps.sqs_client(), self.events_queue_url(), self._message_body, sleep=self.deps.sleep
+            )
         except CheckpointUnreadable:
             # resuming would fail the same way every time: drop the run so the next one starts clean
             try:
@@ -400,12 +401,11 @@ class Reconciler:
             self._sync_counters(run)
             self.progress(run.counters, phase)
 
-    def _sqs(self) -> Any:
-        return self.deps.sqs or cached_client("sqs")
-
-    def _events_queue_url(self) -> str:
+    def events_queue_url(self) -> str:
         if self._queue_url is None:
-            self._queue_url = self._sqs().get_queue_url(QueueName=self.settings.events_queue_name)["QueueUrl"]
+            self._queue_url = self.deps.sqs_client().get_queue_url(QueueName=self.settings.events_queue_name)[
+                "QueueUrl"
+            ]
         return self._queue_url
 
     def _message_body(self, username: str) -> str:
@@ -435,17 +435,21 @@ def run_reconcile(
     """
     settings = settings or get_settings()
     deps = deps or Deps()
-    cognito = deps.cognito or cached_client("cognito-idp")
-    with UserPager(cognito, settings.reconcile_rate_limit, sleep=deps.sleep) as pager:
+    with UserPager(deps.cognito_client(), settings.reconcile_rate_limit, sleep=deps.sleep) as pager:
         reconciler = Reconciler(settings, deps, pager, progress)
         if request.continuation is None and not request.dry_run:  # a new run first re-enqueues lost sign-ins
-            from chalicelib.signin_recovery import recover_at_run_start
+            from chalicelib.signin_recovery import RecoveryClients, recover_at_run_start
 
-            injected = {"sqs": deps.sqs, "s3": deps.s3, "cognito-idp": cognito}
-            recovered = recover_at_run_start(
-                settings, context, lambda service: injected.get(service) or cached_client(service)
-            )
-            reconciler.signins_recovered = recovered
+            def recovery_clients() -> RecoveryClients:
+                return RecoveryClients(
+                    logs=deps.logs_client(),
+                    sqs=deps.sqs_client(),
+                    s3=deps.s3_client(),
+                    cognito=deps.cognito_client,
+                    queue_url=reconciler.events_queue_url,
+                )
+
+            reconciler.signins_recovered = recover_at_run_start(settings, context, recovery_clients)
         in_lambda = bool(os.environ.get("AWS_LAMBDA_FUNCTION_NAME"))
         deadline = Deadline(context if in_lambda or deps.continuer else None, settings.reconcile_time_margin_seconds)
         return reconciler.invoke(request, deadline, context)

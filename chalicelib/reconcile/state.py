@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from botocore.exceptions import ClientError
 
@@ -29,6 +29,9 @@ from chalicelib.snapshot import (
     read_entries,
     user_key,
 )
+
+if TYPE_CHECKING:
+    from types_boto3_cognito_idp.type_defs import UserTypeTypeDef
 
 log = get_logger("reconcile")
 
@@ -55,7 +58,7 @@ class RunState:
     def counters(self) -> Counters:
         return self.record.counters
 
-    def compare(self, users: list[dict[str, Any]]) -> None:
+    def compare(self, users: Iterable[UserTypeTypeDef]) -> None:
         """Count each listed user by verdict, keep it for the new snapshot, and send it if it is new or changed."""
         counters, full = self.counters, self.record.full
         for user in users:

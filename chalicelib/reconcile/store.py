@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, TypedDict
 
 from botocore.exceptions import ClientError
 from pydantic import ValidationError
@@ -19,16 +19,30 @@ from chalicelib.reconcile.errors import LeaseConflict, ReconcileError
 from chalicelib.reconcile.records import PREFIX, RunRecord, RunStatus, RunSummary
 from chalicelib.snapshot import read_entries
 
+if TYPE_CHECKING:
+    from types_boto3_s3 import S3Client
+    from types_boto3_s3.type_defs import ObjectIdentifierTypeDef
+
 log = get_logger("reconcile")
 
 LAST_RUN_KEY = f"{PREFIX}/last-run.json"  # the last run that ended: complete, stopped or failed
 LAST_COMPLETE_KEY = f"{PREFIX}/last-complete.json"  # the last complete run
 SNAPSHOT_FORMAT = "userhub-sync-snapshot-v1"
-_LOST_RACE = ("PreconditionFailed", "ConditionalRequestConflict", "412", "409")
+LOST_RACE = frozenset({"PreconditionFailed", "ConditionalRequestConflict", "412", "409"})  # a conditional write lost
 
 
 def error_code(error: ClientError) -> str:
     return str(error.response.get("Error", {}).get("Code", ""))
+
+
+class WriteCondition(TypedDict, total=False):
+    IfMatch: str
+    IfNoneMatch: str
+
+
+def write_condition(etag: str | None) -> WriteCondition:
+    """Replace only the object whose ETag was read, or, with none read, create it only if it is still absent."""
+    return {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
 
 
 @dataclass(frozen=True)
@@ -49,7 +63,7 @@ class SnapshotInfo:
 class StateStore:
     """The run record, snapshots and last summary in SNAPSHOT_BUCKET, under `reconcile/<pool>/`."""
 
-    def __init__(self, s3: Any, bucket: str, pool_id: str) -> None:
+    def __init__(self, s3: S3Client, bucket: str, pool_id: str) -> None:
         self.s3 = s3
         self.bucket = bucket
         self.prefix = f"{PREFIX}/{pool_id}"
@@ -74,17 +88,16 @@ class StateStore:
 
     def write_record(self, record: RunRecord, etag: str | None) -> str:
         """Conditional on `etag` (or on absence): losing the race raises LeaseConflict."""
-        condition = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
         try:
             response = self.s3.put_object(
                 Bucket=self.bucket,
                 Key=self.record_key,
                 ContentType="application/json",
                 Body=record.model_dump_json().encode(),
-                **condition,
+                **write_condition(etag),
             )
         except ClientError as error:
-            if error_code(error) in _LOST_RACE:
+            if error_code(error) in LOST_RACE:
                 raise LeaseConflict(f"run record changed under run {record.run_id}") from None
             raise
         return response["ETag"]
@@ -117,7 +130,6 @@ class StateStore:
         yield from read_entries(obj["Body"])
 
     def put_snapshot(self, data: bytes, users: int, expected_etag: str | None) -> str:
-        condition = {"IfMatch": expected_etag} if expected_etag else {"IfNoneMatch": "*"}
         try:
             response = self.s3.put_object(
                 Bucket=self.bucket,
@@ -125,10 +137,10 @@ class StateStore:
                 Body=data,
                 ContentType="application/gzip",
                 Metadata={"format": SNAPSHOT_FORMAT, "users": str(users)},
-                **condition,
+                **write_condition(expected_etag),
             )
         except ClientError as error:
-            if error_code(error) in _LOST_RACE:
+            if error_code(error) in LOST_RACE:
                 raise LeaseConflict("the committed snapshot changed during this run") from None
             raise
         return response["ETag"]
@@ -142,7 +154,7 @@ class StateStore:
     def delete_run_objects(self, run_id: str) -> None:
         prefix = self.run_key(run_id, "")
         listing = self.s3.list_objects_v2(Bucket=self.bucket, Prefix=prefix)
-        keys = [{"Key": o["Key"]} for o in listing.get("Contents") or []]
+        keys: list[ObjectIdentifierTypeDef] = [{"Key": o["Key"]} for o in listing.get("Contents") or []]
         for start in range(0, len(keys), 1000):
             self.s3.delete_objects(Bucket=self.bucket, Delete={"Objects": keys[start : start + 1000], "Quiet": True})
 
@@ -154,7 +166,7 @@ class StateStore:
         self.s3.put_object(Bucket=self.bucket, Key=LAST_RUN_KEY, Body=body, ContentType="application/json")
 
 
-def _read_summary(s3_client: Any, bucket: str, key: str) -> RunSummary | None:
+def _read_summary(s3_client: S3Client, bucket: str, key: str) -> RunSummary | None:
     try:
         obj = s3_client.get_object(Bucket=bucket, Key=key)
     except ClientError as error:
@@ -164,11 +176,11 @@ def _read_summary(s3_client: Any, bucket: str, key: str) -> RunSummary | None:
     return RunSummary.model_validate_json(obj["Body"].read())
 
 
-def read_last_summary(s3_client: Any, bucket: str) -> RunSummary | None:
+def read_last_summary(s3_client: S3Client, bucket: str) -> RunSummary | None:
     """The summary of the last run that finished (complete, stopped or failed), or None if there was none."""
     return _read_summary(s3_client, bucket, LAST_RUN_KEY)
 
 
-def read_last_complete(s3_client: Any, bucket: str) -> RunSummary | None:
+def read_last_complete(s3_client: S3Client, bucket: str) -> RunSummary | None:
     """The summary of the last complete run, or None if none completed since this key was introduced."""
     return _read_summary(s3_client, bucket, LAST_COMPLETE_KEY)
