@@ -14,9 +14,11 @@ One run may span many invocations. Its state is one S3 object, the run record (`
 pagination token, counters, and keys of the partial snapshot. Every write of it is conditional on the ETag last
 read (S3 If-Match / If-None-Match), so two invocations can never both believe they own the run.
 
-Modules: `records` (request, run record, counters), `store` (S3), `lease` (who may work, until when), `pacing`
-(ListUsers under the rate limit), `enqueue` (SQS), `state` (the in-memory comparison), `clients` (boto3 clients and
-injected fakes), `run` (one invocation, start to end). docs/RECONCILE.md has the protocol and the measurements.
+Modules, outside in: `handler` (the entry points), `run` (one invocation: claim, scan, sweep, then commit, hand off
+or stop), `lease` (who may work on the run, until when), `state` (the in-memory comparison), `pacing` (ListUsers
+under the rate limit), `enqueue` (SQS), `store` (S3), `report` (summary and metrics), `records` (the request, the
+run record, the summary), `clients` (boto3 clients, or the fakes tests inject), `errors`. docs/RECONCILE.md has the
+protocol and the measurements.
 """
 
 from chalicelib.reconcile.clients import Deps, continue_function_name, reset_clients
@@ -28,6 +30,7 @@ from chalicelib.reconcile.errors import (
     ReconcileError,
     TooManyRestarts,
 )
+from chalicelib.reconcile.handler import handle_scheduled_event, run_reconcile
 from chalicelib.reconcile.lease import Deadline
 from chalicelib.reconcile.pacing import TokenBucket, UserPager, make_cognito_client
 from chalicelib.reconcile.records import (
@@ -40,7 +43,7 @@ from chalicelib.reconcile.records import (
     RunSummary,
     parse_request,
 )
-from chalicelib.reconcile.run import Progress, Reconciler, handle_scheduled_event, run_reconcile
+from chalicelib.reconcile.run import Progress, Reconciler
 from chalicelib.reconcile.store import SNAPSHOT_FORMAT, StateStore, read_last_complete, read_last_summary
 
 __all__ = [

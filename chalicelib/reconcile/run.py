@@ -7,15 +7,13 @@ a conditional write of the record proving the lease is still held.
 
 from __future__ import annotations
 
-import os
-import time
 from collections.abc import Callable
 from typing import Any
 
 from botocore.exceptions import ClientError
 
 from chalicelib.messages import EventType, Source, SyncMessage
-from chalicelib.observability import Metrics, get_logger, redact
+from chalicelib.observability import get_logger
 from chalicelib.reconcile.clients import (
     Continuer,
     Deps,
@@ -46,32 +44,18 @@ from chalicelib.reconcile.records import (
     RunRecord,
     RunResult,
     RunStatus,
-    RunSummary,
     new_run_id,
-    parse_request,
 )
+from chalicelib.reconcile.report import Reporter
 from chalicelib.reconcile.state import RunState, load_state
 from chalicelib.reconcile.store import StateStore
-from chalicelib.settings import Settings, get_settings
+from chalicelib.settings import Settings
 from chalicelib.snapshot import SnapshotDamaged
 from chalicelib.sqs_limits import BATCH_ENTRIES
-from chalicelib.timefmt import utc_iso
 
 log = get_logger("reconcile")
 
 Progress = Callable[[Counters, Phase], None]
-METRIC_COUNTERS = (
-    "scanned",
-    "new",
-    "changed",
-    "unchanged",
-    "deleted",
-    "enqueued",
-    "pages",
-    "requests",
-    "throttles",
-    "restarts",
-)
 CLAIM_VERBS = {Continue: "continuing", Adopt: "adopting", Start: "starting"}
 
 
@@ -85,10 +69,9 @@ class Reconciler:
         self.progress = progress
         self.pool_id = settings.require("USER_POOL_ID")
         self.store = StateStore(deps.s3_client(), settings.require("SNAPSHOT_BUCKET"), self.pool_id)
-        self.metrics = Metrics("reconcile")
+        self.report = Reporter(settings, self.pool_id, self.store, deps.clock)
         self._queue_url: str | None = None
         self._claiming: RunRecord | None = None  # the run `_claim` picked, for the failure summary
-        self.signins_recovered: int | None = None  # set by run_reconcile when it ran sign-in recovery
 
     def invoke(self, request: ReconcileRequest, deadline: Deadline, context: Any = None) -> RunResult:
         try:
@@ -105,7 +88,7 @@ class Reconciler:
                     return claimed
                 run = claimed
         except (Exception, KeyboardInterrupt) as error:
-            self._failed_before_work(request, error)
+            self.report.failed_before_work(self._claiming, request, error)
             raise
         try:
             return self._work(run, deadline, continuer)
@@ -119,7 +102,7 @@ class Reconciler:
             self._abandon(run, error)
             raise
         finally:
-            self.metrics.flush()
+            self.report.metrics.flush()
 
     def _claim(self, request: ReconcileRequest, deadline: Deadline) -> RunState | RunResult:
         now = self.deps.clock()
@@ -139,13 +122,13 @@ class Reconciler:
             log.warning("discarding the checkpoint objects of an earlier run", extra={"run_id": claim.discard})
             self._discard_objects(claim.discard)
         if isinstance(claim, Skip):
-            return self._skipped(claim.reason)
+            return self.report.skipped(claim.reason)
         record = claim.record
         self._claiming = record
         try:
             etag = self.store.write_record(record, etag)
         except LeaseConflict:
-            return self._skipped("another invocation claimed the run first")
+            return self.report.skipped("another invocation claimed the run first")
         log.info(
             f"reconcile {CLAIM_VERBS[type(claim)]}",
             extra={
@@ -206,7 +189,7 @@ class Reconciler:
             record.token = token
             if token is None:
                 record.phase = Phase.DELETIONS
-            self._report(run, Phase.SCAN)
+            self._progress(run, Phase.SCAN)
         try:
             stopped = self._sweep(run, deadline, continuer)
         except SnapshotDamaged as damage:  # the baseline turned out damaged only now: never trust it
@@ -229,15 +212,11 @@ class Reconciler:
                 run.emit(Category.DELETED, name)
             position += 1
         record.deletions_done = position
-        self._report(run, Phase.DELETIONS)
+        self._progress(run, Phase.DELETIONS)
         return None
 
     def _sync_counters(self, run: RunState) -> None:
-        counters, start = run.counters, run.at_start
-        counters.requests = start.requests + self.pager.requests
-        counters.throttles = start.throttles + self.pager.throttles
-        counters.enqueued = start.enqueued + (run.enqueuer.sent if run.enqueuer else 0)
-        counters.seconds = round(start.seconds + time.monotonic() - run.started, 3)
+        run.sync_counters(requests=self.pager.requests, throttles=self.pager.throttles)
 
     def _checkpoint(self, run: RunState, lease_until: float) -> None:
         """Persist progress: enqueue first, then the partial snapshot, then the record that points at it."""
@@ -311,35 +290,7 @@ class Reconciler:
                     self._release(run.saved, run.etag)
             except Exception as cleanup_error:  # the original error matters more
                 log.warning("could not clean up after the failed reconcile run", extra={"error": str(cleanup_error)})
-        self._record_failure(self._summary(run, RunStatus.FAILED), error, dry_run=run.dry_run)
-
-    def _failed_before_work(self, request: ReconcileRequest, error: BaseException) -> None:
-        """A failure while claiming or loading: there is no run state yet, only the record `_claim` picked."""
-        record, now = self._claiming, self.deps.clock()
-        summary = RunSummary(
-            run_id=record.run_id if record else None,
-            pool_id=self.pool_id,
-            status=RunStatus.FAILED,
-            full=record.full if record else request.full,
-            dry_run=request.dry_run,
-            **(record.counters.model_dump() if record else {}),
-            baseline_damaged=record.baseline_damaged if record else None,
-            rate_limit=self.settings.reconcile_rate_limit,
-            started_at=utc_iso(record.started_at if record else now),
-            finished_at=utc_iso(now),
-        )
-        self._record_failure(summary, error, dry_run=request.dry_run)
-
-    def _record_failure(self, summary: RunSummary, error: BaseException, *, dry_run: bool) -> None:
-        """Log the failure and store it as the last run (`status` shows it); a dry run writes nothing, even now."""
-        summary = summary.model_copy(update={"error": redact(f"{type(error).__name__}: {error}")[:500]})
-        log.error("reconcile run failed", extra=summary.to_dict())
-        if dry_run:
-            return
-        try:
-            self.store.write_summary(summary)
-        except Exception as store_error:  # the original error matters more
-            log.warning("could not record the failed reconcile run", extra={"error": str(store_error)})
+        self.report.failed(run, error)
 
     def _release(self, saved: RunRecord, etag: str | None) -> None:
         """Give the lease up, keeping the checkpoint as it was persisted (best effort: it also expires by itself)."""
@@ -355,48 +306,11 @@ class Reconciler:
         except ClientError as error:
             log.warning("could not delete old checkpoint objects", extra={"run_id": run_id, "error": str(error)})
 
-    def _summary(self, run: RunState, status: RunStatus) -> RunSummary:
-        c = run.counters
-        summary = RunSummary(
-            run_id=run.record.run_id,
-            pool_id=self.pool_id,
-            status=status,
-            full=run.record.full,
-            dry_run=run.dry_run,
-            **c.model_dump(),
-            users_per_second=round(c.scanned / c.seconds, 1) if c.seconds else None,
-            requests_per_second=round(c.requests / c.seconds, 2) if c.seconds else None,
-            baseline_damaged=run.record.baseline_damaged,
-            rate_limit=self.settings.reconcile_rate_limit,
-            started_at=utc_iso(run.record.started_at),
-            finished_at=utc_iso(self.deps.clock()),
-        )
-        if self.signins_recovered is None:
-            return summary
-        return summary.model_copy(update={"signins_recovered": self.signins_recovered})
-
     def _finish(self, run: RunState, status: RunStatus, *, store: bool = False) -> RunResult:
         self._sync_counters(run)
-        summary = self._summary(run, status)
-        for name in METRIC_COUNTERS:
-            delta = getattr(run.counters, name) - getattr(run.at_start, name)
-            if delta:
-                self.metrics.count(f"reconcile_{name}", delta)
-        message = "reconcile run summary" if status.ends_run else "reconcile invocation done"
-        log.info(message, extra=summary.to_dict())
-        if store:
-            self.store.write_summary(summary)
-        planned = {category: list(names) for category, names in run.planned.items()}
-        if run.dry_run:
-            would_enqueue = {category: names[:20] for category, names in planned.items()}
-            summary = summary.model_copy(update={"would_enqueue": would_enqueue})
-        return RunResult(status, summary, planned)
+        return self.report.finish(run, status, store=store)
 
-    def _skipped(self, reason: str) -> RunResult:
-        log.info("reconcile skipped", extra={"reason": reason, "pool_id": self.pool_id})
-        return RunResult(RunStatus.SKIPPED, RunSummary(status=RunStatus.SKIPPED, reason=reason, pool_id=self.pool_id))
-
-    def _report(self, run: RunState, phase: Phase) -> None:
+    def _progress(self, run: RunState, phase: Phase) -> None:
         if self.progress is not None:
             self._sync_counters(run)
             self.progress(run.counters, phase)
@@ -416,45 +330,3 @@ class Reconciler:
             connection_id=self.settings.userhub_connection_id,
             source=Source.RECONCILE,
         ).to_body()
-
-
-def run_reconcile(
-    request: ReconcileRequest,
-    *,
-    context: Any = None,
-    deps: Deps | None = None,
-    settings: Settings | None = None,
-    progress: Progress | None = None,
-) -> RunResult:
-    """One invocation in Lambda; one whole run anywhere else.
-
-    The context's remaining time is honoured only where a continuation can start: inside Lambda
-    (AWS_LAMBDA_FUNCTION_NAME is always set there) or when a test injects a continuer. Elsewhere (the CLI, chalice
-    local, a script calling `app.reconcile` with a stand-in context) there is no 15-minute limit and no function to
-    continue in, so the run keeps going to the end.
-    """
-    settings = settings or get_settings()
-    deps = deps or Deps()
-    with UserPager(deps.cognito_client(), settings.reconcile_rate_limit, sleep=deps.sleep) as pager:
-        reconciler = Reconciler(settings, deps, pager, progress)
-        if request.continuation is None and not request.dry_run:  # a new run first re-enqueues lost sign-ins
-            from chalicelib.signin_recovery import RecoveryClients, recover_at_run_start
-
-            def recovery_clients() -> RecoveryClients:
-                return RecoveryClients(
-                    logs=deps.logs_client(),
-                    sqs=deps.sqs_client(),
-                    s3=deps.s3_client(),
-                    cognito=deps.cognito_client,
-                    queue_url=reconciler.events_queue_url,
-                )
-
-            reconciler.signins_recovered = recover_at_run_start(settings, context, recovery_clients)
-        in_lambda = bool(os.environ.get("AWS_LAMBDA_FUNCTION_NAME"))
-        deadline = Deadline(context if in_lambda or deps.continuer else None, settings.reconcile_time_margin_seconds)
-        return reconciler.invoke(request, deadline, context)
-
-
-def handle_scheduled_event(event: dict[str, Any], context: Any, *, deps: Deps | None = None) -> dict[str, Any]:
-    """The `reconcile` and `reconcile_continue` handlers: returns this invocation's summary of the run."""
-    return run_reconcile(parse_request(event), context=context, deps=deps).summary.to_dict()

@@ -58,6 +58,14 @@ class RunState:
     def counters(self) -> Counters:
         return self.record.counters
 
+    def sync_counters(self, *, requests: int, throttles: int) -> None:
+        """Counters as checkpointed when this invocation began, plus this invocation's pager counts, sends, time."""
+        counters, start = self.counters, self.at_start
+        counters.requests = start.requests + requests
+        counters.throttles = start.throttles + throttles
+        counters.enqueued = start.enqueued + (self.enqueuer.sent if self.enqueuer else 0)
+        counters.seconds = round(start.seconds + time.monotonic() - self.started, 3)
+
     def compare(self, users: Iterable[UserTypeTypeDef]) -> None:
         """Count each listed user by verdict, keep it for the new snapshot, and send it if it is new or changed."""
         counters, full = self.counters, self.record.full
