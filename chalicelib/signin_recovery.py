@@ -27,7 +27,7 @@ import random
 import re
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Literal
 
 from botocore.exceptions import ClientError
@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from chalicelib.messages import PoisonMessage, SyncMessage, parse_message
 from chalicelib.observability import Metrics, get_logger, log_user, redact
 from chalicelib.post_auth import RECOVERY_MARKER
-from chalicelib.reconcile.store import LOST_RACE, error_code, write_condition
+from chalicelib.reconcile.store import LOST_RACE, error_code, get_if_present, write_condition
 from chalicelib.sqs_limits import chunks
 
 if TYPE_CHECKING:
@@ -167,12 +167,9 @@ class WatermarkStore:
         self.s3, self.bucket, self.key = s3, bucket, key
 
     def read(self) -> tuple[int | None, str | None]:
-        try:
-            obj = self.s3.get_object(Bucket=self.bucket, Key=self.key)
-        except ClientError as error:
-            if error_code(error) in ("NoSuchKey", "404"):
-                return None, None
-            raise
+        obj = get_if_present(self.s3, self.bucket, self.key)
+        if obj is None:
+            return None, None
         try:
             value = json.loads(obj["Body"].read())["recovered_until_ms"]
             return (int(value) if isinstance(value, int) else None), obj["ETag"]
@@ -264,23 +261,9 @@ class RecoveryReport:
         return self.invalid + self.unresolved + self.rejected
 
     def summary(self) -> dict[str, Any]:
-        return {
-            "log_groups": self.log_groups,
-            "start_ms": self.start_ms,
-            "end_ms": self.end_ms,
-            "dry_run": self.dry_run,
-            "matched": self.matched,
-            "records": self.records,
-            "enqueued": self.enqueued,
-            "would_enqueue": len(self.planned) if self.dry_run else None,
-            "invalid": self.invalid,
-            "unresolved": self.unresolved,
-            "rejected": self.rejected,
-            "missing_groups": self.missing_groups,
-            "complete": self.complete,
-            "watermark_before_ms": self.watermark_before_ms,
-            "watermark_after_ms": self.watermark_after_ms,
-        }
+        """Every field but the planned messages, which a dry run reports as their count (`would_enqueue`)."""
+        shown = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "planned"}
+        return {**shown, "would_enqueue": len(self.planned) if self.dry_run else None}
 
 
 @dataclass

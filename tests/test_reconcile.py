@@ -38,21 +38,15 @@ MARGIN_S = 60.0  # the default RECONCILE_TIME_MARGIN_SECONDS
 # --------------------------------------------------------------------------------------------- fakes
 
 
+@dataclass
 class FakeContext:
     """A Lambda context whose remaining time the test controls (ListUsers attempts and calls can burn it)."""
 
-    def __init__(
-        self,
-        remaining_s: float = 900.0,
-        per_call_s: float = 0.0,
-        per_page_s: float = 0.0,
-        function_name: str = "userhub-sync-dev-reconcile",
-    ) -> None:
-        self.remaining_s = remaining_s
-        self.per_call_s = per_call_s
-        self.per_page_s = per_page_s
-        self.function_name = function_name
-        self.aws_request_id = uuid.uuid4().hex
+    remaining_s: float = 900.0
+    per_call_s: float = 0.0  # burnt by each look at the remaining time
+    per_page_s: float = 0.0  # burnt by each ListUsers attempt (the harness's hook)
+    function_name: str = "userhub-sync-dev-reconcile"
+    aws_request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def get_remaining_time_in_millis(self) -> int:
         value = int(self.remaining_s * 1000)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass, field
 from typing import TYPE_CHECKING
 
 from chalicelib.reconcile.errors import EnqueueError
@@ -19,28 +20,20 @@ if TYPE_CHECKING:
     from types_boto3_sqs.type_defs import BatchResultErrorEntryTypeDef
 
 
+@dataclass
 class Enqueuer:
     """CHANGED messages to the events queue, ten per SendMessageBatch, failed entries retried with backoff."""
 
-    def __init__(
-        self,
-        sqs: SQSClient,
-        queue_url: str,
-        body: Callable[[str], str],
-        *,
-        attempts: int = 6,
-        base_delay: float = 0.2,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        self.sqs = sqs
-        self.queue_url = queue_url
-        self.body = body
-        self.attempts = attempts
-        self.base_delay = base_delay
-        self.sleep = sleep
-        self.sent = 0
-        self.retried = 0
-        self._buffer: list[str] = []
+    sqs: SQSClient
+    queue_url: str
+    body: Callable[[str], str]  # the message body for a username
+    _: KW_ONLY
+    attempts: int = 6
+    base_delay: float = 0.2
+    sleep: Callable[[float], None] = time.sleep
+    sent: int = field(default=0, init=False)
+    retried: int = field(default=0, init=False)  # entries sent again after SQS failed them
+    _buffer: list[str] = field(default_factory=list, init=False)
 
     def add(self, username: str) -> None:
         self._buffer.append(username)

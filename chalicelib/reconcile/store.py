@@ -21,7 +21,7 @@ from chalicelib.snapshot import read_entries
 
 if TYPE_CHECKING:
     from types_boto3_s3 import S3Client
-    from types_boto3_s3.type_defs import ObjectIdentifierTypeDef
+    from types_boto3_s3.type_defs import GetObjectOutputTypeDef, ObjectIdentifierTypeDef
 
 log = get_logger("reconcile")
 
@@ -33,6 +33,16 @@ LOST_RACE = frozenset({"PreconditionFailed", "ConditionalRequestConflict", "412"
 
 def error_code(error: ClientError) -> str:
     return str(error.response.get("Error", {}).get("Code", ""))
+
+
+def get_if_present(s3: S3Client, bucket: str, key: str) -> GetObjectOutputTypeDef | None:
+    """The object, or None if there is no such key."""
+    try:
+        return s3.get_object(Bucket=bucket, Key=key)
+    except ClientError as error:
+        if error_code(error) in ("NoSuchKey", "404"):
+            return None
+        raise
 
 
 class WriteCondition(TypedDict, total=False):
@@ -74,12 +84,9 @@ class StateStore:
         return f"{self.prefix}/runs/{run_id}/{name}"
 
     def read_record(self) -> tuple[RunRecord | None, str | None]:
-        try:
-            obj = self.s3.get_object(Bucket=self.bucket, Key=self.record_key)
-        except ClientError as error:
-            if error_code(error) in ("NoSuchKey", "404"):
-                return None, None
-            raise
+        obj = get_if_present(self.s3, self.bucket, self.record_key)
+        if obj is None:
+            return None, None
         try:
             return RunRecord.model_validate_json(obj["Body"].read()), obj["ETag"]
         except ValidationError:
@@ -167,13 +174,8 @@ class StateStore:
 
 
 def _read_summary(s3_client: S3Client, bucket: str, key: str) -> RunSummary | None:
-    try:
-        obj = s3_client.get_object(Bucket=bucket, Key=key)
-    except ClientError as error:
-        if error_code(error) in ("NoSuchKey", "404"):
-            return None
-        raise
-    return RunSummary.model_validate_json(obj["Body"].read())
+    obj = get_if_present(s3_client, bucket, key)
+    return RunSummary.model_validate_json(obj["Body"].read()) if obj else None
 
 
 def read_last_summary(s3_client: S3Client, bucket: str) -> RunSummary | None:
