@@ -69,7 +69,7 @@ class Deps:
     def s3_client(self) -> S3Client:
         return self.s3 or _cached("s3", lambda: boto3.client("s3"))
 
-    def lambda_(self) -> LambdaClient:
+    def lambda_api(self) -> LambdaClient:
         return self.lambda_client or _cached("lambda", lambda: boto3.client("lambda"))
 
     def logs_client(self) -> CloudWatchLogsClient:

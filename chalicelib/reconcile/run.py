@@ -78,7 +78,7 @@ class Reconciler:
             continuer = None
             if deadline.finite and not request.dry_run:
                 continuer = self.deps.continuer or lambda_continuer(
-                    self.deps.lambda_(), continue_function_name(context, self.settings)
+                    self.deps.lambda_api(), continue_function_name(context, self.settings)
                 )
             if request.dry_run:
                 run = self._dry_run_state(request)
@@ -316,10 +316,10 @@ class Reconciler:
             self.progress(run.counters, phase)
 
     def events_queue_url(self) -> str:
+        """Looked up once per invocation (sign-in recovery and the run share it)."""
         if self._queue_url is None:
-            self._queue_url = self.deps.sqs_client().get_queue_url(QueueName=self.settings.events_queue_name)[
-                "QueueUrl"
-            ]
+            sqs = self.deps.sqs_client()
+            self._queue_url = sqs.get_queue_url(QueueName=self.settings.events_queue_name)["QueueUrl"]
         return self._queue_url
 
     def _message_body(self, username: str) -> str:
