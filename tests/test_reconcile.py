@@ -678,7 +678,7 @@ def test_continuation_name_comes_from_the_function_and_can_be_overridden(harness
         reconcile.continue_function_name(FakeContext(function_name="something-else"), settings)
     with patched_environ({"RECONCILE_CONTINUE_FUNCTION": "custom-continue"}):
         reset_settings()
-        assert reconcile.continue_function_name(FakeContext(function_name="x"), get_settings()) == ("custom-continue")
+        assert reconcile.continue_function_name(FakeContext(function_name="x"), get_settings()) == "custom-continue"
     reset_settings()
 
     class FakeLambda:
