@@ -156,21 +156,18 @@ class CountingSQS:
 
 def measure_memory(size: int) -> list[dict[str, Any]]:
     from chalicelib import reconcile
-    from chalicelib.settings import reset_settings
+    from chalicelib.settings import get_settings, reset_settings
 
     rows = []
     with patched_environ({**ENV, "RECONCILE_RATE_LIMIT": "30"}):
         reset_settings()
         cognito, s3 = FakeCognito(size), FakeS3()
-        # the fake pager is not botocore: skip the token bucket's sleeps here (memory only)
-        pager = reconcile.UserPager.for_client(cognito, 30.0)
-        pager.bucket.rate = 1e9
         for label in ("first run", "incremental"):
             if label == "incremental":
                 cognito.mutate()
             deps = reconcile.Deps(cognito=cognito, s3=s3, sqs=CountingSQS())
-            reconciler = reconcile.Reconciler(reconcile.get_settings(), deps)
-            pager.bucket.rate = 1e9
+            # the fake Cognito is not botocore (no hooks to attach): a bucket with no real limit, memory only
+            reconciler = reconcile.Reconciler(get_settings(), deps, reconcile.UserPager(cognito, 1e9))
             stored_before = s3.stored_bytes()
             tracemalloc.start()
             before, _ = tracemalloc.get_traced_memory()
@@ -181,12 +178,12 @@ def measure_memory(size: int) -> list[dict[str, Any]]:
             tracemalloc.stop()
             held_by_s3 = s3.stored_bytes() - stored_before
             snapshot_size = len(s3.objects[f"reconcile/{ENV['USER_POOL_ID']}/snapshot.gz"][0])
-            users = result.summary["scanned"]
+            users = result.summary.scanned
             rows.append(
                 {
                     "users": users,
                     "run": label,
-                    "enqueued": result.summary["enqueued"],
+                    "enqueued": result.summary.enqueued,
                     "peak_bytes": peak - before,
                     "peak_per_user": (peak - before - max(held_by_s3, 0)) / users,
                     "snapshot_per_user": snapshot_size / users,
@@ -221,7 +218,7 @@ def measure_moto(size: int, rate: float = 30.0) -> list[dict[str, Any]]:
                     for name in list(users)[::100]:
                         users[name].update_attributes([{"Name": "name", "Value": "changed"}])
                 deps = reconcile.Deps(cognito=cognito, s3=boto3.client("s3"), sqs=CountingSQS())
-                summary = reconcile.run_reconcile(reconcile.ReconcileRequest(), deps=deps).summary
+                summary = reconcile.run_reconcile(reconcile.ReconcileRequest(), deps=deps).summary.to_dict()
                 rows.append(
                     {
                         "users": size,

@@ -135,12 +135,11 @@ class _RssWatch:
 def subject_run(pool_id: str, users: int, *, sqs: Any, s3: Any, trace_memory: bool = False) -> Scan:
     """One reconcile run by hand (no Lambda deadline), as `userhub-sync reconcile` runs it."""
     from chalicelib import reconcile
-    from chalicelib.settings import get_settings, reset_settings
+    from chalicelib.settings import reset_settings
 
     reset_settings()
     reconcile.reset_clients()
     cognito = reconcile.make_cognito_client()  # adaptive retries, as deployed
-    reconcile.UserPager.for_client(cognito, get_settings().reconcile_rate_limit)  # its hook first, ours after
     times: list[float] = []
     _listusers_hook(cognito, times)
     deps = reconcile.Deps(cognito=cognito, sqs=sqs, s3=s3)
@@ -158,11 +157,9 @@ def subject_run(pool_id: str, users: int, *, sqs: Any, s3: Any, trace_memory: bo
             tracemalloc.stop()
     if result.status != "complete":
         raise RuntimeError(f"reconcile run ended {result.status}: {result.summary}")
-    if result.summary.get("scanned") != users:
-        raise RuntimeError(f"reconcile scanned {result.summary.get('scanned')} of {users} users")
-    return Scan(
-        users, seconds, times, result.summary, int(result.summary.get("enqueued", 0)), peak, rss.peak - rss.start
-    )
+    if result.summary.scanned != users:
+        raise RuntimeError(f"reconcile scanned {result.summary.scanned} of {users} users")
+    return Scan(users, seconds, times, result.summary.to_dict(), result.summary.enqueued, peak, rss.peak - rss.start)
 
 
 def _queue_depth(sqs: Any, url: str) -> int:
@@ -173,7 +170,7 @@ def _queue_depth(sqs: Any, url: str) -> int:
 def run(options: Options) -> Section:
     section = Section("reconcile", "3. Reconcile")
     if importlib.util.find_spec("chalicelib.reconcile") is None:
-        section.error = "reconcile not available yet (chalicelib/reconcile.py does not exist)"
+        section.error = "reconcile not available yet (chalicelib/reconcile/ does not exist)"
         return section
     with json_line_process("bench._moto_proc") as moto:
         _run(section, moto, options)

@@ -27,8 +27,8 @@ import random
 import re
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any, Literal
 
 from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -36,7 +36,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from chalicelib.messages import PoisonMessage, SyncMessage, parse_message
 from chalicelib.observability import Metrics, get_logger, log_user, redact
 from chalicelib.post_auth import RECOVERY_MARKER
+from chalicelib.reconcile.store import LOST_RACE, error_code, get_if_present, write_condition
 from chalicelib.sqs_limits import chunks
+
+if TYPE_CHECKING:
+    from types_boto3_cognito_idp import CognitoIdentityProviderClient
+    from types_boto3_logs import CloudWatchLogsClient
+    from types_boto3_logs.type_defs import FilteredLogEventTypeDef
+    from types_boto3_s3 import S3Client
+    from types_boto3_sqs import SQSClient
+
+    from chalicelib.settings import Settings
 
 log = get_logger("signin_recovery")
 
@@ -110,9 +120,9 @@ def _json_object(text: str) -> dict[str, Any] | None:
 class SubResolver:
     """Usernames for `sub`s, one ListUsers call per distinct (pool, sub); None if no such user (deleted since)."""
 
-    def __init__(self, cognito: Callable[[], Any]) -> None:
+    def __init__(self, cognito: Callable[[], CognitoIdentityProviderClient]) -> None:
         self._cognito = cognito
-        self._client: Any = None
+        self._client: CognitoIdentityProviderClient | None = None
         self._cache: dict[tuple[str, str], str | None] = {}
 
     def username(self, pool_id: str, sub: str) -> str | None:
@@ -122,7 +132,7 @@ class SubResolver:
             try:
                 users = self._client.list_users(UserPoolId=pool_id, Filter=f'sub = "{sub}"', Limit=1).get("Users")
             except ClientError as error:
-                if error.response.get("Error", {}).get("Code") != "ResourceNotFoundException":
+                if error_code(error) != "ResourceNotFoundException":
                     raise  # Cognito trouble: fail the run, the watermark stays, the next run tries again
                 users = []
             self._cache[key] = users[0]["Username"] if users else None
@@ -155,16 +165,13 @@ def to_message(record: RecoveryRecord, resolver: SubResolver) -> SyncMessage | N
 class WatermarkStore:
     """The time (epoch ms) up to which every recovery record has been enqueued, in S3; writes are conditional."""
 
-    def __init__(self, s3: Any, bucket: str, key: str = WATERMARK_KEY) -> None:
+    def __init__(self, s3: S3Client, bucket: str, key: str = WATERMARK_KEY) -> None:
         self.s3, self.bucket, self.key = s3, bucket, key
 
     def read(self) -> tuple[int | None, str | None]:
-        try:
-            obj = self.s3.get_object(Bucket=self.bucket, Key=self.key)
-        except ClientError as error:
-            if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                return None, None
-            raise
+        obj = get_if_present(self.s3, self.bucket, self.key)
+        if obj is None:
+            return None, None
         try:
             value = json.loads(obj["Body"].read())["recovered_until_ms"]
             return (int(value) if isinstance(value, int) else None), obj["ETag"]
@@ -175,16 +182,18 @@ class WatermarkStore:
     def advance(self, until_ms: int, etag: str | None) -> int:
         """Move the watermark to `until_ms` unless a concurrent run already moved it further; returns it."""
         for _ in range(3):
-            condition = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
             body = json.dumps({"recovered_until_ms": until_ms, "updated_at_ms": int(time.time() * 1000)})
             try:
                 self.s3.put_object(
-                    Bucket=self.bucket, Key=self.key, Body=body.encode(), ContentType="application/json", **condition
+                    Bucket=self.bucket,
+                    Key=self.key,
+                    Body=body.encode(),
+                    ContentType="application/json",
+                    **write_condition(etag),
                 )
                 return until_ms
             except ClientError as error:
-                code = str(error.response.get("Error", {}).get("Code"))
-                if code not in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409"):
+                if error_code(error) not in LOST_RACE:
                     raise
             current, etag = self.read()
             if current is not None and current >= until_ms:
@@ -195,7 +204,9 @@ class WatermarkStore:
 class BatchSender:
     """Messages to the events queue, ten per SendMessageBatch; failed entries retried, sender faults given up."""
 
-    def __init__(self, sqs: Any, queue_url: Callable[[], str], sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self, sqs: SQSClient, queue_url: Callable[[], str], sleep: Callable[[float], None] = time.sleep
+    ) -> None:
         self.sqs = sqs
         self._queue_url = queue_url
         self._url: str | None = None
@@ -252,33 +263,19 @@ class RecoveryReport:
         return self.invalid + self.unresolved + self.rejected
 
     def summary(self) -> dict[str, Any]:
-        return {
-            "log_groups": self.log_groups,
-            "start_ms": self.start_ms,
-            "end_ms": self.end_ms,
-            "dry_run": self.dry_run,
-            "matched": self.matched,
-            "records": self.records,
-            "enqueued": self.enqueued,
-            "would_enqueue": len(self.planned) if self.dry_run else None,
-            "invalid": self.invalid,
-            "unresolved": self.unresolved,
-            "rejected": self.rejected,
-            "missing_groups": self.missing_groups,
-            "complete": self.complete,
-            "watermark_before_ms": self.watermark_before_ms,
-            "watermark_after_ms": self.watermark_after_ms,
-        }
+        """Every field but the planned messages, which a dry run reports as their count (`would_enqueue`)."""
+        shown = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "planned"}
+        return {**shown, "would_enqueue": len(self.planned) if self.dry_run else None}
 
 
 @dataclass
 class RecoveryClients:
     """What recovery talks to. `cognito` is a factory: most runs never need it."""
 
-    logs: Any
-    sqs: Any
-    s3: Any
-    cognito: Callable[[], Any]
+    logs: CloudWatchLogsClient
+    sqs: SQSClient
+    s3: S3Client
+    cognito: Callable[[], CognitoIdentityProviderClient]
     queue_url: Callable[[], str]
 
 
@@ -347,7 +344,9 @@ def recover_signins(
     return report
 
 
-def _events(logs: Any, group: str, start_ms: int, end_ms: int, report: RecoveryReport) -> Iterator[dict[str, Any]]:
+def _events(
+    logs: CloudWatchLogsClient, group: str, start_ms: int, end_ms: int, report: RecoveryReport
+) -> Iterator[FilteredLogEventTypeDef]:
     """The log events of `group` in [start_ms, end_ms) that the marker phrase matches, page by page."""
     kwargs: dict[str, Any] = {
         "logGroupName": group,
@@ -359,7 +358,7 @@ def _events(logs: Any, group: str, start_ms: int, end_ms: int, report: RecoveryR
         try:
             page = logs.filter_log_events(**kwargs)
         except ClientError as error:
-            if error.response.get("Error", {}).get("Code") != "ResourceNotFoundException":
+            if error_code(error) != "ResourceNotFoundException":
                 raise
             if group not in report.missing_groups:
                 report.missing_groups.append(group)
@@ -373,7 +372,9 @@ def _events(logs: Any, group: str, start_ms: int, end_ms: int, report: RecoveryR
         kwargs["nextToken"] = token
 
 
-def _recover(event: dict[str, Any], group: str, resolver: SubResolver, report: RecoveryReport) -> SyncMessage | None:
+def _recover(
+    event: FilteredLogEventTypeDef, group: str, resolver: SubResolver, report: RecoveryReport
+) -> SyncMessage | None:
     where = {"log_group": group, "log_stream": event.get("logStreamName"), "event_id": event.get("eventId")}
     try:
         record = parse_record(str(event.get("message") or ""))
@@ -389,9 +390,6 @@ def _recover(event: dict[str, Any], group: str, resolver: SubResolver, report: R
         report.unresolved += 1
         log.warning("recovery record names a sub Cognito does not know (user deleted?): skipped", extra=where)
     return message
-
-
-# --------------------------------------------------------------------------------------------------- wiring
 
 
 def trigger_log_groups(configured: str | None, function_name: str | None) -> list[str] | None:
@@ -411,11 +409,11 @@ def trigger_log_groups(configured: str | None, function_name: str | None) -> lis
     return None
 
 
-def recover_at_run_start(settings: Any, context: Any, client: Callable[[str], Any]) -> int | None:
+def recover_at_run_start(settings: Settings, context: Any, clients: Callable[[], RecoveryClients]) -> int | None:
     """The nightly reconcile's hook: recover, log, and return the count enqueued (None if it did not run or failed).
 
-    `client(service)` gives reconcile's boto3 clients. Never raises: a failed recovery leaves the watermark where it
-    was, and the next run (or `recover-signins`) tries again.
+    `clients()` gives reconcile's own clients. Never raises: a failed recovery leaves the watermark where it was,
+    and the next run (or `recover-signins`) tries again.
     """
     try:
         groups = trigger_log_groups(settings.signin_recovery_log_groups, getattr(context, "function_name", None))
@@ -425,16 +423,8 @@ def recover_at_run_start(settings: Any, context: Any, client: Callable[[str], An
         in_lambda = bool(os.environ.get("AWS_LAMBDA_FUNCTION_NAME"))  # elsewhere the context's clock means nothing
         remaining = getattr(context, "get_remaining_time_in_millis", None) if in_lambda else None
         stop_below_ms = remaining() / 2 if callable(remaining) else 0.0  # leave half the invocation to the scan
-        sqs = client("sqs")
-        clients = RecoveryClients(
-            logs=client("logs"),
-            sqs=sqs,
-            s3=client("s3"),
-            cognito=lambda: client("cognito-idp"),
-            queue_url=lambda: sqs.get_queue_url(QueueName=settings.events_queue_name)["QueueUrl"],
-        )
         report = recover_signins(
-            clients,
+            clients(),
             bucket=settings.require("SNAPSHOT_BUCKET"),
             log_groups=groups,
             out_of_time=(lambda: remaining() < stop_below_ms) if callable(remaining) else (lambda: False),

@@ -27,10 +27,16 @@ import zlib
 from array import array
 from collections.abc import Iterable, Iterator, Mapping
 from enum import StrEnum
-from typing import IO, Any
+from typing import IO, Any, Protocol, cast
 
 FINGERPRINT_BYTES = 8
 _LINE = re.compile(rb"([^\t\n]+)\t([0-9a-f]{16})\n")
+
+
+class Readable(Protocol):
+    """What a snapshot can be streamed from: a file, or botocore's StreamingBody."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
 
 
 class SnapshotDamaged(ValueError):
@@ -44,7 +50,8 @@ class Verdict(StrEnum):
     DUPLICATE = "duplicate"  # listed twice in one scan (ListUsers is eventually consistent)
 
 
-def _iso(value: Any) -> str:
+def _fingerprinted_time(value: Any) -> str:
+    """UserLastModifiedDate as the fingerprint reads it. Never change this: every stored fingerprint depends on it."""
     return value.isoformat() if hasattr(value, "isoformat") else str(value)
 
 
@@ -55,7 +62,12 @@ def fingerprint(user: Mapping[str, Any]) -> int:
     """
     attributes = sorted((a["Name"], a.get("Value", "")) for a in user.get("Attributes") or ())
     canonical = json.dumps(
-        [attributes, user.get("UserStatus"), user.get("Enabled"), _iso(user.get("UserLastModifiedDate"))],
+        [
+            attributes,
+            user.get("UserStatus"),
+            user.get("Enabled"),
+            _fingerprinted_time(user.get("UserLastModifiedDate")),
+        ],
         separators=(",", ":"),
         ensure_ascii=False,
     )
@@ -195,21 +207,18 @@ class SnapshotWriter:
             self._compressor = None
         return bytes(self._data)
 
-    @property
-    def nbytes(self) -> int:
-        return len(self._data)
 
-
-def read_entries(source: bytes | bytearray | IO[bytes]) -> Iterator[tuple[str, int]]:
+def read_entries(source: bytes | bytearray | Readable) -> Iterator[tuple[str, int]]:
     """Stream (username, fingerprint) pairs from a snapshot, one line at a time; SnapshotDamaged if it is damaged.
 
     Entries before the damage are yielded first (the stream is read lazily), so a caller that must not act on a
     half-read snapshot has to read it to the end before trusting any of it.
     """
-    raw: IO[bytes] = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
+    raw: Readable = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
     count = 0
     try:
-        with gzip.GzipFile(fileobj=raw, mode="rb") as stream:
+        # reading front to back never seeks, so botocore's StreamingBody will do; typeshed asks for seek() anyway
+        with gzip.GzipFile(fileobj=cast("IO[bytes]", raw), mode="rb") as stream:
             for line in stream:
                 match = _LINE.fullmatch(line)
                 if match is None:

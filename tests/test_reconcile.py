@@ -26,7 +26,7 @@ from moto.cognitoidp.models import cognitoidp_backends
 from chalicelib import reconcile
 from chalicelib.messages import EventType, Source, parse_message
 from chalicelib.reconcile import Deps, handle_scheduled_event, make_cognito_client, read_last_summary
-from chalicelib.settings import reset_settings
+from chalicelib.settings import get_settings, reset_settings
 from chalicelib.snapshot import fingerprint, read_entries
 from tests.conftest import CONNECTION_ID
 from userhub_sync.local import DEFAULT_REGION, MOTO_ACCOUNT, patched_environ
@@ -38,21 +38,15 @@ MARGIN_S = 60.0  # the default RECONCILE_TIME_MARGIN_SECONDS
 # --------------------------------------------------------------------------------------------- fakes
 
 
+@dataclass
 class FakeContext:
     """A Lambda context whose remaining time the test controls (ListUsers attempts and calls can burn it)."""
 
-    def __init__(
-        self,
-        remaining_s: float = 900.0,
-        per_call_s: float = 0.0,
-        per_page_s: float = 0.0,
-        function_name: str = "userhub-sync-dev-reconcile",
-    ) -> None:
-        self.remaining_s = remaining_s
-        self.per_call_s = per_call_s
-        self.per_page_s = per_page_s
-        self.function_name = function_name
-        self.aws_request_id = uuid.uuid4().hex
+    remaining_s: float = 900.0
+    per_call_s: float = 0.0  # burnt by each look at the remaining time
+    per_page_s: float = 0.0  # burnt by each ListUsers attempt (the harness's hook)
+    function_name: str = "userhub-sync-dev-reconcile"
+    aws_request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def get_remaining_time_in_millis(self) -> int:
         value = int(self.remaining_s * 1000)
@@ -335,7 +329,7 @@ def test_first_run_enqueues_everyone_then_only_new_changed_and_deleted(harness: 
         "unchanged": 4925,
         "enqueued": 100,
     }
-    assert read_last_summary(harness.s3, BUCKET) == second
+    assert read_last_summary(harness.s3, BUCKET).to_dict() == second  # type: ignore[union-attr]
 
     [third] = harness.run()  # the committed snapshot agrees with what ListUsers says now
     assert harness.sqs.take() == [] and third["enqueued"] == 0 and third["unchanged"] == 5000
@@ -413,7 +407,7 @@ def test_throttling_is_retried_and_the_request_rate_stays_under_the_limit(harnes
             return throttle_response()
         return None
 
-    reconcile.UserPager.for_client(harness.cognito, rate)  # the bucket's hook first, so we time what it let through
+    # registered last: after the run's token bucket, so we time what it let through
     harness.cognito.meta.events.register_last("before-send.cognito-identity-provider.ListUsers", record_and_throttle)
     with patched_environ({"RECONCILE_RATE_LIMIT": str(rate)}):
         reset_settings()
@@ -429,6 +423,29 @@ def test_throttling_is_retried_and_the_request_rate_stays_under_the_limit(harnes
     assert worst <= 0.2, f"more requests than rate·t + 1 (burst) in some window: excess {worst:.2f}"
     overall = (len(sent_at) - 1) / (sent_at[-1] - sent_at[0])
     assert overall <= rate, overall
+
+
+def test_the_pager_paces_only_while_its_run_lasts(harness: Harness) -> None:
+    """A warm container keeps its Cognito client; a finished run must leave no hook (or stale bucket) on it."""
+    harness.pool.seed(130)  # 3 pages
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        time.sleep(seconds)
+
+    deps = Deps(cognito=harness.cognito, sqs=harness.sqs, s3=harness.s3, sleep=sleep)
+    with patched_environ({"RECONCILE_RATE_LIMIT": "2"}):
+        reset_settings()
+        first = reconcile.run_reconcile(reconcile.ReconcileRequest(), deps=deps)
+        assert (first.summary.requests, first.summary.pages) == (3, 3) and waits, "paced at 2 requests/s"
+        waits.clear()
+        for _ in range(3):
+            harness.cognito.list_users(UserPoolId=harness.pool.id, Limit=1)
+        assert waits == [], "after the run, the client's own ListUsers calls wait for no bucket"
+        again = reconcile.run_reconcile(reconcile.ReconcileRequest(), deps=deps)
+    reset_settings()
+    assert (again.summary.requests, again.summary.enqueued) == (3, 0), "each run counts its own requests"
 
 
 def test_crash_before_the_snapshot_is_written_loses_nothing(harness: Harness) -> None:
@@ -449,7 +466,7 @@ def test_crash_before_the_snapshot_is_written_loses_nothing(harness: Harness) ->
     harness.s3.meta.events.unregister("before-send.s3.PutObject", crash_on_snapshot_put)
     assert set(harness.sqs.take()) == expected
     assert harness.snapshot_etag() == committed, "the old snapshot is still the committed one"
-    assert read_last_summary(harness.s3, BUCKET)["status"] == "failed"  # type: ignore[index]
+    assert read_last_summary(harness.s3, BUCKET).status == "failed"  # type: ignore[union-attr]
 
     [retry] = harness.run()  # adopts the released run and finds the same work again
     assert retry["status"] == "complete" and retry["invocations"] == 2
@@ -568,7 +585,7 @@ def test_max_invocations_stops_the_chain_and_the_next_run_adopts_it(harness: Har
         reset_settings()
         summaries = harness.run(pages_per_invocation=3)
     assert [s["status"] for s in summaries] == ["continued", "stopped"]
-    assert read_last_summary(harness.s3, BUCKET)["status"] == "stopped"  # type: ignore[index]
+    assert read_last_summary(harness.s3, BUCKET).status == "stopped"  # type: ignore[union-attr]
     reset_settings()
     [adopted] = harness.run()
     assert adopted["status"] == "complete" and adopted["run_id"] == summaries[0]["run_id"]
@@ -601,7 +618,7 @@ def test_dry_run_reports_by_category_and_writes_nothing(harness: Harness) -> Non
         "changed": set(names[2:5]),
         "new": {"fresh@example.com"},
     }
-    assert result.summary["enqueued"] == 0 and harness.sqs.usernames == []
+    assert result.summary.enqueued == 0 and harness.sqs.usernames == []
     assert harness.snapshot_etag() == etag and read_last_summary(harness.s3, BUCKET) == last
     assert harness.record() is None
 
@@ -647,13 +664,13 @@ def test_scheduled_handler_through_app_and_the_real_queue(harness: Harness, aws)
         received += [json.loads(m["Body"]) for m in got]
     check_messages(received, harness.pool.id)
     assert exactly_once([m["username"] for m in received]) == set(names)
-    assert read_last_summary(harness.s3, BUCKET) == summary
+    assert read_last_summary(harness.s3, BUCKET).to_dict() == summary  # type: ignore[union-attr]
     stored = harness.s3.get_object(Bucket=BUCKET, Key=f"reconcile/{harness.pool.id}/snapshot.gz")
     assert stored["Metadata"]["users"] == "130" and len(gzip.decompress(stored["Body"].read()).splitlines()) == 130
 
 
 def test_continuation_name_comes_from_the_function_and_can_be_overridden(harness: Harness) -> None:
-    settings = reconcile.get_settings()
+    settings = get_settings()
     for running in ("userhub-sync-dev-reconcile", "userhub-sync-dev-reconcile_continue"):
         context = FakeContext(function_name=running)
         assert reconcile.continue_function_name(context, settings) == "userhub-sync-dev-reconcile_continue"
@@ -661,9 +678,7 @@ def test_continuation_name_comes_from_the_function_and_can_be_overridden(harness
         reconcile.continue_function_name(FakeContext(function_name="something-else"), settings)
     with patched_environ({"RECONCILE_CONTINUE_FUNCTION": "custom-continue"}):
         reset_settings()
-        assert reconcile.continue_function_name(FakeContext(function_name="x"), reconcile.get_settings()) == (
-            "custom-continue"
-        )
+        assert reconcile.continue_function_name(FakeContext(function_name="x"), get_settings()) == "custom-continue"
     reset_settings()
 
     class FakeLambda:

@@ -123,7 +123,7 @@ def test_every_documented_payload_runs_through_the_schedule_handler(
         assert summary["status"] == "dry_run" and summary["dry_run"] is True
         assert set(summary["would_enqueue"]["changed"]) == set(names[:2])
         assert sent == [] and harness.snapshot_etag() == committed, "a dry run sends and writes nothing"
-        assert read_last_summary(harness.s3, BUCKET)["status"] == "complete"  # type: ignore[index]
+        assert read_last_summary(harness.s3, BUCKET).status == "complete"  # type: ignore[union-attr]
     elif payload == '{"full": true}':
         assert (summary["status"], summary["full"], summary["enqueued"]) == ("complete", True, 30)
         assert exactly_once(sent) == set(names)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import gzip
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -16,7 +16,7 @@ from botocore.exceptions import ClientError
 from chalice.local import LambdaContext
 
 from chalicelib import reconcile
-from chalicelib.reconcile import SNAPSHOT_FORMAT, read_last_complete, read_last_summary
+from chalicelib.reconcile import SNAPSHOT_FORMAT, RunSummary, read_last_complete, read_last_summary
 from chalicelib.settings import reset_settings
 from chalicelib.snapshot import read_entries, write_entries
 from tests.test_reconcile import BUCKET, FakeContext, Harness, budget, build_harness, exactly_once, scheduled_event
@@ -38,6 +38,12 @@ def call_app(event: dict[str, Any]) -> dict[str, Any]:
         return app.reconcile(event, LambdaContext("reconcile", 1024))
     finally:
         reconcile.reset_clients()
+
+
+def stored(harness: Harness, read: Callable[[Any, str], RunSummary | None]) -> dict[str, Any] | None:
+    """A summary stored in the bucket, as the JSON object the handler returned."""
+    summary = read(harness.s3, BUCKET)
+    return summary.to_dict() if summary else None
 
 
 def snapshot_key(harness: Harness) -> str:
@@ -97,7 +103,7 @@ def test_a_damaged_snapshot_gives_a_full_run_that_replaces_it(
     assert harness.snapshot() == harness.expected_snapshot(), "the damaged snapshot was replaced"
     [warning] = [e for e in log_lines(capsys.readouterr().err) if "snapshot is damaged" in e["message"]]
     assert warning["level"] == "WARNING" and warning["key"] == key and warning["problem"]
-    assert read_last_summary(harness.s3, BUCKET) == summary == read_last_complete(harness.s3, BUCKET)
+    assert stored(harness, read_last_summary) == summary == stored(harness, read_last_complete)
 
     after = call_app(scheduled_event())  # incremental again
     assert (after["status"], after["enqueued"], after["baseline_damaged"]) == ("complete", 0, None)
@@ -184,8 +190,8 @@ def test_a_damaged_checkpoint_fails_once_then_the_next_run_starts_afresh(harness
     with pytest.raises(reconcile.CheckpointUnreadable, match="partial"):
         harness.invoke(continuation, FakeContext())
     failed = read_last_summary(harness.s3, BUCKET)
-    assert failed is not None and failed["status"] == "failed" and "CheckpointUnreadable" in failed["error"]
-    assert failed["run_id"] == first["run_id"]
+    assert failed is not None and failed.status == "failed" and "CheckpointUnreadable" in (failed.error or "")
+    assert failed.run_id == first["run_id"]
     assert harness.record() is None, "the unusable run is discarded, not adopted forever"
 
     [summary] = harness.run()
@@ -207,9 +213,9 @@ def test_every_failed_run_is_recorded_next_to_the_last_complete_one(harness: Har
     code = caught.value.response["Error"]["Code"]
     assert code in ("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist")
     failed = read_last_summary(harness.s3, BUCKET)
-    assert failed is not None and failed["status"] == "failed" and failed["run_id"]
-    assert "GetQueueUrl" in failed["error"] and "does not exist" in failed["error"]
-    assert read_last_complete(harness.s3, BUCKET) == complete
+    assert failed is not None and failed.status == "failed" and failed.run_id
+    assert "GetQueueUrl" in (failed.error or "") and "does not exist" in (failed.error or "")
+    assert stored(harness, read_last_complete) == complete
 
     def crash(**_: Any) -> None:
         raise RuntimeError("injected: Cognito unreachable")
@@ -218,8 +224,8 @@ def test_every_failed_run_is_recorded_next_to_the_last_complete_one(harness: Har
     with pytest.raises(RuntimeError):
         harness.invoke()  # fails mid-run: adopts the released run, then the first page fails
     harness.cognito.meta.events.unregister("before-send.cognito-identity-provider.ListUsers", crash)
-    assert "injected: Cognito unreachable" in read_last_summary(harness.s3, BUCKET)["error"]  # type: ignore[index]
+    assert "injected: Cognito unreachable" in (read_last_summary(harness.s3, BUCKET).error or "")  # type: ignore[union-attr]
 
     retry = call_app(scheduled_event())
     assert retry["status"] == "complete" and set(drain(aws)) == set(names[:3])
-    assert read_last_summary(harness.s3, BUCKET) == retry == read_last_complete(harness.s3, BUCKET)
+    assert stored(harness, read_last_summary) == retry == stored(harness, read_last_complete)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import gzip
+import json
 import random
 import re
 from typing import Any
@@ -12,7 +13,17 @@ import pytest
 from botocore.exceptions import ClientError
 
 from chalicelib import reconcile
-from chalicelib.reconcile import EnqueueError, Enqueuer, ReconcileError, TokenBucket, parse_request
+from chalicelib.reconcile import (
+    Category,
+    EnqueueError,
+    Enqueuer,
+    ReconcileError,
+    RunStatus,
+    RunSummary,
+    TokenBucket,
+    parse_request,
+)
+from chalicelib.reconcile.pacing import is_bad_token
 from chalicelib.snapshot import (
     FingerprintTable,
     SnapshotDamaged,
@@ -270,11 +281,11 @@ def client_error(code: str, message: str = "") -> ClientError:
 
 
 def test_rejected_token_errors_are_recognised_and_others_are_not() -> None:
-    assert reconcile._is_bad_token(client_error("InvalidToken", "Invalid Token: Resource not found!"))
-    assert reconcile._is_bad_token(client_error("ExpiredTokenException"))
-    assert reconcile._is_bad_token(client_error("InvalidParameterException", "Invalid pagination token"))
-    assert not reconcile._is_bad_token(client_error("InvalidParameterException", "Invalid search attribute"))
-    assert not reconcile._is_bad_token(client_error("TooManyRequestsException", "token bucket"))
+    assert is_bad_token(client_error("InvalidToken", "Invalid Token: Resource not found!"))
+    assert is_bad_token(client_error("ExpiredTokenException"))
+    assert is_bad_token(client_error("InvalidParameterException", "Invalid pagination token"))
+    assert not is_bad_token(client_error("InvalidParameterException", "Invalid search attribute"))
+    assert not is_bad_token(client_error("TooManyRequestsException", "token bucket"))
 
 
 def test_read_last_summary_is_none_before_any_run() -> None:
@@ -298,3 +309,44 @@ def test_local_runs_have_no_deadline_and_the_margin_leaves_room_to_work() -> Non
     assert reconcile.Deadline(Context(900_000), margin=60).margin == 60
     short = reconcile.Deadline(Context(40_000), margin=60)  # a timeout below the margin: work 3/4 of it anyway
     assert short.margin == 10 and not short.low()
+
+
+def test_the_typed_summary_keeps_the_json_shape_it_was_built_with() -> None:
+    """The handler's return value and last-run.json are `RunSummary.to_dict()`: only the keys that apply, no nulls
+    added for the others, and a summary an earlier version stored reads back to the same JSON."""
+    skipped = RunSummary(status=RunStatus.SKIPPED, reason="run r1 is in progress", pool_id="pool")
+    assert skipped.to_dict() == {"status": "skipped", "reason": "run r1 is in progress", "pool_id": "pool"}
+    stored = {
+        "run_id": "20260101T030000Z-0a1b2c3d",
+        "pool_id": "eu-west-1_abc",
+        "status": "failed",
+        "full": False,
+        "dry_run": False,
+        **{name: 0 for name in reconcile.Counters.model_fields},
+        "seconds": 1.25,
+        "users_per_second": None,
+        "requests_per_second": None,
+        "baseline_damaged": None,
+        "rate_limit": 5.0,
+        "started_at": "2026-01-01T03:00:00+00:00",
+        "finished_at": "2026-01-01T03:00:02+00:00",
+        "signins_recovered": 2,
+        "error": "ClientError: GetQueueUrl failed",
+    }
+    summary = RunSummary.model_validate_json(json.dumps(stored))
+    assert summary.status is RunStatus.FAILED and summary.error == stored["error"]
+    assert summary.to_dict() == stored
+    dry = RunSummary(status=RunStatus.DRY_RUN).model_copy(update={"would_enqueue": {Category.NEW: ["a"]}})
+    assert json.loads(json.dumps(dry.to_dict())) == {"status": "dry_run", "would_enqueue": {"new": ["a"]}}
+
+
+def test_token_bucket_takes_a_batch_at_the_rate_and_none_means_no_limit() -> None:
+    fake = FakeTime()
+    bucket = TokenBucket(5.0, burst=5, clock=fake.clock, sleep=fake.sleep)
+    assert bucket.take(25) == pytest.approx(4.0)  # a burst of 5 at once, then 20 more at 5 a second
+    assert fake.now - 1000.0 == pytest.approx(4.0)
+    unlimited = TokenBucket(None, clock=fake.clock, sleep=fake.sleep)
+    slept = len(fake.slept)
+    assert unlimited.take(1000) == 0.0 and unlimited.acquire() == 0.0 and len(fake.slept) == slept
+    with pytest.raises(ValueError):
+        TokenBucket(-1.0)

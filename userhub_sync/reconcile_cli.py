@@ -11,13 +11,16 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from userhub_sync.opsutil import console, print_error
+
+if TYPE_CHECKING:
+    from chalicelib.reconcile import RunSummary
 
 SUMMARY_ROWS = (
     ("status", "status"),
@@ -55,13 +58,14 @@ def _estimate_users(cognito: Any, pool_id: str) -> int | None:
         return None
 
 
-def summary_table(summary: dict[str, Any], title: str = "reconcile") -> Table:
+def summary_table(summary: RunSummary, title: str = "reconcile") -> Table:
     table = Table(title=title, show_header=False, title_justify="left")
     table.add_column("", style="bold")
     table.add_column("", justify="right")
-    for key, label in SUMMARY_ROWS:
-        if summary.get(key) is not None:
-            table.add_row(label, str(summary[key]))
+    for field, label in SUMMARY_ROWS:
+        value = getattr(summary, field)
+        if value is not None:
+            table.add_row(label, str(value))
     return table
 
 
@@ -114,6 +118,7 @@ def reconcile_command(
     import boto3
 
     from chalicelib import reconcile
+    from chalicelib.reconcile import Category, RunStatus
 
     err = console(stderr=True)
     out = console()
@@ -164,10 +169,11 @@ def reconcile_command(
 
     summary = result.summary
     if json_output:
-        typer.echo(json.dumps({**summary, "planned": result.planned} if dry_run else summary))
+        shown = summary.to_dict()
+        typer.echo(json.dumps({**shown, "planned": result.planned} if dry_run else shown))
     else:
         if dry_run:
-            for category in reconcile.CATEGORIES:
+            for category in Category:
                 names = result.planned.get(category) or []
                 if not names:
                     continue
@@ -180,10 +186,10 @@ def reconcile_command(
         out.print(
             summary_table(summary, "reconcile (dry run: nothing enqueued, nothing written)" if dry_run else "reconcile")
         )
-    if result.status == "skipped":
-        raise _fail(f"nothing done: {summary.get('reason')}", code=2)
-    if result.status not in ("complete", "dry_run"):
-        raise _fail(f"run ended as {result.status!r}", code=2)
+    if result.status is RunStatus.SKIPPED:
+        raise _fail(f"nothing done: {summary.reason}", code=2)
+    if result.status not in (RunStatus.COMPLETE, RunStatus.DRY_RUN):
+        raise _fail(f"run ended as '{result.status}'", code=2)
 
 
 def register(app: typer.Typer) -> None:

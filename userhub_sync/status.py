@@ -128,31 +128,32 @@ def last_reconcile(bucket: str | None) -> dict[str, Any]:
     """
     if not bucket:
         return {"status": "unknown", "detail": "SNAPSHOT_BUCKET not set"}
-    from chalicelib.reconcile import read_last_complete, read_last_summary
+    from chalicelib.reconcile import RunStatus, read_last_complete, read_last_summary
 
+    unfinished = (RunStatus.FAILED, RunStatus.STOPPED)
     try:
         s3 = client("s3")
         summary = read_last_summary(s3, bucket)
-        ended = (summary or {}).get("status")
-        complete = read_last_complete(s3, bucket) if ended in ("failed", "stopped") else None
+        complete = read_last_complete(s3, bucket) if summary and summary.status in unfinished else None
     except Exception as error:
         return {"status": "error", "detail": f"{error_code(error)}: {error}"[:300]}
     if not summary:
         return {"status": "never", "detail": f"no reconcile/last-run.json in {bucket}"}
-    if ended not in ("failed", "stopped"):
-        return {"status": "ok", "summary": summary}
+    if summary.status not in unfinished:
+        return {"status": "ok", "summary": summary.to_dict()}
     if complete is None:
         since = "no complete run recorded"
     else:
-        finished = parse_time(complete.get("finished_at"))
+        finished = parse_time(complete.finished_at)
         age = format_duration((now() - finished).total_seconds()) if finished else "?"
-        since = f"last complete run {age} ago ({complete.get('finished_at')})"
-    if ended == "failed":
-        reason = summary.get("error") or "no reason recorded"
-        detail = f"{since}; last run failed at {summary.get('finished_at')}: {reason}"
-        return {"status": "failing", "summary": summary, "last_complete": complete, "detail": detail}
-    detail = f"{since}; last run stopped at {summary.get('finished_at')} (the next run carries on)"
-    return {"status": "ok", "summary": summary, "last_complete": complete, "detail": detail}
+        since = f"last complete run {age} ago ({complete.finished_at})"
+    last_complete = complete.to_dict() if complete else None
+    if summary.status is RunStatus.FAILED:
+        reason = summary.error or "no reason recorded"
+        detail = f"{since}; last run failed at {summary.finished_at}: {reason}"
+        return {"status": "failing", "summary": summary.to_dict(), "last_complete": last_complete, "detail": detail}
+    detail = f"{since}; last run stopped at {summary.finished_at} (the next run carries on)"
+    return {"status": "ok", "summary": summary.to_dict(), "last_complete": last_complete, "detail": detail}
 
 
 def _mapping_check(mapping: dict[str, Any]) -> dict[str, Any]:
