@@ -107,7 +107,7 @@ class Resolver:
             return None
         if self._signs_in_by_sub(pool):
             return message.sub
-        if not self._list_users.acquire(timeout=max(time_left(), 0.0)):
+        if not self._list_users.try_acquire(timeout=max(time_left(), 0.0)):
             raise _OutOfTime
         users = self._cognito().list_users(UserPoolId=pool, Filter=f'sub = "{message.sub}"', Limit=1)["Users"]
         if users:
