@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV) && $(VENV)/bin/pip install -q -e '.[dev]' && touch $@
 
-.PHONY: install demo test lint bench
+.PHONY: install demo test lint bench mutation
 install: $(VENV)/.installed
 demo: install
 	$(VENV)/bin/userhub-sync demo
@@ -15,3 +15,8 @@ lint: install
 	$(VENV)/bin/ruff check .
 bench: install
 	$(PY) -m bench
+# Mutation testing of the core (slow, never in CI): SEED and SIZE pick the sample, SIZE=all runs every mutant.
+SEED ?= 2026
+SIZE ?= 600
+mutation: install
+	$(PY) scripts/mutation.py --seed $(SEED) $(if $(filter all,$(SIZE)),--all,--size $(SIZE))
