@@ -162,3 +162,9 @@ def test_a_json_error_without_a_code_or_reason_has_none(hub: FakeUserHub) -> Non
 def test_an_error_body_that_is_not_utf8_is_read_with_replacement_characters(hub: FakeUserHub) -> None:
     error = outcome(hub, Fault(status=502, body_format="text", message="bad \ud800 byte"))  # sent as ED A0 80
     assert type(error) is TransientError and str(error) == "HTTP 502: bad \ufffd\ufffd\ufffd byte"
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_a_retryable_error_keeps_userhubs_reason(hub: FakeUserHub, status: int) -> None:
+    error = outcome(hub, Fault(status=status, code="UNAVAILABLE", reason="MAINTENANCE"))
+    assert isinstance(error, TransientError) and (error.code, error.reason) == ("UNAVAILABLE", "MAINTENANCE")
