@@ -85,7 +85,7 @@ def test_no_retry_after_header_means_no_floor(hub: FakeUserHub) -> None:
     assert isinstance(error, TransientError) and error.retry_after is None
 
 
-@pytest.mark.parametrize("status", [301, 302, 307, 308])
+@pytest.mark.parametrize("status", [300, 301, 302, 307, 308, 399])
 def test_a_redirect_is_retried_and_names_where_it_pointed(hub: FakeUserHub, status: int) -> None:
     error = outcome(hub, Fault(status=status, headers={"Location": "https://elsewhere.example/login"}))
     assert type(error) is TransientError and error.status == status
