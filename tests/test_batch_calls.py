@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import boto3
 import pytest
+from pydantic import SecretStr
 
 from chalicelib.delivery.calls import DELIVERED, NOT_STARTED, BatchCaller, Deadline, Rejected, Transient
 from chalicelib.messages import SyncMessage, parse_message
@@ -162,3 +163,18 @@ def test_an_unexpected_exception_is_that_messages_transient_result(pipeline, hub
 def test_every_message_is_called_whatever_the_concurrency(pipeline, hub, concurrency: int) -> None:
     results = call_all(caller(hub, concurrency=concurrency), [message(f"u{n}") for n in range(6)])
     assert results == [DELIVERED] * 6 and len(hub.events()) == 6
+
+
+def test_a_key_http_cannot_carry_that_reaches_the_client_is_still_a_configuration_error(pipeline, hub) -> None:
+    """AdminKeyProvider refuses such a key first; this is the client's own net behind it, for any other source."""
+
+    class PastedKey:
+        fetches = 0
+
+        def get(self) -> SecretStr:
+            return SecretStr("abc\u00e9def")
+
+    [result] = call_all(caller(hub, keys=PastedKey()), [message("a")])  # type: ignore[arg-type]
+    assert isinstance(result, Transient) and result.configuration
+    assert result.detail.startswith("the Admin key cannot be sent in an HTTP header: character '\\xe9' at position 3")
+    assert hub.journal() == []
