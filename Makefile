@@ -15,8 +15,9 @@ lint: install
 	$(VENV)/bin/ruff check .
 bench: install
 	$(PY) -m bench
-# Mutation testing of the core (slow, never in CI): SEED and SIZE pick the sample, SIZE=all runs every mutant.
+# Mutation testing of the core (slow, never in CI): SEED and SIZE pick the sample, SIZE=all runs every mutant;
+# RESUME=1 reruns only the last run's sampled mutants not yet killed (after adding tests).
 SEED ?= 2026
 SIZE ?= 600
 mutation: install
-	$(PY) scripts/mutation.py --seed $(SEED) $(if $(filter all,$(SIZE)),--all,--size $(SIZE))
+	$(PY) scripts/mutation.py $(if $(RESUME),--resume,--seed $(SEED) $(if $(filter all,$(SIZE)),--all,--size $(SIZE)))

@@ -1,6 +1,6 @@
 """`make mutation`: mutation testing of the core with mutmut 3, on a reproducible sample, and the score.
 
-    .venv/bin/python scripts/mutation.py [--seed 2026] [--size 600 | --all] [--keep] [--fail-under 95]
+    .venv/bin/python scripts/mutation.py [--seed 2026] [--size 600 | --all] [--resume] [--fail-under 95]
 
 1. mutmut writes every mutant of the modules `[tool.mutmut]` in pyproject.toml selects into `mutants/`.
 2. A sample of them is drawn with `random.Random(seed)` from the sorted mutant names, so one seed and size give the
@@ -99,30 +99,44 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--size", type=int, default=600, help="mutants to sample (default 600)")
     parser.add_argument("--all", action="store_true", help="run every mutant instead of a sample")
-    parser.add_argument("--keep", action="store_true", help="reuse mutants/ (mutmut's cache) instead of starting over")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep mutants/ and its results; run again only the sampled mutants not yet killed (after adding tests)",
+    )
     parser.add_argument("--max-children", type=int, default=2)
     parser.add_argument("--fail-under", type=float, default=0.0, help="exit 1 below this score (percent)")
     args = parser.parse_args(argv)
 
     started = time.monotonic()
-    if MUTANTS.exists() and not args.keep:
-        shutil.rmtree(MUTANTS)
-    names = generate()
-    size = len(names) if args.all else min(args.size, len(names))
-    sample = sorted(random.Random(args.seed).sample(names, size)) if size < len(names) else names
-    print(f"mutants generated: {len(names)}; sampled: {len(sample)} (seed {args.seed}, size {size})", flush=True)
-    (MUTANTS / "sample.txt").write_text("\n".join(sample) + "\n")
+    if args.resume:
+        generate()  # mutmut keeps the results of every function whose source did not change
+        sample = (MUTANTS / "sample.txt").read_text().split()
+        before = results()
+        to_run = [name for name in sample if before.get(name) not in ("killed", "timeout")]
+        print(f"resuming: {len(to_run)} of the {len(sample)} sampled mutants are not killed yet", flush=True)
+    else:
+        if MUTANTS.exists():
+            shutil.rmtree(MUTANTS)
+        names = generate()
+        size = len(names) if args.all else min(args.size, len(names))
+        sample = sorted(random.Random(args.seed).sample(names, size)) if size < len(names) else names
+        print(f"mutants generated: {len(names)}; sampled: {len(sample)} (seed {args.seed}, size {size})", flush=True)
+        (MUTANTS / "sample.txt").write_text("\n".join(sample) + "\n")
+        to_run = sample
 
-    run = subprocess.run(
-        [str(MUTMUT), "run", "--max-children", str(args.max_children), *sample],
-        cwd=ROOT,
-        stdout=(MUTANTS / "mutmut-run.log").open("w"),
-        stderr=subprocess.STDOUT,
-        check=False,
-    )
-    if run.returncode != 0:
-        print(f"mutmut run failed ({run.returncode}): see {MUTANTS / 'mutmut-run.log'}", file=sys.stderr)
-        return run.returncode
+    if to_run:
+        with (MUTANTS / "mutmut-run.log").open("a") as log:
+            run = subprocess.run(
+                [str(MUTMUT), "run", "--max-children", str(args.max_children), *to_run],
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                check=False,
+            )
+        if run.returncode != 0:
+            print(f"mutmut run failed ({run.returncode}): see {MUTANTS / 'mutmut-run.log'}", file=sys.stderr)
+            return run.returncode
 
     from mutmut.mutation.diff_apply import get_diff_for_mutant
 
