@@ -141,9 +141,10 @@ def test_a_401_is_cured_by_a_fresh_key_within_the_same_call(pipeline, hub) -> No
 
 def test_a_401_the_same_key_cannot_cure_is_retried_later_after_one_call(pipeline, hub) -> None:
     hub.set_admin_keys(["some-other-key-0123456789"])
+    hub.add_fault(Fault(status=401, code="UNAUTHENTICATED", reason="KEY_REVOKED", message="Invalid API key"))
     batch = caller(hub)
     [result] = call_all(batch, [message("a")])
-    assert isinstance(result, Transient) and result.status == 401 and not result.configuration
+    assert result == Transient("HTTP 401 UNAUTHENTICATED: Invalid API key", 401, "UNAUTHENTICATED", "KEY_REVOKED")
     assert len(hub.journal()) == 1 and batch.metrics.totals["key_refreshed"] == 0
 
 
