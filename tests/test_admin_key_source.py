@@ -104,10 +104,30 @@ def test_a_character_no_http_header_can_carry_is_named_with_its_place_never_the_
     put_parameter(value)
     with pytest.raises(KeyMisconfigured) as raised:
         provider(USERHUB_ADMIN_KEY_PARAMETER=PARAMETER).get()
-    assert str(raised.value).startswith(
-        f"the UserHub Admin key in SSM parameter {PARAMETER} holds {char} at position {position}, "
+    assert str(raised.value) == (
+        f"the UserHub Admin key in SSM parameter {PARAMETER} holds {char} at position {position}, which an HTTP "
+        "header cannot carry (a pasted invisible or non-ASCII character?): fix the stored value"
     )
     assert "abc" not in str(raised.value)
+
+
+def test_a_bad_key_in_the_variable_names_the_variable(aws) -> None:
+    with pytest.raises(
+        KeyMisconfigured, match=r"^the UserHub Admin key in USERHUB_ADMIN_KEY holds '\\xe9' at position 2"
+    ):
+        provider(USERHUB_ADMIN_KEY="ab\u00e9cd").get()
+
+
+def test_the_key_is_read_with_short_timeouts_and_one_retry(aws) -> None:
+    """Read on the deliver path: a slow SSM or Secrets Manager must not eat the invocation."""
+    put_parameter("key-0008")
+    put_secret("key-0008")
+    by_ssm = provider(USERHUB_ADMIN_KEY_PARAMETER=PARAMETER)
+    by_secret = provider(USERHUB_ADMIN_KEY_SECRET_ID=SECRET)
+    by_ssm.get(), by_secret.get()
+    for client in (by_ssm._ssm, by_secret._secretsmanager):
+        config = client.meta.config
+        assert (config.connect_timeout, config.read_timeout, config.retries["total_max_attempts"]) == (2, 3, 2)
 
 
 def test_every_visible_ascii_character_may_be_in_a_key(aws) -> None:
