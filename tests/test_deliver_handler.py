@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 from typing import Any
 
 import pytest
 
 import app
-from chalicelib.delivery import NO_CONTEXT_MS, get_deliverer, handle_sqs_event, reset_deliverer
-from chalicelib.settings import reset_settings
+from chalicelib.delivery import NO_CONTEXT_MS, Deliverer, get_deliverer, handle_sqs_event, reset_deliverer
+from chalicelib.settings import get_settings, reset_settings
 from tests.conftest import ADMIN_KEY, message_body, receive_event
-from tests.support import send
+from tests.support import capture_visibility, send
 from userhub_sync.fake_userhub import Fault
 from userhub_sync.local import patched_environ
 from userhub_sync.worker import LambdaContext
@@ -38,6 +39,7 @@ def test_one_invocation_writes_one_metrics_line_counting_every_disposition(pipel
     counts = {k: document.get(k) for k in ("delivered", "retry", "dead_letter", "not_started", "duplicates_merged")}
     assert counts == {"delivered": 2, "retry": 1, "dead_letter": 2, "not_started": None, "duplicates_merged": 1}
     assert len(document["userhub_call_ms"]) == 3  # fine (once for both), flaky, gone
+    assert "dead_letter_unconfirmed" not in document  # both dead letters reached the DLQ
 
 
 def test_records_never_started_are_counted_apart_from_retries(pipeline, hub, capfd) -> None:
@@ -48,6 +50,36 @@ def test_records_never_started_are_counted_apart_from_retries(pipeline, hub, cap
     assert len(result["batchItemFailures"]) == 2 and hub.journal() == []
     document = emf(capfd.readouterr().out)
     assert (document["not_started"], document.get("retry")) == (2, None)
+    assert "duplicates_merged" not in document  # only a batch with duplicates counts them
+
+
+def test_a_dead_letter_the_dlq_did_not_take_is_counted_and_stays_queued(pipeline, hub, capfd) -> None:
+    pipeline.sqs.delete_queue(QueueUrl=pipeline.queues.dlq_url)
+    send(pipeline.sqs, pipeline.queues.events_url, "{poison")
+    event = receive_event(pipeline.sqs, pipeline.queues.events_url, 1)
+    with patched_environ({"USERHUB_SYNC_METRICS": "on"}):
+        result = app.deliver(event, LambdaContext("deliver", 60))
+    assert result == {"batchItemFailures": [{"itemIdentifier": event["Records"][0]["messageId"]}]}
+    document = emf(capfd.readouterr().out)
+    assert (document["dead_letter"], document["dead_letter_unconfirmed"]) == (1, 1)
+
+
+def test_the_containers_random_source_draws_every_jitter(pipeline, hub) -> None:
+    """Injected for tests and simulations: with it, a batch's retry delays are reproducible."""
+
+    class Highest(random.Random):
+        def uniform(self, a: float, b: float) -> float:
+            return b
+
+    hub.add_fault(Fault(status=503))
+    with patched_environ({"RETRY_BASE_SECONDS": "100", "RETRY_JITTER": "0.25"}):
+        reset_settings()
+        deliverer = Deliverer(get_settings(), sqs=pipeline.sqs, rng=Highest())
+        seen = capture_visibility(pipeline.sqs)
+        send(pipeline.sqs, pipeline.queues.events_url, message_body("a"), message_body("b"))
+        deliverer.handle(receive_event(pipeline.sqs, pipeline.queues.events_url, 2), lambda: 60_000)
+    reset_settings()
+    assert [entry["VisibilityTimeout"] for entry in seen] == [125, 125]
 
 
 def test_a_configuration_error_is_counted_once_per_distinct_error_and_logged_loudly(
