@@ -1,0 +1,63 @@
+"""The bounds of one UserHub call: each phase has its own timeout within the call's share of the invocation, and
+the client's pools are sized from the settings. On loopback only."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Iterator
+
+import pytest
+from pydantic import SecretStr
+
+from chalicelib.messages import EventType
+from chalicelib.userhub import API_VERSION, USER_AGENT, TransientError, UserHubClient
+from tests.conftest import ADMIN_KEY
+from userhub_sync.fake_userhub import FakeUserHub
+
+KEY = SecretStr(ADMIN_KEY)
+
+
+@pytest.fixture
+def unanswered_port() -> Iterator[int]:
+    """A loopback port whose accept queue is full: the kernel drops new SYNs, so a connect hangs until it times out."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    port = server.getsockname()[1]
+    fillers = []
+    for _ in range(3):
+        filler = socket.socket()
+        filler.setblocking(False)
+        try:
+            filler.connect(("127.0.0.1", port))
+        except BlockingIOError:
+            pass
+        fillers.append(filler)
+    yield port
+    for sock in [*fillers, server]:
+        sock.close()
+
+
+def report(client: UserHubClient, timeout_seconds: float | None = None) -> None:
+    async def go() -> None:
+        try:
+            await client.report_event("u1", "conn_1", EventType.SIGNIN, KEY, timeout_seconds=timeout_seconds)
+        finally:
+            await client.aclose()
+
+    asyncio.run(go())
+
+
+def test_a_connection_never_accepted_fails_at_the_connect_timeout_not_the_calls_whole_time(unanswered_port) -> None:
+    client = UserHubClient(f"http://127.0.0.1:{unanswered_port}", connect_timeout=0.2, max_connections=1)
+    with pytest.raises(TransientError) as raised:
+        report(client, timeout_seconds=2)
+    assert str(raised.value) == "timeout: ConnectTimeout"
+
+
+def test_every_request_says_who_calls_and_which_api_version(hub: FakeUserHub) -> None:
+    report(UserHubClient(hub.url + "/", max_connections=1))
+    [entry] = hub.journal()
+    assert (entry.headers["user-agent"], entry.headers["userhub-api-version"]) == (USER_AGENT, API_VERSION)
+    assert entry.raw_path == "/admin/v1/users/u1@conn_1:event"
