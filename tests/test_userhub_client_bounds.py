@@ -61,3 +61,18 @@ def test_every_request_says_who_calls_and_which_api_version(hub: FakeUserHub) ->
     [entry] = hub.journal()
     assert (entry.headers["user-agent"], entry.headers["userhub-api-version"]) == (USER_AGENT, API_VERSION)
     assert entry.raw_path == "/admin/v1/users/u1@conn_1:event"
+
+
+def test_a_url_httpx_refuses_to_build_is_a_transient_error_that_says_so() -> None:
+    """Messages bound every path segment, so deliver never builds one; the client still says what went wrong."""
+
+    async def go() -> None:
+        client = UserHubClient("http://127.0.0.1:9", max_connections=1)
+        try:
+            await client.report_event("u" * 70_000, "conn_1", EventType.SIGNIN, KEY)
+        finally:
+            await client.aclose()
+
+    with pytest.raises(TransientError) as raised:
+        asyncio.run(go())
+    assert str(raised.value) == "cannot build the request URL: URL too long" and raised.value.status is None
