@@ -7,13 +7,14 @@ import asyncio
 import socket
 from collections.abc import Iterator
 
+import httpx
 import pytest
 from pydantic import SecretStr
 
 from chalicelib.messages import EventType
 from chalicelib.userhub import API_VERSION, USER_AGENT, TransientError, UserHubClient
 from tests.conftest import ADMIN_KEY
-from userhub_sync.fake_userhub import FakeUserHub
+from userhub_sync.fake_userhub import FakeUserHub, Fault
 
 KEY = SecretStr(ADMIN_KEY)
 
@@ -76,3 +77,53 @@ def test_a_url_httpx_refuses_to_build_is_a_transient_error_that_says_so() -> Non
     with pytest.raises(TransientError) as raised:
         asyncio.run(go())
     assert str(raised.value) == "cannot build the request URL: URL too long" and raised.value.status is None
+
+
+@pytest.mark.parametrize(("max_connections", "pools"), [(1, 1), (8, 1), (9, 2), (16, 2), (64, 8)])
+def test_connections_are_split_over_pools_of_at_most_eight(max_connections: int, pools: int) -> None:
+    """httpcore's pool costs O(connections × idle connections) per request (encode/httpcore#1035): small pools."""
+    client = UserHubClient("http://127.0.0.1:9", max_connections=max_connections)
+    assert len(client._clients) == pools
+    asyncio.run(client.aclose())
+
+
+def test_a_given_transport_is_one_pool() -> None:
+    client = UserHubClient("http://127.0.0.1:9", max_connections=64, transport=httpx.AsyncHTTPTransport())
+    assert len(client._clients) == 1
+    asyncio.run(client.aclose())
+
+
+def test_each_call_goes_to_the_pool_with_the_fewest_calls_in_flight(hub: FakeUserHub) -> None:
+    hub.add_fault(Fault(kind="latency", latency_ms=600))
+    client = UserHubClient(hub.url, max_connections=16)
+    during: list[list[int]] = []
+
+    async def go() -> None:
+        calls = [
+            asyncio.create_task(client.report_event(f"u{n}", "conn_1", EventType.SIGNIN, KEY, timeout_seconds=10))
+            for n in range(16)
+        ]
+        await asyncio.sleep(0.2)  # every call has taken its pool; none has been answered
+        during.append(list(client._in_flight))
+        await asyncio.gather(*calls)
+        await client.aclose()
+
+    asyncio.run(go())
+    assert during == [[8, 8]] and client._in_flight == [0, 0]
+    assert len(hub.events()) == 16
+
+
+def test_a_failed_call_gives_its_pool_slot_back() -> None:
+    from userhub_sync.local import free_port
+
+    client = UserHubClient(f"http://127.0.0.1:{free_port()}", max_connections=1)
+    with pytest.raises(TransientError) as raised:
+        report(client, timeout_seconds=2)
+    assert str(raised.value) == "connection error: ConnectError" and client._in_flight == [0]
+
+
+def test_a_2xx_whose_body_cannot_be_decoded_is_still_delivered(hub: FakeUserHub) -> None:
+    hub.add_fault(Fault(status=200, body_format="text", message="plain", headers={"Content-Encoding": "gzip"}))
+    report(UserHubClient(hub.url, max_connections=1))  # no exception: the status is what counts
+    [entry] = hub.journal()
+    assert entry.status == 200
