@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import io
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -30,6 +31,8 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+
+from mutmut.mutation.diff_apply import get_diff_for_mutant
 
 ROOT = Path(__file__).resolve().parent.parent
 MUTANTS = ROOT / "mutants"
@@ -49,9 +52,6 @@ class Equivalent:
 
 def generate() -> list[str]:
     """Every mutant name, sorted; mutmut's own generation step (pinned mutmut 3.8.1), without running a test."""
-    import os
-
-    os.chdir(ROOT)
     from mutmut.__main__ import (
         copy_also_copy_files,
         copy_src_dir,
@@ -111,11 +111,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     started = time.monotonic()
+    os.chdir(ROOT)
     if args.resume:
         generate()  # mutmut keeps the results of every function whose source did not change
         sample = (MUTANTS / "sample.txt").read_text().split()
         before = results()
         to_run = [name for name in sample if before.get(name) not in ("killed", "timeout")]
+        # mutmut forgets every result when the test selection in pyproject.toml changes (a new test file): a kill
+        # of the last run stands while the mutant reads the same, since tests were only added
+        carried = {name: mutated_line(get_diff_for_mutant(name)) for name in sample if name not in to_run}
         print(f"resuming: {len(to_run)} of the {len(sample)} sampled mutants are not killed yet", flush=True)
     else:
         if MUTANTS.exists():
@@ -125,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         sample = sorted(random.Random(args.seed).sample(names, size)) if size < len(names) else names
         print(f"mutants generated: {len(names)}; sampled: {len(sample)} (seed {args.seed}, size {size})", flush=True)
         (MUTANTS / "sample.txt").write_text("\n".join(sample) + "\n")
-        to_run = sample
+        to_run, before, carried = sample, {}, {}
 
     if to_run:
         with (MUTANTS / "mutmut-run.log").open("a") as log:
@@ -140,9 +144,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"mutmut run failed ({run.returncode}): see {MUTANTS / 'mutmut-run.log'}", file=sys.stderr)
             return run.returncode
 
-    from mutmut.mutation.diff_apply import get_diff_for_mutant
-
     status = results()
+    for name, line in carried.items():
+        if status.get(name) == "not checked" and mutated_line(get_diff_for_mutant(name)) == line:
+            status[name] = before[name]
     equivalents = load_equivalents()
     tally: Counter[str] = Counter(status[name] for name in sample)
     kinds: Counter[str] = Counter()
