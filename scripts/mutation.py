@@ -1,6 +1,6 @@
 """`make mutation`: mutation testing of the core with mutmut 3, on a reproducible sample, and the score.
 
-    .venv/bin/python scripts/mutation.py [--seed 2026] [--size 600 | --all] [--resume] [--fail-under 95]
+    .venv/bin/python scripts/mutation.py [--seed 2026] [--size 600 | --all] [--resume | --report] [--fail-under 95]
 
 1. mutmut writes every mutant of the modules `[tool.mutmut]` in pyproject.toml selects into `mutants/`.
 2. A sample of them is drawn with `random.Random(seed)` from the sorted mutant names, so one seed and size give the
@@ -8,8 +8,8 @@
 3. `mutmut run` runs that sample: each mutant against the tests that called the mutated function (mutmut records
    that in one plain pytest run first, xdist off; the moto server and the fake UserHub are fixtures of those tests).
 4. Each survivor is looked up in `scripts/mutation_equivalents.tsv`, the triage of survivors that change no
-   observable behaviour (name, kind, the mutated line, why); kind `accepted` marks the few that do change it where
-   no test could tell (they count against the score). An entry counts only while its mutated line still
+   observable behaviour (name, kind, the change, why); kind `accepted` marks the few that do change it where
+   no test could tell (they count against the score). An entry counts only while its change still
    reads the same, so a triage made stale by a change of the source shows up as an untriaged survivor.
 
 The score is (killed + timed out) / (sampled − equivalent), over the mutants that change behaviour. Untriaged
@@ -83,10 +83,9 @@ def results() -> dict[str, str]:
 
 
 def mutated_line(diff: str) -> str:
-    """The first added line of a mutant's diff, stripped: what the triage file matches on."""
-    return next(
-        (line[1:].strip() for line in diff.splitlines() if line.startswith("+") and not line.startswith("++")), ""
-    )
+    """The lines a mutant removes and adds, stripped, as one line: what the triage file matches on."""
+    changed = [line for line in diff.splitlines()[2:] if line[:1] in "+-"]
+    return " | ".join(line[0] + line[1:].strip() for line in changed)
 
 
 def load_equivalents() -> dict[str, Equivalent]:
@@ -106,13 +105,16 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="keep mutants/ and its results; run again only the sampled mutants not yet killed (after adding tests)",
     )
+    parser.add_argument("--report", action="store_true", help="only print the score of the results in mutants/")
     parser.add_argument("--max-children", type=int, default=2)
     parser.add_argument("--fail-under", type=float, default=0.0, help="exit 1 below this score (percent)")
     args = parser.parse_args(argv)
 
     started = time.monotonic()
     os.chdir(ROOT)
-    if args.resume:
+    if args.report:
+        sample, to_run, before, carried = (MUTANTS / "sample.txt").read_text().split(), [], {}, {}
+    elif args.resume:
         generate()  # mutmut keeps the results of every function whose source did not change
         sample = (MUTANTS / "sample.txt").read_text().split()
         before = results()
@@ -180,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, _ in untriaged:
         print(f"  {name}")
     print(f"score over behaviour-changing mutants: {killed}/{behaviour} = {score:.1f} %")
-    print(f"time: {minutes:.1f} min; survivors' diffs: {MUTANTS / 'survivors.txt'}")
+    print(f"time: {minutes:.1f} min; survivors' diffs: {MUTANTS / 'survivors.txt'}" if to_run else "")
     return 1 if score < args.fail_under else 0
 
 
