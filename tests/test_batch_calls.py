@@ -94,8 +94,8 @@ def test_the_deadline_starts_calls_while_the_margin_is_left_and_ends_them_before
 
 
 def test_a_slow_answer_ends_before_the_time_kept_for_settling(pipeline, hub) -> None:
-    hub.add_fault(Fault(kind="latency", latency_ms=3000))
-    deadline = Deadline(end=time.monotonic() + 1.6, start_margin=0.5, settle_reserve=1.0)
+    hub.add_fault(Fault(kind="latency", latency_ms=5000))
+    deadline = Deadline(end=time.monotonic() + 3.0, start_margin=0.5, settle_reserve=2.0)  # 1 s for the call
     [result] = call_all(caller(hub), [message("a")], deadline)
     assert isinstance(result, Transient) and "no complete answer" in result.detail
     assert time.monotonic() < deadline.end
