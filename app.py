@@ -47,4 +47,3 @@ reconcile.event_class = entrypoints.TolerantEvent  # also takes hand-made payloa
 @app.lambda_function(name="reconcile_continue")
 def reconcile_continue(event, context):
     return entrypoints.reconcile(event, context)
-
