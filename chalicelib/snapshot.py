@@ -1,6 +1,7 @@
 """What reconcile remembers about each user, in as few bytes as it can.
 
-A snapshot is one `username<TAB>fingerprint-hex` line per user, gzip-compressed. Several gzip members may be
+A snapshot is one `username<TAB>fingerprint-hex[<TAB>sub]` line per user, gzip-compressed (the `sub` lets a captured
+change find a deleted user's name: `sub_index`). Several gzip members may be
 concatenated (still one valid gzip file), which is how a run appends to a partial snapshot across invocations without
 recompressing what it already wrote. Cognito usernames cannot contain whitespace (pattern
 `[\\p{L}\\p{M}\\p{S}\\p{N}\\p{P}]+`), so tab and newline are safe separators.
@@ -30,7 +31,8 @@ from enum import StrEnum
 from typing import IO, Any, Protocol, cast
 
 FINGERPRINT_BYTES = 8
-_LINE = re.compile(rb"([^\t\n]+)\t([0-9a-f]{16})\n")
+_LINE = re.compile(rb"([^\t\n]+)\t([0-9a-f]{16})(?:\t([\w-]{1,128}))?\n")
+_SUB = re.compile(r"[\w-]{1,128}")
 
 
 class Readable(Protocol):
@@ -183,10 +185,12 @@ class SnapshotWriter:
         self._compressor: Any = None
         self.count = count
 
-    def add(self, username: str, fp: int) -> None:
+    def add(self, username: str, fp: int, sub: str | None = None) -> None:
         if "\t" in username or "\n" in username:
             raise ValueError("a Cognito username cannot contain a tab or newline")
-        self._pending.append(f"{username}\t{fp:016x}\n")
+        if sub is not None and not _SUB.fullmatch(sub):
+            sub = None  # not a sub Cognito makes: better no entry in the map than a wrong one
+        self._pending.append(f"{username}\t{fp:016x}\t{sub}\n" if sub else f"{username}\t{fp:016x}\n")
         self.count += 1
         if len(self._pending) >= self.FLUSH_LINES:
             self._compress_pending()
@@ -214,6 +218,18 @@ def read_entries(source: bytes | bytearray | Readable) -> Iterator[tuple[str, in
     Entries before the damage are yielded first (the stream is read lazily), so a caller that must not act on a
     half-read snapshot has to read it to the end before trusting any of it.
     """
+    for name, fp, _sub in read_lines(source):
+        yield name, fp
+
+
+def read_subs(source: bytes | bytearray | Readable) -> Iterator[tuple[str, str]]:
+    """(sub, username) for every entry that has a sub."""
+    for name, _fp, sub in read_lines(source):
+        if sub is not None:
+            yield sub, name
+
+
+def read_lines(source: bytes | bytearray | Readable) -> Iterator[tuple[str, int, str | None]]:
     raw: Readable = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
     count = 0
     try:
@@ -222,10 +238,10 @@ def read_entries(source: bytes | bytearray | Readable) -> Iterator[tuple[str, in
             for line in stream:
                 match = _LINE.fullmatch(line)
                 if match is None:
-                    raise SnapshotDamaged(f"entry {count + 1} is not username<TAB>16 hex digits")
+                    raise SnapshotDamaged(f"entry {count + 1} is not username<TAB>16 hex digits[<TAB>sub]")
                 name = match[1].decode()
                 count += 1
-                yield name, int(match[2], 16)
+                yield name, int(match[2], 16), match[3].decode() if match[3] else None
     except SnapshotDamaged:
         raise
     except UnicodeDecodeError:

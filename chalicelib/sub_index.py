@@ -3,15 +3,16 @@
 CloudTrail names a changed user by `sub`, and after a delete Cognito can no longer say whose `sub` it was: this map,
 written by each complete reconcile run, can. It is sharded by the first byte of SHA-256(sub) so that `deliver`
 reads one object of a few hundred kilobytes (for a million users) to resolve one deleted user, never the whole
-snapshot. Each shard is gzip'd JSON `{sub: username}`.
+snapshot. Each shard is gzip'd `sub<TAB>username` lines, built streaming (compressed in memory, never a dict of all
+users).
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
-import json
 import time
+import zlib
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -29,13 +30,14 @@ def shard_key(pool_id: str, shard: str) -> str:
 
 def encode_shards(pairs: Iterable[tuple[str, str]]) -> dict[str, bytes]:
     """Every shard's object body for these (sub, username) pairs; empty shards too, so stale ones are replaced."""
-    shards: dict[str, dict[str, str]] = {f"{i:02x}": {} for i in range(SHARDS)}
+    compressors = {f"{i:02x}": zlib.compressobj(6, zlib.DEFLATED, 31) for i in range(SHARDS)}  # gzip members
+    bodies = {shard: bytearray() for shard in compressors}
     for sub, username in pairs:
-        shards[shard_of(sub)][sub] = username
-    return {
-        shard: gzip.compress(json.dumps(mapping, separators=(",", ":"), ensure_ascii=False).encode(), mtime=0)
-        for shard, mapping in shards.items()
-    }
+        shard = shard_of(sub)
+        bodies[shard] += compressors[shard].compress(f"{sub}\t{username}\n".encode())
+    for shard, compressor in compressors.items():
+        bodies[shard] += compressor.flush(zlib.Z_FINISH)
+    return {shard: bytes(body) for shard, body in bodies.items()}
 
 
 def write_index(s3: Any, bucket: str, pool_id: str, pairs: Iterable[tuple[str, str]]) -> int:
@@ -76,5 +78,9 @@ class SubIndex:
             if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                 return {}
             raise
-        mapping = json.loads(gzip.decompress(body))
-        return mapping if isinstance(mapping, dict) else {}
+        mapping: dict[str, str] = {}
+        for line in gzip.decompress(body).decode().splitlines():
+            sub, _, username = line.partition("\t")
+            if sub and username:
+                mapping[sub] = username
+        return mapping

@@ -336,3 +336,20 @@ def _bucket() -> str:
     if name not in {b["Name"] for b in s3.list_buckets()["Buckets"]}:
         s3.create_bucket(Bucket=name)
     return name
+
+
+def test_a_user_deleted_after_a_nightly_run_is_named_by_the_map_that_run_wrote(pipeline, hub, pool) -> None:
+    from chalicelib import reconcile
+
+    _bucket()
+    reconcile.reset_clients()
+    try:
+        summary = app.reconcile({}, LambdaContext("userhub-sync-test-reconcile", 900))
+    finally:
+        reconcile.reset_clients()
+    assert summary["status"] == "complete"
+    receive_all(pipeline.sqs, pipeline.queues.events_url, visibility=900)  # the run's own CHANGED messages, set aside
+    pool["cognito"].admin_delete_user(UserPoolId=pool["id"], Username="alice")
+    event = record("AdminDeleteUser", pool=pool["id"], sub=pool["subs"]["alice"])
+    assert deliver_captured(pipeline, event) == {"batchItemFailures": []}
+    assert [(e.external_id, e.type) for e in hub.events()] == [("alice", "CHANGED")]

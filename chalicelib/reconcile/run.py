@@ -50,8 +50,9 @@ from chalicelib.reconcile.report import Reporter
 from chalicelib.reconcile.state import RunState, load_state
 from chalicelib.reconcile.store import StateStore
 from chalicelib.settings import Settings
-from chalicelib.snapshot import SnapshotDamaged
+from chalicelib.snapshot import SnapshotDamaged, read_subs
 from chalicelib.sqs_limits import BATCH_ENTRIES
+from chalicelib.sub_index import write_index
 
 log = get_logger("reconcile")
 
@@ -269,7 +270,9 @@ class Reconciler:
         # written is the last checkpoint, unchanged: a crash right here must resume from a consistent state.
         run.saved.lease_until = self.deps.clock() + HANDOFF_GRACE_SECONDS
         run.etag = self.store.write_record(run.saved, run.etag)
-        self.store.put_snapshot(run.writer.finish(), run.writer.count, run.record.baseline_etag)
+        snapshot = run.writer.finish()
+        self.store.put_snapshot(snapshot, run.writer.count, run.record.baseline_etag)
+        self._write_sub_index(snapshot)
         result = self._finish(run, RunStatus.COMPLETE, store=True)
         try:
             self.store.delete_record()
@@ -277,6 +280,15 @@ class Reconciler:
         except ClientError as error:  # harmless: the next run sees a stale record and discards it
             log.warning("could not clean up the run record", extra={"error": str(error)})
         return result
+
+    def _write_sub_index(self, snapshot: bytes) -> None:
+        """The sub→username map capture needs for deleted users; advisory, so a failure is logged, not raised."""
+        try:
+            written = write_index(self.store.s3, self.store.bucket, self.pool_id, read_subs(snapshot))
+        except Exception as error:
+            log.warning("could not write the sub index; captured deletes resolve less", extra={"error": str(error)})
+            return
+        log.info("sub index written", extra={"bytes": written, "pool_id": self.pool_id})
 
     def _abandon(self, run: RunState, error: BaseException) -> None:
         """After a failure: release the lease but keep the last checkpoint, so a retry or the next run resumes."""

@@ -77,7 +77,9 @@ class RunState:
             if verdict is Verdict.DUPLICATE:
                 counters.duplicates += 1
                 continue
-            self.writer.add(name, fp)
+            self.writer.add(
+                name, fp, next((a.get("Value") for a in user.get("Attributes") or () if a["Name"] == "sub"), None)
+            )
             setattr(counters, verdict.value, getattr(counters, verdict.value) + 1)
             if verdict is not Verdict.UNCHANGED or full:
                 self.emit(Category(verdict.value), name)
