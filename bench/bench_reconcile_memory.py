@@ -30,7 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from userhub_sync.local import patched_environ
+from userhub_sync.local.moto import patched_environ
 
 ENV = {
     "USERHUB_API_URL": "http://127.0.0.1:9",
@@ -202,7 +202,7 @@ def measure_moto(size: int, rate: float = 30.0) -> list[dict[str, Any]]:
 
     from chalicelib import reconcile
     from chalicelib.settings import reset_settings
-    from userhub_sync.local import DEFAULT_REGION, MOTO_ACCOUNT, MotoServer, aws_environ
+    from userhub_sync.local.moto import DEFAULT_REGION, MOTO_ACCOUNT, MotoServer, aws_environ
 
     rows = []
     with MotoServer() as server, patched_environ(aws_environ(server.endpoint)):

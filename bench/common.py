@@ -250,7 +250,7 @@ def fake_userhub_process(latency_ms: float, admin_key: str) -> Iterator[str]:
         [
             sys.executable,
             "-m",
-            "userhub_sync.fake_userhub",
+            "userhub_sync.local.fake_userhub",
             "--port",
             "0",
             "--latency-ms",

@@ -1,12 +1,11 @@
 """Cost: count what a real local run of the pipeline asks of SQS, Lambda and UserHub, then price a month.
 
 1,000 sign-ins go through the real `post_auth` handler into moto's SQS (in-process server, over HTTP); the local event
-source mapping (`userhub_sync.worker.LocalEventSource`) feeds the real `deliver` handler, which calls the fake UserHub
-(+25 ms). Every SQS request is counted by API name and by who made it (a botocore `request-created.sqs` hook on the
-session, inherited by every SQS client created after it: post_auth's, deliver's and the worker's), handler
-invocations and their durations are timed, UserHub calls are read from the fake's journal, and log bytes are counted
-at the handlers' stdout/stderr. Run once without faults and once with 5 % transient (503) UserHub failures.
-"""
+source mapping (`userhub_sync.local.event_source.LocalEventSource`) feeds the real `deliver` handler, which calls the
+fake UserHub (+25 ms). Every SQS request is counted by API name and by who made it (a botocore `request-created.sqs`
+hook on the session, inherited by every SQS client created after it: post_auth's, deliver's and the worker's), handler
+invocations and their durations are timed, UserHub calls are read from the fake's journal, and log bytes are counted at
+the handlers' stdout/stderr. Run once without faults and once with 5 % transient (503) UserHub failures."""
 
 from __future__ import annotations
 
@@ -106,8 +105,8 @@ def _memory_sizes() -> dict[str, int]:
 def run(options: Options) -> Section:
     import boto3
 
-    from userhub_sync.fake_userhub import FakeUserHub
-    from userhub_sync.local import MotoServer, aws_environ, patched_environ
+    from userhub_sync.local.fake_userhub import FakeUserHub
+    from userhub_sync.local.moto import MotoServer, aws_environ, patched_environ
 
     section = Section("cost", "4. Cost per 1,000 sign-ins and per month")
     key = "userhub_admin_bench_" + secrets.token_hex(8)
@@ -168,10 +167,10 @@ def _scenario(tally: Tally, hub: Any, fault_rate: float, tag: str) -> None:
     from bench.signin import signin_event
     from chalicelib import delivery, post_auth
     from chalicelib.settings import reset_settings
-    from userhub_sync.fake_userhub import Fault
-    from userhub_sync.local import patched_environ
-    from userhub_sync.queues import QueueSpec, ensure_queues
-    from userhub_sync.worker import LocalEventSource
+    from userhub_sync.local.event_source import LocalEventSource
+    from userhub_sync.local.fake_userhub import Fault
+    from userhub_sync.local.moto import patched_environ
+    from userhub_sync.ops.queues import QueueSpec, ensure_queues
 
     events_name, dlq_name = f"userhub-sync-bench-cost-{tag}", f"userhub-sync-bench-cost-{tag}-dlq"
     ROLE.name = "setup"  # bootstrap's work, and the harness's own checks, are not per sign-in

@@ -55,8 +55,8 @@ class NoSQS:
 
 
 def make_records(n: int, tag: str) -> list[dict[str, Any]]:
-    """n Lambda SQS records, unique message ids and usernames, built like `userhub_sync.worker.lambda_record`."""
-    from userhub_sync.worker import lambda_record
+    """n Lambda SQS records with unique message ids and usernames, as `lambda_record` builds them."""
+    from userhub_sync.local.event_source import lambda_record
 
     sent = str(int(time.time() * 1000))
     records = []
@@ -101,7 +101,7 @@ class DeliverSubject:
     def __init__(self, concurrency: int, environ: dict[str, str | None]) -> None:
         from chalicelib.delivery import Deliverer
         from chalicelib.settings import get_settings
-        from userhub_sync.local import patched_environ
+        from userhub_sync.local.moto import patched_environ
 
         self.environ = {**environ, "DELIVERY_CONCURRENCY": str(concurrency)}
         with patched_environ(self.environ):
@@ -115,8 +115,8 @@ class DeliverSubject:
         import app
         from chalicelib import delivery
         from chalicelib.settings import get_settings
-        from userhub_sync.local import patched_environ
-        from userhub_sync.worker import LambdaContext
+        from userhub_sync.local.event_source import LambdaContext
+        from userhub_sync.local.moto import patched_environ
 
         delivery._deliverer = self.deliverer  # this concurrency's warm container
         with patched_environ(self.environ):  # the environment it was built for, or get_deliverer() replaces it
@@ -231,7 +231,7 @@ class GuideLoop:
 def run(options: Options) -> Section:
     """Measure events/s at each concurrency; rounds interleave subject and baselines."""
     from chalicelib.settings import reset_settings
-    from userhub_sync.local import patched_environ
+    from userhub_sync.local.moto import patched_environ
 
     rounds = 2 if options.quick else 4
     seconds = 1.0 if options.quick else 2.0  # per measurement; ≥ 2 s in a full run
@@ -349,7 +349,7 @@ def _report(section: Section, results: dict[str, Any], rounds: int, seconds: flo
     batches: dict[int, int] = results["batches"]
     guide = measured["guide (a)"]
     section.method = [
-        f"Fake UserHub in its own process (`python -m userhub_sync.fake_userhub --latency-ms {LATENCY_MS:g}`), "
+        f"Fake UserHub in its own process (`python -m userhub_sync.local.fake_userhub --latency-ms {LATENCY_MS:g}`), "
         "loopback, HTTP/1.1 keep-alive; the deliver handler and the baselines run in the benchmark process.",
         f"Subject: `app.deliver(event, LambdaContext(60 s))` on synthetic Lambda SQS batches of up to {BATCH_SIZE} "
         "records (unique message ids and usernames, ApproximateReceiveCount 1), the warm container's Deliverer with "

@@ -184,7 +184,7 @@ def _run(section: Section, moto: JsonLineChild, options: Options) -> None:
     import boto3
 
     from chalicelib.settings import reset_settings
-    from userhub_sync.local import aws_environ, patched_environ
+    from userhub_sync.local.moto import aws_environ, patched_environ
 
     endpoint = moto.hello["endpoint"]
     environ: dict[str, str | None] = {
@@ -359,7 +359,7 @@ def _large(section: Section, rows: list[str], pool_id: str, size: int, s3: Any) 
 def _traced(rows: list[str], moto: JsonLineChild, cognito: Any, s3: Any, size: int, limit: float) -> Scan:
     """A first run on a pool of its own with tracemalloc on: memory only (tracing slows allocation-heavy code)."""
     from chalicelib.settings import reset_settings
-    from userhub_sync.local import patched_environ
+    from userhub_sync.local.moto import patched_environ
 
     pool_id = cognito.create_user_pool(PoolName=f"bench-{size}-traced")["UserPool"]["Id"]
     moto.call({"cmd": "seed", "pool": pool_id, "count": size})

@@ -56,7 +56,7 @@ def signin_event(username: str) -> dict[str, Any]:
 
 
 def stage_environ(endpoint: str, queue_url: str | None) -> dict[str, str | None]:
-    from userhub_sync.local import aws_environ
+    from userhub_sync.local.moto import aws_environ
 
     return {
         **aws_environ(endpoint),
@@ -90,7 +90,7 @@ def _empty_queue() -> None:
     """Keep moto's queue shallow between blocks (its SendMessage is O(depth)); untimed."""
     from moto.sqs.models import sqs_backends
 
-    from userhub_sync.local import DEFAULT_REGION, MOTO_ACCOUNT
+    from userhub_sync.local.moto import DEFAULT_REGION, MOTO_ACCOUNT
 
     queue = sqs_backends[MOTO_ACCOUNT][DEFAULT_REGION].queues[QUEUE_NAME]
     queue.last_purged_at = None
@@ -100,7 +100,7 @@ def _empty_queue() -> None:
 def run(options: Options) -> Section:
     import boto3
 
-    from userhub_sync.local import MotoServer, patched_environ
+    from userhub_sync.local.moto import MotoServer, patched_environ
 
     section = Section("signin", "2. Sign-in overhead (post_auth)")
     calls = 200 if options.quick else 500
@@ -409,7 +409,7 @@ class _Listener:
 def _worst_case(section: Section) -> None:
     import app
     from chalicelib import post_auth
-    from userhub_sync.local import patched_environ
+    from userhub_sync.local.moto import patched_environ
 
     rows = [
         "| SQS endpoint | EVENTS_QUEUE_URL | post_auth wall time, each sign-in (s) | enqueue failures "

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import boto3
 import pytest
 
-from userhub_sync.local import MotoServer, aws_environ, patched_environ
-from userhub_sync.queues import QueueSpec, QueueState, ensure_queues
+from userhub_sync.local.moto import MotoServer, aws_environ, patched_environ
+from userhub_sync.ops.queues import QueueSpec, QueueState, ensure_queues
 
 ADMIN_KEY = "userhub_admin_test_key_0123456789"  # a fixture value, not a real key
 CONNECTION_ID = "conn_test123"
@@ -96,7 +96,7 @@ def _no_real_aws_credentials() -> Iterator[None]:
 @pytest.fixture
 def hub() -> Iterator[object]:
     """The fake UserHub over real HTTP on loopback, accepting the fixture key."""
-    from userhub_sync.fake_userhub import FakeUserHub
+    from userhub_sync.local.fake_userhub import FakeUserHub
 
     with FakeUserHub(admin_keys=[ADMIN_KEY], seed=1) as server:
         yield server
@@ -115,7 +115,7 @@ def pipeline(aws: Stack, hub) -> Iterator[Stack]:
 
 def signin_event(username: str, pool: str = POOL_ID) -> dict:
     """A Cognito PostAuthentication event, as the demo sends them."""
-    from userhub_sync.demo import signin_event as demo_event
+    from userhub_sync.scenarios.demo import signin_event as demo_event
 
     return demo_event(username, pool)
 
@@ -139,7 +139,7 @@ def message_body(username: str, type_: str = "SIGNIN", **fields: object) -> str:
 
 def receive_event(sqs, queue_url: str, expected: int) -> dict:
     """Receive `expected` messages for real and wrap them as Lambda's SQS event (real receipt handles)."""
-    from userhub_sync.worker import lambda_record
+    from userhub_sync.local.event_source import lambda_record
 
     arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     messages: list[dict] = []

@@ -17,7 +17,7 @@ from typing import Any
 import boto3
 from typer.testing import CliRunner, Result
 
-from userhub_sync.local import MOTO_ACCOUNT, patched_environ
+from userhub_sync.local.moto import MOTO_ACCOUNT, patched_environ
 
 REPO = Path(__file__).resolve().parents[1]
 REGION = "us-east-1"

@@ -31,7 +31,7 @@ import app
 from chalicelib import post_auth
 from chalicelib.messages import PoisonMessage, parse_message
 from tests.conftest import CONNECTION_ID, POOL_ID, message_body, signin_event
-from userhub_sync.worker import LocalEventSource
+from userhub_sync.local.event_source import LocalEventSource
 
 
 def fuzz(examples: int) -> settings:

@@ -14,9 +14,9 @@ from chalicelib.settings import get_settings
 from tests.conftest import ADMIN_KEY, CONNECTION_ID, message_body, receive_event
 from tests.support import attrs, capture_visibility, receive_all, send
 from tests.support import depth as queue_depth
-from userhub_sync.fake_userhub import Fault
-from userhub_sync.local import patched_environ
-from userhub_sync.worker import LambdaContext
+from userhub_sync.local.event_source import LambdaContext
+from userhub_sync.local.fake_userhub import Fault
+from userhub_sync.local.moto import patched_environ
 
 
 def dlq_messages(stack) -> list[dict]:
@@ -316,7 +316,7 @@ def test_missing_dlq_keeps_the_message(pipeline, hub) -> None:
 
 def test_a_changed_environment_gets_fresh_settings_and_clients(pipeline, hub) -> None:
     """A process that drives the handler with another UserHub (as a test harness does) is not stuck on the first."""
-    from userhub_sync.fake_userhub import FakeUserHub
+    from userhub_sync.local.fake_userhub import FakeUserHub
 
     sqs = pipeline.sqs
     send(sqs, pipeline.queues.events_url, message_body("first"))

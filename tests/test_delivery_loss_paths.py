@@ -31,9 +31,9 @@ from chalicelib.settings import get_settings, reset_settings
 from chalicelib.sqs_limits import PAYLOAD_BYTES, allowed_text
 from tests.conftest import ADMIN_KEY, POOL_ID, message_body, receive_event
 from tests.support import attrs, capture_visibility, depth, receive_all, send
-from userhub_sync.fake_userhub import Fault
-from userhub_sync.local import MOTO_ACCOUNT, patched_environ
-from userhub_sync.worker import LambdaContext
+from userhub_sync.local.event_source import LambdaContext
+from userhub_sync.local.fake_userhub import Fault
+from userhub_sync.local.moto import MOTO_ACCOUNT, patched_environ
 
 DAY = 86_400
 

@@ -14,7 +14,8 @@ from botocore.exceptions import EndpointConnectionError
 from chalicelib.dead_letter import DeadLetterInfo, FailureKind, dead_letter_entry
 from chalicelib.messages import EventType, Source, SyncMessage
 from tests.ops_support import CONNECTION, bootstrap, cli, drain, make_project, queue_url
-from userhub_sync import dlq, opsutil
+from userhub_sync.ops import dlq
+from userhub_sync.ops import util as opsutil
 
 POOL = "us-east-1_DlqPool1"
 FAST = ("--wait-seconds", "0", "--rate", "0")

@@ -7,9 +7,9 @@ import json
 import app
 from chalicelib import delivery, post_auth
 from tests.conftest import signin_event
-from userhub_sync.fake_userhub import Fault
-from userhub_sync.local import patched_environ
-from userhub_sync.worker import LocalEventSource
+from userhub_sync.local.event_source import LocalEventSource
+from userhub_sync.local.fake_userhub import Fault
+from userhub_sync.local.moto import patched_environ
 
 
 def drain(stack) -> LocalEventSource:

@@ -16,7 +16,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from userhub_sync.fake_userhub import FakeUserHub, Fault
+from userhub_sync.local.fake_userhub import FakeUserHub, Fault
 
 KEY = "userhub_admin_test"
 CONN = "conn_test1"
@@ -428,7 +428,17 @@ def test_official_sdk_talks_to_the_fake(hub: FakeUserHub) -> None:
 def test_module_entry_point_prints_real_port() -> None:
     root = Path(__file__).resolve().parents[1]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "userhub_sync.fake_userhub", "--port", "0", "--admin-key", "k1", "--admin-key", "k2"],
+        [
+            sys.executable,
+            "-m",
+            "userhub_sync.local.fake_userhub",
+            "--port",
+            "0",
+            "--admin-key",
+            "k1",
+            "--admin-key",
+            "k2",
+        ],
         cwd=root,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -13,9 +13,9 @@ from chalicelib.secrets import AdminKeyProvider
 from chalicelib.settings import get_settings, reset_settings
 from tests.conftest import ADMIN_KEY, message_body, receive_event
 from tests.support import attrs, receive_all, send
-from userhub_sync.fake_userhub import Fault
-from userhub_sync.local import patched_environ
-from userhub_sync.worker import LambdaContext
+from userhub_sync.local.event_source import LambdaContext
+from userhub_sync.local.fake_userhub import Fault
+from userhub_sync.local.moto import patched_environ
 
 HASH_KEY = "a-log-hashing-key-for-tests-only"
 

@@ -20,7 +20,7 @@ import app
 from chalicelib import post_auth
 from chalicelib.messages import EventType, Source, parse_message
 from tests.conftest import CONNECTION_ID, POOL_ID, signin_event, wait_for_sender_threads
-from userhub_sync.local import free_port, patched_environ
+from userhub_sync.local.moto import free_port, patched_environ
 
 
 def queued(stack) -> list[dict]:

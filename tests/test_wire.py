@@ -17,7 +17,7 @@ from tests.ops_support import (
     fake_chalice_deploy,
     make_project,
 )
-from userhub_sync import wire as w
+from userhub_sync.ops import wire as w
 
 IGNORED = {"LambdaConfig", "LastModifiedDate"}
 

@@ -16,7 +16,7 @@ from enum import IntEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from userhub_sync.stage import StageError, apply_stage, find_project_dir, read_config
+from userhub_sync.ops.stage import StageError, apply_stage, find_project_dir, read_config
 
 if TYPE_CHECKING:
     from rich.console import Console

@@ -24,7 +24,7 @@ from typing import Any
 
 from chalicelib.dead_letter import DeadLetterInfo, FailureKind
 from chalicelib.sqs_limits import batches_within, chunks
-from userhub_sync.opsutil import OpsError, client, error_code, iso, now, parse_time
+from userhub_sync.ops.util import OpsError, client, error_code, iso, now, parse_time
 
 
 # ----------------------------------------------------------------------------------------------- messages

@@ -13,8 +13,8 @@ Accounting is the demo's, made strict: a sign-in counts as delivered only if Use
 at or after the moment it was enqueued (each event makes UserHub re-pull the user, so a later event covers an earlier
 sign-in); a permanent failure counts only if its message is in the DLQ; everything else is lost.
 
-    python -m userhub_sync.chaos --scenario chaos --signins 2000
-    python -m userhub_sync.chaos --scenario outage --signins 500 --outage-seconds 20
+    python -m userhub_sync.scenarios.chaos --scenario chaos --signins 2000
+    python -m userhub_sync.scenarios.chaos --scenario outage --signins 500 --outage-seconds 20
 
 Not imported by chalicelib: this is test and operations tooling, never shipped to Lambda.
 """
@@ -43,9 +43,9 @@ from typing import Any
 
 import boto3
 
-from userhub_sync.fake_userhub import FakeUserHub, Fault, JournalEntry, RecordedEvent
-from userhub_sync.local import MotoServer, aws_environ, patched_environ
-from userhub_sync.queues import QueueSpec, QueueState, ensure_queues, queue_depths
+from userhub_sync.local.fake_userhub import FakeUserHub, Fault, JournalEntry, RecordedEvent
+from userhub_sync.local.moto import MotoServer, aws_environ, patched_environ
+from userhub_sync.ops.queues import QueueSpec, QueueState, ensure_queues, queue_depths
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 POOL_ID = "us-east-1_ChaosPool1"
@@ -792,7 +792,7 @@ def _chaos_accounting(
     queues: QueueState,
     rejections: dict[str, tuple[int, str]],
 ) -> None:
-    from userhub_sync.dlq import Filters, list_messages
+    from userhub_sync.ops.dlq import Filters, list_messages
 
     journal = [e for e in hub.journal() if e.verb == "event"]
     report.enqueued = sum(1 for s in signins if s.enqueued)
@@ -837,7 +837,7 @@ def _heal_and_replay(
     say: Callable[[str], None],
 ) -> None:
     """Clear every fault, replay the DLQ with the operators' own code, drain, and check the rejected users arrive."""
-    from userhub_sync.dlq import Filters, replay
+    from userhub_sync.ops.dlq import Filters, replay
 
     hub.clear_faults()
     healed_at = time.time()
@@ -908,7 +908,7 @@ def run_outage(
     from chalicelib.delivery import Deliverer, RetryPolicy
     from chalicelib.secrets import AdminKeyProvider
     from chalicelib.settings import get_settings
-    from userhub_sync.worker import LocalEventSource
+    from userhub_sync.local.event_source import LocalEventSource
 
     say = progress or (lambda _message: None)
     report = Report("outage", signins=config.signins)
@@ -1069,7 +1069,7 @@ def print_report(report: Report, console: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m userhub_sync.chaos", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m userhub_sync.scenarios.chaos", description=__doc__.split("\n")[0])
     parser.add_argument("--scenario", choices=("chaos", "outage"), required=True)
     parser.add_argument("--signins", type=int, default=None, help="default: 2000 (chaos), 500 (outage)")
     parser.add_argument("--workers", type=int, default=None)

@@ -17,7 +17,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from userhub_sync.opsutil import console, print_error
+from userhub_sync.ops.util import console, print_error
 
 SUMMARY_ROWS = (
     ("status", "status"),
@@ -97,7 +97,7 @@ def reconcile_command(
     from botocore.exceptions import BotoCoreError, ClientError
 
     from chalicelib.settings import ConfigError, get_settings, reset_settings
-    from userhub_sync.stage import StageError, apply_stage
+    from userhub_sync.ops.stage import StageError, apply_stage
 
     try:
         apply_stage(stage, function="reconcile")

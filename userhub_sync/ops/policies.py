@@ -223,10 +223,10 @@ def template_targets(config: dict[str, Any], stage: str) -> PolicyTargets:
     )
 
 
-if __name__ == "__main__":  # regenerate the committed templates: python -m userhub_sync.policies dev prod
+if __name__ == "__main__":  # regenerate the committed templates: python -m userhub_sync.ops.policies dev prod
     import sys
 
-    from userhub_sync.stage import find_project_dir, read_config
+    from userhub_sync.ops.stage import find_project_dir, read_config
 
     project = find_project_dir()
     cfg = read_config(project)

@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from userhub_sync.opsutil import OpsError, client, load_stage, parse_duration
+from userhub_sync.ops.util import OpsError, client, load_stage, parse_duration
 
 ROWS = (
     ("matched", "log events matched"),
@@ -122,6 +122,6 @@ def recover_signins_command(
 
 def register(app: typer.Typer) -> None:
     """Add `recover-signins` to the CLI."""
-    from userhub_sync.ops_cli import handle_errors
+    from userhub_sync.cli.ops import handle_errors
 
     app.command("recover-signins")(handle_errors(recover_signins_command))

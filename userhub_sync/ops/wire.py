@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from userhub_sync.opsutil import OpsError, StageContext, client, error_code, read_deployed
+from userhub_sync.ops.util import OpsError, StageContext, client, error_code, read_deployed
 
 RESPONSE_TYPE = "ReportBatchItemFailures"
 COGNITO_PRINCIPAL = "cognito-idp.amazonaws.com"
@@ -349,7 +349,7 @@ def wire(
     pool_id = user_pool_id or ctx.user_pool_id
     if not pool_id:
         raise OpsError("no user pool: pass --user-pool-id or set USER_POOL_ID for the stage (bootstrap does it)")
-    from userhub_sync.bootstrap import POOL_ID_RE
+    from userhub_sync.ops.bootstrap import POOL_ID_RE
 
     if not POOL_ID_RE.match(pool_id):
         raise OpsError(f"{pool_id!r} is not a user pool id (like us-east-1_AbC123)")
@@ -382,7 +382,7 @@ def wire(
 
 
 def _pool_arn(pool_id: str) -> str:
-    from userhub_sync.opsutil import caller_identity
+    from userhub_sync.ops.util import caller_identity
 
     ident = caller_identity()
     return f"arn:{ident.partition}:cognito-idp:{ident.region}:{ident.account}:userpool/{pool_id}"

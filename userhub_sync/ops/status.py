@@ -22,7 +22,8 @@ from dataclasses import asdict, dataclass
 from datetime import timedelta
 from typing import Any
 
-from userhub_sync.opsutil import (
+from userhub_sync.ops.queues import EVENTS_RETENTION_SECONDS, queue_depths
+from userhub_sync.ops.util import (
     OpsError,
     StageContext,
     client,
@@ -34,8 +35,7 @@ from userhub_sync.opsutil import (
     read_deployed,
     retention_fit,
 )
-from userhub_sync.queues import EVENTS_RETENTION_SECONDS, queue_depths
-from userhub_sync.wire import (
+from userhub_sync.ops.wire import (
     RESPONSE_TYPE,
     TRIGGERS,
     events_queue_arn,

@@ -15,8 +15,11 @@ import typer
 from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError  # typer vendors click here
 from typer.core import TyperGroup
 
-from userhub_sync import ops_cli, reconcile_cli, recover_cli, run_cli
-from userhub_sync.opsutil import EXIT_CODES_HELP, ExitCode, print_error
+from userhub_sync.cli import local as run_cli
+from userhub_sync.cli import ops as ops_cli
+from userhub_sync.cli import reconcile as reconcile_cli
+from userhub_sync.cli import recover as recover_cli
+from userhub_sync.ops.util import EXIT_CODES_HELP, ExitCode, print_error
 
 
 def usage_line(error: UsageError) -> str:

@@ -19,10 +19,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from userhub_sync.fake_userhub import FakeUserHub, Fault
-from userhub_sync.local import MotoServer, aws_environ, patched_environ
-from userhub_sync.queues import QueueSpec, ensure_queues
-from userhub_sync.worker import LocalEventSource
+from userhub_sync.local.event_source import LocalEventSource
+from userhub_sync.local.fake_userhub import FakeUserHub, Fault
+from userhub_sync.local.moto import MotoServer, aws_environ, patched_environ
+from userhub_sync.ops.queues import QueueSpec, ensure_queues
 
 POOL_ID = "us-east-1_DemoPool1"
 CONNECTION_ID = "conn_demo"

@@ -23,8 +23,15 @@ from pathlib import Path
 from typing import Any
 
 from chalicelib.sqs_limits import MAX_RETENTION_SECONDS, MAX_VISIBILITY_SECONDS, MIN_RETENTION_SECONDS
-from userhub_sync import policies
-from userhub_sync.opsutil import (
+from userhub_sync.ops import policies
+from userhub_sync.ops.queues import (
+    DLQ_RETENTION_SECONDS,
+    EVENTS_RETENTION_SECONDS,
+    QueueSpec,
+    ensure_queues,
+)
+from userhub_sync.ops.stage import write_config
+from userhub_sync.ops.util import (
     OpsError,
     RetentionFit,
     Schedule,
@@ -36,13 +43,6 @@ from userhub_sync.opsutil import (
     format_span,
     retention_fit,
 )
-from userhub_sync.queues import (
-    DLQ_RETENTION_SECONDS,
-    EVENTS_RETENTION_SECONDS,
-    QueueSpec,
-    ensure_queues,
-)
-from userhub_sync.stage import write_config
 
 MIN_RETRY_HORIZON_SECONDS = 24 * 3600
 DEFAULT_MAX_RECEIVE_COUNT = 13

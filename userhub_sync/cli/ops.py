@@ -19,7 +19,7 @@ import typer
 from rich.table import Table
 
 from chalicelib.sqs_limits import MAX_VISIBILITY_SECONDS
-from userhub_sync.opsutil import (
+from userhub_sync.ops.util import (
     EXIT_CODES_HELP,
     ExitCode,
     OpsError,
@@ -104,7 +104,7 @@ def _styled(status: str) -> str:
 
 def _pool_id(value: str | None) -> str | None:
     """Refused by its format before anything is read or changed (AWS's own pattern for a pool id)."""
-    from userhub_sync.bootstrap import POOL_ID_RE
+    from userhub_sync.ops.bootstrap import POOL_ID_RE
 
     if value is not None and not POOL_ID_RE.match(value):
         raise typer.BadParameter(f"{value!r} is not a user pool id (like us-east-1_AbC123)")
@@ -112,7 +112,7 @@ def _pool_id(value: str | None) -> str | None:
 
 
 def _connection_id(value: str | None) -> str | None:
-    from userhub_sync.bootstrap import CONNECTION_RE
+    from userhub_sync.ops.bootstrap import CONNECTION_RE
 
     if value is not None and not CONNECTION_RE.match(value):
         raise typer.BadParameter(f"{value!r} is not a connection id (like conn_...)")
@@ -180,8 +180,8 @@ def bootstrap_command(
     The Admin key is read from USERHUB_ADMIN_KEY or a hidden prompt, never from an argument (shell history).
     Idempotent: a second run reports "ok" and changes nothing. Run it before `chalice deploy --stage S`.
     """
-    from userhub_sync import bootstrap as bs
-    from userhub_sync.stage import StageError, find_project_dir, read_config, write_config
+    from userhub_sync.ops import bootstrap as bs
+    from userhub_sync.ops.stage import StageError, find_project_dir, read_config, write_config
 
     admin_key = os.environ.get("USERHUB_ADMIN_KEY") or None  # the shell's, read before the stage's are applied
     project = find_project_dir()
@@ -286,7 +286,7 @@ def wire_command(
     The pool is updated from its own DescribeUserPool output (only what UpdateUserPool accepts), so nothing else
     is reset; it is described again afterwards and any other change fails the command (exit 3). Idempotent.
     """
-    from userhub_sync import wire as w
+    from userhub_sync.ops import wire as w
 
     ctx = load_stage(stage)
     arns = {"post_auth": post_auth_arn, "post_confirmation": post_confirmation_arn, "deliver": deliver_arn}
@@ -362,7 +362,7 @@ def status_command(
     ] = 5.0,
 ) -> None:
     """Queue depth, in flight, DLQ depth, oldest age, retention fit, last reconcile, wiring and the mapping's state."""
-    from userhub_sync import status as st
+    from userhub_sync.ops import status as st
 
     ctx = load_stage(stage)
     report = st.gather(ctx, peek=peek, sample_seconds=sample_seconds)
@@ -461,7 +461,7 @@ WaitOpt = Annotated[
 def _filters(
     reason: str | None, status: int | None, user: str | None, kind: str | None, older: str | None, newer: str | None
 ) -> Any:
-    from userhub_sync.dlq import Filters
+    from userhub_sync.ops.dlq import Filters
 
     try:
         return Filters(
@@ -477,7 +477,7 @@ def _filters(
 
 
 def _queue(ctx: Any, name: str) -> tuple[Any, str, str]:
-    from userhub_sync.opsutil import client
+    from userhub_sync.ops.util import client
 
     sqs = client("sqs")
     try:
@@ -515,7 +515,7 @@ def dlq_list(
     as_json: JsonOpt = False,
 ) -> None:
     """List DLQ messages with their failure (kind, status, code, reason, attempts, first seen, age)."""
-    from userhub_sync import dlq
+    from userhub_sync.ops import dlq
 
     ctx = load_stage(stage)
     sqs, url, _ = _queue(ctx, ctx.dead_letter_queue)
@@ -582,7 +582,7 @@ def dlq_replay(
     as_json: JsonOpt = False,
 ) -> None:
     """Send DLQ messages back to the events queue (source "replay"); delete each only once its send is confirmed."""
-    from userhub_sync import dlq
+    from userhub_sync.ops import dlq
 
     ctx = load_stage(stage)
     sqs, dlq_url, dlq_arn = _queue(ctx, ctx.dead_letter_queue)
@@ -600,7 +600,7 @@ def dlq_replay(
         else:
             _console().print(f"started SQS message move task {handle} ({ctx.dead_letter_queue} → {ctx.events_queue})")
         return
-    from userhub_sync.queues import queue_depths
+    from userhub_sync.ops.queues import queue_depths
 
     depth = queue_depths(sqs, dlq_url)["visible"]
     if as_json:
@@ -679,8 +679,8 @@ def dlq_purge(
     as_json: JsonOpt = False,
 ) -> None:
     """Delete DLQ messages for good: all of them (PurgeQueue), or with filters only the matching ones."""
-    from userhub_sync import dlq
-    from userhub_sync.queues import queue_depths
+    from userhub_sync.ops import dlq
+    from userhub_sync.ops.queues import queue_depths
 
     ctx = load_stage(stage)
     sqs, url, _ = _queue(ctx, ctx.dead_letter_queue)

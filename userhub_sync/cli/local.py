@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from userhub_sync.opsutil import console as make_console
-from userhub_sync.opsutil import print_error
+from userhub_sync.ops.util import console as make_console
+from userhub_sync.ops.util import print_error
 
 console = make_console()
 
@@ -21,7 +21,7 @@ def demo(
     seed: Annotated[int, typer.Option(help="Random seed, for a repeatable run.")] = 7,
 ) -> None:
     """Run the whole pipeline locally (moto + fake UserHub, faults injected); exit 0 only if nothing was lost."""
-    from userhub_sync.demo import print_report, run_demo
+    from userhub_sync.scenarios.demo import print_report, run_demo
 
     report = run_demo(signins=signins, fault_rate=fault_rate, permanent=permanent, seed=seed, console=console)
     print_report(report, console)
@@ -43,8 +43,8 @@ def worker(
 
     import app
     from chalicelib.settings import ConfigError, get_settings
-    from userhub_sync.stage import StageError, apply_stage
-    from userhub_sync.worker import BatchResult, LocalEventSource
+    from userhub_sync.local.event_source import BatchResult, LocalEventSource
+    from userhub_sync.ops.stage import StageError, apply_stage
 
     try:
         apply_stage(stage, "deliver")
@@ -84,7 +84,7 @@ def fake_userhub(
     verbose: Annotated[bool, typer.Option(help="Log each request.")] = False,
 ) -> None:
     """The local UserHub stand-in used by demo, tests and benchmarks (faults via POST /_fake/faults)."""
-    from userhub_sync.fake_userhub import main as fake_main
+    from userhub_sync.local.fake_userhub import main as fake_main
 
     argv = ["--port", str(port), "--latency-ms", str(latency_ms)]
     for key in admin_key or []:

@@ -4,7 +4,7 @@ It is a real HTTP/1.1 server on loopback so that clients are exercised through t
 timeouts, connection errors), not through mocks. Everything the real API leaves undocumented (404 vs 400 for an
 unknown connection, the 429 body, ...) is modelled the way §12 suggests and can be overridden with faults.
 
-Run it on its own with ``python -m userhub_sync.fake_userhub --port 8085``.
+Run it on its own with ``python -m userhub_sync.local.fake_userhub --port 8085``.
 """
 
 from __future__ import annotations
