@@ -9,9 +9,9 @@ import pytest
 
 from chalicelib.delivery import RetryPolicy
 from tests.ops_support import ADMIN_KEY, CONNECTION, bootstrap, cli, config, create_pool, make_project, queue_url
-from userhub_sync.ops.bootstrap import TLS_SID, ensure_bucket
+from userhub_sync.ops.bucket import TLS_SID, ensure_bucket
+from userhub_sync.ops.durations import format_span
 from userhub_sync.ops.queues import QueueSpec, QueueState, ensure_queues
-from userhub_sync.ops.util import format_span
 
 
 @pytest.fixture

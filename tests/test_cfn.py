@@ -19,7 +19,7 @@ from chalicelib.delivery import RetryPolicy
 from chalicelib.settings import Settings
 from tests.ops_support import REPO
 from userhub_sync.ops import policies
-from userhub_sync.ops.bootstrap import CONNECTION_RE, POOL_ID_RE
+from userhub_sync.ops.stage import CONNECTION_RE, POOL_ID_RE
 
 BIN = Path(sys.executable).parent
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.ops_support import REPO, bootstrap, cli, create_pool, make_project
-from userhub_sync.ops.util import ExitCode
+from userhub_sync.ops.errors import ExitCode
 
 SCRIPT = Path(sys.executable).parent / "userhub-sync"
 OPS_MODULES = sorted(

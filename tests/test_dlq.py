@@ -14,8 +14,9 @@ from botocore.exceptions import EndpointConnectionError
 from chalicelib.dead_letter import DeadLetterInfo, FailureKind, dead_letter_entry
 from chalicelib.messages import EventType, Source, SyncMessage
 from tests.ops_support import CONNECTION, bootstrap, cli, drain, make_project, queue_url
+from userhub_sync.cli import dlq as dlq_commands
 from userhub_sync.ops import dlq
-from userhub_sync.ops import util as opsutil
+from userhub_sync.ops.durations import parse_duration
 
 POOL = "us-east-1_DlqPool1"
 FAST = ("--wait-seconds", "0", "--rate", "0")
@@ -248,13 +249,13 @@ class FaultySQS:
 
 def _inject(monkeypatch: pytest.MonkeyPatch, **faults: Any) -> Any:
     """Every SQS client the commands make is a FaultySQS; returns the real factory, to lift the fault."""
-    real_client = opsutil.client
+    real_client = dlq_commands.client
 
     def client(service: str, **kwargs: Any) -> Any:
         made = real_client(service, **kwargs)
         return FaultySQS(made, **faults) if service == "sqs" else made
 
-    monkeypatch.setattr(opsutil, "client", client)
+    monkeypatch.setattr(dlq_commands, "client", client)
     return real_client
 
 
@@ -276,7 +277,7 @@ def test_replay_under_send_faults_loses_nothing_and_duplicates_nothing(project, 
     assert set(delivered) | in_dlq == set(names) and not set(delivered) & in_dlq  # nothing lost, no overlap
     assert fail <= in_dlq and len(in_dlq) == report["failed"]
 
-    monkeypatch.setattr(opsutil, "client", real_client)  # the fault is gone: replay the rest
+    monkeypatch.setattr(dlq_commands, "client", real_client)  # the fault is gone: replay the rest
     again = cli("dlq", "replay", "--stage", "dev", "--json", *FAST)
     assert again.exit_code == 0 and json.loads(again.stdout)["replayed"] == len(in_dlq)
     second = [json.loads(m["Body"])["username"] for m in drain(queue_url(EVENTS))]
@@ -346,9 +347,9 @@ def test_list_says_when_it_could_not_release_what_it_held(project, monkeypatch):
         def change_message_visibility_batch(self, QueueUrl: str, Entries: list[dict[str, Any]]) -> dict[str, Any]:
             return {"Successful": [], "Failed": [{"Id": e["Id"], "Code": "InternalError"} for e in Entries]}
 
-    real_client = opsutil.client
+    real_client = dlq_commands.client
     monkeypatch.setattr(
-        opsutil,
+        dlq_commands,
         "client",
         lambda service, **kw: (
             NoRelease(real_client(service, **kw), set()) if service == "sqs" else real_client(service, **kw)
@@ -405,9 +406,9 @@ def test_token_bucket_paces_to_the_rate():
 
 
 def test_durations():
-    assert opsutil.parse_duration("90s") == 90
-    assert opsutil.parse_duration("1h30m") == 5400
-    assert opsutil.parse_duration("2d") == 172800
-    assert opsutil.parse_duration("45") == 45
+    assert parse_duration("90s") == 90
+    assert parse_duration("1h30m") == 5400
+    assert parse_duration("2d") == 172800
+    assert parse_duration("45") == 45
     with pytest.raises(ValueError):
-        opsutil.parse_duration("1 fortnight")
+        parse_duration("1 fortnight")

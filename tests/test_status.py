@@ -18,7 +18,7 @@ from tests.ops_support import (
     make_project,
     queue_url,
 )
-from userhub_sync.ops.util import format_span
+from userhub_sync.ops.durations import format_span
 
 EVENTS = "userhub-sync-dev-events"
 

@@ -8,10 +8,7 @@ from typing import Annotated
 
 import typer
 
-from userhub_sync.ops.util import console as make_console
-from userhub_sync.ops.util import print_error
-
-console = make_console()
+from userhub_sync.cli.output import console, fail
 
 
 def demo(
@@ -23,8 +20,9 @@ def demo(
     """Run the whole pipeline locally (moto + fake UserHub, faults injected); exit 0 only if nothing was lost."""
     from userhub_sync.scenarios.demo import print_report, run_demo
 
-    report = run_demo(signins=signins, fault_rate=fault_rate, permanent=permanent, seed=seed, console=console)
-    print_report(report, console)
+    out = console()
+    report = run_demo(signins=signins, fault_rate=fault_rate, permanent=permanent, seed=seed, console=out)
+    print_report(report, out)
     if report.lost or report.dead_lettered != report.expected_dead:
         raise typer.Exit(1)
 
@@ -42,39 +40,36 @@ def worker(
     import boto3
 
     import app
-    from chalicelib.settings import ConfigError, get_settings
+    from chalicelib.settings import get_settings
     from userhub_sync.local.event_source import BatchResult, LocalEventSource
-    from userhub_sync.ops.stage import StageError, apply_stage
+    from userhub_sync.ops.stage import apply_stage
 
+    apply_stage(stage, "deliver")
+    settings = get_settings()
+    sqs = boto3.client("sqs")
     try:
-        apply_stage(stage, "deliver")
-        settings = get_settings()
-        sqs = boto3.client("sqs")
         url = sqs.get_queue_url(QueueName=settings.events_queue_name)["QueueUrl"]
-    except (ConfigError, StageError) as error:
-        print_error(str(error))
-        raise typer.Exit(1) from None
     except Exception as error:
-        print_error(f"cannot reach the events queue: {error}")
-        raise typer.Exit(1) from None
+        raise fail(f"cannot reach the events queue: {error}") from None
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     batch_size = batch_size or min(app.DELIVER_BATCH_SIZE, 100)
     source = LocalEventSource(
         sqs, url, app.deliver, batch_size=batch_size, wait_seconds=wait_seconds, function_timeout=function_timeout
     )
-    console.print(f"worker polling {url} (batch {batch_size}); Ctrl-C to stop")
+    out = console()
+    out.print(f"worker polling {url} (batch {batch_size}); Ctrl-C to stop")
 
     def show(result: BatchResult) -> None:
         if result.received:
             note = f" ({result.error})" if result.error else ""
-            console.print(f"batch: {result.received} received, {result.deleted} done, {result.failed} to retry{note}")
+            out.print(f"batch: {result.received} received, {result.deleted} done, {result.failed} to retry{note}")
 
     try:
         totals = source.run(drain=drain, should_stop=stop.is_set, on_batch=show)
     except KeyboardInterrupt:
         totals = source.totals
-    console.print(f"total: {totals.received} received, {totals.deleted} done, {totals.failed} retried later")
+    out.print(f"total: {totals.received} received, {totals.deleted} done, {totals.failed} retried later")
 
 
 def fake_userhub(
@@ -92,10 +87,3 @@ def fake_userhub(
     if verbose:
         argv.append("--verbose")
     raise typer.Exit(fake_main(argv))
-
-
-def register(app: typer.Typer) -> None:
-    """Add this module's commands to the CLI."""
-    app.command()(demo)
-    app.command()(worker)
-    app.command(name="fake-userhub")(fake_userhub)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,12 @@ ROLES = ("post_auth", "deliver", "reconcile")
 LOG_ACTIONS = ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"]
 # Actions without resource-level permissions: their only valid Resource is "*".
 UNSCOPABLE_ACTIONS = frozenset({"lambda:ListEventSourceMappings"})
+
+
+class FileStatus(StrEnum):
+    CREATED = "created"
+    UPDATED = "updated"
+    UNCHANGED = "unchanged"
 
 
 @dataclass(frozen=True)
@@ -167,19 +174,19 @@ def render(document: dict[str, Any]) -> str:
     return json.dumps(document, indent=2) + "\n"
 
 
-def write_policies(project_dir: Path, config: dict[str, Any], targets: PolicyTargets) -> dict[str, str]:
-    """Write every policy file of the stage; returns {file: "created" | "updated" | "unchanged"}."""
-    results: dict[str, str] = {}
+def write_policies(project_dir: Path, config: dict[str, Any], targets: PolicyTargets) -> dict[str, FileStatus]:
+    """Write every policy file of the stage; returns what happened to each file, by name."""
+    results: dict[str, FileStatus] = {}
     for name, (role, functions) in policy_files(config, targets.stage).items():
         path = project_dir / ".chalice" / name
         text = render(build_policy(role, functions, targets))
         old = path.read_text() if path.exists() else None
         if old == text:
-            results[name] = "unchanged"
+            results[name] = FileStatus.UNCHANGED
             continue
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
-        results[name] = "created" if old is None else "updated"
+        results[name] = FileStatus.CREATED if old is None else FileStatus.UPDATED
     return results
 
 

@@ -19,22 +19,16 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from chalicelib.timefmt import parse_time
+from userhub_sync.ops.aws import client, error_code, queue_url_or_none
+from userhub_sync.ops.durations import format_duration
+from userhub_sync.ops.errors import OpsError
 from userhub_sync.ops.queues import EVENTS_RETENTION_SECONDS, queue_depths
-from userhub_sync.ops.util import (
-    OpsError,
-    StageContext,
-    client,
-    delivery_schedule,
-    error_code,
-    format_duration,
-    now,
-    parse_time,
-    read_deployed,
-    retention_fit,
-)
+from userhub_sync.ops.schedule import delivery_schedule, retention_fit
+from userhub_sync.ops.stage import StageContext, read_deployed
 from userhub_sync.ops.wire import (
     RESPONSE_TYPE,
     TRIGGERS,
@@ -47,19 +41,10 @@ from userhub_sync.ops.wire import (
 ENABLED = "Enabled"
 
 
-def _queue_url(sqs: Any, name: str) -> str | None:
-    try:
-        return sqs.get_queue_url(QueueName=name)["QueueUrl"]
-    except Exception as error:
-        if error_code(error) in ("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"):
-            return None
-        raise
-
-
 def oldest_from_cloudwatch(name: str) -> tuple[float, str] | None:
     """The latest `ApproximateAgeOfOldestMessage` maximum of the last 15 minutes, if CloudWatch has one."""
     try:
-        end = now()
+        end = datetime.now(UTC)
         points = (
             client("cloudwatch", max_attempts=2)
             .get_metric_statistics(
@@ -97,15 +82,15 @@ def oldest_from_peek(sqs: Any, url: str) -> tuple[float, str] | None:
     stamps = [int(m["Attributes"]["SentTimestamp"]) for m in messages if "SentTimestamp" in m.get("Attributes", {})]
     if not stamps:
         return None
-    age = now().timestamp() - min(stamps) / 1000
+    age = datetime.now(UTC).timestamp() - min(stamps) / 1000
     return max(age, 0.0), f"peek of {len(stamps)} message(s), a lower bound"
 
 
 def queue_status(sqs: Any, name: str, peek: bool) -> dict[str, Any]:
-    url = _queue_url(sqs, name)
+    url = queue_url_or_none(sqs, name)
     if url is None:
         return {"name": name, "exists": False}
-    info: dict[str, Any] = {"name": name, "exists": True, "url": url, **queue_depths(sqs, url)}
+    info: dict[str, Any] = {"name": name, "exists": True, "url": url, **asdict(queue_depths(sqs, url))}
     age = oldest_from_cloudwatch(name)
     if age is None and peek and info["visible"]:
         age = oldest_from_peek(sqs, url)
@@ -145,7 +130,7 @@ def last_reconcile(bucket: str | None) -> dict[str, Any]:
         since = "no complete run recorded"
     else:
         finished = parse_time(complete.get("finished_at"))
-        age = format_duration((now() - finished).total_seconds()) if finished else "?"
+        age = format_duration((datetime.now(UTC) - finished).total_seconds()) if finished else "?"
         since = f"last complete run {age} ago ({complete.get('finished_at')})"
     if ended == "failed":
         reason = summary.get("error") or "no reason recorded"
@@ -274,17 +259,17 @@ def backlog_status(
         return verdict(True, f"{visible} waiting, {in_flight} in flight: being consumed")
     sleep(sample_seconds)
     again = queue_depths(sqs, events["url"])
-    if again["visible"] > visible and again["in_flight"] == 0:
+    if again.visible > visible and again.in_flight == 0:
         return verdict(
             False,
-            f"{visible} → {again['visible']} visible in {sample_seconds:g} s with none in flight: the mapping is "
+            f"{visible} → {again.visible} visible in {sample_seconds:g} s with none in flight: the mapping is "
             "Enabled but nothing is receiving (check deliver's throttling, reserved concurrency and errors)",
-            again["visible"],
+            again.visible,
         )
     return verdict(
         True,
-        f"{visible} → {again['visible']} visible, {again['in_flight']} in flight after {sample_seconds:g} s",
-        again["visible"],
+        f"{visible} → {again.visible} visible, {again.in_flight} in flight after {sample_seconds:g} s",
+        again.visible,
     )
 
 

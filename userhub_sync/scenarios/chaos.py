@@ -375,7 +375,7 @@ def moto_rig() -> Iterator[MotoWatch]:
 
 
 def backlog(sqs: Any, url: str) -> int:
-    return sum(queue_depths(sqs, url).values())
+    return queue_depths(sqs, url).total
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, interval: float = 0.5) -> bool:
@@ -854,7 +854,7 @@ def _heal_and_replay(
     arrived = {e.external_id for e in hub.events() if e.ts >= healed_at and e.type == "SIGNIN"}
     report.delivered_after_replay = sum(1 for user in rejections if user in arrived)
     depths = queue_depths(sqs, queues.dlq_url)
-    report.dlq_after_replay = depths["visible"] + depths["in_flight"]
+    report.dlq_after_replay = depths.visible + depths.in_flight
     missing = sorted(set(rejections) - arrived)
     if missing:
         report.problems.append(f"rejected users not delivered after the replay: {missing[:5]}")
