@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -13,7 +13,7 @@ from userhub_sync.cli.output import console, echo_json
 from userhub_sync.ops.durations import format_duration
 from userhub_sync.ops.errors import ExitCode, OpsError
 from userhub_sync.ops.stage import load_stage
-from userhub_sync.ops.status import gather
+from userhub_sync.ops.status import LastReconcile, ReconcileHealth, StatusReport, gather
 
 
 def status_command(
@@ -48,68 +48,66 @@ def status_command(
     ctx = load_stage(stage)
     report = gather(ctx, peek=peek, sample_seconds=sample_seconds)
     if as_json:
-        echo_json(report)
+        echo_json(report.to_dict())
     else:
         _print(report)
-    if check and not report["healthy"]:
+    if check and not report.healthy:
         raise typer.Exit(ExitCode.ATTENTION)
 
 
-def _print(report: dict[str, Any]) -> None:
+def _mark(ok: bool, bad: str) -> str:
+    return "[green]ok[/green]" if ok else f"[red]{bad}[/red]"
+
+
+def _print(report: StatusReport) -> None:
     out = console()
-    queues = Table(title=f"status {report['stage']}")
+    queues = Table(title=f"status {report.stage}")
     for column in ("queue", "visible", "in flight", "delayed", "oldest", "age source"):
         queues.add_column(column, overflow="fold")
-    for label in ("events_queue", "dead_letter_queue"):
-        q = report[label]
-        if not q.get("exists"):
-            queues.add_row(q["name"], "[red]missing[/red]", "", "", "", "run bootstrap")
+    for queue in (report.events_queue, report.dead_letter_queue):
+        if not queue.exists:
+            queues.add_row(queue.name, "[red]missing[/red]", "", "", "", "run bootstrap")
             continue
         queues.add_row(
-            q["name"],
-            str(q["visible"]),
-            str(q["in_flight"]),
-            str(q["delayed"]),
-            format_duration(q.get("oldest_age_seconds")),
-            q.get("oldest_age_source", ""),
+            queue.name,
+            str(queue.depths.visible),
+            str(queue.depths.in_flight),
+            str(queue.depths.delayed),
+            format_duration(queue.oldest_age_seconds),
+            queue.oldest_age_source,
         )
     out.print(queues)
-    retention = report.get("retention")
-    if retention:
-        mark = "[green]ok[/green]" if retention["ok"] else "[red]too short[/red]"
-        out.print(f"retention: {mark}: ", end="")
-        out.print(retention["detail"], markup=False)
-    backlog = report.get("backlog")
-    if backlog:
-        mark = "[green]ok[/green]" if backlog["ok"] else "[red]stalled[/red]"
-        out.print(f"backlog: {mark}: ", end="")
-        out.print(backlog["detail"], markup=False)
-    rec = report["last_reconcile"]
-    if rec["status"] == "failing":
-        out.print("last reconcile: [red]failing[/red]")
-        out.print(f"  {rec['detail']}", style="red", markup=False)
-    elif rec["status"] == "ok":
-        summary = rec["summary"]
-        shown = ", ".join(f"{k}={v}" for k, v in summary.items() if not isinstance(v, dict | list))
-        out.print(f"last reconcile: {shown}", markup=False)
-        if rec.get("detail"):
-            out.print(f"  {rec['detail']}", markup=False)
-    else:
-        out.print(f"last reconcile: {rec['status']} ({rec.get('detail', '')})", markup=False)
-    wiring = report["wiring"]
+    if report.retention:
+        out.print(f"retention: {_mark(report.retention.ok, 'too short')}: ", end="")
+        out.print(report.retention.describe(), markup=False)
+    if report.backlog:
+        out.print(f"backlog: {_mark(report.backlog.ok, 'stalled')}: ", end="")
+        out.print(report.backlog.detail, markup=False)
+    _print_reconcile(report.last_reconcile)
     table = Table(title="wiring")
     table.add_column("check")
     table.add_column("ok")
     table.add_column("detail", overflow="fold")
-    if not wiring.get("deployed", True):
-        table.add_row("deployed", "[red]no[/red]", wiring.get("detail", ""))
-    for name in ("event_source_mapping", "trigger", "permission"):
-        if name in wiring:
-            item = wiring[name]
-            detail = item.get("detail") or ", ".join(f"{k}={v}" for k, v in item.items() if k != "ok")
-            table.add_row(name, "[green]yes[/green]" if item["ok"] else "[red]no[/red]", detail)
+    if not report.wiring.deployed:
+        table.add_row("deployed", "[red]no[/red]", report.wiring.detail or "")
+    for name, item in report.wiring.checks().items():
+        table.add_row(name, "[green]yes[/green]" if item.ok else "[red]no[/red]", item.describe())
     out.print(table)
-    out.print("[green]healthy[/green]" if report["healthy"] else "[yellow]needs attention[/yellow]")
+    out.print("[green]healthy[/green]" if report.healthy else "[yellow]needs attention[/yellow]")
+
+
+def _print_reconcile(last: LastReconcile) -> None:
+    out = console()
+    if last.status == ReconcileHealth.FAILING:
+        out.print("last reconcile: [red]failing[/red]")
+        out.print(f"  {last.detail}", style="red", markup=False)
+    elif last.status == ReconcileHealth.OK and last.summary is not None:
+        shown = ", ".join(f"{k}={v}" for k, v in last.summary.items() if not isinstance(v, dict | list))
+        out.print(f"last reconcile: {shown}", markup=False)
+        if last.detail:
+            out.print(f"  {last.detail}", markup=False)
+    else:
+        out.print(f"last reconcile: {last.status} ({last.detail or ''})", markup=False)
 
 
 def user_hash_command(
