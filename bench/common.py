@@ -250,7 +250,8 @@ def fake_userhub_process(latency_ms: float, admin_key: str) -> Iterator[str]:
         [
             sys.executable,
             "-m",
-            "userhub_sync.local.fake_userhub",
+            "userhub_sync.cli",
+            "fake-userhub",
             "--port",
             "0",
             "--latency-ms",

@@ -349,7 +349,7 @@ def _report(section: Section, results: dict[str, Any], rounds: int, seconds: flo
     batches: dict[int, int] = results["batches"]
     guide = measured["guide (a)"]
     section.method = [
-        f"Fake UserHub in its own process (`python -m userhub_sync.local.fake_userhub --latency-ms {LATENCY_MS:g}`), "
+        f"Fake UserHub in its own process (`userhub-sync fake-userhub --latency-ms {LATENCY_MS:g}`), "
         "loopback, HTTP/1.1 keep-alive; the deliver handler and the baselines run in the benchmark process.",
         f"Subject: `app.deliver(event, LambdaContext(60 s))` on synthetic Lambda SQS batches of up to {BATCH_SIZE} "
         "records (unique message ids and usernames, ApproximateReceiveCount 1), the warm container's Deliverer with "

@@ -73,17 +73,25 @@ def worker(
 
 
 def fake_userhub(
-    port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0 picks a free one).")] = 8765,
-    admin_key: Annotated[list[str] | None, typer.Option(help="Accepted Admin key (repeatable).")] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on (loopback by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0 picks a free one; the URL is printed).")] = 8765,
+    admin_key: Annotated[
+        list[str] | None, typer.Option(help="Accepted Admin key (repeatable; default userhub_admin_test).")
+    ] = None,
     latency_ms: Annotated[float, typer.Option(min=0, help="Added latency per request.")] = 0.0,
-    verbose: Annotated[bool, typer.Option(help="Log each request.")] = False,
+    seed: Annotated[int | None, typer.Option(help="Seed for probabilistic faults, for a repeatable run.")] = None,
+    verbose: Annotated[bool, typer.Option(help="Log each request line (never headers, so never a key).")] = False,
 ) -> None:
-    """The local UserHub stand-in used by demo, tests and benchmarks (faults via POST /_fake/faults)."""
-    from userhub_sync.local.fake_userhub import main as fake_main
+    """The local UserHub stand-in used by demo, tests and benchmarks (faults via POST /_fake/faults); Ctrl-C stops."""
+    from userhub_sync.local.fake_userhub import DEFAULT_ADMIN_KEY, FakeUserHub
 
-    argv = ["--port", str(port), "--latency-ms", str(latency_ms)]
-    for key in admin_key or []:
-        argv += ["--admin-key", key]
-    if verbose:
-        argv.append("--verbose")
-    raise typer.Exit(fake_main(argv))
+    hub = FakeUserHub(
+        host, port, admin_keys=admin_key or [DEFAULT_ADMIN_KEY], latency_ms=latency_ms, seed=seed, verbose=verbose
+    ).bind()
+    typer.echo(f"fake UserHub listening on {hub.url}")
+    try:
+        hub.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        hub.stop()

@@ -44,6 +44,7 @@ from typing import Any
 import boto3
 
 from userhub_sync.local.fake_userhub import FakeUserHub, Fault, JournalEntry, RecordedEvent
+from userhub_sync.local.faults import BodyFormat, FaultKind
 from userhub_sync.local.moto import MotoServer, aws_environ, patched_environ
 from userhub_sync.ops.queues import QueueSpec, QueueState, ensure_queues, queue_depths
 
@@ -719,10 +720,10 @@ def run_chaos(
             [
                 (Fault(status=503), config.share_5xx * 0.5),
                 (Fault(status=500), config.share_5xx * 0.3),
-                (Fault(status=502, body_format="html"), config.share_5xx * 0.2),
+                (Fault(status=502, body_format=BodyFormat.HTML), config.share_5xx * 0.2),
                 (Fault(status=429, retry_after=config.retry_after), config.share_429),
-                (Fault(kind="latency", latency_ms=slow_ms), config.share_slow),
-                (Fault(kind="drop"), config.share_drop),
+                (Fault(kind=FaultKind.LATENCY, latency_ms=slow_ms), config.share_slow),
+                (Fault(kind=FaultKind.DROP), config.share_drop),
             ]
         ):
             hub.add_fault(fault)

@@ -21,6 +21,7 @@ from rich.table import Table
 
 from userhub_sync.local.event_source import LocalEventSource
 from userhub_sync.local.fake_userhub import FakeUserHub, Fault
+from userhub_sync.local.faults import FaultKind
 from userhub_sync.local.moto import MotoServer, aws_environ, patched_environ
 from userhub_sync.ops.queues import QueueSpec, ensure_queues
 
@@ -170,8 +171,10 @@ def _run(
 
         hub.add_fault(Fault(status=503, probability=fault_rate * 0.6))
         hub.add_fault(Fault(status=429, retry_after="2", probability=fault_rate * 0.2))
-        hub.add_fault(Fault(kind="latency", latency_ms=1500, probability=fault_rate * 0.1))  # over the 1 s timeout
-        hub.add_fault(Fault(kind="drop", probability=fault_rate * 0.1))
+        hub.add_fault(
+            Fault(kind=FaultKind.LATENCY, latency_ms=1500, probability=fault_rate * 0.1)
+        )  # over the 1 s timeout
+        hub.add_fault(Fault(kind=FaultKind.DROP, probability=fault_rate * 0.1))
         source = LocalEventSource(sqs, state.events_url, app.deliver, wait_seconds=1)
         deliver = progress.add_task("messages settled by deliver", total=report.enqueued + report.poison)
         started = time.monotonic()
