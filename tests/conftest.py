@@ -115,9 +115,9 @@ def pipeline(aws: Stack, hub) -> Iterator[Stack]:
 
 def signin_event(username: str, pool: str = POOL_ID) -> dict:
     """A Cognito PostAuthentication event, as the demo sends them."""
-    from userhub_sync.scenarios.demo import signin_event as demo_event
+    from userhub_sync.scenarios.traffic import signin_event as traffic_event
 
-    return demo_event(username, pool)
+    return traffic_event(username, pool)
 
 
 def message_body(username: str, type_: str = "SIGNIN", **fields: object) -> str:

@@ -1,7 +1,6 @@
 """UserHub down for a while: nothing lost, nothing dead-lettered, backoff as RetryPolicy says, recovery on its own.
 
-CI size here (8 s); the full run is
-`python -m userhub_sync.scenarios.chaos --scenario outage --signins 500 --outage-seconds 20`, and its figures are in
+CI size here (8 s); the full run is `userhub-sync outage --signins 500 --outage-seconds 20`, and its figures are in
 docs/RELIABILITY.md, next to the production schedule that the last tests pin down.
 """
 
@@ -17,7 +16,8 @@ from chalicelib.delivery import RetryPolicy
 from chalicelib.settings import Settings
 from tests.conftest import stage_environ
 from userhub_sync.local.moto import patched_environ
-from userhub_sync.scenarios.chaos import OutageConfig, print_report, run_outage
+from userhub_sync.scenarios.accounting import print_report
+from userhub_sync.scenarios.outage import OutageConfig, run_outage
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "RELIABILITY.md"
 

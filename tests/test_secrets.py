@@ -30,7 +30,7 @@ from tests.conftest import CONNECTION_ID, signin_event
 from userhub_sync.local.event_source import LocalEventSource
 from userhub_sync.local.fake_userhub import Fault
 from userhub_sync.local.moto import patched_environ
-from userhub_sync.scenarios.chaos import WorkerPool, wait_until
+from userhub_sync.scenarios.workers import WorkerPool, wait_until
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 PARAMETER = "/userhub-sync/test/admin-key"

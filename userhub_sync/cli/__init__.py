@@ -81,7 +81,9 @@ for name, command in (
 ):
     app.command(name, epilog=EXIT_CODES_HELP)(handle_errors(command))
 app.add_typer(dlq.app, name="dlq")
-app.command("demo")(local.demo)
+app.command("demo")(handle_errors(local.demo))
+app.command("chaos")(handle_errors(local.chaos))
+app.command("outage")(handle_errors(local.outage))
 app.command("worker")(handle_errors(local.worker))
 app.command("fake-userhub")(local.fake_userhub)
 

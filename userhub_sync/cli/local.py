@@ -1,14 +1,22 @@
-"""Commands that run the pipeline on this machine: `demo`, `worker` and `fake-userhub`."""
+"""Commands that run the pipeline on this machine: `demo`, `chaos`, `outage`, `worker` and `fake-userhub`."""
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
-from typing import Annotated
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from userhub_sync.cli.output import console, fail
+
+if TYPE_CHECKING:
+    from userhub_sync.scenarios.accounting import Report
+
+SeedOpt = Annotated[int, typer.Option(help="Random seed (users, faults, kill times; thread timing still varies).")]
+JsonOutOpt = Annotated[Path | None, typer.Option(help="Also write the JSON summary to this file.")]
 
 
 def demo(
@@ -18,12 +26,63 @@ def demo(
     seed: Annotated[int, typer.Option(help="Random seed, for a repeatable run.")] = 7,
 ) -> None:
     """Run the whole pipeline locally (moto + fake UserHub, faults injected); exit 0 only if nothing was lost."""
-    from userhub_sync.scenarios.demo import print_report, run_demo
+    from userhub_sync.local.moto import require_moto
+    from userhub_sync.scenarios.accounting import print_report
+    from userhub_sync.scenarios.demo import run_demo
+
+    require_moto()
 
     out = console()
     report = run_demo(signins=signins, fault_rate=fault_rate, permanent=permanent, seed=seed, console=out)
     print_report(report, out)
     if report.lost or report.dead_lettered != report.expected_dead:
+        raise typer.Exit(1)
+
+
+def chaos(
+    signins: Annotated[int, typer.Option(min=1, help="Sign-ins to send through post_auth.")] = 2000,
+    workers: Annotated[int, typer.Option(min=1, help="`userhub-sync worker` processes at a time.")] = 3,
+    seed: SeedOpt = 7,
+    max_kills: Annotated[int | None, typer.Option(min=0, help="SIGKILLs at most (default: signins / 40).")] = None,
+    json_out: JsonOutOpt = None,
+    log_dir: Annotated[Path | None, typer.Option(help="Keep every worker's stdout and stderr here.")] = None,
+) -> None:
+    """Sign-ins through SIGKILLed workers and a UserHub failing every way it can; exit 0 only if nothing was lost."""
+    from userhub_sync.local.moto import require_moto
+    from userhub_sync.scenarios.chaos import ChaosConfig, run_chaos
+
+    require_moto()
+    if log_dir:
+        log_dir.mkdir(parents=True, exist_ok=True)
+    config = ChaosConfig(signins=signins, workers=workers, seed=seed, max_kills=max_kills)
+    _finish(run_chaos(config, log_dir=log_dir, progress=console(stderr=True).log), json_out)
+
+
+def outage(
+    signins: Annotated[int, typer.Option(min=1, help="Sign-ins to send through post_auth.")] = 500,
+    outage_seconds: Annotated[float, typer.Option(min=1, help="How long UserHub answers 503 to everything.")] = 20.0,
+    seed: SeedOpt = 7,
+    json_out: JsonOutOpt = None,
+) -> None:
+    """UserHub down for a while: nothing lost or dead-lettered, backoff as RetryPolicy says, recovery on its own."""
+    from userhub_sync.local.moto import require_moto
+    from userhub_sync.scenarios.outage import OutageConfig, run_outage
+
+    require_moto()
+    config = OutageConfig(signins=signins, outage_seconds=outage_seconds, seed=seed)
+    _finish(run_outage(config, progress=console(stderr=True).log), json_out)
+
+
+def _finish(report: Report, json_out: Path | None) -> None:
+    """The table on stderr, the JSON summary on stdout (and in `json_out`); exit 1 unless the run was clean."""
+    from userhub_sync.scenarios.accounting import print_report
+
+    print_report(report, console(stderr=True))
+    summary = json.dumps(report.summary(), indent=2, default=str, ensure_ascii=False)
+    typer.echo(summary)
+    if json_out:
+        json_out.write_text(summary + "\n")
+    if not report.ok:
         raise typer.Exit(1)
 
 
