@@ -17,7 +17,7 @@ import pytest
 
 from chalicelib.delivery import RetryPolicy
 from chalicelib.settings import Settings
-from tests.ops_support import REPO
+from tests.support import REPO
 from userhub_sync.ops import policies
 from userhub_sync.ops.stage import CONNECTION_RE, POOL_ID_RE
 

@@ -29,8 +29,17 @@ from chalicelib.delivery.records import Record
 from chalicelib.secrets import AdminKeyProvider
 from chalicelib.settings import get_settings, reset_settings
 from chalicelib.sqs_limits import PAYLOAD_BYTES, allowed_text
-from tests.conftest import ADMIN_KEY, POOL_ID, message_body, receive_event
-from tests.support import attrs, capture_visibility, depth, receive_all, send
+from tests.support import (
+    ADMIN_KEY,
+    POOL_ID,
+    attrs,
+    capture_visibility,
+    depth,
+    message_body,
+    receive_all,
+    receive_event,
+    send,
+)
 from userhub_sync.local.event_source import LambdaContext
 from userhub_sync.local.fake_userhub import Fault
 from userhub_sync.local.moto import MOTO_ACCOUNT, patched_environ
@@ -142,7 +151,7 @@ def test_without_report_batch_item_failures_deliver_keeps_the_retries_itself(pip
         deliver(event)
 
     assert [e.external_id for e in hub.events()] == ["fine"]
-    assert depth(sqs, queues.events_url) == 1, "the delivered record is deleted; the retry is kept"
+    assert depth(queues.events_url) == 1, "the delivered record is deleted; the retry is kept"
     time.sleep(2.1)  # RETRY_BASE_SECONDS=1 (≤ 2 s with jitter): back after its own backoff, not the queue's 30 s
     [again] = receive_all(sqs, queues.events_url)
     assert json.loads(again["Body"])["username"] == "flaky"

@@ -16,9 +16,10 @@ from urllib.parse import quote
 import httpx
 import pytest
 
+from tests.support import ADMIN_KEY, HUB_SEED
 from userhub_sync.local.fake_userhub import FakeUserHub, Fault
 
-KEY = "userhub_admin_test"
+KEY = ADMIN_KEY
 CONN = "conn_test1"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
@@ -31,12 +32,6 @@ def sdk_quote(value: str) -> str:
 
 def event_path(external_id: str, connection: str = CONN, verb: str = "event") -> str:
     return f"/admin/v1/users/{sdk_quote(f'{external_id}@{connection}')}:{verb}"
-
-
-@pytest.fixture
-def hub() -> Iterator[FakeUserHub]:
-    with FakeUserHub(seed=1234) as fake:
-        yield fake
 
 
 @pytest.fixture
@@ -250,7 +245,7 @@ def test_probability_is_seeded_and_deterministic(client: httpx.Client, hub: Fake
 
     first = run()
     assert run() == first
-    rng = random.Random(1234)  # the fixture's seed; one draw per matching request
+    rng = random.Random(HUB_SEED)  # the fixture's seed; one draw per matching request
     assert first == [500 if rng.random() < 0.3 else 200 for _ in range(60)]
     assert 8 <= first.count(500) <= 30
 
@@ -280,7 +275,7 @@ def test_invalid_fault_rejected() -> None:
 def test_concurrent_requests_overlap_their_latency() -> None:
     n = 64
     with (
-        FakeUserHub(latency_ms=100) as fake,
+        FakeUserHub(admin_keys=[KEY], latency_ms=100) as fake,
         httpx.Client(base_url=fake.url, headers=AUTH, limits=httpx.Limits(max_connections=n), timeout=10) as c,
         ThreadPoolExecutor(max_workers=n) as pool,
     ):
@@ -357,7 +352,7 @@ def test_journal_contents(hub: FakeUserHub, client: httpx.Client) -> None:
 
 
 def test_stop_cuts_keep_alive_connections() -> None:
-    fake = FakeUserHub().start()
+    fake = FakeUserHub(admin_keys=[KEY]).start()
     with httpx.Client(base_url=fake.url, headers=AUTH, timeout=2) as c:
         assert c.post(event_path("alice"), json={}).status_code == 200
         fake.stop()

@@ -14,7 +14,7 @@ from rich.console import Console
 
 from chalicelib.delivery import RetryPolicy
 from chalicelib.settings import Settings
-from tests.conftest import stage_environ
+from tests.support import stage_environ
 from userhub_sync.local.moto import patched_environ
 from userhub_sync.scenarios.accounting import print_report
 from userhub_sync.scenarios.outage import OutageConfig, run_outage

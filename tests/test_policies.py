@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.ops_support import REPO, bootstrap, create_pool, make_project
+from tests.support import REPO, bootstrap, create_pool, make_project
 from userhub_sync.ops import policies
 
 LOG_ACTIONS = {"logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"}

@@ -5,27 +5,20 @@ from __future__ import annotations
 import json
 
 import boto3
-import pytest
 
 from chalicelib.delivery import RetryPolicy
-from tests.ops_support import (
+from tests.support import (
     bootstrap,
     cli,
     create_pool,
     drain,
     enable_mapping,
     fake_chalice_deploy,
-    make_project,
     queue_url,
 )
 from userhub_sync.ops.durations import format_span
 
 EVENTS = "userhub-sync-dev-events"
-
-
-@pytest.fixture
-def project(tmp_path, monkeypatch, moto_server):
-    return make_project(tmp_path, monkeypatch, moto_server)
 
 
 def _send(name: str, count: int) -> None:

@@ -25,7 +25,7 @@ from chalicelib.userhub import (
     parse_retry_after,
     quote_path,
 )
-from tests.conftest import ADMIN_KEY
+from tests.support import ADMIN_KEY
 from userhub_sync.local.fake_userhub import FakeUserHub, Fault
 
 KEY = SecretStr(ADMIN_KEY)

@@ -7,7 +7,7 @@ import json
 import boto3
 import pytest
 
-from tests.ops_support import (
+from tests.support import (
     CUSTOM_MESSAGE,
     OTHER_TRIGGER,
     bootstrap,
@@ -15,16 +15,10 @@ from tests.ops_support import (
     create_pool,
     describe_pool,
     fake_chalice_deploy,
-    make_project,
 )
 from userhub_sync.ops import wire as w
 
 IGNORED = {"LambdaConfig", "LastModifiedDate"}
-
-
-@pytest.fixture
-def project(tmp_path, monkeypatch, moto_server):
-    return make_project(tmp_path, monkeypatch, moto_server)
 
 
 def _settings(pool: dict) -> dict:
