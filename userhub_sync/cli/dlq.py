@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
-from typing import Annotated
+import inspect
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -22,18 +24,21 @@ app = typer.Typer(
     help="Inspect, replay or purge the stage's dead-letter queue.", epilog=EXIT_CODES_HELP, no_args_is_help=True
 )
 
-ReasonOpt = Annotated[str | None, typer.Option(help="Only messages whose failure reason contains this text.")]
-StatusOpt = Annotated[int | None, typer.Option("--status", help="Only messages that failed with this HTTP status.")]
-UserOpt = Annotated[str | None, typer.Option(help="Only this user's messages (exact username).")]
-KindOpt = Annotated[str | None, typer.Option(help="poison | permanent | exhausted | redriven (moved by SQS).")]
-OlderOpt = Annotated[
-    str | None,
-    typer.Option(callback=options.duration, help="Only messages first seen longer ago than this (90s, 1h, 2d)."),
-]
-NewerOpt = Annotated[
-    str | None,
-    typer.Option(callback=options.duration, help="Only messages first seen within this long (90s, 1h, 2d)."),
-]
+# the filters every dlq command takes, added to each by `with_filters`
+FILTER_OPTIONS = {
+    "reason": Annotated[str | None, typer.Option(help="Only messages whose failure reason contains this text.")],
+    "status": Annotated[int | None, typer.Option(help="Only messages that failed with this HTTP status.")],
+    "user": Annotated[str | None, typer.Option(help="Only this user's messages (exact username).")],
+    "kind": Annotated[str | None, typer.Option(help="poison | permanent | exhausted | redriven (moved by SQS).")],
+    "older_than": Annotated[
+        str | None,
+        typer.Option(callback=options.duration, help="Only messages first seen longer ago than this (90s, 1h, 2d)."),
+    ],
+    "newer_than": Annotated[
+        str | None,
+        typer.Option(callback=options.duration, help="Only messages first seen within this long (90s, 1h, 2d)."),
+    ],
+}
 LimitOpt = Annotated[int | None, typer.Option(min=1, help="At most this many messages.")]
 WaitOpt = Annotated[
     int,
@@ -46,8 +51,35 @@ WaitOpt = Annotated[
 ]
 
 
+def with_filters(command: Callable[..., None]) -> Callable[..., None]:
+    """`command` takes `filters: dlq.Filters`; the CLI shows the six FILTER_OPTIONS in its place."""
+    signature = inspect.signature(command, eval_str=True)  # real annotations: typer reads Annotated options
+    filter_parameters = [
+        inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None, annotation=annotation)
+        for name, annotation in FILTER_OPTIONS.items()
+    ]
+    parameters: list[inspect.Parameter] = []
+    for name, parameter in signature.parameters.items():  # the filters where `filters` was, as --help shows them
+        parameters.extend(filter_parameters if name == "filters" else [parameter])
+
+    @functools.wraps(command)
+    def wrapper(**given: Any) -> None:
+        chosen = {name: given.pop(name) for name in FILTER_OPTIONS}
+        command(filters=_filters(**chosen), **given)
+
+    wrapper.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {parameter.name: parameter.annotation for parameter in parameters}
+    del wrapper.__wrapped__  # typer reads the signature above, not the command's
+    return wrapper
+
+
 def _filters(
-    reason: str | None, status: int | None, user: str | None, kind: str | None, older: str | None, newer: str | None
+    reason: str | None,
+    status: int | None,
+    user: str | None,
+    kind: str | None,
+    older_than: str | None,
+    newer_than: str | None,
 ) -> dlq.Filters:
     try:
         return dlq.Filters(
@@ -55,8 +87,8 @@ def _filters(
             status=status,
             user=user,
             kind=kind,
-            older_than=parse_duration(older) if older else None,
-            newer_than=parse_duration(newer) if newer else None,
+            older_than=parse_duration(older_than) if older_than else None,
+            newer_than=parse_duration(newer_than) if newer_than else None,
         )
     except (ValueError, OpsError) as error:  # a malformed filter is a usage error: nothing was received
         raise UsageProblem(str(error)) from None
@@ -71,14 +103,10 @@ def _queue_url(ctx: StageContext, name: str) -> str:
 
 @app.command("list")
 @handle_errors
+@with_filters
 def dlq_list(
     stage: options.StageOpt,
-    reason: ReasonOpt = None,
-    status: StatusOpt = None,
-    user: UserOpt = None,
-    kind: KindOpt = None,
-    older_than: OlderOpt = None,
-    newer_than: NewerOpt = None,
+    filters: dlq.Filters,
     limit: LimitOpt = None,
     visibility: Annotated[
         int,
@@ -96,7 +124,6 @@ def dlq_list(
     """List DLQ messages with their failure (kind, status, code, reason, attempts, first seen, age)."""
     ctx = load_stage(stage)
     url = _queue_url(ctx, ctx.dead_letter_queue)
-    filters = _filters(reason, status, user, kind, older_than, newer_than)
     listing = dlq.list_messages(client("sqs"), url, filters, limit=limit, visibility=visibility, wait=wait_seconds)
     if as_json:
         echo_json(
@@ -139,14 +166,10 @@ def _print_listing(queue: str, listing: dlq.Listing) -> None:
 
 @app.command("replay")
 @handle_errors
+@with_filters
 def dlq_replay(
     stage: options.StageOpt,
-    reason: ReasonOpt = None,
-    status: StatusOpt = None,
-    user: UserOpt = None,
-    kind: KindOpt = None,
-    older_than: OlderOpt = None,
-    newer_than: NewerOpt = None,
+    filters: dlq.Filters,
     limit: LimitOpt = None,
     rate: Annotated[float, typer.Option(help="Messages per second at most (0: no limit).")] = 50.0,
     dry_run: Annotated[bool, typer.Option(help="Count what would be replayed; send and delete nothing.")] = False,
@@ -163,7 +186,6 @@ def dlq_replay(
     sqs = client("sqs")
     dlq_url = _queue_url(ctx, ctx.dead_letter_queue)
     events_url = _queue_url(ctx, ctx.events_queue)
-    filters = _filters(reason, status, user, kind, older_than, newer_than)
     if native:
         if filters.active or limit or include_poison or dry_run:
             raise UsageProblem(
@@ -235,14 +257,10 @@ def _print_replay(report: dlq.ReplayReport) -> None:
 
 @app.command("purge")
 @handle_errors
+@with_filters
 def dlq_purge(
     stage: options.StageOpt,
-    reason: ReasonOpt = None,
-    status: StatusOpt = None,
-    user: UserOpt = None,
-    kind: KindOpt = None,
-    older_than: OlderOpt = None,
-    newer_than: NewerOpt = None,
+    filters: dlq.Filters,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     wait_seconds: WaitOpt = 1,
     as_json: options.JsonOpt = False,
@@ -251,7 +269,6 @@ def dlq_purge(
     ctx = load_stage(stage)
     sqs = client("sqs")
     url = _queue_url(ctx, ctx.dead_letter_queue)
-    filters = _filters(reason, status, user, kind, older_than, newer_than)
     depth = queue_depths(sqs, url).visible
     what = "the messages matching the filters" if filters.active else f"all ~{depth} message(s)"
     if not yes and not typer.confirm(f"Delete {what} from {ctx.dead_letter_queue}? This cannot be undone"):

@@ -13,7 +13,7 @@ import hashlib
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from chalicelib.sqs_limits import BATCH_ENTRIES, chunks
@@ -100,32 +100,24 @@ def failed_ids(response: Any, batch_ids: set[str]) -> set[str] | None:
     return ids
 
 
+@dataclass
 class LocalEventSource:
     """Long-poll a queue and feed `handler` batches until stopped (or, with `drain`, until the queue is empty)."""
 
-    def __init__(
-        self,
-        sqs: SQSClient,
-        queue_url: str,
-        handler: Handler,
-        *,
-        batch_size: int = 10,
-        wait_seconds: int = 1,
-        function_timeout: float = 60.0,
-        function_name: str = "deliver",
-        region: str = "us-east-1",
-    ) -> None:
-        self.sqs = sqs
-        self.queue_url = queue_url
-        self.handler = handler
-        self.batch_size = batch_size
-        self.wait_seconds = wait_seconds
-        self.function_timeout = function_timeout
-        self.function_name = function_name
-        self.region = region
-        self.queue_arn = queue_arn(sqs, queue_url)
-        self.totals = BatchResult()
-        self.batches = 0
+    sqs: SQSClient
+    queue_url: str
+    handler: Handler
+    batch_size: int = 10
+    wait_seconds: int = 1
+    function_timeout: float = 60.0
+    function_name: str = "deliver"
+    region: str = "us-east-1"
+    queue_arn: str = field(init=False)
+    totals: BatchResult = field(init=False, default_factory=BatchResult)
+    batches: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        self.queue_arn = queue_arn(self.sqs, self.queue_url)
 
     def _receive(self) -> list[MessageTypeDef]:
         messages: list[MessageTypeDef] = []

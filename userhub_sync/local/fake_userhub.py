@@ -53,15 +53,15 @@ class JournalEntry:
 
     method: str
     raw_path: str  # the request target exactly as sent, query string included
-    decoded_id: str | None
-    external_id: str | None
-    connection_id: str | None
-    verb: str | None  # "event" for the event route, None for anything else
     headers: dict[str, str]  # lower-case names; the Authorization header is kept as received
     body: str
+    ts: float
+    decoded_id: str | None = None
+    external_id: str | None = None
+    connection_id: str | None = None
+    verb: str | None = None  # "event" for the event route, None for anything else
     status: int | None = None  # None: dropped (or still in flight)
     fault: FaultKind | None = None
-    ts: float = 0.0
 
 
 @dataclass
@@ -262,17 +262,7 @@ class FakeUserHub:
         path = target.partition("?")[0]
         if path.startswith("/_fake/"):
             return self._control(method, path, body)
-        entry = JournalEntry(
-            method=method,
-            raw_path=target,
-            decoded_id=None,
-            external_id=None,
-            connection_id=None,
-            verb=None,
-            headers=headers,
-            body=body.decode("utf-8", errors="replace"),
-            ts=time.time(),
-        )
+        entry = JournalEntry(method, target, headers, body.decode("utf-8", errors="replace"), time.time())
         match = _EVENT_RE.match(path) if method == "POST" else None
         if match:  # filled early, so faults can match on externalId and drops are still journaled
             entry.verb, entry.decoded_id = "event", unquote(match["id"], errors="replace")

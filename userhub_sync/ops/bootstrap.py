@@ -28,7 +28,7 @@ from userhub_sync.ops.durations import format_span
 from userhub_sync.ops.errors import OpsError
 from userhub_sync.ops.queues import DLQ_RETENTION_SECONDS, EVENTS_RETENTION_SECONDS, QueueSpec, ensure_queues
 from userhub_sync.ops.schedule import RetentionFit, Schedule, delivery_schedule, retention_fit
-from userhub_sync.ops.stage import CONNECTION_RE, POOL_ID_RE, StageContext, write_config
+from userhub_sync.ops.stage import CONNECTION_RE, POOL_ID_RE, StageContext, default_names, write_config
 from userhub_sync.ops.steps import Step, StepStatus
 
 if TYPE_CHECKING:
@@ -205,14 +205,7 @@ def new_stage_block(config: dict[str, Any], stage: str, template_stage: str | No
     env = base.setdefault("environment_variables", {})
     for key in ("EVENTS_QUEUE_URL", "USER_POOL_ID", "USERHUB_ADMIN_KEY"):
         env.pop(key, None)
-    env.update(
-        {
-            "EVENTS_QUEUE_NAME": f"{app}-{stage}-events",
-            "DEAD_LETTER_QUEUE_NAME": f"{app}-{stage}-dlq",
-            "SNAPSHOT_BUCKET": f"{app}-{stage}-snapshots",
-            "USERHUB_ADMIN_KEY_PARAMETER": f"/{app}/{stage}/admin-key",
-        }
-    )
+    env.update(default_names(app, stage))
     env.setdefault("USERHUB_CONNECTION_ID", "conn_CHANGEME")
     functions = base.setdefault("lambda_functions", {})
     for function, role in policies.FUNCTION_ROLES.items():

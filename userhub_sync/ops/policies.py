@@ -19,6 +19,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from userhub_sync.ops.stage import default_names
+
 # Which policy (role) each Chalice function needs; functions sharing a role share a policy file.
 FUNCTION_ROLES: dict[str, str] = {
     "post_auth": "post_auth",
@@ -190,17 +192,24 @@ def write_policies(project_dir: Path, config: dict[str, Any], targets: PolicyTar
     return results
 
 
+def _names(names: dict[str, str]) -> dict[str, str]:
+    """PolicyTargets' fields for a stage's resource names, from the variables that carry them."""
+    return {
+        "events_queue": names["EVENTS_QUEUE_NAME"],
+        "dead_letter_queue": names["DEAD_LETTER_QUEUE_NAME"],
+        "bucket": names["SNAPSHOT_BUCKET"],
+        "key_parameter": names["USERHUB_ADMIN_KEY_PARAMETER"],
+    }
+
+
 CFN_TARGETS = PolicyTargets(
     app_name="userhub-sync",
     stage="${Stage}",
     account="${AWS::AccountId}",
     region="${AWS::Region}",
     partition="${AWS::Partition}",
-    events_queue="userhub-sync-${Stage}-events",
-    dead_letter_queue="userhub-sync-${Stage}-dlq",
     user_pool_id="${UserPoolId}",
-    bucket="userhub-sync-${Stage}-snapshots",
-    key_parameter="/userhub-sync/${Stage}/admin-key",
+    **_names(default_names("userhub-sync", "${Stage}")),
 )
 
 
@@ -216,17 +225,15 @@ def template_targets(config: dict[str, Any], stage: str) -> PolicyTargets:
     """The committed form: the stage's names from config.json, account and region left as `*` for bootstrap."""
     env = ((config.get("stages") or {}).get(stage) or {}).get("environment_variables") or {}
     app = str(config.get("app_name") or "userhub-sync")
+    names = {name: env.get(name) or default for name, default in default_names(app, stage).items()}
     return PolicyTargets(
         app_name=app,
         stage=stage,
         account="*",
         region="*",
-        events_queue=env.get("EVENTS_QUEUE_NAME") or f"{app}-{stage}-events",
-        dead_letter_queue=env.get("DEAD_LETTER_QUEUE_NAME") or f"{app}-{stage}-dlq",
         user_pool_id=env.get("USER_POOL_ID") or "CHANGEME",
-        bucket=env.get("SNAPSHOT_BUCKET") or f"{app}-{stage}-snapshots",
-        key_parameter=env.get("USERHUB_ADMIN_KEY_PARAMETER") or f"/{app}/{stage}/admin-key",
         kms_key_arn=env.get("KMS_KEY_ARN") or None,
+        **_names(names),
     )
 
 

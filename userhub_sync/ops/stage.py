@@ -95,6 +95,16 @@ def apply_stage(stage: str | None, function: str | None = None, project_dir: Pat
     return values
 
 
+def default_names(app: str, stage: str) -> dict[str, str]:
+    """The names a stage's resources get by convention, by the variable that names each otherwise."""
+    return {
+        "EVENTS_QUEUE_NAME": f"{app}-{stage}-events",
+        "DEAD_LETTER_QUEUE_NAME": f"{app}-{stage}-dlq",
+        "SNAPSHOT_BUCKET": f"{app}-{stage}-snapshots",
+        "USERHUB_ADMIN_KEY_PARAMETER": f"/{app}/{stage}/admin-key",
+    }
+
+
 def is_placeholder(value: str | None) -> bool:
     return not value or "CHANGEME" in value
 
@@ -107,6 +117,15 @@ class StageContext:
     project_dir: Path
     config: dict[str, Any]
     variables: dict[str, str]
+    events_queue: str = field(init=False)
+    dead_letter_queue: str = field(init=False)
+    bucket: str = field(init=False)
+    key_parameter: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        names = {name: self.var(name) or default for name, default in default_names(self.app_name, self.stage).items()}
+        self.events_queue, self.dead_letter_queue = names["EVENTS_QUEUE_NAME"], names["DEAD_LETTER_QUEUE_NAME"]
+        self.bucket, self.key_parameter = names["SNAPSHOT_BUCKET"], names["USERHUB_ADMIN_KEY_PARAMETER"]
 
     @property
     def app_name(self) -> str:
@@ -115,22 +134,6 @@ class StageContext:
     def var(self, name: str, default: str | None = None) -> str | None:
         value = os.environ.get(name) or self.variables.get(name)
         return value or default
-
-    @property
-    def events_queue(self) -> str:
-        return self.var("EVENTS_QUEUE_NAME") or f"{self.app_name}-{self.stage}-events"
-
-    @property
-    def dead_letter_queue(self) -> str:
-        return self.var("DEAD_LETTER_QUEUE_NAME") or f"{self.app_name}-{self.stage}-dlq"
-
-    @property
-    def bucket(self) -> str:
-        return self.var("SNAPSHOT_BUCKET") or f"{self.app_name}-{self.stage}-snapshots"
-
-    @property
-    def key_parameter(self) -> str:
-        return self.var("USERHUB_ADMIN_KEY_PARAMETER") or f"/{self.app_name}/{self.stage}/admin-key"
 
     @property
     def user_pool_id(self) -> str | None:

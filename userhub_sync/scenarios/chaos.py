@@ -26,15 +26,13 @@ from userhub_sync.ops.dlq import Filters, list_messages, replay
 from userhub_sync.ops.queues import QueueState, queue_depths
 from userhub_sync.scenarios.accounting import Report, Scenario, accepted_after_timeout, account, fault_counts
 from userhub_sync.scenarios.moto_patches import watched_moto
-from userhub_sync.scenarios.rig import enter_stage, open_rig, stage_environ
+from userhub_sync.scenarios.rig import Rig, open_rig
 from userhub_sync.scenarios.traffic import Producer, SignIn, usernames
 from userhub_sync.scenarios.workers import Killer, WorkerPool, wait_until
 
 if TYPE_CHECKING:
     from types_boto3_sqs import SQSClient
 
-CONNECTION_ID = "conn_chaos"
-POOL_ID = "us-east-1_ChaosPool1"
 REJECTIONS = ((400, "EXTERNAL_ID_REJECTED"), (404, "USER_NOT_FOUND"))  # alternating, one per doomed user
 
 
@@ -114,26 +112,20 @@ def run_chaos(
     rng = random.Random(config.seed)
     with ExitStack() as stack:
         moto = stack.enter_context(watched_moto())
-        rig = open_rig(stack, endpoint, seed=config.seed)
-        logs = log_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="chaos-")))
-        env = stage_environ(
-            f"chaos-{rig.run_id}",
-            connection_id=CONNECTION_ID,
-            pool_id=POOL_ID,
-            userhub_url=rig.hub.url,
-            endpoint=rig.endpoint,
+        rig = open_rig(
+            stack,
+            "chaos",
+            endpoint=endpoint,
+            seed=config.seed,
+            max_receive_count=config.max_receive_count,
+            visibility_timeout=config.visibility_timeout,
             RETRY_BASE_SECONDS=str(config.retry_base),
             RETRY_MAX_SECONDS=str(config.retry_max),
             USERHUB_READ_TIMEOUT=str(config.read_timeout),
             LOG_LEVEL="WARNING",
         )
-        sqs, queues = enter_stage(
-            stack,
-            env,
-            rig.key,
-            max_receive_count=config.max_receive_count,
-            visibility_timeout=config.visibility_timeout,
-        )
+        sqs, queues = rig.sqs, rig.queues
+        logs = log_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="chaos-")))
 
         # who signs in, who UserHub rejects for good, and how often it misbehaves for everyone else
         repeats = int(config.signins * config.repeat_share)
@@ -150,13 +142,13 @@ def run_chaos(
             rig.hub.add_fault(fault)
 
         # workers first, then sign-ins while the killer works
-        pool = WorkerPool(env, logs, batch_size=config.batch_size)
+        pool = WorkerPool(rig.env, logs, batch_size=config.batch_size)
         stack.callback(pool.kill_all)  # if anything below fails, no worker of ours outlives the run
         for _ in range(config.workers):
             pool.start()
         wait_until(lambda: all(w.ready() for w in pool.running()), 30, 0.2)
         say(f"{config.workers} workers polling; sending {config.signins} sign-ins while killing workers")
-        producer = Producer(users, POOL_ID)
+        producer = Producer(users)
         t0 = time.monotonic()
         producer.start()
 
@@ -187,7 +179,7 @@ def run_chaos(
             report.problems.append(f"{left} message(s) still in the events queue")
         say(f"drained in {report.seconds_to_drain:.1f} s")
 
-        _account(report, producer.signins, rig.hub, sqs, queues, rejections)
+        _account(report, producer.signins, rig, rejections)
         report.kills = killer.kills
         report.rejected_users = len(rejections)
         _heal_and_replay(report, rig.hub, sqs, queues, pool, config, rejections, say)
@@ -203,16 +195,9 @@ def run_chaos(
     return report
 
 
-def _account(
-    report: Report,
-    signins: list[SignIn],
-    hub: FakeUserHub,
-    sqs: SQSClient,
-    queues: QueueState,
-    rejections: dict[str, tuple[int, str]],
-) -> None:
+def _account(report: Report, signins: list[SignIn], rig: Rig, rejections: dict[str, tuple[int, str]]) -> None:
     """Every sign-in delivered or in the DLQ with its own rejection; only permanent failures in the DLQ."""
-    journal = [e for e in hub.journal() if e.verb == "event"]
+    journal = [e for e in rig.hub.journal() if e.verb == "event"]
     report.enqueued = sum(1 for s in signins if s.enqueued)
     report.enqueue_failed = len(signins) - report.enqueued
     report.userhub_calls = len(journal)
@@ -220,7 +205,7 @@ def _account(
     report.duplicates_after_timeout = accepted_after_timeout(journal)
     report.expected_dead = sum(1 for s in signins if s.enqueued and s.user in rejections)
 
-    listing = list_messages(sqs, queues.dlq_url, Filters(), visibility=30)
+    listing = list_messages(rig.sqs, rig.queues.dlq_url, Filters(), visibility=30)
     report.dead_lettered = len(listing.messages)
     report.dead_letter_kinds = dict(Counter(m.kind for m in listing.messages))
     report.dead_letter_reasons = dict(Counter(f"{m.status} {m.reason}" for m in listing.messages))
@@ -236,7 +221,7 @@ def _account(
             )
         else:
             dead_users[user] += 1
-    result = account(signins, hub.events(), dead_users, CONNECTION_ID)
+    result = account(signins, rig.hub.events(), dead_users, rig.connection_id)
     report.delivered, report.duplicates = result.delivered, result.duplicates
     report.lost, report.lost_users = len(result.lost), result.lost
     report.notes["dead_letter_copies_beyond_signins"] = result.extra_dead

@@ -21,11 +21,9 @@ from userhub_sync.local.event_source import LocalEventSource
 from userhub_sync.local.faults import Fault, FaultKind
 from userhub_sync.ops.dlq import Filters, list_messages
 from userhub_sync.scenarios.accounting import Report, Scenario, account
-from userhub_sync.scenarios.rig import enter_stage, log_level, open_rig, stage_environ
+from userhub_sync.scenarios.rig import log_level, open_rig
 from userhub_sync.scenarios.traffic import Producer, usernames
 
-CONNECTION_ID = "conn_demo"
-POOL_ID = "us-east-1_DemoPool1"
 POISON = ('{"v": 99, "note": "from a future version"}', "not json at all")
 
 
@@ -39,19 +37,18 @@ def run_demo(
     rng = random.Random(seed)
     report = Report(Scenario.DEMO, signins=signins)
     with ExitStack() as stack:
-        rig = open_rig(stack, seed=seed)
-        env = stage_environ(
-            "userhub-sync-demo",
-            connection_id=CONNECTION_ID,
-            pool_id=POOL_ID,
-            userhub_url=rig.hub.url,
-            endpoint=rig.endpoint,
+        rig = open_rig(
+            stack,
+            "demo",
+            seed=seed,
+            max_receive_count=8,
+            visibility_timeout=30,
             RETRY_MAX_SECONDS="4",
             USERHUB_READ_TIMEOUT="1",
             LOG_LEVEL="ERROR",
         )
+        sqs, queues = rig.sqs, rig.queues
         stack.enter_context(log_level(logging.ERROR))
-        sqs, queues = enter_stage(stack, env, rig.key, max_receive_count=8, visibility_timeout=30)
         console.print(f"[bold]moto[/] on {rig.endpoint}, [bold]fake UserHub[/] on {rig.hub.url}")
 
         unique = usernames(max(signins * 2 // 3, 1), rng)
@@ -76,7 +73,7 @@ def run_demo(
             transient=False,
         ) as progress:
             task = progress.add_task("sign-ins through post_auth", total=signins)
-            producer = Producer(users, POOL_ID, on_signin=lambda _: progress.advance(task))
+            producer = Producer(users, on_signin=lambda _: progress.advance(task))
             producer.run()  # in this thread: the progress bar follows it
             if producer.error is not None:
                 raise producer.error
@@ -99,7 +96,7 @@ def run_demo(
         dead = list_messages(sqs, queues.dlq_url, Filters(), visibility=60).messages
         report.dead_lettered = len(dead)
         report.retried = int(delivery.get_deliverer().metrics.totals.get("retry", 0))
-        result = account(producer.signins, rig.hub.events(), Counter(m.username or "" for m in dead), CONNECTION_ID)
+        result = account(producer.signins, rig.hub.events(), Counter(m.username or "" for m in dead), rig.connection_id)
         report.delivered, report.duplicates = result.delivered, result.duplicates
         not_enqueued = [s.user for s in producer.signins if not s.enqueued]  # neither delivered nor in the DLQ
         report.lost_users = result.lost + not_enqueued

@@ -24,7 +24,7 @@ from userhub_sync.local.faults import Fault
 from userhub_sync.ops.queues import queue_depths
 from userhub_sync.scenarios.accounting import Report, Scenario, accepted_after_timeout, account, fault_counts
 from userhub_sync.scenarios.moto_patches import watched_moto
-from userhub_sync.scenarios.rig import enter_stage, log_level, open_rig, stage_environ
+from userhub_sync.scenarios.rig import log_level, open_rig
 from userhub_sync.scenarios.traffic import Producer, usernames
 from userhub_sync.scenarios.workers import wait_until
 
@@ -32,9 +32,6 @@ if TYPE_CHECKING:
     from types_boto3_sqs import SQSClient
 
     from chalicelib.delivery import RetryPolicy
-
-CONNECTION_ID = "conn_outage"
-POOL_ID = "us-east-1_OutagePool1"
 
 
 @dataclass
@@ -105,26 +102,19 @@ def run_outage(
     rng = random.Random(config.seed)
     with ExitStack() as stack:
         moto = stack.enter_context(watched_moto())
-        rig = open_rig(stack, endpoint, seed=config.seed)
-        hub = rig.hub
-        env = stage_environ(
-            f"outage-{rig.run_id}",
-            connection_id=CONNECTION_ID,
-            pool_id=POOL_ID,
-            userhub_url=hub.url,
-            endpoint=rig.endpoint,
+        rig = open_rig(
+            stack,
+            "outage",
+            endpoint=endpoint,
+            seed=config.seed,
+            max_receive_count=config.max_receive_count,
+            visibility_timeout=config.visibility_timeout,
             RETRY_BASE_SECONDS=str(config.retry_base),
             RETRY_MAX_SECONDS=str(config.retry_max),
             RETRY_JITTER="0",
         )
+        hub, sqs, queues = rig.hub, rig.sqs, rig.queues
         stack.enter_context(log_level(logging.ERROR))
-        sqs, queues = enter_stage(
-            stack,
-            env,
-            rig.key,
-            max_receive_count=config.max_receive_count,
-            visibility_timeout=config.visibility_timeout,
-        )
         settings = get_settings()
         policy = RetryPolicy(settings.retry_base_seconds, settings.retry_max_seconds, settings.retry_jitter)
         hub.add_fault(Fault(status=503, message="down for maintenance"))
@@ -149,7 +139,7 @@ def run_outage(
         )
         worker.start()
 
-        producer = Producer(usernames(config.signins, rng), POOL_ID)
+        producer = Producer(usernames(config.signins, rng))
         producer.start()
         dlq_seen = 0
         while time.monotonic() - outage_start < config.outage_seconds:
@@ -190,7 +180,7 @@ def run_outage(
             report.problems.append(f"{report.dead_lettered} message(s) reached the DLQ during a recoverable outage")
         if delivered_during:
             report.problems.append(f"{delivered_during} event(s) accepted while UserHub was down")
-        result = account(producer.signins, events, Counter(), CONNECTION_ID)
+        result = account(producer.signins, events, Counter(), rig.connection_id)
         report.delivered, report.duplicates = result.delivered, result.duplicates
         report.lost, report.lost_users = len(result.lost), result.lost
         last_event = max((e.ts for e in events), default=healed_wall)

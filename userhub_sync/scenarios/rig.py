@@ -20,9 +20,13 @@ from typing import TYPE_CHECKING
 from userhub_sync.local.fake_userhub import FakeUserHub
 from userhub_sync.local.moto import MotoServer, aws_environ, new_container, patched_environ
 from userhub_sync.ops.queues import QueueSpec, QueueState, ensure_queues
+from userhub_sync.scenarios.traffic import POOL_ID
 
 if TYPE_CHECKING:
     from types_boto3_sqs import SQSClient
+
+
+CONNECTION_ID = "conn_local"
 
 
 def stage_environ(
@@ -70,19 +74,45 @@ def new_admin_key() -> str:
 
 @dataclass
 class Rig:
+    """A scenario's local stage: moto, the fake UserHub and the variables that point the handlers at both."""
+
     endpoint: str  # moto's
     hub: FakeUserHub
-    key: str  # the only key the fake accepts
-    run_id: str  # keeps this run's queues apart from another's on a shared moto
+    key: str  # the only Admin key the fake accepts, stored in moto's SSM
+    env: dict[str, str | None]  # the stage's variables, in os.environ until the rig closes
+    sqs: SQSClient
+    queues: QueueState
+    connection_id: str = CONNECTION_ID
 
 
-def open_rig(stack: ExitStack, endpoint: str | None = None, *, seed: int | None = None) -> Rig:
-    """moto (started unless `endpoint` reuses one) and a fake UserHub with a fresh key, both closed with `stack`."""
+def open_rig(
+    stack: ExitStack,
+    name: str,
+    *,
+    endpoint: str | None = None,
+    seed: int | None = None,
+    max_receive_count: int,
+    visibility_timeout: int,
+    **overrides: str | None,
+) -> Rig:
+    """moto (started unless `endpoint` reuses one), a fake UserHub with a fresh key, and the stage `{name}-{run id}`
+    on both (its key in SSM, its queues created), entered into this process until `stack` closes."""
     if endpoint is None:
         endpoint = stack.enter_context(MotoServer()).endpoint
     key = new_admin_key()
     hub = stack.enter_context(FakeUserHub(admin_keys=[key], seed=seed))
-    return Rig(endpoint, hub, key, uuid.uuid4().hex[:8])
+    env = stage_environ(
+        f"{name}-{uuid.uuid4().hex[:8]}",  # its own queues, even on a moto another run shares
+        connection_id=CONNECTION_ID,
+        pool_id=POOL_ID,
+        userhub_url=hub.url,
+        endpoint=endpoint,
+        **overrides,
+    )
+    sqs, queues = enter_stage(
+        stack, env, key, max_receive_count=max_receive_count, visibility_timeout=visibility_timeout
+    )
+    return Rig(endpoint, hub, key, env, sqs, queues)
 
 
 def enter_stage(
