@@ -144,12 +144,6 @@ def paired_ratio(subject: Sequence[float], baseline: Sequence[float]) -> float:
     return median([s / b for s, b in zip(subject, baseline, strict=True)])
 
 
-@contextlib.contextmanager
-def stopwatch() -> Iterator[Callable[[], float]]:
-    started = time.perf_counter()
-    yield lambda: time.perf_counter() - started
-
-
 # --------------------------------------------------------------------------------------------------- machine
 
 
@@ -315,11 +309,6 @@ class JsonLineChild:
 def http_post(url: str, timeout: float = 10) -> None:
     """POST with no body (the fake UserHub's control routes), for resets between runs."""
     urllib.request.urlopen(urllib.request.Request(url, data=b"", method="POST"), timeout=timeout).read()
-
-
-def http_get_json(url: str, timeout: float = 30) -> Any:
-    with urllib.request.urlopen(url, timeout=timeout) as response:
-        return json.loads(response.read())
 
 
 # --------------------------------------------------------------------------------------------------- results

@@ -106,7 +106,8 @@ def run(options: Options) -> Section:
     import boto3
 
     from userhub_sync.local.fake_userhub import FakeUserHub
-    from userhub_sync.local.moto import MotoServer, aws_environ, patched_environ
+    from userhub_sync.local.moto import MotoServer, patched_environ
+    from userhub_sync.scenarios.rig import stage_environ
 
     section = Section("cost", "4. Cost per 1,000 sign-ins and per month")
     key = "userhub_admin_bench_" + secrets.token_hex(8)
@@ -123,20 +124,22 @@ def run(options: Options) -> Section:
     level = logger.level
     try:
         with MotoServer() as moto, FakeUserHub(admin_keys=[key], latency_ms=LATENCY_MS, seed=5) as hub:
-            base = {
-                **aws_environ(moto.endpoint),
-                "USERHUB_API_URL": hub.url,
-                "USERHUB_CONNECTION_ID": CONNECTION_ID,
-                "USERHUB_ADMIN_KEY": key,
-                "USERHUB_ADMIN_KEY_PARAMETER": None,
-                "USERHUB_ADMIN_KEY_SECRET_ID": None,
-                "USER_POOL_ID": POOL_ID,
-                "LOG_LEVEL": "INFO",
-                "USERHUB_SYNC_METRICS": "on",
-                "DELIVERY_CONCURRENCY": "16",
-                "RETRY_BASE_SECONDS": "1",
-                "RETRY_MAX_SECONDS": "4",
-            }
+            # as deployed (INFO logs, metrics, post_auth's own timeouts), but short backoff for the retries
+            base = stage_environ(
+                "userhub-sync-bench-cost",
+                connection_id=CONNECTION_ID,
+                pool_id=POOL_ID,
+                userhub_url=hub.url,
+                admin_key=key,
+                endpoint=moto.endpoint,
+                LOG_LEVEL="INFO",
+                USERHUB_SYNC_METRICS="on",
+                DELIVERY_CONCURRENCY="16",
+                RETRY_MAX_SECONDS="4",
+                SQS_CONNECT_TIMEOUT=None,
+                SQS_READ_TIMEOUT=None,
+                POST_AUTH_BUDGET_SECONDS=None,
+            )
             logger.setLevel(logging.INFO)
             for tag, name, fault_rate in (
                 ("clean", "no faults", 0.0),
@@ -165,11 +168,10 @@ def _scenario(tally: Tally, hub: Any, fault_rate: float, tag: str) -> None:
 
     import app
     from bench.signin import signin_event
-    from chalicelib import delivery, post_auth
-    from chalicelib.settings import reset_settings
+    from chalicelib import post_auth
     from userhub_sync.local.event_source import LocalEventSource
     from userhub_sync.local.fake_userhub import Fault
-    from userhub_sync.local.moto import patched_environ
+    from userhub_sync.local.moto import new_container, patched_environ
     from userhub_sync.ops.queues import QueueSpec, ensure_queues
 
     events_name, dlq_name = f"userhub-sync-bench-cost-{tag}", f"userhub-sync-bench-cost-{tag}-dlq"
@@ -183,9 +185,7 @@ def _scenario(tally: Tally, hub: Any, fault_rate: float, tag: str) -> None:
     with patched_environ(
         {"EVENTS_QUEUE_NAME": events_name, "DEAD_LETTER_QUEUE_NAME": dlq_name, "EVENTS_QUEUE_URL": state.events_url}
     ):  # `bootstrap` writes EVENTS_QUEUE_URL
-        reset_settings()
-        delivery.reset_deliverer()
-        post_auth.queue.reset()  # new containers for both functions: their cold starts are counted
+        new_container()  # new containers for both functions: their cold starts are counted
         failed_before = post_auth.metrics.totals.get("enqueue_failed", 0)
         source = LocalEventSource(
             boto3.client("sqs"),
@@ -229,9 +229,7 @@ def _scenario(tally: Tally, hub: Any, fault_rate: float, tag: str) -> None:
     missing = SIGNINS - len(accepted)
     if missing:
         raise RuntimeError(f"{missing} sign-ins never reached the fake UserHub")
-    reset_settings()
-    delivery.reset_deliverer()
-    post_auth.queue.reset()
+    new_container()
 
 
 def _deliver_counted(
