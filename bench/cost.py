@@ -262,9 +262,6 @@ def _guide_call_ms(url: str, key: str, calls: int = 60) -> float:
     return median(times[5:])
 
 
-# --------------------------------------------------------------------------------------------------- pricing
-
-
 def _gb_seconds(durations_ms: list[float], memory_mb: int) -> float:
     """Lambda bills each invocation's duration rounded up to the millisecond."""
     return sum(math.ceil(d) for d in durations_ms) / 1000 * memory_mb / 1024

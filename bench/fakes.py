@@ -4,13 +4,13 @@ the measured code reads, and nothing more. Every other AWS call in the benchmark
 
 from __future__ import annotations
 
-import datetime as dt
 import io
 import json
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-EPOCH = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 class NoSQS:
@@ -71,7 +71,7 @@ class FakeCognito:
 
     def _user(self, i: int) -> dict[str, Any]:
         name = f"user{i:07d}@example.com"
-        modified = EPOCH + dt.timedelta(days=1 if i in self.changed else 0, seconds=i)
+        modified = EPOCH + timedelta(days=1 if i in self.changed else 0, seconds=i)
         return {
             "Username": name,
             "Attributes": [

@@ -121,9 +121,6 @@ def run(options: Options) -> Section:
     return section
 
 
-# --------------------------------------------------------------------------------------------------- warm
-
-
 def _warm(section: Section, queue_url: str, calls: int) -> None:
     import boto3
 
@@ -193,8 +190,6 @@ def _warm(section: Section, queue_url: str, calls: int) -> None:
         f"{fmt(percentile(bare_ms, 99))}, max {fmt(max(bare_ms))}."
     )
 
-
-# --------------------------------------------------------------------------------------------------- cold
 
 _CHILD = r"""
 import json, os, sys, time
@@ -330,9 +325,6 @@ def _importtime_table() -> str:
         + (", ".join(f"{k} {v / 1000:.1f}" for k, v in ours.items()) or "none at top level")
         + "."
     )
-
-
-# --------------------------------------------------------------------------------------------------- worst case
 
 
 class _Listener:

@@ -43,7 +43,6 @@ def fuzz(examples: int) -> settings:
     )
 
 
-# ================================================================================================ helpers
 TALLY: Counter[str] = Counter()  # what this module pushed through the pipeline; printed for docs/RELIABILITY.md
 
 
@@ -65,7 +64,6 @@ COGNITO_CHARS = st.characters(categories=["L", "M", "S", "N", "P"]) | st.sampled
 cognito_usernames = st.text(COGNITO_CHARS, min_size=1, max_size=128)
 
 
-# ================================================================================================ post_auth
 huge_values = st.tuples(
     st.sampled_from(["x", "é", "名", "🙂", "\u200b", "'\"\\", "\n"]), st.integers(50_000, 120_000)
 ).map(lambda pair: pair[0] * (pair[1] // len(pair[0])))
@@ -139,7 +137,6 @@ def test_any_field_of_any_type_and_size_never_raises(pipeline, value: Any, key: 
     TALLY["cognito events with a field of any type: returned unchanged"] += 1
 
 
-# ================================================================================================ SQS bodies
 def _valid(**changes: Any) -> dict[str, Any]:
     body = json.loads(message_body("poison-template"))
     body.update(changes)
@@ -289,7 +286,6 @@ def test_large_poison_bodies_still_reach_the_dlq_at_once(pipeline, hub) -> None:
     assert [e.external_id for e in hub.events()] == ["fine"]
 
 
-# ================================================================================================ usernames
 AWKWARD = [
     *"/?#%@:| ",
     "%2F",

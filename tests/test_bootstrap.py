@@ -254,7 +254,6 @@ def test_bucket_gets_a_tls_only_policy_behind_https(moto_server):
     assert drift.status == "drift" and "TLS-only" in drift.detail
 
 
-# ------------------------------------------------------------------------------------------------ horizon, retention
 def test_a_short_horizon_is_shown_in_minutes_not_as_zero_hours(project):
     result = cli(
         "bootstrap",

@@ -137,7 +137,6 @@ def test_outside_a_project_the_error_says_what_to_do(tmp_path, monkeypatch, moto
     assert "--project-dir" not in result.output
 
 
-# ------------------------------------------------------------------------------------------------ pipes
 def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     """The installed console script, stdout and stderr as pipes, no COLUMNS: what cron and CI see."""
     env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}

@@ -71,9 +71,6 @@ def ids_by_user(event: dict[str, Any]) -> dict[str, str]:
     return {json.loads(r["body"])["username"]: r["messageId"] for r in event["Records"]}
 
 
-# ------------------------------------------------------------------------- 1. Retry-After past the retention
-
-
 def test_a_retry_after_past_the_retention_dead_letters_now_with_the_reason(pipeline, hub) -> None:
     """SQS would delete the message at the end of its retention, never delivered and never dead-lettered."""
     sqs, queues = pipeline.sqs, pipeline.queues
@@ -114,9 +111,6 @@ def test_plan_keeps_every_next_attempt_inside_the_retention(
         assert "retention" in action.info.reason
     else:
         assert isinstance(action, Delay) and now + action.seconds < now - age_days * DAY + 4 * DAY - 3600
-
-
-# ------------------------------------------------------------------------- 3. the mapping without partial responses
 
 
 @pytest.fixture
@@ -181,9 +175,6 @@ def test_a_batch_without_retries_returns_normally_whatever_the_mapping(pipeline,
     sqs, queues = pipeline.sqs, pipeline.queues
     send(sqs, queues.events_url, message_body("fine"))
     assert deliver(receive_event(sqs, queues.events_url, 1)) == {"batchItemFailures": []}
-
-
-# ------------------------------------------------------------------------- 4, 7, 8. one bad record, its own outcome
 
 
 def _one_bad_among_good(pipeline, hub, bad_body: str) -> tuple[dict[str, Any], dict[str, str]]:
@@ -279,9 +270,6 @@ def test_an_admin_key_with_a_pasted_invisible_character_is_retried_and_said_loud
     assert ADMIN_KEY[5:] not in caplog.text and ADMIN_KEY[:5] + "\u200b" not in caplog.text
 
 
-# ------------------------------------------------------------------------- 5. wall-clock bounds
-
-
 def test_a_slow_drip_answer_cannot_hold_deliver_past_its_invocation(pipeline, hub) -> None:
     """httpx's read timeout applies per read: one byte every 0.1 s would keep a call going for ~10 s."""
     hub.add_fault(Fault(status=200, message="x" * 100, drip_ms=100))
@@ -321,9 +309,6 @@ def test_settling_calls_have_short_timeouts(pipeline) -> None:
     assert config.retries["total_max_attempts"] <= 2
 
 
-# ------------------------------------------------------------------------- 6. a 401 a fresh key does not cure
-
-
 def test_a_401_a_fresh_key_does_not_cure_costs_one_fetch_a_minute(pipeline, hub, container) -> None:
     boto3.client("ssm").put_parameter(Name="/test/admin-key", Value=ADMIN_KEY, Type="SecureString")
     container(USERHUB_ADMIN_KEY=None, USERHUB_ADMIN_KEY_PARAMETER="/test/admin-key")
@@ -344,9 +329,6 @@ def test_a_401_a_fresh_key_does_not_cure_costs_one_fetch_a_minute(pipeline, hub,
     assert deliverer.keys.fetches == 3, "a minute later, a 401 may fetch again"
 
 
-# ------------------------------------------------------------------------- 9. not started on the last receive
-
-
 def test_a_record_never_attempted_on_its_last_receive_reaches_the_dlq_with_the_reason(pipeline, hub) -> None:
     sqs, queues = pipeline.sqs, pipeline.queues
     send(sqs, queues.events_url, message_body("starved"))
@@ -364,9 +346,6 @@ def test_plan_releases_a_record_never_started_at_once() -> None:
     limits = Limits(RetryPolicy(), retention_margin=3600)
     action = plan(record, NOT_STARTED, None, QueueFacts(13, 4 * DAY), limits, now=1_800_000_060.0, rng=random.Random())
     assert action == Delay(0, "not started: the invocation ran low on time")
-
-
-# ------------------------------------------------------------------------- settling: each failure path
 
 
 def test_a_failed_visibility_change_still_keeps_the_record(pipeline, hub, caplog) -> None:
@@ -435,9 +414,6 @@ def test_retry_max_seconds_below_twelve_hours_caps_the_wait(pipeline, hub, conta
     event["Records"][0]["attributes"]["ApproximateReceiveCount"] = "3"
     Deliverer(get_settings(), sqs=sqs).handle(event, lambda: 60_000)
     assert [e["VisibilityTimeout"] for e in seen] == [100]
-
-
-# ------------------------------------------------------------------------- bodies and answers at the edges
 
 
 def test_a_poison_body_at_the_size_limit_reaches_the_dlq_with_its_reason(pipeline, hub) -> None:

@@ -103,7 +103,6 @@ def users(listing: dict[str, Any]) -> set[str]:
     return {m["user"] for m in listing["messages"]}
 
 
-# ------------------------------------------------------------------------------------------------ list
 def test_list_shows_failures_and_leaves_the_queue_as_it_was(stage):
     seed()
     listing = list_json()
@@ -164,7 +163,6 @@ def test_messages_redriven_by_sqs_itself_are_listed_as_redriven(stage):
     assert listed["user"] == "erin" and listed["kind"] == "redriven" and listed["failed_at"] is None
 
 
-# ------------------------------------------------------------------------------------------------ replay
 def test_replay_sends_back_once_with_source_replay_and_keeps_poison(stage):
     sent = seed()
     result = cli("dlq", "replay", "--stage", "dev", "--json", *FAST)
@@ -367,7 +365,6 @@ def test_native_replay_fails_clearly_on_moto(stage):
     assert combined.exit_code == 64 and "cannot be combined" in combined.stderr
 
 
-# ------------------------------------------------------------------------------------------------ purge
 def test_purge_asks_first_and_filters_delete_only_matches(stage):
     seed()
     declined = cli("dlq", "purge", "--stage", "dev", "--wait-seconds", "0", input="n\n")
@@ -383,7 +380,6 @@ def test_purge_asks_first_and_filters_delete_only_matches(stage):
     assert depth(queue_url(DLQ)) == 0
 
 
-# ------------------------------------------------------------------------------------------------ units
 def test_token_bucket_paces_to_the_rate():
     clock = {"t": 0.0}
     sleeps: list[float] = []

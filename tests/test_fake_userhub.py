@@ -40,9 +40,6 @@ def client(hub: FakeUserHub) -> Iterator[httpx.Client]:
         yield c
 
 
-# ------------------------------------------------------------------------------------------------ auth
-
-
 def test_auth_missing_bad_key_and_rotation(hub: FakeUserHub, client: httpx.Client) -> None:
     unauthenticated = {"code": "UNAUTHENTICATED", "message": "Invalid API key"}
     for headers in ({}, {"Authorization": KEY}, {"Authorization": "Basic abc"}, {"Authorization": "Bearer nope"}):
@@ -57,9 +54,6 @@ def test_auth_missing_bad_key_and_rotation(hub: FakeUserHub, client: httpx.Clien
     r = client.post(event_path("alice"), json={}, headers={"Authorization": "Bearer userhub_admin_new"})
     assert r.status_code == 200
     assert [e.external_id for e in hub.events()] == ["alice", "alice"]  # 401s are not events
-
-
-# ------------------------------------------------------------------------------------------------ :event
 
 
 def test_event_type_recorded_and_empty_body_is_changed(hub: FakeUserHub, client: httpx.Client) -> None:
@@ -148,9 +142,6 @@ def test_unknown_admin_routes_are_json_404(client: httpx.Client) -> None:
         assert r.status_code == 404, path
         assert r.headers["content-type"] == "application/json"
         assert r.json()["code"] == "NOT_FOUND"
-
-
-# ------------------------------------------------------------------------------------------------ faults
 
 
 @pytest.mark.parametrize(
@@ -269,9 +260,6 @@ def test_invalid_fault_rejected() -> None:
         Fault.from_dict({"kind": "status", "stauts": 500})
 
 
-# ------------------------------------------------------------------------------------------------ concurrency
-
-
 def test_concurrent_requests_overlap_their_latency() -> None:
     n = 64
     with (
@@ -285,9 +273,6 @@ def test_concurrent_requests_overlap_their_latency() -> None:
         assert statuses == [200] * n
         assert elapsed < 2.0, f"{n} requests of 100 ms took {elapsed:.2f}s: the fake serialises requests"
         assert len(fake.events()) == n and len(fake.users()) == n
-
-
-# ------------------------------------------------------------------------------------------------ control routes
 
 
 def test_control_routes_over_http(hub: FakeUserHub, client: httpx.Client) -> None:
@@ -324,9 +309,6 @@ def test_control_routes_over_http(hub: FakeUserHub, client: httpx.Client) -> Non
     ctl.close()
 
 
-# ------------------------------------------------------------------------------------------------ journal
-
-
 def test_journal_contents(hub: FakeUserHub, client: httpx.Client) -> None:
     before = time.time()
     headers = {"Authorization": "Bearer  weird spacing", "User-Agent": "UserHub-AmazonCognito/1.0", "X-Trace": "t1"}
@@ -346,9 +328,6 @@ def test_journal_contents(hub: FakeUserHub, client: httpx.Client) -> None:
     assert other.headers["authorization"] == AUTH["Authorization"]
     assert other.body == "" and other.decoded_id is None
     json.dumps([asdict(e) for e in hub.journal()])  # serialisable as promised
-
-
-# ------------------------------------------------------------------------------------------------ lifecycle
 
 
 def test_stop_cuts_keep_alive_connections() -> None:

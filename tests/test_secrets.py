@@ -128,7 +128,6 @@ def assert_nowhere(keys: list[str], places: dict[str, str]) -> None:
                 assert fragment not in text, f"the Admin key (or part of it) appears in {name}"
 
 
-# ================================================================================================ in-process
 @pytest.mark.parametrize("source", ["ssm", "secretsmanager"])
 def test_rotation_costs_one_fetch_and_the_key_is_never_printed(
     pipeline, hub, fast_retries, capfd, key_fetches: dict[str, int], source: str
@@ -250,7 +249,6 @@ def test_an_echoed_key_is_in_no_exception_and_never_half_redacted(pipeline, hub,
     )
 
 
-# ================================================================================================ subprocesses
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "userhub_sync.cli", *args],

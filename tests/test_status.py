@@ -167,7 +167,6 @@ def test_a_stopped_reconcile_shows_the_last_complete_run_and_stays_healthy(proje
     assert "last run stopped at 2026-01-02T03:05:00+00:00" in rec["detail"]
 
 
-# ------------------------------------------------------------------------------------------------ health
 def _healthy_stage(project) -> dict[str, str]:
     """Bootstrapped, deployed, wired, mapping enabled: `status --check` has nothing to flag."""
     bootstrap(create_pool())

@@ -16,7 +16,7 @@ from tests.support import (
     describe_pool,
     fake_chalice_deploy,
 )
-from userhub_sync.ops import wire as w
+from userhub_sync.ops import wire
 
 IGNORED = {"LambdaConfig", "LastModifiedDate"}
 
@@ -207,7 +207,7 @@ def test_update_request_keeps_only_what_update_user_pool_accepts():
         "LambdaConfig": {"PreSignUp": "arn:pre"},
         "DeviceConfiguration": {"ChallengeRequiredOnNewDevice": True, "SomethingNewAndReadOnly": 1},
     }
-    request = w.update_request(cognito, described, {"PreSignUp": "arn:pre", "PostAuthentication": "arn:post"})
+    request = wire.update_request(cognito, described, {"PreSignUp": "arn:pre", "PostAuthentication": "arn:post"})
     accepted = set(cognito.meta.service_model.operation_model("UpdateUserPool").input_shape.members)
     assert set(request) <= accepted
     assert request["UserPoolId"] == "us-east-1_Abc"
@@ -221,5 +221,5 @@ def test_update_request_keeps_only_what_update_user_pool_accepts():
 def test_diff_pool_finds_nested_changes():
     before = {"Policies": {"PasswordPolicy": {"MinimumLength": 14}}, "LambdaConfig": {"A": "1"}, "X": [1]}
     after = {"Policies": {"PasswordPolicy": {"MinimumLength": 8}}, "LambdaConfig": {"A": "2"}, "X": [1]}
-    changes = w.diff_pool(before, after, {"LambdaConfig"})
+    changes = wire.diff_pool(before, after, {"LambdaConfig"})
     assert [(c.path, c.before, c.after) for c in changes] == [("Policies.PasswordPolicy.MinimumLength", 14, 8)]

@@ -15,6 +15,7 @@ from userhub_sync.cli import options
 from userhub_sync.cli.output import console, echo_json, fail, handle_errors, print_error
 from userhub_sync.ops import dlq
 from userhub_sync.ops.aws import client, queue_arn, queue_url_or_none
+from userhub_sync.ops.dlq_scan import parse_kind
 from userhub_sync.ops.durations import format_duration, parse_duration
 from userhub_sync.ops.errors import EXIT_CODES_HELP, ExitCode, OpsError, UsageProblem
 from userhub_sync.ops.queues import queue_depths
@@ -86,7 +87,7 @@ def _filters(
             reason=reason,
             status=status,
             user=user,
-            kind=kind,
+            kind=parse_kind(kind) if kind else None,
             older_than=parse_duration(older_than) if older_than else None,
             newer_than=parse_duration(newer_than) if newer_than else None,
         )
@@ -244,7 +245,7 @@ def _print_replay(report: dlq.ReplayReport) -> None:
     if report.duplicates_removed:
         out.print(f"removed {report.duplicates_removed} already-replayed message(s) offered again")
     for failure in report.failures[:20]:
-        out.print(f"[red]not sent[/red] {failure['message_id']}: {failure['error']} (still in the DLQ)")
+        out.print(f"[red]not sent[/red] {failure.message_id}: {failure.error} (still in the DLQ)")
     if report.not_deleted:
         out.print(
             f"[yellow]warning[/yellow]: {report.not_deleted} message(s) were sent but could not be "

@@ -93,6 +93,14 @@ class TokenBucket:
             self.tokens -= 1
 
 
+@dataclass(frozen=True)
+class ReplayFailure:
+    """A message whose send SQS did not confirm: it stays in the DLQ."""
+
+    message_id: str
+    error: str
+
+
 @dataclass
 class ReplayReport:
     dry_run: bool
@@ -103,7 +111,7 @@ class ReplayReport:
     failed: int = 0  # send not confirmed: still in the DLQ
     duplicates_removed: int = 0  # already sent in this run, offered again: deleted, not sent twice
     not_deleted: int = 0  # sent, but the DLQ delete failed: may be offered again later
-    failures: list[dict[str, str]] = field(default_factory=list)
+    failures: list[ReplayFailure] = field(default_factory=list)
     replayed_ids: list[str] = field(default_factory=list)
     counted_at_start: int = 0  # SQS's ApproximateNumberOfMessages + ...NotVisible before the scan
     in_flight_at_start: int = 0  # ...NotVisible before the scan: held by another receiver, invisible to this one
@@ -111,7 +119,7 @@ class ReplayReport:
     visibility_timeout: int = 0  # the DLQ's default, after which held messages are visible again
 
     def to_dict(self) -> dict[str, Any]:
-        data = {k: v for k, v in self.__dict__.items() if k != "replayed_ids"}
+        data = {k: v for k, v in asdict(self).items() if k != "replayed_ids"}
         data["unseen_detail"] = self.unseen_message() if self.unseen else None
         return data
 
@@ -246,7 +254,7 @@ def _send_and_delete(
     for i, message in enumerate(chunk):
         if i not in ok:
             report.failed += 1
-            report.failures.append({"message_id": message.message_id, "error": failed.get(i, "NotConfirmed")})
+            report.failures.append(ReplayFailure(message.message_id, failed.get(i, "NotConfirmed")))
     sent.update(m.message_id for m in confirmed)
     report.replayed += len(confirmed)
     report.replayed_ids.extend(m.message_id for m in confirmed)

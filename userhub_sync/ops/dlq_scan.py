@@ -131,6 +131,12 @@ class DlqMessage:
         return data
 
 
+def parse_kind(text: str) -> FailureKind:
+    if text not in set(FailureKind):
+        raise OpsError(f"--kind must be one of {', '.join(FailureKind)}, not {text!r}")
+    return FailureKind(text)
+
+
 @dataclass
 class Filters:
     """Which DLQ messages a command acts on; every given criterion must match."""
@@ -138,13 +144,13 @@ class Filters:
     reason: str | None = None  # substring of the reason, case-insensitive
     status: int | None = None
     user: str | None = None
-    kind: str | None = None
+    kind: FailureKind | None = None
     older_than: float | None = None  # seconds since first seen
     newer_than: float | None = None
 
     def __post_init__(self) -> None:
-        if self.kind and self.kind not in set(FailureKind):
-            raise OpsError(f"--kind must be one of {', '.join(FailureKind)}, not {self.kind!r}")
+        if self.kind is not None:
+            self.kind = parse_kind(self.kind)
 
     @property
     def active(self) -> bool:

@@ -21,15 +21,23 @@ from typing import Any
 
 from userhub_sync.ops.stage import default_names
 
-# Which policy (role) each Chalice function needs; functions sharing a role share a policy file.
-FUNCTION_ROLES: dict[str, str] = {
-    "post_auth": "post_auth",
-    "post_confirmation": "post_auth",
-    "deliver": "deliver",
-    "reconcile": "reconcile",
-    "reconcile_continue": "reconcile",
+
+class Role(StrEnum):
+    """A policy document; every function with the same role gets the same one (and shares its policy file)."""
+
+    POST_AUTH = "post_auth"
+    DELIVER = "deliver"
+    RECONCILE = "reconcile"
+
+
+FUNCTION_ROLES: dict[str, Role] = {
+    "post_auth": Role.POST_AUTH,
+    "post_confirmation": Role.POST_AUTH,
+    "deliver": Role.DELIVER,
+    "reconcile": Role.RECONCILE,
+    "reconcile_continue": Role.RECONCILE,
 }
-ROLES = ("post_auth", "deliver", "reconcile")
+ROLES = tuple(Role)
 LOG_ACTIONS = ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"]
 # Actions without resource-level permissions: their only valid Resource is "*".
 UNSCOPABLE_ACTIONS = frozenset({"lambda:ListEventSourceMappings"})
@@ -103,11 +111,11 @@ def build_policy(role: str, functions: list[str], t: PolicyTargets) -> dict[str,
         _statement("Logs", LOG_ACTIONS, [arn for fn in sorted(functions) for arn in t.log_group_arns(fn)])
     ]
     kms_actions: list[str] = []
-    if role == "post_auth":
+    if role == Role.POST_AUTH:
         # post_auth finds the queue URL from EVENTS_QUEUE_URL or its own ARN, so SendMessage is all it needs
         statements.append(_statement("EnqueueEvents", ["sqs:SendMessage"], [t.events_queue_arn]))
         kms_actions = ["kms:GenerateDataKey", "kms:Decrypt"]  # producers to a CMK-encrypted queue need both
-    elif role == "deliver":
+    elif role == Role.DELIVER:
         statements.append(
             _statement(
                 "ConsumeEvents",
@@ -127,7 +135,7 @@ def build_policy(role: str, functions: list[str], t: PolicyTargets) -> dict[str,
         # resource-level permission in IAM, so "*" is its only possible Resource (UNSCOPABLE_ACTIONS)
         statements.append(_statement("FindOwnMapping", ["lambda:ListEventSourceMappings"], ["*"]))
         kms_actions = ["kms:Decrypt", "kms:GenerateDataKey"]
-    elif role == "reconcile":
+    elif role == Role.RECONCILE:
         statements.append(_statement("ScanPool", ["cognito-idp:ListUsers"], [t.user_pool_arn]))
         statements.append(
             _statement(
