@@ -5,7 +5,8 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
-from typing import Annotated, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -20,6 +21,9 @@ from userhub_sync.ops.durations import format_duration, parse_duration
 from userhub_sync.ops.errors import EXIT_CODES_HELP, ExitCode, OpsError, UsageProblem
 from userhub_sync.ops.queues import queue_depths
 from userhub_sync.ops.stage import StageContext, load_stage
+
+if TYPE_CHECKING:
+    from types_boto3_sqs import SQSClient
 
 app = typer.Typer(
     help="Inspect, replay or purge the stage's dead-letter queue.", epilog=EXIT_CODES_HELP, no_args_is_help=True
@@ -95,11 +99,26 @@ def _filters(
         raise UsageProblem(str(error)) from None
 
 
-def _queue_url(ctx: StageContext, name: str) -> str:
-    url = queue_url_or_none(client("sqs"), name)
-    if url is None:
-        raise OpsError(f"queue {name} not found: run `userhub-sync bootstrap --stage {ctx.stage}`")
-    return url
+@dataclass
+class _Stage:
+    """The stage a dlq command acts on: its names, an SQS client and its DLQ's URL."""
+
+    ctx: StageContext
+    sqs: SQSClient
+    dlq_url: str
+
+    @classmethod
+    def load(cls, stage: str) -> _Stage:
+        ctx = load_stage(stage)
+        sqs = client("sqs")
+        return cls(ctx, sqs, cls.queue_url(ctx, sqs, ctx.dead_letter_queue))
+
+    @staticmethod
+    def queue_url(ctx: StageContext, sqs: SQSClient, name: str) -> str:
+        url = queue_url_or_none(sqs, name)
+        if url is None:
+            raise OpsError(f"queue {name} not found: run `userhub-sync bootstrap --stage {ctx.stage}`")
+        return url
 
 
 @app.command("list")
@@ -123,9 +142,11 @@ def dlq_list(
     as_json: options.JsonOpt = False,
 ) -> None:
     """List DLQ messages with their failure (kind, status, code, reason, attempts, first seen, age)."""
-    ctx = load_stage(stage)
-    url = _queue_url(ctx, ctx.dead_letter_queue)
-    listing = dlq.list_messages(client("sqs"), url, filters, limit=limit, visibility=visibility, wait=wait_seconds)
+    loaded = _Stage.load(stage)
+    ctx = loaded.ctx
+    listing = dlq.list_messages(
+        loaded.sqs, loaded.dlq_url, filters, limit=limit, visibility=visibility, wait=wait_seconds
+    )
     if as_json:
         echo_json(
             {
@@ -183,10 +204,9 @@ def dlq_replay(
     as_json: options.JsonOpt = False,
 ) -> None:
     """Send DLQ messages back to the events queue (source "replay"); delete each only once its send is confirmed."""
-    ctx = load_stage(stage)
-    sqs = client("sqs")
-    dlq_url = _queue_url(ctx, ctx.dead_letter_queue)
-    events_url = _queue_url(ctx, ctx.events_queue)
+    loaded = _Stage.load(stage)
+    ctx, sqs, dlq_url = loaded.ctx, loaded.sqs, loaded.dlq_url
+    events_url = _Stage.queue_url(ctx, sqs, ctx.events_queue)
     if native:
         if filters.active or limit or include_poison or dry_run:
             raise UsageProblem(
@@ -267,9 +287,8 @@ def dlq_purge(
     as_json: options.JsonOpt = False,
 ) -> None:
     """Delete DLQ messages for good: all of them (PurgeQueue), or with filters only the matching ones."""
-    ctx = load_stage(stage)
-    sqs = client("sqs")
-    url = _queue_url(ctx, ctx.dead_letter_queue)
+    loaded = _Stage.load(stage)
+    ctx, sqs, url = loaded.ctx, loaded.sqs, loaded.dlq_url
     depth = queue_depths(sqs, url).visible
     what = "the messages matching the filters" if filters.active else f"all ~{depth} message(s)"
     if not yes and not typer.confirm(f"Delete {what} from {ctx.dead_letter_queue}? This cannot be undone"):

@@ -26,7 +26,7 @@ from userhub_sync.ops.dlq import Filters, list_messages, replay
 from userhub_sync.ops.queues import QueueState, queue_depths
 from userhub_sync.scenarios.accounting import Report, Scenario, accepted_after_timeout, account, fault_counts
 from userhub_sync.scenarios.moto_patches import watched_moto
-from userhub_sync.scenarios.rig import Rig, open_rig
+from userhub_sync.scenarios.rig import Rig, StageConfig
 from userhub_sync.scenarios.traffic import Producer, SignIn, usernames
 from userhub_sync.scenarios.workers import Killer, WorkerPool, wait_until
 
@@ -37,12 +37,14 @@ REJECTIONS = ((400, "EXTERNAL_ID_REJECTED"), (404, "USER_NOT_FOUND"))  # alterna
 
 
 @dataclass
-class ChaosConfig:
+class ChaosConfig(StageConfig):
     """The chaos scenario's knobs. Fault shares are of all UserHub calls (exact shares, not per-rule draws)."""
 
     signins: int = 2000
+    visibility_timeout: int = 5  # a killed worker's messages come back after this
+    max_receive_count: int = 20
+    drain_timeout: float = 600.0
     workers: int = 3
-    seed: int = 7
     repeat_share: float = 0.1  # sign-ins by a user who already signed in (exercises in-batch merging)
     permanent_users: int | None = None  # default: max(3, signins // 200), alternating 400 and 404
     share_5xx: float = 0.20
@@ -51,15 +53,9 @@ class ChaosConfig:
     share_drop: float = 0.02  # connection closed without an answer
     read_timeout: float = 1.0  # USERHUB_READ_TIMEOUT of the workers; slow answers take this + 0.6 s
     retry_after: str = "2"
-    retry_base: int = 1  # RETRY_BASE_SECONDS (production: 30)
-    retry_max: int = 4  # RETRY_MAX_SECONDS (production: 43200)
-    visibility_timeout: int = 5  # the queue's: a killed worker's messages come back after this
-    max_receive_count: int = 20
     max_kills: int | None = None  # default: max(5, signins // 40)
     kill_interval: tuple[float, float] = (0.5, 2.0)
     kill_tail_seconds: float = 8.0  # keep killing this long after the last sign-in
-    batch_size: int = 10
-    drain_timeout: float = 600.0
 
     @property
     def permanent(self) -> int:
@@ -112,17 +108,8 @@ def run_chaos(
     rng = random.Random(config.seed)
     with ExitStack() as stack:
         moto = stack.enter_context(watched_moto())
-        rig = open_rig(
-            stack,
-            "chaos",
-            endpoint=endpoint,
-            seed=config.seed,
-            max_receive_count=config.max_receive_count,
-            visibility_timeout=config.visibility_timeout,
-            RETRY_BASE_SECONDS=str(config.retry_base),
-            RETRY_MAX_SECONDS=str(config.retry_max),
-            USERHUB_READ_TIMEOUT=str(config.read_timeout),
-            LOG_LEVEL="WARNING",
+        rig = config.open_rig(
+            stack, "chaos", endpoint, USERHUB_READ_TIMEOUT=str(config.read_timeout), LOG_LEVEL="WARNING"
         )
         sqs, queues = rig.sqs, rig.queues
         logs = log_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="chaos-")))

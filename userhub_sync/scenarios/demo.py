@@ -21,7 +21,7 @@ from userhub_sync.local.event_source import LocalEventSource
 from userhub_sync.local.faults import Fault, FaultKind
 from userhub_sync.ops.dlq import Filters, list_messages
 from userhub_sync.scenarios.accounting import Report, Scenario, account
-from userhub_sync.scenarios.rig import log_level, open_rig
+from userhub_sync.scenarios.rig import StageConfig, log_level
 from userhub_sync.scenarios.traffic import Producer, usernames
 
 POISON = ('{"v": 99, "note": "from a future version"}', "not json at all")
@@ -37,16 +37,8 @@ def run_demo(
     rng = random.Random(seed)
     report = Report(Scenario.DEMO, signins=signins)
     with ExitStack() as stack:
-        rig = open_rig(
-            stack,
-            "demo",
-            seed=seed,
-            max_receive_count=8,
-            visibility_timeout=30,
-            RETRY_MAX_SECONDS="4",
-            USERHUB_READ_TIMEOUT="1",
-            LOG_LEVEL="ERROR",
-        )
+        stage = StageConfig(signins, seed, max_receive_count=8)
+        rig = stage.open_rig(stack, "demo", USERHUB_READ_TIMEOUT="1", LOG_LEVEL="ERROR")
         sqs, queues = rig.sqs, rig.queues
         stack.enter_context(log_level(logging.ERROR))
         console.print(f"[bold]moto[/] on {rig.endpoint}, [bold]fake UserHub[/] on {rig.hub.url}")

@@ -24,7 +24,7 @@ from userhub_sync.local.faults import Fault
 from userhub_sync.ops.queues import queue_depths
 from userhub_sync.scenarios.accounting import Report, Scenario, accepted_after_timeout, account, fault_counts
 from userhub_sync.scenarios.moto_patches import watched_moto
-from userhub_sync.scenarios.rig import log_level, open_rig
+from userhub_sync.scenarios.rig import StageConfig, log_level
 from userhub_sync.scenarios.traffic import Producer, usernames
 from userhub_sync.scenarios.workers import wait_until
 
@@ -35,18 +35,14 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class OutageConfig:
+class OutageConfig(StageConfig):
     """The outage scenario: every call 503 for `outage_seconds`, backoff 1 s doubling, no jitter."""
 
     signins: int = 500
-    outage_seconds: float = 20.0
-    batch_size: int = 20  # one in-process worker (its SQS calls are observed), receiving up to this many at once
-    retry_base: int = 1
     retry_max: int = 3600
     max_receive_count: int = 13  # production's
-    visibility_timeout: int = 30
-    seed: int = 7
-    drain_timeout: float = 300.0
+    batch_size: int = 20  # one in-process worker (its SQS calls are observed), receiving up to this many at once
+    outage_seconds: float = 20.0
 
 
 @dataclass
@@ -102,17 +98,7 @@ def run_outage(
     rng = random.Random(config.seed)
     with ExitStack() as stack:
         moto = stack.enter_context(watched_moto())
-        rig = open_rig(
-            stack,
-            "outage",
-            endpoint=endpoint,
-            seed=config.seed,
-            max_receive_count=config.max_receive_count,
-            visibility_timeout=config.visibility_timeout,
-            RETRY_BASE_SECONDS=str(config.retry_base),
-            RETRY_MAX_SECONDS=str(config.retry_max),
-            RETRY_JITTER="0",
-        )
+        rig = config.open_rig(stack, "outage", endpoint, RETRY_JITTER="0")
         hub, sqs, queues = rig.hub, rig.sqs, rig.queues
         stack.enter_context(log_level(logging.ERROR))
         settings = get_settings()

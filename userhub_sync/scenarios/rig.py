@@ -137,6 +137,33 @@ def enter_stage(
     return sqs, ensure_queues(sqs, spec)
 
 
+@dataclass
+class StageConfig:
+    """What every scenario's stage takes: its size and seed, and deliver's schedule on its queue."""
+
+    signins: int = 300
+    seed: int = 7
+    retry_base: int = 1  # RETRY_BASE_SECONDS (production: 30)
+    retry_max: int = 4  # RETRY_MAX_SECONDS (production: 43200)
+    max_receive_count: int = 13
+    visibility_timeout: int = 30  # the queue's
+    batch_size: int = 10  # records per deliver invocation
+    drain_timeout: float = 300.0
+
+    def open_rig(self, stack: ExitStack, name: str, endpoint: str | None = None, **overrides: str | None) -> Rig:
+        return open_rig(
+            stack,
+            name,
+            endpoint=endpoint,
+            seed=self.seed,
+            max_receive_count=self.max_receive_count,
+            visibility_timeout=self.visibility_timeout,
+            RETRY_BASE_SECONDS=str(self.retry_base),
+            RETRY_MAX_SECONDS=str(self.retry_max),
+            **overrides,
+        )
+
+
 @contextmanager
 def log_level(level: int) -> Iterator[None]:
     """The handlers log every retry; while a table says it all, only this level and above reach the terminal."""
