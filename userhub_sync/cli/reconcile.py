@@ -21,7 +21,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -34,6 +34,9 @@ from userhub_sync.ops.aws import client
 from userhub_sync.ops.durations import parse_duration
 from userhub_sync.ops.errors import ExitCode, OpsError
 from userhub_sync.ops.stage import apply_stage, load_stage
+
+if TYPE_CHECKING:
+    from types_boto3_cognito_idp import CognitoIdentityProviderClient
 
 SUMMARY_ROWS = (
     ("status", "status"),
@@ -81,7 +84,7 @@ def _log_level(verbose: bool) -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _estimate_users(cognito: Any, pool_id: str) -> int | None:
+def _estimate_users(cognito: CognitoIdentityProviderClient, pool_id: str) -> int | None:
     """Cognito's estimate of the pool size, for the progress bar only (one UserPoolRead call)."""
     try:
         return int(cognito.describe_user_pool(UserPoolId=pool_id)["UserPool"].get("EstimatedNumberOfUsers") or 0)
