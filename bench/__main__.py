@@ -1,4 +1,5 @@
-"""`python -m bench [--only delivery,signin,reconcile,cost] [--quick]`: run, print, write bench/results.md."""
+"""`python -m bench [--only delivery,signin,reconcile,cost,reconcile-memory] [--quick]`: run, print, write
+bench/results.md. Without --only, the first four run (reconcile-memory isolates reconcile's own bytes on demand)."""
 
 from __future__ import annotations
 
@@ -12,15 +13,19 @@ import traceback
 from pathlib import Path
 
 from bench.common import RESULTS_PATH, Options, Section, log, machine_info, print_section, render_results
+from userhub_sync.local.moto import aws_environ, patched_environ
 
-BENCHMARKS = ("delivery", "signin", "reconcile", "cost")
-MINIMUM_SECONDS = {"delivery": 60, "signin": 30, "reconcile": 60, "cost": 60}  # skipped with less time left
+DEFAULT = ("delivery", "signin", "reconcile", "cost")
+BENCHMARKS = (*DEFAULT, "reconcile-memory")
+MINIMUM_SECONDS = {"delivery": 60, "signin": 30, "reconcile": 60, "cost": 60, "reconcile-memory": 30}  # else skipped
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument(
-        "--only", default=",".join(BENCHMARKS), help=f"comma-separated subset of {', '.join(BENCHMARKS)} (default: all)"
+        "--only",
+        default=",".join(DEFAULT),
+        help=f"comma-separated, from {', '.join(BENCHMARKS)} (default: {', '.join(DEFAULT)})",
     )
     parser.add_argument("--quick", action="store_true", help="fewer rounds, and skip the 50k-user reconcile")
     parser.add_argument("--output", default=str(RESULTS_PATH), help="where to write the results (markdown)")
@@ -31,19 +36,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown benchmark(s): {', '.join(unknown)}")
 
     # No AWS call may leave this machine: every benchmark points boto3 at a loopback moto; until then, nowhere.
-    os.environ.update(
-        {
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_SESSION_TOKEN": "testing",
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
-            "AWS_CONFIG_FILE": os.devnull,
-            "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-            "USERHUB_SYNC_METRICS": "off",
-        }
-    )
-    os.environ.pop("AWS_PROFILE", None)
+    with patched_environ({**aws_environ("http://127.0.0.1:9"), "USERHUB_SYNC_METRICS": "off"}):
+        return _run(args, selected)
+
+
+def _run(args: argparse.Namespace, selected: list[str]) -> int:
     from chalicelib.observability import get_logger
 
     get_logger("bench")  # configure the project's JSON logger once, then keep it quiet except where measured
@@ -64,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if options.left() < MINIMUM_SECONDS[name]:
                 raise TimeoutError(f"skipped: {options.left():.0f} s of the time budget left")
-            module = importlib.import_module(f"bench.{name}")
+            module = importlib.import_module(f"bench.{name.replace('-', '_')}")
             section = module.run(options)
         except Exception as error:  # one broken benchmark must not hide the others' figures
             if not isinstance(error, TimeoutError):
@@ -77,10 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     machine["load average at end (1/5/15 min)"] = " / ".join(f"{x:.2f}" for x in os.getloadavg())
     command = (
         "python -m bench"
-        + (f" --only {','.join(selected)}" if set(selected) != set(BENCHMARKS) else "")
+        + (f" --only {','.join(selected)}" if set(selected) != set(DEFAULT) else "")
         + (" --quick" if args.quick else "")
     )
-    partial = args.quick or set(selected) != set(BENCHMARKS)
+    partial = args.quick or not set(DEFAULT) <= set(selected)
     with open(args.output, "w", encoding="utf-8") as out:
         out.write(render_results(machine, sections, command=command, wall_seconds=wall, partial=partial))
     log(f"\nwrote {args.output} in {wall:.0f} s")

@@ -40,7 +40,7 @@ def main() -> int:
     from moto.cognitoidp.models import cognitoidp_backends
     from moto.server import ThreadedMotoServer
 
-    from userhub_sync.local import DEFAULT_REGION, MOTO_ACCOUNT, free_port
+    from userhub_sync.local.moto import DEFAULT_REGION, MOTO_ACCOUNT, free_port
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     port = free_port()

@@ -28,9 +28,6 @@ TOTAL_BUDGET_SECONDS = 570.0  # `make bench` must end within 10 minutes on the 2
 PACKAGES = ("boto3", "botocore", "httpx", "httpcore", "anyio", "moto", "pydantic", "chalice")
 
 
-# --------------------------------------------------------------------------------------------------- options
-
-
 @dataclass
 class Options:
     """How the run was asked for; `deadline` is a time.monotonic() value no benchmark may pass."""
@@ -46,9 +43,6 @@ class Options:
 def log(message: str) -> None:
     """Progress on stdout, flushed, so `make bench` shows where it is."""
     print(message, flush=True)
-
-
-# --------------------------------------------------------------------------------------------------- figures
 
 
 @dataclass
@@ -107,9 +101,6 @@ def met_text(met: bool | None) -> str:
     return {True: "yes", False: "**NO**", None: "(info)"}[met]
 
 
-# --------------------------------------------------------------------------------------------------- timing
-
-
 def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
 
@@ -142,15 +133,6 @@ def interleaved(rounds: int, subjects: dict[str, Callable[[], float]]) -> dict[s
 def paired_ratio(subject: Sequence[float], baseline: Sequence[float]) -> float:
     """Median of the per-round ratios: each pair ran back to back, so it shares the machine's mood."""
     return median([s / b for s, b in zip(subject, baseline, strict=True)])
-
-
-@contextlib.contextmanager
-def stopwatch() -> Iterator[Callable[[], float]]:
-    started = time.perf_counter()
-    yield lambda: time.perf_counter() - started
-
-
-# --------------------------------------------------------------------------------------------------- machine
 
 
 def _cpu_model() -> str:
@@ -214,9 +196,6 @@ def machine_info() -> dict[str, str]:
     }
 
 
-# --------------------------------------------------------------------------------------------------- servers
-
-
 def _read_line(proc: subprocess.Popen[str], timeout: float) -> str:
     assert proc.stdout is not None
     ready, _, _ = select.select([proc.stdout], [], [], timeout)
@@ -250,7 +229,8 @@ def fake_userhub_process(latency_ms: float, admin_key: str) -> Iterator[str]:
         [
             sys.executable,
             "-m",
-            "userhub_sync.fake_userhub",
+            "userhub_sync.cli",
+            "fake-userhub",
             "--port",
             "0",
             "--latency-ms",
@@ -314,14 +294,6 @@ class JsonLineChild:
 def http_post(url: str, timeout: float = 10) -> None:
     """POST with no body (the fake UserHub's control routes), for resets between runs."""
     urllib.request.urlopen(urllib.request.Request(url, data=b"", method="POST"), timeout=timeout).read()
-
-
-def http_get_json(url: str, timeout: float = 30) -> Any:
-    with urllib.request.urlopen(url, timeout=timeout) as response:
-        return json.loads(response.read())
-
-
-# --------------------------------------------------------------------------------------------------- results
 
 
 def _figure_rows(figures: list[Figure]) -> list[str]:

@@ -1,12 +1,11 @@
 """Cost: count what a real local run of the pipeline asks of SQS, Lambda and UserHub, then price a month.
 
 1,000 sign-ins go through the real `post_auth` handler into moto's SQS (in-process server, over HTTP); the local event
-source mapping (`userhub_sync.worker.LocalEventSource`) feeds the real `deliver` handler, which calls the fake UserHub
-(+25 ms). Every SQS request is counted by API name and by who made it (a botocore `request-created.sqs` hook on the
-session, inherited by every SQS client created after it: post_auth's, deliver's and the worker's), handler
-invocations and their durations are timed, UserHub calls are read from the fake's journal, and log bytes are counted
-at the handlers' stdout/stderr. Run once without faults and once with 5 % transient (503) UserHub failures.
-"""
+source mapping (`userhub_sync.local.event_source.LocalEventSource`) feeds the real `deliver` handler, which calls the
+fake UserHub (+25 ms). Every SQS request is counted by API name and by who made it (a botocore `request-created.sqs`
+hook on the session, inherited by every SQS client created after it: post_auth's, deliver's and the worker's), handler
+invocations and their durations are timed, UserHub calls are read from the fake's journal, and log bytes are counted at
+the handlers' stdout/stderr. Run once without faults and once with 5 % transient (503) UserHub failures."""
 
 from __future__ import annotations
 
@@ -106,8 +105,9 @@ def _memory_sizes() -> dict[str, int]:
 def run(options: Options) -> Section:
     import boto3
 
-    from userhub_sync.fake_userhub import FakeUserHub
-    from userhub_sync.local import MotoServer, aws_environ, patched_environ
+    from userhub_sync.local.fake_userhub import FakeUserHub
+    from userhub_sync.local.moto import MotoServer, patched_environ
+    from userhub_sync.scenarios.rig import stage_environ
 
     section = Section("cost", "4. Cost per 1,000 sign-ins and per month")
     key = "userhub_admin_bench_" + secrets.token_hex(8)
@@ -124,20 +124,22 @@ def run(options: Options) -> Section:
     level = logger.level
     try:
         with MotoServer() as moto, FakeUserHub(admin_keys=[key], latency_ms=LATENCY_MS, seed=5) as hub:
-            base = {
-                **aws_environ(moto.endpoint),
-                "USERHUB_API_URL": hub.url,
-                "USERHUB_CONNECTION_ID": CONNECTION_ID,
-                "USERHUB_ADMIN_KEY": key,
-                "USERHUB_ADMIN_KEY_PARAMETER": None,
-                "USERHUB_ADMIN_KEY_SECRET_ID": None,
-                "USER_POOL_ID": POOL_ID,
-                "LOG_LEVEL": "INFO",
-                "USERHUB_SYNC_METRICS": "on",
-                "DELIVERY_CONCURRENCY": "16",
-                "RETRY_BASE_SECONDS": "1",
-                "RETRY_MAX_SECONDS": "4",
-            }
+            # as deployed (INFO logs, metrics, post_auth's own timeouts), but short backoff for the retries
+            base = stage_environ(
+                "userhub-sync-bench-cost",
+                connection_id=CONNECTION_ID,
+                pool_id=POOL_ID,
+                userhub_url=hub.url,
+                admin_key=key,
+                endpoint=moto.endpoint,
+                LOG_LEVEL="INFO",
+                USERHUB_SYNC_METRICS="on",
+                DELIVERY_CONCURRENCY="16",
+                RETRY_MAX_SECONDS="4",
+                SQS_CONNECT_TIMEOUT=None,
+                SQS_READ_TIMEOUT=None,
+                POST_AUTH_BUDGET_SECONDS=None,
+            )
             logger.setLevel(logging.INFO)
             for tag, name, fault_rate in (
                 ("clean", "no faults", 0.0),
@@ -166,12 +168,11 @@ def _scenario(tally: Tally, hub: Any, fault_rate: float, tag: str) -> None:
 
     import app
     from bench.signin import signin_event
-    from chalicelib import delivery, post_auth
-    from chalicelib.settings import reset_settings
-    from userhub_sync.fake_userhub import Fault
-    from userhub_sync.local import patched_environ
-    from userhub_sync.queues import QueueSpec, ensure_queues
-    from userhub_sync.worker import LocalEventSource
+    from chalicelib import post_auth
+    from userhub_sync.local.event_source import LocalEventSource
+    from userhub_sync.local.fake_userhub import Fault
+    from userhub_sync.local.moto import new_container, patched_environ
+    from userhub_sync.ops.queues import QueueSpec, ensure_queues
 
     events_name, dlq_name = f"userhub-sync-bench-cost-{tag}", f"userhub-sync-bench-cost-{tag}-dlq"
     ROLE.name = "setup"  # bootstrap's work, and the harness's own checks, are not per sign-in
@@ -184,9 +185,7 @@ def _scenario(tally: Tally, hub: Any, fault_rate: float, tag: str) -> None:
     with patched_environ(
         {"EVENTS_QUEUE_NAME": events_name, "DEAD_LETTER_QUEUE_NAME": dlq_name, "EVENTS_QUEUE_URL": state.events_url}
     ):  # `bootstrap` writes EVENTS_QUEUE_URL
-        reset_settings()
-        delivery.reset_deliverer()
-        post_auth.queue.reset()  # new containers for both functions: their cold starts are counted
+        new_container()  # new containers for both functions: their cold starts are counted
         failed_before = post_auth.metrics.totals.get("enqueue_failed", 0)
         source = LocalEventSource(
             boto3.client("sqs"),
@@ -230,9 +229,7 @@ def _scenario(tally: Tally, hub: Any, fault_rate: float, tag: str) -> None:
     missing = SIGNINS - len(accepted)
     if missing:
         raise RuntimeError(f"{missing} sign-ins never reached the fake UserHub")
-    reset_settings()
-    delivery.reset_deliverer()
-    post_auth.queue.reset()
+    new_container()
 
 
 def _deliver_counted(
@@ -263,9 +260,6 @@ def _guide_call_ms(url: str, key: str, calls: int = 60) -> float:
             )
             times.append((time.perf_counter() - started) * 1000)
     return median(times[5:])
-
-
-# --------------------------------------------------------------------------------------------------- pricing
 
 
 def _gb_seconds(durations_ms: list[float], memory_mb: int) -> float:

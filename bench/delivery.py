@@ -31,6 +31,7 @@ from bench.common import (
     median,
     paired_ratio,
 )
+from bench.fakes import NoSQS
 
 LATENCY_MS = 25.0
 CONCURRENCIES = (1, 4, 16, 64)
@@ -44,19 +45,9 @@ PLOT_NAME = "delivery_throughput.png"
 GUIDE_USER_AGENT = "UserHub-AmazonCognito/1.0"
 
 
-class NoSQS:
-    """Stands in for deliver's SQS client: every SQS call on the all-success path is a bug, so it fails loudly."""
-
-    calls = 0
-
-    def __getattr__(self, name: str) -> Any:
-        NoSQS.calls += 1
-        raise AssertionError(f"deliver called sqs.{name} on the all-success path")
-
-
 def make_records(n: int, tag: str) -> list[dict[str, Any]]:
-    """n Lambda SQS records, unique message ids and usernames, built like `userhub_sync.worker.lambda_record`."""
-    from userhub_sync.worker import lambda_record
+    """n Lambda SQS records with unique message ids and usernames, as `lambda_record` builds them."""
+    from userhub_sync.local.event_source import lambda_record
 
     sent = str(int(time.time() * 1000))
     records = []
@@ -101,7 +92,7 @@ class DeliverSubject:
     def __init__(self, concurrency: int, environ: dict[str, str | None]) -> None:
         from chalicelib.delivery import Deliverer
         from chalicelib.settings import get_settings
-        from userhub_sync.local import patched_environ
+        from userhub_sync.local.moto import patched_environ
 
         self.environ = {**environ, "DELIVERY_CONCURRENCY": str(concurrency)}
         with patched_environ(self.environ):
@@ -115,8 +106,8 @@ class DeliverSubject:
         import app
         from chalicelib import delivery
         from chalicelib.settings import get_settings
-        from userhub_sync.local import patched_environ
-        from userhub_sync.worker import LambdaContext
+        from userhub_sync.local.event_source import LambdaContext
+        from userhub_sync.local.moto import patched_environ
 
         delivery._deliverer = self.deliverer  # this concurrency's warm container
         with patched_environ(self.environ):  # the environment it was built for, or get_deliverer() replaces it
@@ -230,29 +221,22 @@ class GuideLoop:
 
 def run(options: Options) -> Section:
     """Measure events/s at each concurrency; rounds interleave subject and baselines."""
-    from chalicelib.settings import reset_settings
-    from userhub_sync.local import patched_environ
+    from userhub_sync.local.moto import new_container, patched_environ
+    from userhub_sync.scenarios.rig import stage_environ
 
     rounds = 2 if options.quick else 4
     seconds = 1.0 if options.quick else 2.0  # per measurement; ≥ 2 s in a full run
     section = Section("delivery", "1. Delivery throughput")
     key = "userhub_admin_bench_" + secrets.token_hex(8)
     with fake_userhub_process(LATENCY_MS, key) as url:
-        environ: dict[str, str | None] = {
-            "USERHUB_API_URL": url,
-            "USERHUB_CONNECTION_ID": CONNECTION_ID,
-            "USERHUB_ADMIN_KEY": key,
-            "USERHUB_ADMIN_KEY_PARAMETER": None,
-            "USERHUB_ADMIN_KEY_SECRET_ID": None,
-            "EVENTS_QUEUE_NAME": "userhub-sync-bench-events",
-            "DEAD_LETTER_QUEUE_NAME": "userhub-sync-bench-dlq",
-            "USERHUB_SYNC_METRICS": "off",
-            "AWS_DEFAULT_REGION": "us-east-1",
-        }
+        # deliver never reaches SQS here (NoSQS): the stage's queues are names only
+        environ = stage_environ(
+            "userhub-sync-bench", connection_id=CONNECTION_ID, pool_id=POOL_ID, userhub_url=url, admin_key=key
+        )
         with patched_environ(environ):
-            reset_settings()
+            new_container()
             results = _measure(url, key, environ, rounds, seconds, section, options)
-        reset_settings()
+        new_container()
     _report(section, results, rounds, seconds, options.output_dir / PLOT_NAME)
     return section
 
@@ -349,7 +333,7 @@ def _report(section: Section, results: dict[str, Any], rounds: int, seconds: flo
     batches: dict[int, int] = results["batches"]
     guide = measured["guide (a)"]
     section.method = [
-        f"Fake UserHub in its own process (`python -m userhub_sync.fake_userhub --latency-ms {LATENCY_MS:g}`), "
+        f"Fake UserHub in its own process (`userhub-sync fake-userhub --latency-ms {LATENCY_MS:g}`), "
         "loopback, HTTP/1.1 keep-alive; the deliver handler and the baselines run in the benchmark process.",
         f"Subject: `app.deliver(event, LambdaContext(60 s))` on synthetic Lambda SQS batches of up to {BATCH_SIZE} "
         "records (unique message ids and usernames, ApproximateReceiveCount 1), the warm container's Deliverer with "
@@ -441,7 +425,7 @@ def _report(section: Section, results: dict[str, Any], rounds: int, seconds: flo
     _plot(measured, plot)
     section.notes.append(
         f"Invocations of deliver per concurrency (warm-up included): {results['invocations']}; "
-        f"SQS calls made by deliver: {NoSQS.calls}."
+        f"SQS calls made by deliver: {NoSQS.calls} besides {NoSQS.lookups} queue lookups (two per warm container)."
     )
     for c in SHARDED_AT:
         sharded, bare = measured.get(f"sharded c={c}") or [], measured[f"bare c={c}"]

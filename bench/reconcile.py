@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gc
 import importlib.util
-import json
 import threading
 import time
 import tracemalloc
@@ -17,10 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.common import Figure, JsonLineChild, Options, Section, fmt, json_line_process, log
+from bench.fakes import CountingSQS
 
-BUCKET = "userhub-sync-bench-snapshots"
-EVENTS_QUEUE = "userhub-sync-bench-reconcile-events"
-DLQ = "userhub-sync-bench-reconcile-dlq"
+PREFIX = "userhub-sync-bench-reconcile"
+BUCKET, EVENTS_QUEUE, DLQ = f"{PREFIX}-snapshots", f"{PREFIX}-events", f"{PREFIX}-dlq"
 CONNECTION_ID = "conn_bench"
 PAGE = 60
 FAST_LIMIT = 30.0  # RECONCILE_RATE_LIMIT for the timed runs: Cognito's ListUsers quota, the setting's maximum
@@ -56,23 +55,6 @@ class Scan:
                 j += 1
             best = max(best, i - j + 1)
         return best / window
-
-
-class CountingSink:
-    """Stands in for SQS in first runs (every user new): moto's SQS is O(depth), AWS's is not. Counts, checks."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-        self.messages = 0
-
-    def get_queue_url(self, QueueName: str) -> dict[str, str]:
-        return {"QueueUrl": f"https://sqs.invalid/123456789012/{QueueName}"}
-
-    def send_message_batch(self, QueueUrl: str, Entries: list[dict[str, str]]) -> dict[str, Any]:
-        self.calls += 1
-        self.messages += len(Entries)
-        json.loads(Entries[0]["MessageBody"])
-        return {"Successful": [{"Id": e["Id"], "MessageId": e["Id"]} for e in Entries], "Failed": []}
 
 
 def _listusers_hook(client: Any, times: list[float]) -> None:
@@ -135,10 +117,9 @@ class _RssWatch:
 def subject_run(pool_id: str, users: int, *, sqs: Any, s3: Any, trace_memory: bool = False) -> Scan:
     """One reconcile run by hand (no Lambda deadline), as `userhub-sync reconcile` runs it."""
     from chalicelib import reconcile
-    from chalicelib.settings import reset_settings
+    from userhub_sync.local.moto import new_container
 
-    reset_settings()
-    reconcile.reset_clients()
+    new_container()
     cognito = reconcile.make_cognito_client()  # adaptive retries, as deployed
     times: list[float] = []
     _listusers_hook(cognito, times)
@@ -181,21 +162,18 @@ def _run(section: Section, moto: JsonLineChild, options: Options) -> None:
     import boto3
 
     from chalicelib.settings import reset_settings
-    from userhub_sync.local import aws_environ, patched_environ
+    from userhub_sync.local.moto import patched_environ
+    from userhub_sync.scenarios.rig import stage_environ
 
-    endpoint = moto.hello["endpoint"]
-    environ: dict[str, str | None] = {
-        **aws_environ(endpoint),
-        "SNAPSHOT_BUCKET": BUCKET,
-        "EVENTS_QUEUE_NAME": EVENTS_QUEUE,
-        "DEAD_LETTER_QUEUE_NAME": DLQ,
-        "USERHUB_CONNECTION_ID": CONNECTION_ID,
-        "USERHUB_ADMIN_KEY": "userhub_admin_bench_unused",
-        "USERHUB_ADMIN_KEY_PARAMETER": None,
-        "USERHUB_ADMIN_KEY_SECRET_ID": None,
-        "RECONCILE_RATE_LIMIT": f"{FAST_LIMIT:g}",
-        "USERHUB_SYNC_METRICS": "off",
-    }
+    environ = stage_environ(
+        PREFIX,
+        connection_id=CONNECTION_ID,
+        pool_id="",
+        endpoint=moto.hello["endpoint"],
+        admin_key="userhub_admin_bench_unused",
+        RECONCILE_RATE_LIMIT=f"{FAST_LIMIT:g}",
+        USER_POOL_ID=None,  # each size's pool is created below and set then
+    )
     sizes = [10_000] if options.quick else [10_000, 50_000]
     rows = [
         "| run | users | seconds | users/s | bare loop seconds | ratio (time) | requests | peak req/s "
@@ -306,7 +284,7 @@ def _ten_thousand(
     bare1 = bare_scan(pool_id)
     _row(rows, "bare ListUsers loop", bare1, None, None)
     log(f"   {size:,}: bare loop {bare1.seconds:.1f} s ({len(bare1.requests) / bare1.seconds:.0f} req/s)")
-    first = subject_run(pool_id, size, sqs=CountingSink(), s3=s3)
+    first = subject_run(pool_id, size, sqs=CountingSQS(), s3=s3)
     _row(rows, "first run (all new; SQS stand-in)", first, bare1, FAST_LIMIT)
     log(f"   {size:,}: first run {first.seconds:.1f} s, {first.enqueued} enqueued")
     _ratio_figure(section, f"{size // 1000}k users, first run", first, bare1, FAST_LIMIT)
@@ -345,7 +323,7 @@ def _large(section: Section, rows: list[str], pool_id: str, size: int, s3: Any) 
     bare = bare_scan(pool_id)
     log(f"   {size:,}: bare loop {bare.seconds:.1f} s ({len(bare.requests) / bare.seconds:.0f} req/s)")
     _row(rows, "bare ListUsers loop", bare, None, None)
-    first = subject_run(pool_id, size, sqs=CountingSink(), s3=s3)
+    first = subject_run(pool_id, size, sqs=CountingSQS(), s3=s3)
     log(f"   {size:,}: first run {first.seconds:.1f} s")
     _row(rows, "first run (all new; SQS stand-in)", first, bare, FAST_LIMIT)
     _ratio_figure(section, f"{size // 1000}k users, first run", first, bare, FAST_LIMIT)
@@ -356,12 +334,12 @@ def _large(section: Section, rows: list[str], pool_id: str, size: int, s3: Any) 
 def _traced(rows: list[str], moto: JsonLineChild, cognito: Any, s3: Any, size: int, limit: float) -> Scan:
     """A first run on a pool of its own with tracemalloc on: memory only (tracing slows allocation-heavy code)."""
     from chalicelib.settings import reset_settings
-    from userhub_sync.local import patched_environ
+    from userhub_sync.local.moto import patched_environ
 
     pool_id = cognito.create_user_pool(PoolName=f"bench-{size}-traced")["UserPool"]["Id"]
     moto.call({"cmd": "seed", "pool": pool_id, "count": size})
     with patched_environ({"USER_POOL_ID": pool_id, "RECONCILE_RATE_LIMIT": f"{limit:g}"}):
-        scan = subject_run(pool_id, size, sqs=CountingSink(), s3=s3, trace_memory=True)
+        scan = subject_run(pool_id, size, sqs=CountingSQS(), s3=s3, trace_memory=True)
     reset_settings()
     _row(rows, "first run, heap traced (SQS stand-in)", scan, None, limit)
     log(

@@ -19,14 +19,14 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import Future
 from typing import Any
 
 from bench.common import ROOT, Figure, Options, Section, fmt, interleaved, log, median, paired_ratio, percentile
 
-QUEUE_NAME = "userhub-sync-bench-signin"
+PREFIX = "userhub-sync-bench-signin"
+QUEUE_NAME = f"{PREFIX}-events"
 POOL_ID = "us-east-1_BenchPool1"
 CONNECTION_ID = "conn_bench"
 BUDGET_SECONDS = 2.0
@@ -40,36 +40,28 @@ class _NullWriter(io.TextIOBase):
 
 
 def signin_event(username: str) -> dict[str, Any]:
-    return {
-        "version": "1",
-        "triggerSource": "PostAuthentication_Authentication",
-        "region": "us-east-1",
-        "userPoolId": POOL_ID,
-        "userName": username,
-        "callerContext": {"awsSdkVersion": "aws-sdk-js-3.0.0", "clientId": "benchclient"},
-        "request": {
-            "userAttributes": {"sub": str(uuid.uuid4()), "email_verified": "true", "email": f"{username}@example.com"},
-            "newDeviceUsed": False,
-        },
-        "response": {},
-    }
+    """The one event builder, with an e-mail attribute, as most pools have."""
+    from userhub_sync.scenarios.traffic import signin_event as event
+
+    return event(username, POOL_ID, email=f"{username}@example.com")
 
 
 def stage_environ(endpoint: str, queue_url: str | None) -> dict[str, str | None]:
-    from userhub_sync.local import aws_environ
+    """The local stage, with post_auth's settings as deployed: its own timeouts and budget, INFO logs, metrics."""
+    from userhub_sync.scenarios.rig import stage_environ as local_stage
 
-    return {
-        **aws_environ(endpoint),
-        "EVENTS_QUEUE_NAME": QUEUE_NAME,
-        "EVENTS_QUEUE_URL": queue_url,
-        "USERHUB_CONNECTION_ID": CONNECTION_ID,
-        "USER_POOL_ID": POOL_ID,
-        "LOG_LEVEL": "INFO",
-        "USERHUB_SYNC_METRICS": "on",
-        "SQS_CONNECT_TIMEOUT": None,
-        "SQS_READ_TIMEOUT": None,
-        "POST_AUTH_BUDGET_SECONDS": None,
-    }
+    return local_stage(
+        PREFIX,
+        connection_id=CONNECTION_ID,
+        pool_id=POOL_ID,
+        endpoint=endpoint,
+        EVENTS_QUEUE_URL=queue_url,
+        LOG_LEVEL="INFO",
+        USERHUB_SYNC_METRICS="on",
+        SQS_CONNECT_TIMEOUT=None,
+        SQS_READ_TIMEOUT=None,
+        POST_AUTH_BUDGET_SECONDS=None,
+    )
 
 
 @contextlib.contextmanager
@@ -90,9 +82,11 @@ def _empty_queue() -> None:
     """Keep moto's queue shallow between blocks (its SendMessage is O(depth)); untimed."""
     from moto.sqs.models import sqs_backends
 
-    from userhub_sync.local import DEFAULT_REGION, MOTO_ACCOUNT
+    from userhub_sync.local.moto import DEFAULT_REGION, MOTO_ACCOUNT
 
     queue = sqs_backends[MOTO_ACCOUNT][DEFAULT_REGION].queues[QUEUE_NAME]
+    # moto refuses a second PurgeQueue within 60 s (PurgeQueueInProgress, as SQS does); this empties the queue
+    # every 50 calls, so it forgets the last purge first. Only the benchmark's own untimed housekeeping does this.
     queue.last_purged_at = None
     sqs_backends[MOTO_ACCOUNT][DEFAULT_REGION].purge_queue(QUEUE_NAME)
 
@@ -100,7 +94,7 @@ def _empty_queue() -> None:
 def run(options: Options) -> Section:
     import boto3
 
-    from userhub_sync.local import MotoServer, patched_environ
+    from userhub_sync.local.moto import MotoServer, patched_environ
 
     section = Section("signin", "2. Sign-in overhead (post_auth)")
     calls = 200 if options.quick else 500
@@ -127,16 +121,14 @@ def run(options: Options) -> Section:
     return section
 
 
-# --------------------------------------------------------------------------------------------------- warm
-
-
 def _warm(section: Section, queue_url: str, calls: int) -> None:
     import boto3
 
     import app
     from chalicelib import post_auth
+    from userhub_sync.local.moto import new_container
 
-    post_auth.queue.reset()
+    new_container()
     bare = boto3.client("sqs")
     subject_ms: list[float] = []
     bare_ms: list[float] = []
@@ -198,8 +190,6 @@ def _warm(section: Section, queue_url: str, calls: int) -> None:
         f"{fmt(percentile(bare_ms, 99))}, max {fmt(max(bare_ms))}."
     )
 
-
-# --------------------------------------------------------------------------------------------------- cold
 
 _CHILD = r"""
 import json, os, sys, time
@@ -337,9 +327,6 @@ def _importtime_table() -> str:
     )
 
 
-# --------------------------------------------------------------------------------------------------- worst case
-
-
 class _Listener:
     """A loopback TCP port where SQS misbehaves.
 
@@ -409,7 +396,7 @@ class _Listener:
 def _worst_case(section: Section) -> None:
     import app
     from chalicelib import post_auth
-    from userhub_sync.local import patched_environ
+    from userhub_sync.local.moto import new_container, patched_environ
 
     rows = [
         "| SQS endpoint | EVENTS_QUEUE_URL | post_auth wall time, each sign-in (s) | enqueue failures "
@@ -434,14 +421,14 @@ def _worst_case(section: Section) -> None:
                 records_before = post_auth.metrics.totals.get("recovery_record_written", 0)
                 with patched_environ(stage_environ(endpoint, queue_url)), deployed_logging():
                     for i in range(3):
-                        post_auth.queue.reset()  # a new container's client; its sender threads are the process's
+                        new_container()  # a new container's client; its sender threads are the process's
                         event = signin_event(f"hole-{mode}-{i}")
                         started = time.perf_counter()
                         returned = app.post_auth(event, None)
                         times.append(time.perf_counter() - started)
                         if returned is not event:
                             raise RuntimeError(f"post_auth did not return the event when SQS {label}")
-                post_auth.queue.reset()
+                new_container()
                 failures = post_auth.metrics.totals.get("enqueue_failed", 0) - failed_before
                 records = post_auth.metrics.totals.get("recovery_record_written", 0) - records_before
                 worst = max(worst, *times)

@@ -1,8 +1,85 @@
-"""Helpers the tests share: SQS peeking and the shapes of what deliver leaves behind. Import from here, not conftest."""
+"""What the tests share: the test stage's constants and builders, SQS helpers, and the operator-command kit (a
+throwaway project, the CLI in-process, a fake `chalice deploy` in moto). Fixtures are in conftest.py; import
+everything else from here.
+
+The operator tests get their own copy of `.chalice/config.json` (the repo's is never written) and a clean moto. The
+CLI runs in-process through typer's CliRunner; every invocation starts without the stage's variables in
+os.environ, as a fresh shell would (apply_stage only fills variables the shell has not set).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import io
+import json
+import shutil
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import boto3
+from typer.testing import CliRunner, Result
+
+from userhub_sync.local.event_source import LocalEventSource, lambda_record
+from userhub_sync.local.moto import MOTO_ACCOUNT, MotoServer, patched_environ
+from userhub_sync.ops.queues import QueueSpec, QueueState, queue_depths
+from userhub_sync.scenarios import rig, traffic
+
+if TYPE_CHECKING:
+    from types_boto3_sqs import SQSClient
+
+REPO = Path(__file__).resolve().parents[1]
+REGION = "us-east-1"
+ADMIN_KEY = "userhub_admin_test_key_0123456789"  # a fixture value, asserted never to appear in output
+CONNECTION_ID = "conn_test123"  # the pipeline's stage
+CONNECTION = "conn_ops_test"  # what the operator tests bootstrap their stage with
+POOL_ID = "us-east-1_TestPool1"
+HUB_SEED = 1  # the hub fixture's, for faults with a probability
+OTHER_TRIGGER = f"arn:aws:lambda:{REGION}:{MOTO_ACCOUNT}:function:customer-pre-signup"
+CUSTOM_MESSAGE = f"arn:aws:lambda:{REGION}:{MOTO_ACCOUNT}:function:customer-custom-message"
+
+
+@dataclass
+class Stack:
+    """The `aws` fixture: moto with the test stage's events queue and DLQ."""
+
+    moto: MotoServer
+    sqs: SQSClient
+    queues: QueueState
+    spec: QueueSpec
+
+
+def stage_environ(userhub_url: str = "http://127.0.0.1:9", **overrides: str | None) -> dict[str, str | None]:
+    """The test stage's variables (`test-events`, `test-dlq`, the key itself), as a deployment would set them."""
+    return rig.stage_environ(
+        "test",
+        connection_id=CONNECTION_ID,
+        pool_id=POOL_ID,
+        userhub_url=userhub_url,
+        admin_key=ADMIN_KEY,
+        **overrides,
+    )
+
+
+def signin_event(username: str, pool: str = POOL_ID) -> dict[str, Any]:
+    """A Cognito PostAuthentication event for the test stage's pool."""
+    return traffic.signin_event(username, pool)
+
+
+def message_body(username: str, type_: str = "SIGNIN", **fields: object) -> str:
+    body = {
+        "v": 1,
+        "id": f"id-{username}-{type_}",
+        "type": type_,
+        "user_pool_id": POOL_ID,
+        "username": username,
+        "connection_id": CONNECTION_ID,
+        "event_time": "2026-11-26T00:00:00+00:00",
+        "source": "post_auth",
+    }
+    body.update(fields)
+    return json.dumps(body)
 
 
 def send(sqs: Any, url: str, *bodies: str) -> None:
@@ -12,15 +89,13 @@ def send(sqs: Any, url: str, *bodies: str) -> None:
 
 def attrs(message: dict[str, Any]) -> dict[str, str]:
     """A received message's string attributes (the dead-letter contract), by name."""
-    return {k: v["StringValue"] for k, v in message.get("MessageAttributes", {}).items()}
+    return {k: v["StringValue"] for k, v in (message.get("MessageAttributes") or {}).items()}
 
 
-def depth(sqs: Any, url: str) -> int:
+def depth(url: str) -> int:
     """Visible plus in-flight messages."""
-    a = sqs.get_queue_attributes(
-        QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
-    )
-    return sum(int(v) for v in a["Attributes"].values())
+    depths = queue_depths(boto3.client("sqs"), url)
+    return depths.visible + depths.in_flight
 
 
 def receive_all(sqs: Any, url: str, *, visibility: int = 30, rounds: int = 5) -> list[dict[str, Any]]:
@@ -40,6 +115,27 @@ def receive_all(sqs: Any, url: str, *, visibility: int = 30, rounds: int = 5) ->
     return found
 
 
+def drain(url: str) -> list[dict[str, Any]]:
+    """Every message of a (shallow) queue, received and deleted: what it held, and an empty queue after."""
+    sqs = boto3.client("sqs")
+    found: list[dict[str, Any]] = []
+    while got := receive_all(sqs, url, visibility=60, rounds=1):
+        found += got
+        sqs.delete_message_batch(
+            QueueUrl=url, Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(got)]
+        )
+    return found
+
+
+def deliver_all(stack: Stack) -> LocalEventSource:
+    """Run deliver, as Lambda's mapping would, until the events queue is empty (backoff included)."""
+    import app
+
+    source = LocalEventSource(stack.sqs, stack.queues.events_url, app.deliver, wait_seconds=0)
+    source.run(drain=True)
+    return source
+
+
 def capture_visibility(sqs: Any) -> list[dict[str, Any]]:
     """Record the ChangeMessageVisibilityBatch entries sent through this client (the calls still go to moto)."""
     seen: list[dict[str, Any]] = []
@@ -47,3 +143,201 @@ def capture_visibility(sqs: Any) -> list[dict[str, Any]]:
         "provide-client-params.sqs.ChangeMessageVisibilityBatch", lambda params, **_: seen.extend(params["Entries"])
     )
     return seen
+
+
+def receive_event(sqs: Any, queue_url: str, expected: int) -> dict[str, Any]:
+    """Receive `expected` messages for real and wrap them as Lambda's SQS event (real receipt handles)."""
+    arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    messages: list[dict[str, Any]] = []
+    for _ in range(20):
+        messages += sqs.receive_message(
+            QueueUrl=queue_url, MaxNumberOfMessages=10, AttributeNames=["All"], MessageAttributeNames=["All"]
+        ).get("Messages", [])
+        if len(messages) >= expected:
+            break
+    assert len(messages) == expected, f"received {len(messages)} of {expected}"
+    return {"Records": [lambda_record(m, arn, REGION) for m in messages]}
+
+
+def wait_for_sender_threads(timeout: float = 10.0) -> None:
+    """Calls given up on end once their server goes away; later tests should start with every thread free."""
+    from chalicelib import post_auth
+
+    ends = time.monotonic() + timeout
+    while post_auth.queue.busy and time.monotonic() < ends:
+        time.sleep(0.02)
+
+
+def queue_url(name: str) -> str:
+    return boto3.client("sqs").get_queue_url(QueueName=name)["QueueUrl"]
+
+
+# the operator commands
+
+
+def stage_variable_names() -> set[str]:
+    """Every variable apply_stage could put into os.environ, plus the ones the commands read."""
+    names = {
+        "USERHUB_ADMIN_KEY",
+        "USERHUB_ADMIN_KEY_SECRET_ID",
+        "EVENTS_QUEUE_URL",
+        "MAX_RECEIVE_COUNT",
+        "KMS_KEY_ARN",
+        "RETRY_BASE_SECONDS",
+        "RETRY_MAX_SECONDS",
+        "RETRY_JITTER",
+        "RETENTION_MARGIN_SECONDS",
+        "EVENTS_RETENTION_SECONDS",
+    }
+    config = json.loads((REPO / ".chalice" / "config.json").read_text())
+    names.update(config.get("environment_variables") or {})
+    for stage in (config.get("stages") or {}).values():
+        names.update(stage.get("environment_variables") or {})
+    return names
+
+
+def make_project(root: Path, monkeypatch: Any, moto_server: MotoServer, *, with_app: bool = False) -> Path:
+    """A project dir with a copy of the repo's config.json (and what `chalice deploy` needs, if asked), made current."""
+    moto_server.reset()
+    project = root / "project"
+    (project / ".chalice").mkdir(parents=True)
+    shutil.copy(REPO / ".chalice" / "config.json", project / ".chalice" / "config.json")
+    if with_app:
+        shutil.copy(REPO / "app.py", project / "app.py")
+        shutil.copy(REPO / "requirements.txt", project / "requirements.txt")
+        shutil.copytree(
+            REPO / "chalicelib", project / "chalicelib", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+        )
+    monkeypatch.chdir(project)
+    for name in stage_variable_names():
+        monkeypatch.delenv(name, raising=False)
+    return project
+
+
+def cli(*args: str, env: dict[str, str] | None = None, input: str | None = None) -> Result:
+    """Run `userhub-sync ARGS` in-process with a shell-like environment (no stage variables set)."""
+    from userhub_sync.cli import app
+
+    cleared: dict[str, str | None] = dict.fromkeys(stage_variable_names())
+    cleared.update({"COLUMNS": "200", **(env or {})})
+    with patched_environ(cleared):
+        return CliRunner().invoke(app, list(args), input=input)
+
+
+def config(project: Path) -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads((project / ".chalice" / "config.json").read_text())
+    return loaded
+
+
+def create_pool(*, username_attributes: list[str] | None = None, post_auth: str | None = None) -> str:
+    """A pool with settings UpdateUserPool would reset if not given: policies, schema, auto-verify, triggers."""
+    lambda_config = {"PreSignUp": OTHER_TRIGGER, "CustomMessage": CUSTOM_MESSAGE}
+    if post_auth:
+        lambda_config["PostAuthentication"] = post_auth
+    kwargs: dict[str, Any] = {
+        "PoolName": "customer-pool",
+        "Policies": {
+            "PasswordPolicy": {
+                "MinimumLength": 14,
+                "RequireUppercase": True,
+                "RequireLowercase": True,
+                "RequireNumbers": True,
+                "RequireSymbols": False,
+            }
+        },
+        "AutoVerifiedAttributes": ["email"],
+        "Schema": [
+            {"Name": "tenant", "AttributeDataType": "String", "Mutable": True},
+            {"Name": "email", "AttributeDataType": "String", "Required": True, "Mutable": True},
+        ],
+        "LambdaConfig": lambda_config,
+        "MfaConfiguration": "OFF",
+        "EmailVerificationSubject": "Your code for the customer app",
+        "UserPoolTags": {"team": "identity"},
+    }
+    if username_attributes:
+        kwargs["UsernameAttributes"] = username_attributes
+    return boto3.client("cognito-idp").create_user_pool(**kwargs)["UserPool"]["Id"]
+
+
+def describe_pool(pool_id: str) -> dict[str, Any]:
+    return boto3.client("cognito-idp").describe_user_pool(UserPoolId=pool_id)["UserPool"]
+
+
+def bootstrap(pool_id: str | None = None, stage: str = "dev", *extra: str) -> Result:
+    args = ["bootstrap", "--stage", stage, "--connection-id", CONNECTION, *extra]
+    if pool_id:
+        args += ["--user-pool-id", pool_id]
+    result = cli(*args, env={"USERHUB_ADMIN_KEY": ADMIN_KEY})
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def _zip() -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("app.py", "def handler(event, context):\n    return event\n")
+    return buffer.getvalue()
+
+
+def fake_chalice_deploy(project: Path, stage: str = "dev", *, record: bool = True) -> dict[str, str]:
+    """What `chalice deploy` leaves behind (functions, the SQS mapping, deployed/<stage>.json), made directly.
+
+    The mapping is created disabled: moto invokes a mapped function inline on every SendMessage (its SQS backend
+    calls the mapping's function from send_message), which these tests do not want; `enable_mapping` turns it on
+    once the test sends nothing more. tests/test_deploy.py runs the real `chalice deploy`.
+    """
+    iam = boto3.client("iam")
+    lam = boto3.client("lambda")
+    sqs = boto3.client("sqs")
+    role = iam.create_role(
+        RoleName=f"userhub-sync-{stage}-test",
+        AssumeRolePolicyDocument=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}
+                ],
+            }
+        ),
+    )["Role"]["Arn"]
+    arns = {}
+    for name in ("post_auth", "post_confirmation", "deliver"):
+        arns[name] = lam.create_function(
+            FunctionName=f"userhub-sync-{stage}-{name}",
+            Runtime="python3.11",
+            Role=role,
+            Handler="app.handler",
+            Code={"ZipFile": _zip()},
+        )["FunctionArn"]
+    queue = config(project)["stages"][stage]["environment_variables"]["EVENTS_QUEUE_NAME"]
+    url = sqs.get_queue_url(QueueName=queue)["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    mapping = lam.create_event_source_mapping(
+        EventSourceArn=queue_arn, FunctionName=arns["deliver"], BatchSize=10, Enabled=False
+    )
+    if record:
+        resources: list[dict[str, Any]] = [
+            {"name": name, "resource_type": "lambda_function", "lambda_arn": arn} for name, arn in arns.items()
+        ]
+        resources.append(
+            {
+                "name": "deliver-sqs-event-source",
+                "resource_type": "sqs_event",
+                "queue_arn": queue_arn,
+                "event_uuid": mapping["UUID"],
+                "queue": queue,
+                "lambda_arn": arns["deliver"],
+            }
+        )
+        deployed = project / ".chalice" / "deployed"
+        deployed.mkdir(parents=True, exist_ok=True)
+        (deployed / f"{stage}.json").write_text(
+            json.dumps({"resources": resources, "schema_version": "2.0", "backend": "api"})
+        )
+    return {**arns, "uuid": mapping["UUID"]}
+
+
+def enable_mapping(uuid: str, enabled: bool = True) -> None:
+    """Set the mapping's State (Enabled/Disabled); only after the test's last SendMessage (see fake_chalice_deploy)."""
+    boto3.client("lambda").update_event_source_mapping(UUID=uuid, Enabled=enabled)

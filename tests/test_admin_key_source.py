@@ -12,8 +12,8 @@ from pydantic import SecretStr
 from chalicelib.observability import redact
 from chalicelib.secrets import REFRESH_INTERVAL_SECONDS, AdminKeyProvider, KeyMisconfigured, SecretUnavailable
 from chalicelib.settings import get_settings, reset_settings
-from tests.conftest import stage_environ
-from userhub_sync.local import patched_environ
+from tests.support import stage_environ
+from userhub_sync.local.moto import patched_environ
 
 PARAMETER = "/test/userhub-admin-key"
 SECRET = "test/userhub-admin-key"

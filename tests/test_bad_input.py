@@ -30,8 +30,8 @@ from userhub_sdk._internal import util as sdk_util
 import app
 from chalicelib import post_auth
 from chalicelib.messages import PoisonMessage, parse_message
-from tests.conftest import CONNECTION_ID, POOL_ID, message_body, signin_event
-from userhub_sync.worker import LocalEventSource
+from tests.support import CONNECTION_ID, POOL_ID, attrs, depth, drain, message_body, signin_event
+from userhub_sync.local.event_source import LocalEventSource
 
 
 def fuzz(examples: int) -> settings:
@@ -43,7 +43,6 @@ def fuzz(examples: int) -> settings:
     )
 
 
-# ================================================================================================ helpers
 TALLY: Counter[str] = Counter()  # what this module pushed through the pipeline; printed for docs/RELIABILITY.md
 
 
@@ -65,35 +64,6 @@ COGNITO_CHARS = st.characters(categories=["L", "M", "S", "N", "P"]) | st.sampled
 cognito_usernames = st.text(COGNITO_CHARS, min_size=1, max_size=128)
 
 
-def drain_queue(sqs: Any, url: str) -> list[dict[str, Any]]:
-    """Receive and delete everything visible: keeps the queues empty between hypothesis examples."""
-    found: list[dict[str, Any]] = []
-    while True:
-        got = sqs.receive_message(
-            QueueUrl=url,
-            MaxNumberOfMessages=10,
-            VisibilityTimeout=30,
-            MessageAttributeNames=["All"],
-            AttributeNames=["All"],
-        ).get("Messages", [])
-        if not got:
-            return found
-        found += got
-        sqs.delete_message_batch(
-            QueueUrl=url, Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(got)]
-        )
-
-
-def attrs(message: dict[str, Any]) -> dict[str, str]:
-    return {k: v["StringValue"] for k, v in (message.get("MessageAttributes") or {}).items()}
-
-
-def depth(sqs: Any, url: str) -> int:
-    names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
-    return sum(int(v) for v in sqs.get_queue_attributes(QueueUrl=url, AttributeNames=names)["Attributes"].values())
-
-
-# ================================================================================================ post_auth
 huge_values = st.tuples(
     st.sampled_from(["x", "é", "名", "🙂", "\u200b", "'\"\\", "\n"]), st.integers(50_000, 120_000)
 ).map(lambda pair: pair[0] * (pair[1] // len(pair[0])))
@@ -122,7 +92,7 @@ def test_huge_and_non_ascii_attributes_enqueue_exactly_the_username(
     assert app.post_auth(event, None) is event
     assert json.dumps(event, sort_keys=True) == snapshot  # Cognito gets back exactly what it sent
     assert post_auth.metrics.totals["enqueue_failed"] == failed_before
-    [queued] = drain_queue(pipeline.sqs, pipeline.queues.events_url)
+    [queued] = drain(pipeline.queues.events_url)
     message = parse_message(queued["Body"])  # what deliver will read
     assert message.username == username
     assert (message.user_pool_id, message.connection_id) == (POOL_ID, CONNECTION_ID)
@@ -145,7 +115,7 @@ def test_usernames_beyond_any_limit_never_raise(pipeline, username: str) -> None
     event["request"]["userAttributes"]["custom:blob"] = "ü" * 100_000
     assert app.post_auth(event, None) is event
     assert event["userName"] == username
-    drain_queue(pipeline.sqs, pipeline.queues.events_url)
+    drain(pipeline.queues.events_url)
     TALLY["cognito events beyond every limit: returned unchanged"] += 1
 
 
@@ -163,11 +133,10 @@ def test_any_field_of_any_type_and_size_never_raises(pipeline, value: Any, key: 
     snapshot = json.dumps(event, sort_keys=True, default=repr)
     assert app.post_auth(event, None) is event
     assert json.dumps(event, sort_keys=True, default=repr) == snapshot
-    drain_queue(pipeline.sqs, pipeline.queues.events_url)
+    drain(pipeline.queues.events_url)
     TALLY["cognito events with a field of any type: returned unchanged"] += 1
 
 
-# ================================================================================================ SQS bodies
 def _valid(**changes: Any) -> dict[str, Any]:
     body = json.loads(message_body("poison-template"))
     body.update(changes)
@@ -290,7 +259,7 @@ def test_malformed_bodies_are_poison_and_the_rest_of_the_batch_is_delivered(
     assert (result.received, result.failed, result.error) == (len(bodies), 0, None)  # one invocation, no retry
     delivered = Counter(e.external_id for e in hub.events() if e.external_id.startswith(tag))
     assert delivered == Counter(users)  # the valid messages of the same batch all arrived, once each
-    dead = drain_queue(sqs, queues.dlq_url)
+    dead = drain(queues.dlq_url)
     assert Counter(m["Body"] for m in dead) == Counter(bad)  # every poison body kept byte for byte
     for message in dead:
         failure = attrs(message)
@@ -298,7 +267,7 @@ def test_malformed_bodies_are_poison_and_the_rest_of_the_batch_is_delivered(
         assert failure["failure_reason"]  # the reason an operator reads in `dlq list`
         assert len(failure["failure_reason"]) <= 1000
         assert failure["source_message_id"] and failure["first_seen"]
-    assert depth(sqs, queues.events_url) == 0
+    assert depth(queues.events_url) == 0
     TALLY["batches mixing poison and valid"] += 1
     TALLY["poison bodies dead-lettered with a reason"] += len(dead)
     TALLY["valid messages of those batches delivered"] += sum(delivered.values())
@@ -313,11 +282,10 @@ def test_large_poison_bodies_still_reach_the_dlq_at_once(pipeline, hub) -> None:
     result = LocalEventSource(sqs, queues.events_url, app.deliver, wait_seconds=0, batch_size=10).poll_once()
     assert result.received == 10
     assert result.failed == 0, "poison must never be retried"
-    assert len(drain_queue(sqs, queues.dlq_url)) == 9
+    assert len(drain(queues.dlq_url)) == 9
     assert [e.external_id for e in hub.events()] == ["fine"]
 
 
-# ================================================================================================ usernames
 AWKWARD = [
     *"/?#%@:| ",
     "%2F",

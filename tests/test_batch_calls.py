@@ -19,9 +19,9 @@ from chalicelib.observability import Metrics
 from chalicelib.secrets import AdminKeyProvider
 from chalicelib.settings import get_settings, reset_settings
 from chalicelib.userhub import UserHubClient
-from tests.conftest import ADMIN_KEY, message_body, stage_environ
-from userhub_sync.fake_userhub import FakeUserHub, Fault
-from userhub_sync.local import patched_environ
+from tests.support import ADMIN_KEY, message_body, stage_environ
+from userhub_sync.local.fake_userhub import FakeUserHub, Fault
+from userhub_sync.local.moto import patched_environ
 
 DEFAULT_CONNECTION = "conn_default"
 

@@ -5,18 +5,12 @@ from __future__ import annotations
 import json
 
 import boto3
-import pytest
 
 from chalicelib.delivery import RetryPolicy
-from tests.ops_support import ADMIN_KEY, CONNECTION, bootstrap, cli, config, create_pool, make_project, queue_url
-from userhub_sync.bootstrap import TLS_SID, ensure_bucket
-from userhub_sync.opsutil import format_span
-from userhub_sync.queues import QueueSpec, QueueState, ensure_queues
-
-
-@pytest.fixture
-def project(tmp_path, monkeypatch, moto_server):
-    return make_project(tmp_path, monkeypatch, moto_server)
+from tests.support import ADMIN_KEY, CONNECTION, bootstrap, cli, config, create_pool, queue_url
+from userhub_sync.ops.bucket import TLS_SID, ensure_bucket
+from userhub_sync.ops.durations import format_span
+from userhub_sync.ops.queues import QueueSpec, QueueState, ensure_queues
 
 
 def _attrs(name: str) -> dict[str, str]:
@@ -184,6 +178,21 @@ def test_rejects_malformed_ids(project):
     assert boto3.client("sqs").list_queues().get("QueueUrls") is None  # checked before anything is created
 
 
+def test_a_connection_id_deliver_would_refuse_is_refused_before_anything_is_created(project):
+    """deliver and the settings take at most 64 characters after conn_; a stage configured with more would
+    dead-letter every message, so bootstrap refuses it as a malformed value."""
+    too_long = "conn_" + "a" * 65
+    result = cli("bootstrap", "--stage", "dev", "--connection-id", too_long, env={"USERHUB_ADMIN_KEY": ADMIN_KEY})
+    assert result.exit_code == 64 and "is not a connection id" in result.stderr
+    assert boto3.client("sqs").list_queues().get("QueueUrls") is None
+    assert (
+        cli(
+            "bootstrap", "--stage", "dev", "--connection-id", "conn_" + "a" * 64, env={"USERHUB_ADMIN_KEY": ADMIN_KEY}
+        ).exit_code
+        == 0
+    )
+
+
 def test_customer_managed_key_everywhere(project):
     kms = boto3.client("kms")
     key_arn = kms.create_key(Description="userhub-sync test")["KeyMetadata"]["Arn"]
@@ -245,7 +254,6 @@ def test_bucket_gets_a_tls_only_policy_behind_https(moto_server):
     assert drift.status == "drift" and "TLS-only" in drift.detail
 
 
-# ------------------------------------------------------------------------------------------------ horizon, retention
 def test_a_short_horizon_is_shown_in_minutes_not_as_zero_hours(project):
     result = cli(
         "bootstrap",

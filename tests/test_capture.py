@@ -24,10 +24,9 @@ from chalicelib.delivery import Deliverer
 from chalicelib.messages import CaptureMessage, parse_message
 from chalicelib.settings import get_settings, reset_settings
 from chalicelib.sub_index import write_index
-from tests.conftest import CONNECTION_ID, message_body, receive_event
-from tests.support import receive_all
-from userhub_sync.local import patched_environ
-from userhub_sync.worker import LambdaContext
+from tests.support import CONNECTION_ID, message_body, receive_all, receive_event
+from userhub_sync.local.event_source import LambdaContext
+from userhub_sync.local.moto import patched_environ
 
 HIDDEN = "HIDDEN_DUE_TO_SECURITY_REASONS"
 ACCOUNT = "123456789012"
@@ -353,3 +352,14 @@ def test_a_user_deleted_after_a_nightly_run_is_named_by_the_map_that_run_wrote(p
     event = record("AdminDeleteUser", pool=pool["id"], sub=pool["subs"]["alice"])
     assert deliver_captured(pipeline, event) == {"batchItemFailures": []}
     assert [(e.external_id, e.type) for e in hub.events()] == [("alice", "CHANGED")]
+
+
+def test_a_captured_change_replayed_from_the_dlq_is_resolved_again(pipeline) -> None:
+    from userhub_sync.ops.dlq import replay_body
+    from userhub_sync.ops.dlq_scan import DlqMessage
+
+    body = CaptureMessage(user_pool_id=POOL, event_id="e-9", event_name="AdminDisableUser", sub=SUB).to_body()
+    raw = {"MessageId": "m", "ReceiptHandle": "r", "Body": body, "MessageAttributes": {}, "Attributes": {}}
+    message = DlqMessage.from_sqs(raw)
+    assert message.kind == "redriven" and message.username is None
+    assert isinstance(parse_message(replay_body(message)), CaptureMessage)

@@ -17,9 +17,9 @@ import pytest
 
 from chalicelib.delivery import RetryPolicy
 from chalicelib.settings import Settings
-from tests.ops_support import REPO
-from userhub_sync import policies
-from userhub_sync.bootstrap import CONNECTION_RE, POOL_ID_RE
+from tests.support import REPO
+from userhub_sync.ops import policies
+from userhub_sync.ops.stage import CONNECTION_RE, POOL_ID_RE
 
 BIN = Path(sys.executable).parent
 

@@ -1,4 +1,4 @@
-"""Chaos end to end at CI size (the full 2,000 sign-ins: `python -m userhub_sync.chaos --scenario chaos`).
+"""Chaos end to end at CI size (the full 2,000 sign-ins: `userhub-sync chaos`).
 
 Real HTTP everywhere: post_auth → moto SQS → `userhub-sync worker` subprocesses → fake UserHub answering 5xx, 429 +
 Retry-After, too slowly and by dropping connections, while workers are SIGKILLed mid-batch. Then the fake heals and
@@ -13,8 +13,10 @@ from collections import Counter
 import pytest
 from rich.console import Console
 
-from userhub_sync.chaos import ChaosConfig, SignIn, account, layered_faults, print_report, run_chaos
-from userhub_sync.fake_userhub import Fault, RecordedEvent
+from userhub_sync.local.fake_userhub import Fault, RecordedEvent
+from userhub_sync.scenarios.accounting import account, print_report
+from userhub_sync.scenarios.chaos import ChaosConfig, layered_faults, run_chaos
+from userhub_sync.scenarios.traffic import SignIn
 
 
 def test_chaos_ci_size(moto_server, tmp_path, capsys) -> None:

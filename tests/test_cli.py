@@ -16,16 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.ops_support import REPO, bootstrap, cli, create_pool, make_project
-from userhub_sync.opsutil import ExitCode
+from tests.support import REPO, bootstrap, cli, create_pool, make_project
+from userhub_sync.ops.errors import ExitCode
 
 SCRIPT = Path(sys.executable).parent / "userhub-sync"
-OPS_MODULES = ("bootstrap", "dlq", "ops_cli", "opsutil", "policies", "queues", "stage", "status", "wire", "cli")
-
-
-@pytest.fixture
-def project(tmp_path, monkeypatch, moto_server):
-    return make_project(tmp_path, monkeypatch, moto_server)
+OPS_MODULES = sorted(
+    p.relative_to(REPO).as_posix() for folder in ("cli", "ops") for p in (REPO / "userhub_sync" / folder).glob("*.py")
+)
 
 
 @pytest.mark.parametrize(
@@ -55,6 +52,17 @@ def test_a_monitor_can_tell_a_typo_from_drift(project):
     bootstrap(create_pool())
     assert cli("status", "--stage", "dev", "--check").exit_code == 2  # not wired: needs attention
     assert cli("status", "--stage", "dev", "--chek").exit_code == 64  # a typo
+
+
+@pytest.mark.parametrize("command", [["demo"], ["chaos"], ["outage"]])
+def test_without_moto_the_local_commands_say_what_to_install(command, monkeypatch):
+    """The operators' install leaves moto's server out (the `local` extra). moto is installed here, so its absence
+    is simulated: a None entry in sys.modules makes Python treat the package as not importable."""
+    monkeypatch.setitem(sys.modules, "moto", None)
+    result = cli(*command)
+    assert result.exit_code == 1, result.output
+    assert "pip install 'userhub-sync[local]'" in result.stderr and "Traceback" not in result.output
+    assert result.stderr.count("\n") == 1
 
 
 def test_every_exit_code_is_documented_once_and_in_help():
@@ -92,7 +100,7 @@ def _option_mentions() -> set[tuple[str, str]]:
     in other tools' command lines (`aws ...`, `chalice ...`)."""
     mentions = set()
     for module in OPS_MODULES:
-        tree = ast.parse((REPO / "userhub_sync" / f"{module}.py").read_text())
+        tree = ast.parse((REPO / module).read_text())
         skip: set[int] = set()
         texts: list[str] = []
         for node in ast.walk(tree):
@@ -129,7 +137,6 @@ def test_outside_a_project_the_error_says_what_to_do(tmp_path, monkeypatch, moto
     assert "--project-dir" not in result.output
 
 
-# ------------------------------------------------------------------------------------------------ pipes
 def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     """The installed console script, stdout and stderr as pipes, no COLUMNS: what cron and CI see."""
     env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}

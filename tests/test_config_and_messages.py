@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 from chalicelib.messages import EventType, PoisonMessage, Source, SyncMessage, parse_message
 from chalicelib.settings import ConfigError, get_settings, reset_settings
-from tests.conftest import ADMIN_KEY, message_body, stage_environ
-from userhub_sync.local import patched_environ
+from tests.support import ADMIN_KEY, message_body, stage_environ
+from userhub_sync.local.moto import patched_environ
 
 
 def settings_with(**overrides: str | None):

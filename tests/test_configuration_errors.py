@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from chalicelib.settings import ConfigError, get_settings, reset_settings
-from tests.conftest import stage_environ
-from userhub_sync.local import patched_environ
+from tests.support import stage_environ
+from userhub_sync.local.moto import patched_environ
 
 
 def error_for(**overrides: str | None) -> str:

@@ -13,11 +13,10 @@ import pytest
 import app
 from chalicelib.delivery import NO_CONTEXT_MS, Deliverer, get_deliverer, handle_sqs_event, reset_deliverer
 from chalicelib.settings import get_settings, reset_settings
-from tests.conftest import ADMIN_KEY, message_body, receive_event
-from tests.support import capture_visibility, send
-from userhub_sync.fake_userhub import Fault
-from userhub_sync.local import patched_environ
-from userhub_sync.worker import LambdaContext
+from tests.support import ADMIN_KEY, capture_visibility, message_body, receive_event, send
+from userhub_sync.local.event_source import LambdaContext
+from userhub_sync.local.fake_userhub import Fault
+from userhub_sync.local.moto import patched_environ
 
 
 def emf(out: str) -> dict[str, Any]:

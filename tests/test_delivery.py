@@ -11,20 +11,24 @@ import pytest
 import app
 from chalicelib.delivery import Deliverer, RetryPolicy
 from chalicelib.settings import get_settings
-from tests.conftest import ADMIN_KEY, CONNECTION_ID, message_body, receive_event
-from tests.support import attrs, capture_visibility, receive_all, send
-from tests.support import depth as queue_depth
-from userhub_sync.fake_userhub import Fault
-from userhub_sync.local import patched_environ
-from userhub_sync.worker import LambdaContext
+from tests.support import (
+    ADMIN_KEY,
+    CONNECTION_ID,
+    attrs,
+    capture_visibility,
+    depth,
+    message_body,
+    receive_all,
+    receive_event,
+    send,
+)
+from userhub_sync.local.event_source import LambdaContext
+from userhub_sync.local.fake_userhub import Fault
+from userhub_sync.local.moto import patched_environ
 
 
 def dlq_messages(stack) -> list[dict]:
     return receive_all(stack.sqs, stack.queues.dlq_url)
-
-
-def depth(stack, url: str) -> int:
-    return queue_depth(stack.sqs, url)
 
 
 def deliverer_with(sqs) -> Deliverer:
@@ -76,7 +80,7 @@ def test_batch_outcomes_success_transient_permanent_poison(pipeline, hub) -> Non
     assert json.loads(rejected["Body"])["username"] == "rejected"  # the original body, replayable
     # dead letters are deleted from the events queue at once; the delivered one waits for the mapping to delete
     # it (Lambda does that for records not reported as failures) and the retry is in flight
-    assert depth(pipeline, pipeline.queues.events_url) == 2
+    assert depth(pipeline.queues.events_url) == 2
 
 
 def test_poison_reasons_are_specific(pipeline) -> None:
@@ -258,7 +262,7 @@ def test_dlq_send_failure_keeps_the_message(pipeline, hub) -> None:
     sqs.meta.events.register("provide-client-params.sqs.SendMessageBatch", refuse)
     result = deliverer_with(sqs).handle(event, lambda: 60_000)
     assert result == {"batchItemFailures": [{"itemIdentifier": event["Records"][0]["messageId"]}]}
-    assert depth(pipeline, pipeline.queues.events_url) == 1
+    assert depth(pipeline.queues.events_url) == 1
 
 
 def test_handler_via_chalice_test_client(pipeline, hub) -> None:
@@ -316,7 +320,7 @@ def test_missing_dlq_keeps_the_message(pipeline, hub) -> None:
 
 def test_a_changed_environment_gets_fresh_settings_and_clients(pipeline, hub) -> None:
     """A process that drives the handler with another UserHub (as a test harness does) is not stuck on the first."""
-    from userhub_sync.fake_userhub import FakeUserHub
+    from userhub_sync.local.fake_userhub import FakeUserHub
 
     sqs = pipeline.sqs
     send(sqs, pipeline.queues.events_url, message_body("first"))

@@ -29,11 +29,20 @@ from chalicelib.delivery.records import Record
 from chalicelib.secrets import AdminKeyProvider
 from chalicelib.settings import get_settings, reset_settings
 from chalicelib.sqs_limits import PAYLOAD_BYTES, allowed_text
-from tests.conftest import ADMIN_KEY, POOL_ID, message_body, receive_event
-from tests.support import attrs, capture_visibility, depth, receive_all, send
-from userhub_sync.fake_userhub import Fault
-from userhub_sync.local import MOTO_ACCOUNT, patched_environ
-from userhub_sync.worker import LambdaContext
+from tests.support import (
+    ADMIN_KEY,
+    POOL_ID,
+    attrs,
+    capture_visibility,
+    depth,
+    message_body,
+    receive_all,
+    receive_event,
+    send,
+)
+from userhub_sync.local.event_source import LambdaContext
+from userhub_sync.local.fake_userhub import Fault
+from userhub_sync.local.moto import MOTO_ACCOUNT, patched_environ
 
 DAY = 86_400
 
@@ -60,9 +69,6 @@ def container() -> Iterator[Callable[..., None]]:
 
 def ids_by_user(event: dict[str, Any]) -> dict[str, str]:
     return {json.loads(r["body"])["username"]: r["messageId"] for r in event["Records"]}
-
-
-# ------------------------------------------------------------------------- 1. Retry-After past the retention
 
 
 def test_a_retry_after_past_the_retention_dead_letters_now_with_the_reason(pipeline, hub) -> None:
@@ -107,9 +113,6 @@ def test_plan_keeps_every_next_attempt_inside_the_retention(
         assert isinstance(action, Delay) and now + action.seconds < now - age_days * DAY + 4 * DAY - 3600
 
 
-# ------------------------------------------------------------------------- 3. the mapping without partial responses
-
-
 @pytest.fixture
 def in_lambda(pipeline) -> Iterator[dict[str, str]]:
     """deliver running as a deployed function, with its SQS mapping in moto (created disabled: moto would otherwise
@@ -142,7 +145,7 @@ def test_without_report_batch_item_failures_deliver_keeps_the_retries_itself(pip
         deliver(event)
 
     assert [e.external_id for e in hub.events()] == ["fine"]
-    assert depth(sqs, queues.events_url) == 1, "the delivered record is deleted; the retry is kept"
+    assert depth(queues.events_url) == 1, "the delivered record is deleted; the retry is kept"
     time.sleep(2.1)  # RETRY_BASE_SECONDS=1 (≤ 2 s with jitter): back after its own backoff, not the queue's 30 s
     [again] = receive_all(sqs, queues.events_url)
     assert json.loads(again["Body"])["username"] == "flaky"
@@ -172,9 +175,6 @@ def test_a_batch_without_retries_returns_normally_whatever_the_mapping(pipeline,
     sqs, queues = pipeline.sqs, pipeline.queues
     send(sqs, queues.events_url, message_body("fine"))
     assert deliver(receive_event(sqs, queues.events_url, 1)) == {"batchItemFailures": []}
-
-
-# ------------------------------------------------------------------------- 4, 7, 8. one bad record, its own outcome
 
 
 def _one_bad_among_good(pipeline, hub, bad_body: str) -> tuple[dict[str, Any], dict[str, str]]:
@@ -270,9 +270,6 @@ def test_an_admin_key_with_a_pasted_invisible_character_is_retried_and_said_loud
     assert ADMIN_KEY[5:] not in caplog.text and ADMIN_KEY[:5] + "\u200b" not in caplog.text
 
 
-# ------------------------------------------------------------------------- 5. wall-clock bounds
-
-
 def test_a_slow_drip_answer_cannot_hold_deliver_past_its_invocation(pipeline, hub) -> None:
     """httpx's read timeout applies per read: one byte every 0.1 s would keep a call going for ~10 s."""
     hub.add_fault(Fault(status=200, message="x" * 100, drip_ms=100))
@@ -312,9 +309,6 @@ def test_settling_calls_have_short_timeouts(pipeline) -> None:
     assert config.retries["total_max_attempts"] <= 2
 
 
-# ------------------------------------------------------------------------- 6. a 401 a fresh key does not cure
-
-
 def test_a_401_a_fresh_key_does_not_cure_costs_one_fetch_a_minute(pipeline, hub, container) -> None:
     boto3.client("ssm").put_parameter(Name="/test/admin-key", Value=ADMIN_KEY, Type="SecureString")
     container(USERHUB_ADMIN_KEY=None, USERHUB_ADMIN_KEY_PARAMETER="/test/admin-key")
@@ -335,9 +329,6 @@ def test_a_401_a_fresh_key_does_not_cure_costs_one_fetch_a_minute(pipeline, hub,
     assert deliverer.keys.fetches == 3, "a minute later, a 401 may fetch again"
 
 
-# ------------------------------------------------------------------------- 9. not started on the last receive
-
-
 def test_a_record_never_attempted_on_its_last_receive_reaches_the_dlq_with_the_reason(pipeline, hub) -> None:
     sqs, queues = pipeline.sqs, pipeline.queues
     send(sqs, queues.events_url, message_body("starved"))
@@ -355,9 +346,6 @@ def test_plan_releases_a_record_never_started_at_once() -> None:
     limits = Limits(RetryPolicy(), retention_margin=3600)
     action = plan(record, NOT_STARTED, None, QueueFacts(13, 4 * DAY), limits, now=1_800_000_060.0, rng=random.Random())
     assert action == Delay(0, "not started: the invocation ran low on time")
-
-
-# ------------------------------------------------------------------------- settling: each failure path
 
 
 def test_a_failed_visibility_change_still_keeps_the_record(pipeline, hub, caplog) -> None:
@@ -426,9 +414,6 @@ def test_retry_max_seconds_below_twelve_hours_caps_the_wait(pipeline, hub, conta
     event["Records"][0]["attributes"]["ApproximateReceiveCount"] = "3"
     Deliverer(get_settings(), sqs=sqs).handle(event, lambda: 60_000)
     assert [e["VisibilityTimeout"] for e in seen] == [100]
-
-
-# ------------------------------------------------------------------------- bodies and answers at the edges
 
 
 def test_a_poison_body_at_the_size_limit_reaches_the_dlq_with_its_reason(pipeline, hub) -> None:

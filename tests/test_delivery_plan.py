@@ -17,7 +17,7 @@ from chalicelib.delivery.plan import DELETE, DeadLetter, Delay, Limits, QueueFac
 from chalicelib.delivery.policy import RetryPolicy
 from chalicelib.delivery.records import Poison, Record
 from chalicelib.messages import parse_message
-from tests.conftest import message_body
+from tests.support import message_body
 
 NOW = 1_800_000_000.0
 SENT = NOW - 600

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,15 +21,13 @@ from pathlib import Path
 import boto3
 import pytest
 
-from tests.ops_support import (
+from tests.support import (
     ADMIN_KEY,
     CUSTOM_MESSAGE,
     OTHER_TRIGGER,
-    REPO,
     cli,
     create_pool,
     describe_pool,
-    make_project,
 )
 
 STAGE = "ci"
@@ -38,6 +35,8 @@ IGNORED = {"LambdaConfig", "LastModifiedDate"}
 
 
 def chalice_deploy(project: Path) -> None:
+    if os.environ.get("USERHUB_DEPLOY_TEST_OFFLINE") == "1":
+        (project / "requirements.txt").write_text("")
     env = dict(os.environ)  # AWS_ENDPOINT_URL, region and moto's dummy credentials from the session fixture
     assert env["AWS_ENDPOINT_URL"].startswith("http://127.0.0.1")
     run = subprocess.run(
@@ -54,16 +53,7 @@ def chalice_deploy(project: Path) -> None:
     )
 
 
-@pytest.fixture
-def project(tmp_path, monkeypatch, moto_server):
-    project = make_project(tmp_path, monkeypatch, moto_server, with_app=True)
-    if os.environ.get("USERHUB_DEPLOY_TEST_OFFLINE") == "1":
-        (project / "requirements.txt").write_text("")
-    else:
-        shutil.copy(REPO / "requirements.txt", project / "requirements.txt")
-    return project
-
-
+@pytest.mark.parametrize("project", [{"with_app": True}], indirect=True)
 def test_bootstrap_chalice_deploy_wire(project):
     pool_id = create_pool()
     before = describe_pool(pool_id)

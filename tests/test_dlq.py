@@ -13,8 +13,10 @@ from botocore.exceptions import EndpointConnectionError
 
 from chalicelib.dead_letter import DeadLetterInfo, FailureKind, dead_letter_entry
 from chalicelib.messages import EventType, Source, SyncMessage
-from tests.ops_support import CONNECTION, bootstrap, cli, drain, make_project, queue_url
-from userhub_sync import dlq, opsutil
+from tests.support import CONNECTION, bootstrap, cli, depth, drain, queue_url
+from userhub_sync.cli import dlq as dlq_commands
+from userhub_sync.ops import dlq
+from userhub_sync.ops.durations import parse_duration
 
 POOL = "us-east-1_DlqPool1"
 FAST = ("--wait-seconds", "0", "--rate", "0")
@@ -22,8 +24,8 @@ EVENTS, DLQ = "userhub-sync-dev-events", "userhub-sync-dev-dlq"
 
 
 @pytest.fixture
-def project(tmp_path, monkeypatch, moto_server):
-    project = make_project(tmp_path, monkeypatch, moto_server)
+def stage(project):
+    """The dev stage, bootstrapped: its queues exist."""
     bootstrap()
     return project
 
@@ -101,14 +103,7 @@ def users(listing: dict[str, Any]) -> set[str]:
     return {m["user"] for m in listing["messages"]}
 
 
-def depth(name: str) -> int:
-    names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
-    attrs = boto3.client("sqs").get_queue_attributes(QueueUrl=queue_url(name), AttributeNames=names)["Attributes"]
-    return int(attrs["ApproximateNumberOfMessages"]) + int(attrs["ApproximateNumberOfMessagesNotVisible"])
-
-
-# ------------------------------------------------------------------------------------------------ list
-def test_list_shows_failures_and_leaves_the_queue_as_it_was(project):
+def test_list_shows_failures_and_leaves_the_queue_as_it_was(stage):
     seed()
     listing = list_json()
     assert listing["scanned"] == listing["matched"] == 5
@@ -135,7 +130,7 @@ def test_list_shows_failures_and_leaves_the_queue_as_it_was(project):
         assert text in table.output
 
 
-def test_list_filters(project):
+def test_list_filters(stage):
     seed()
     assert users(list_json("--status", "404")) == {"alice"}
     assert users(list_json("--reason", "DISABLED")) == {"bob"}
@@ -151,7 +146,7 @@ def test_list_filters(project):
     assert bad_kind.exit_code == 64 and "--kind must be one of" in bad_kind.stderr
 
 
-def test_messages_redriven_by_sqs_itself_are_listed_as_redriven(project):
+def test_messages_redriven_by_sqs_itself_are_listed_as_redriven(stage):
     """moto redrives lazily: the move happens on the first receive after maxReceiveCount, not in the background."""
     sqs = boto3.client("sqs")
     events = queue_url(EVENTS)
@@ -168,8 +163,7 @@ def test_messages_redriven_by_sqs_itself_are_listed_as_redriven(project):
     assert listed["user"] == "erin" and listed["kind"] == "redriven" and listed["failed_at"] is None
 
 
-# ------------------------------------------------------------------------------------------------ replay
-def test_replay_sends_back_once_with_source_replay_and_keeps_poison(project):
+def test_replay_sends_back_once_with_source_replay_and_keeps_poison(stage):
     sent = seed()
     result = cli("dlq", "replay", "--stage", "dev", "--json", *FAST)
     assert result.exit_code == 0, result.output
@@ -190,11 +184,11 @@ def test_replay_sends_back_once_with_source_replay_and_keeps_poison(project):
     assert [m["kind"] for m in left["messages"]] == ["poison"]
 
 
-def test_replay_with_filters_dry_run_and_poison(project):
+def test_replay_with_filters_dry_run_and_poison(stage):
     seed()
     dry = cli("dlq", "replay", "--stage", "dev", "--dry-run", *FAST)
     assert dry.exit_code == 0 and "would replay 4" in dry.output
-    assert depth(EVENTS) == 0 and depth(DLQ) == 5
+    assert depth(queue_url(EVENTS)) == 0 and depth(queue_url(DLQ)) == 5
 
     only = cli("dlq", "replay", "--stage", "dev", "--user", "alice", "--json", *FAST)
     assert json.loads(only.stdout)["replayed"] == 1
@@ -206,7 +200,7 @@ def test_replay_with_filters_dry_run_and_poison(project):
     assert users(list_json()) == {"bob", "carol", "dave"}
 
 
-def test_replay_progress_and_final_count(project):
+def test_replay_progress_and_final_count(stage):
     seed()
     result = cli("dlq", "replay", "--stage", "dev", *FAST)
     assert result.exit_code == 0, result.output
@@ -247,17 +241,17 @@ class FaultySQS:
 
 def _inject(monkeypatch: pytest.MonkeyPatch, **faults: Any) -> Any:
     """Every SQS client the commands make is a FaultySQS; returns the real factory, to lift the fault."""
-    real_client = opsutil.client
+    real_client = dlq_commands.client
 
     def client(service: str, **kwargs: Any) -> Any:
         made = real_client(service, **kwargs)
         return FaultySQS(made, **faults) if service == "sqs" else made
 
-    monkeypatch.setattr(opsutil, "client", client)
+    monkeypatch.setattr(dlq_commands, "client", client)
     return real_client
 
 
-def test_replay_under_send_faults_loses_nothing_and_duplicates_nothing(project, monkeypatch):
+def test_replay_under_send_faults_loses_nothing_and_duplicates_nothing(stage, monkeypatch):
     names = [f"user{i:02d}" for i in range(25)]
     for name in names:
         dead_letter(name)
@@ -275,15 +269,15 @@ def test_replay_under_send_faults_loses_nothing_and_duplicates_nothing(project, 
     assert set(delivered) | in_dlq == set(names) and not set(delivered) & in_dlq  # nothing lost, no overlap
     assert fail <= in_dlq and len(in_dlq) == report["failed"]
 
-    monkeypatch.setattr(opsutil, "client", real_client)  # the fault is gone: replay the rest
+    monkeypatch.setattr(dlq_commands, "client", real_client)  # the fault is gone: replay the rest
     again = cli("dlq", "replay", "--stage", "dev", "--json", *FAST)
     assert again.exit_code == 0 and json.loads(again.stdout)["replayed"] == len(in_dlq)
     second = [json.loads(m["Body"])["username"] for m in drain(queue_url(EVENTS))]
     assert sorted(delivered + second) == names  # every user exactly once over both runs
-    assert depth(DLQ) == 0
+    assert depth(queue_url(DLQ)) == 0
 
 
-def test_a_failed_delete_is_retried_not_resent(project, monkeypatch):
+def test_a_failed_delete_is_retried_not_resent(stage, monkeypatch):
     for name in ("fred", "gina", "hank"):
         dead_letter(name)
     _inject(monkeypatch, fail_users=set(), fail_deletes=1)
@@ -292,10 +286,10 @@ def test_a_failed_delete_is_retried_not_resent(project, monkeypatch):
     report = json.loads(result.stdout)
     assert report["replayed"] == 3 and report["not_deleted"] == 0
     assert sorted(json.loads(m["Body"])["username"] for m in drain(queue_url(EVENTS))) == ["fred", "gina", "hank"]
-    assert depth(DLQ) == 0
+    assert depth(queue_url(DLQ)) == 0
 
 
-def test_a_delete_that_keeps_failing_is_reported(project, monkeypatch):
+def test_a_delete_that_keeps_failing_is_reported(stage, monkeypatch):
     dead_letter("ivan")
     _inject(monkeypatch, fail_users=set(), fail_deletes=100)
     result = cli("dlq", "replay", "--stage", "dev", *FAST)
@@ -304,7 +298,7 @@ def test_a_delete_that_keeps_failing_is_reported(project, monkeypatch):
     assert len(drain(queue_url(EVENTS))) == 1  # sent once, not again within the run
 
 
-def test_replay_reports_what_a_concurrent_list_holds_instead_of_exiting_0(project):
+def test_replay_reports_what_a_concurrent_list_holds_instead_of_exiting_0(stage):
     """A `dlq list` running elsewhere holds what it has received (invisible) until it ends: replay cannot see
     those messages. It must say so, with the documented exit code, and a rerun after the hold replays them."""
     for name in ("kim", "lee", "max", "ned", "oli"):
@@ -333,10 +327,10 @@ def test_replay_reports_what_a_concurrent_list_holds_instead_of_exiting_0(projec
     again = cli("dlq", "replay", "--stage", "dev", "--json", *FAST)
     assert again.exit_code == 0, again.output
     assert (json.loads(again.stdout)["replayed"], json.loads(again.stdout)["unseen"]) == (2, 0)
-    assert depth(DLQ) == 0
+    assert depth(queue_url(DLQ)) == 0
 
 
-def test_list_says_when_it_could_not_release_what_it_held(project, monkeypatch):
+def test_list_says_when_it_could_not_release_what_it_held(stage, monkeypatch):
     """list hides each message only while it builds the list and makes all visible again at the end; if that
     release fails, a replay run now would miss them, so list says so and exits 2."""
     seed()
@@ -345,9 +339,9 @@ def test_list_says_when_it_could_not_release_what_it_held(project, monkeypatch):
         def change_message_visibility_batch(self, QueueUrl: str, Entries: list[dict[str, Any]]) -> dict[str, Any]:
             return {"Successful": [], "Failed": [{"Id": e["Id"], "Code": "InternalError"} for e in Entries]}
 
-    real_client = opsutil.client
+    real_client = dlq_commands.client
     monkeypatch.setattr(
-        opsutil,
+        dlq_commands,
         "client",
         lambda service, **kw: (
             NoRelease(real_client(service, **kw), set()) if service == "sqs" else real_client(service, **kw)
@@ -359,35 +353,33 @@ def test_list_says_when_it_could_not_release_what_it_held(project, monkeypatch):
     assert "5 listed message(s) could not be made visible again" in result.stderr and "5 s" in result.stderr
 
 
-def test_native_replay_fails_clearly_on_moto(project):
+def test_native_replay_fails_clearly_on_moto(stage):
     seed()
     started = time.monotonic()
     result = cli("dlq", "replay", "--stage", "dev", "--native")
     assert result.exit_code == 1
     assert "StartMessageMoveTask" in result.output and "drop --native" in result.output
     assert time.monotonic() - started < 10  # no retry storm against the 500
-    assert depth(DLQ) == 5
+    assert depth(queue_url(DLQ)) == 5
     combined = cli("dlq", "replay", "--stage", "dev", "--native", "--user", "alice")
     assert combined.exit_code == 64 and "cannot be combined" in combined.stderr
 
 
-# ------------------------------------------------------------------------------------------------ purge
-def test_purge_asks_first_and_filters_delete_only_matches(project):
+def test_purge_asks_first_and_filters_delete_only_matches(stage):
     seed()
     declined = cli("dlq", "purge", "--stage", "dev", "--wait-seconds", "0", input="n\n")
     assert declined.exit_code == 1 and "aborted" in declined.output
-    assert depth(DLQ) == 5
+    assert depth(queue_url(DLQ)) == 5
 
     filtered = cli("dlq", "purge", "--stage", "dev", "--kind", "poison", "--yes", "--wait-seconds", "0")
     assert filtered.exit_code == 0 and "deleted 1 message" in filtered.output
-    assert None not in users(list_json()) and depth(DLQ) == 4
+    assert None not in users(list_json()) and depth(queue_url(DLQ)) == 4
 
     everything = cli("dlq", "purge", "--stage", "dev", "--wait-seconds", "0", input="y\n")
     assert everything.exit_code == 0, everything.output
-    assert depth(DLQ) == 0
+    assert depth(queue_url(DLQ)) == 0
 
 
-# ------------------------------------------------------------------------------------------------ units
 def test_token_bucket_paces_to_the_rate():
     clock = {"t": 0.0}
     sleeps: list[float] = []
@@ -404,9 +396,9 @@ def test_token_bucket_paces_to_the_rate():
 
 
 def test_durations():
-    assert opsutil.parse_duration("90s") == 90
-    assert opsutil.parse_duration("1h30m") == 5400
-    assert opsutil.parse_duration("2d") == 172800
-    assert opsutil.parse_duration("45") == 45
+    assert parse_duration("90s") == 90
+    assert parse_duration("1h30m") == 5400
+    assert parse_duration("2d") == 172800
+    assert parse_duration("45") == 45
     with pytest.raises(ValueError):
-        opsutil.parse_duration("1 fortnight")
+        parse_duration("1 fortnight")

@@ -6,16 +6,10 @@ import json
 
 import app
 from chalicelib import delivery, post_auth
-from tests.conftest import signin_event
-from userhub_sync.fake_userhub import Fault
-from userhub_sync.local import patched_environ
-from userhub_sync.worker import LocalEventSource
-
-
-def drain(stack) -> LocalEventSource:
-    source = LocalEventSource(stack.sqs, stack.queues.events_url, app.deliver, wait_seconds=0)
-    source.run(drain=True)
-    return source
+from tests.support import deliver_all, signin_event
+from userhub_sync.local.event_source import LocalEventSource
+from userhub_sync.local.fake_userhub import Fault
+from userhub_sync.local.moto import patched_environ
 
 
 def test_500_signins_with_20_percent_transient_faults_none_lost(pipeline, hub) -> None:
@@ -35,7 +29,7 @@ def test_500_signins_with_20_percent_transient_faults_none_lost(pipeline, hub) -
         for user in users:
             app.post_auth(signin_event(user), None)
         assert post_auth.metrics.totals["enqueue_failed"] == failed_before
-        source = drain(pipeline)
+        source = deliver_all(pipeline)
         retries = delivery.get_deliverer().metrics.totals["retry"]  # the container that ran, in its environment
     delivered = {e.external_id for e in hub.events()}
     assert delivered == set(users)  # every sign-in reached UserHub: none lost
@@ -54,7 +48,7 @@ def test_a_400_and_a_poison_body_go_to_the_dlq_without_failing_the_batch(pipelin
     for user in ("good-1", "bad-user", "good-2"):
         app.post_auth(signin_event(user), None)
     pipeline.sqs.send_message(QueueUrl=pipeline.queues.events_url, MessageBody="<xml/>")
-    source = drain(pipeline)
+    source = deliver_all(pipeline)
     assert source.batches == 1  # one batch, nothing retried
     assert {e.external_id for e in hub.events()} == {"good-1", "good-2"}
     messages = pipeline.sqs.receive_message(

@@ -16,15 +16,17 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from userhub_sync.fake_userhub import FakeUserHub, Fault
+from tests.support import ADMIN_KEY, HUB_SEED
+from userhub_sync.local.fake_userhub import FakeUserHub, Fault
 
-KEY = "userhub_admin_test"
+KEY = ADMIN_KEY
 CONN = "conn_test1"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
 def sdk_quote(value: str) -> str:
-    """The official SDK's path encoding (reference §4): `@` and `:` stay, `/ ? # % space |` and non-ASCII go."""
+    """The official SDK's path encoding (userhub_sdk's quote_path): `@` and `:` stay, `/ ? # % space |` and
+    non-ASCII go."""
     return quote(value, safe="-._~!$&'()*+,;=:@'")
 
 
@@ -33,18 +35,9 @@ def event_path(external_id: str, connection: str = CONN, verb: str = "event") ->
 
 
 @pytest.fixture
-def hub() -> Iterator[FakeUserHub]:
-    with FakeUserHub(seed=1234) as fake:
-        yield fake
-
-
-@pytest.fixture
 def client(hub: FakeUserHub) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=hub.url, headers=AUTH, timeout=5) as c:
         yield c
-
-
-# ------------------------------------------------------------------------------------------------ auth
 
 
 def test_auth_missing_bad_key_and_rotation(hub: FakeUserHub, client: httpx.Client) -> None:
@@ -61,9 +54,6 @@ def test_auth_missing_bad_key_and_rotation(hub: FakeUserHub, client: httpx.Clien
     r = client.post(event_path("alice"), json={}, headers={"Authorization": "Bearer userhub_admin_new"})
     assert r.status_code == 200
     assert [e.external_id for e in hub.events()] == ["alice", "alice"]  # 401s are not events
-
-
-# ------------------------------------------------------------------------------------------------ :event
 
 
 def test_event_type_recorded_and_empty_body_is_changed(hub: FakeUserHub, client: httpx.Client) -> None:
@@ -102,14 +92,11 @@ def test_event_rejects_bad_bodies(hub: FakeUserHub, client: httpx.Client, body: 
     assert hub.events() == []
 
 
-def test_event_id_without_at_and_unknown_connection() -> None:
-    with FakeUserHub(connections=[CONN]) as fake, httpx.Client(base_url=fake.url, headers=AUTH) as c:
-        r = c.post("/admin/v1/users/usr_123:event", json={})
-        assert (r.status_code, r.json()["code"], r.json()["param"]) == (400, "INVALID_ARGUMENT", "userId")
-        r = c.post(event_path("alice", "conn_other"), json={})
-        assert (r.status_code, r.json()["code"]) == (404, "NOT_FOUND")
-        assert c.post(event_path("alice"), json={}).status_code == 200
-        assert len(fake.events()) == 1
+def test_event_id_without_at_is_invalid(hub: FakeUserHub, client: httpx.Client) -> None:
+    r = client.post("/admin/v1/users/usr_123:event", json={})
+    assert (r.status_code, r.json()["code"], r.json()["param"]) == (400, "INVALID_ARGUMENT", "userId")
+    assert client.post(event_path("alice"), json={}).status_code == 200
+    assert len(hub.events()) == 1
 
 
 @pytest.mark.parametrize(
@@ -143,62 +130,18 @@ def test_ids_decode_on_last_colon_and_last_at(
     assert (event.external_id, event.connection_id, event.type) == (external_id, connection, "SIGNIN")
 
 
-# ------------------------------------------------------------------------------------------------ users
-
-
-def test_import_get_and_list_users(hub: FakeUserHub, client: httpx.Client) -> None:
-    first = client.post(event_path("a@b@example.com", verb="import"), json={})
-    assert first.status_code == 200
-    user = first.json()
-    assert user["id"].startswith("usr_") and user["state"] == "ACTIVE"
-    connection = user["accountConnections"][0]
-    assert connection["externalId"] == "a@b@example.com"
-    assert connection["connection"] == connection["connection"] | {"id": CONN, "type": "AMAZON_COGNITO"}
-    assert user["createTime"].endswith("Z")
-    again = client.post(event_path("a@b@example.com", verb="import"), json={})
-    assert again.json() == user  # a no-op on an existing user
-
-    assert client.get(f"/admin/v1/users/{user['id']}").json() == user
-    assert client.get(f"/admin/v1/users/{sdk_quote('a@b@example.com@' + CONN)}").json()["id"] == user["id"]
-    r = client.get("/admin/v1/users/usr_999")
-    assert (r.status_code, r.json()) == (404, {"code": "NOT_FOUND", "message": "User not found"})
-
-    for name in ("u1", "u2", "u3", "u4"):
-        client.post(event_path(name, verb="import"), json={})
-    seen, token, pages = [], None, 0
-    while True:
-        params = {"pageSize": 2} | ({"pageToken": token} if token else {})
-        page = client.get("/admin/v1/users", params=params).json()
-        seen += [u["id"] for u in page["users"]]
-        pages += 1
-        token = page.get("nextPageToken")
-        if token is None:
-            break
-    assert pages == 3 and len(seen) == 5 == len(set(seen))
-    assert client.get("/admin/v1/users", params={"pageToken": "!!"}).status_code == 400
-
-
-def test_seeded_directory_decides_import(hub: FakeUserHub, client: httpx.Client) -> None:
-    hub.seed_users(["known"], CONN)
-    assert client.post(event_path("known", verb="import"), json={}).status_code == 200
-    r = client.post(event_path("ghost", verb="import"), json={})
-    assert (r.status_code, r.json()["code"]) == (404, "NOT_FOUND")
-    # :event swallows the failed import unless wait is set (reference §5.1)
-    assert client.post(event_path("ghost"), json={"type": "SIGNIN"}).status_code == 200
-    assert client.post(event_path("ghost"), json={"wait": True}).status_code == 404
-    assert [u["displayName"] for u in hub.users()] == ["known"]
-    assert client.post(event_path("other", "conn_unseeded", verb="import"), json={}).status_code == 200
-
-
 def test_unknown_admin_routes_are_json_404(client: httpx.Client) -> None:
-    for method, path in [("POST", "/admin/v1/users/x@c:connect"), ("GET", "/admin/v2/x"), ("DELETE", "/nope")]:
+    for method, path in [
+        ("POST", "/admin/v1/users/x@c:connect"),
+        ("POST", "/admin/v1/users/x@c:import"),  # the product only reports events: nothing else is served
+        ("GET", "/admin/v1/users"),
+        ("GET", "/admin/v2/x"),
+        ("DELETE", "/nope"),
+    ]:
         r = client.request(method, path)
         assert r.status_code == 404, path
         assert r.headers["content-type"] == "application/json"
         assert r.json()["code"] == "NOT_FOUND"
-
-
-# ------------------------------------------------------------------------------------------------ faults
 
 
 @pytest.mark.parametrize(
@@ -268,7 +211,7 @@ def test_latency_fault_then_normal_answer(hub: FakeUserHub, client: httpx.Client
 
 
 def test_drop_closes_without_response(hub: FakeUserHub, client: httpx.Client) -> None:
-    assert client.get("/admin/v1/users").status_code == 200  # warm a keep-alive connection first
+    assert client.get("/admin/v1/users").status_code == 404  # warm a keep-alive connection first
     hub.add_fault(Fault(kind="drop", count=1))
     with pytest.raises(httpx.TransportError):
         client.post(event_path("alice"), json={"type": "SIGNIN"})
@@ -293,18 +236,17 @@ def test_probability_is_seeded_and_deterministic(client: httpx.Client, hub: Fake
 
     first = run()
     assert run() == first
-    rng = random.Random(1234)  # the fixture's seed; one draw per matching request
+    rng = random.Random(HUB_SEED)  # the fixture's seed; one draw per matching request
     assert first == [500 if rng.random() < 0.3 else 200 for _ in range(60)]
     assert 8 <= first.count(500) <= 30
 
 
 def test_match_external_id_and_path_regex(hub: FakeUserHub, client: httpx.Client) -> None:
     hub.add_fault(Fault(status=500, match_external_id="a b/c"))
-    hub.add_fault(Fault(status=429, match_path_regex=r":import$"))
-    assert client.post(event_path("a b/c"), json={}).status_code == 500
+    hub.add_fault(Fault(status=429, match_path_regex=r"c@conn_test1:event$"))
+    assert client.post(event_path("a b/c"), json={}).status_code == 500  # both match: the first one wins
     assert client.post(event_path("bob"), json={}).status_code == 200
-    assert client.post(event_path("bob", verb="import"), json={}).status_code == 429
-    assert client.post(event_path("a b/c", verb="import"), json={}).status_code == 500  # first match wins
+    assert client.post(event_path("c"), json={}).status_code == 429
     hub.clear_faults()
     assert client.post(event_path("a b/c"), json={}).status_code == 200
 
@@ -318,13 +260,10 @@ def test_invalid_fault_rejected() -> None:
         Fault.from_dict({"kind": "status", "stauts": 500})
 
 
-# ------------------------------------------------------------------------------------------------ concurrency
-
-
 def test_concurrent_requests_overlap_their_latency() -> None:
     n = 64
     with (
-        FakeUserHub(latency_ms=100) as fake,
+        FakeUserHub(admin_keys=[KEY], latency_ms=100) as fake,
         httpx.Client(base_url=fake.url, headers=AUTH, limits=httpx.Limits(max_connections=n), timeout=10) as c,
         ThreadPoolExecutor(max_workers=n) as pool,
     ):
@@ -334,9 +273,6 @@ def test_concurrent_requests_overlap_their_latency() -> None:
         assert statuses == [200] * n
         assert elapsed < 2.0, f"{n} requests of 100 ms took {elapsed:.2f}s: the fake serialises requests"
         assert len(fake.events()) == n and len(fake.users()) == n
-
-
-# ------------------------------------------------------------------------------------------------ control routes
 
 
 def test_control_routes_over_http(hub: FakeUserHub, client: httpx.Client) -> None:
@@ -360,13 +296,11 @@ def test_control_routes_over_http(hub: FakeUserHub, client: httpx.Client) -> Non
     events = ctl.get("/_fake/events").json()
     assert [(e["external_id"], e["type"]) for e in events] == [("alice", "SIGNIN"), ("alice", "CHANGED")]
 
-    assert ctl.post("/_fake/seed", json={"connection": CONN, "external_ids": ["known"]}).status_code == 200
-    assert client.post(event_path("ghost", verb="import"), json={}).status_code == 404
-    assert ctl.post("/_fake/seed", json={"connection": CONN}).status_code == 400
+    assert [u["displayName"] for u in ctl.get("/_fake/users").json()] == ["alice"]
 
     assert ctl.post("/_fake/keys", json={"admin_keys": ["k2"]}).status_code == 200
-    assert client.post(event_path("known", verb="import"), json={}).status_code == 401
-    assert client.post(event_path("known", verb="import"), headers={"Authorization": "Bearer k2"}).status_code == 200
+    assert client.post(event_path("known"), json={}).status_code == 401
+    assert client.post(event_path("known"), headers={"Authorization": "Bearer k2"}).status_code == 200
 
     assert ctl.post("/_fake/reset").status_code == 200
     assert ctl.get("/_fake/requests").json() == [] and ctl.get("/_fake/events").json() == []
@@ -375,60 +309,59 @@ def test_control_routes_over_http(hub: FakeUserHub, client: httpx.Client) -> Non
     ctl.close()
 
 
-# ------------------------------------------------------------------------------------------------ journal
-
-
 def test_journal_contents(hub: FakeUserHub, client: httpx.Client) -> None:
     before = time.time()
     headers = {"Authorization": "Bearer  weird spacing", "User-Agent": "UserHub-AmazonCognito/1.0", "X-Trace": "t1"}
     client.post(event_path("us-east-1:abc"), json={"type": "SIGNIN"}, headers=headers)
     client.get("/admin/v1/users", params={"pageSize": 5})
-    event, listing = hub.journal()
+    event, other = hub.journal()
 
     assert event.method == "POST" and event.verb == "event" and event.status == 401 and event.fault is None
     assert event.headers["authorization"] == "Bearer  weird spacing"  # exactly as received
     assert event.headers["user-agent"] == "UserHub-AmazonCognito/1.0" and event.headers["x-trace"] == "t1"
     assert all(name == name.lower() for name in event.headers)
     assert event.body == '{"type":"SIGNIN"}'
-    assert before <= event.ts <= listing.ts <= time.time()
+    assert before <= event.ts <= other.ts <= time.time()
 
-    assert (listing.method, listing.verb, listing.raw_path, listing.status) == (
-        "GET",
-        "list",
-        "/admin/v1/users?pageSize=5",
-        200,
-    )
-    assert listing.headers["authorization"] == AUTH["Authorization"]
-    assert listing.body == "" and listing.decoded_id is None
+    # a route the fake does not serve is journaled too, exactly as sent
+    assert (other.method, other.verb, other.raw_path, other.status) == ("GET", None, "/admin/v1/users?pageSize=5", 404)
+    assert other.headers["authorization"] == AUTH["Authorization"]
+    assert other.body == "" and other.decoded_id is None
     json.dumps([asdict(e) for e in hub.journal()])  # serialisable as promised
 
 
-# ------------------------------------------------------------------------------------------------ lifecycle
-
-
 def test_stop_cuts_keep_alive_connections() -> None:
-    fake = FakeUserHub().start()
+    fake = FakeUserHub(admin_keys=[KEY]).start()
     with httpx.Client(base_url=fake.url, headers=AUTH, timeout=2) as c:
-        assert c.get("/admin/v1/users").status_code == 200
+        assert c.post(event_path("alice"), json={}).status_code == 200
         fake.stop()
         with pytest.raises(httpx.TransportError):
-            c.get("/admin/v1/users")
+            c.post(event_path("alice"), json={})
 
 
 def test_official_sdk_talks_to_the_fake(hub: FakeUserHub) -> None:
     sdk = pytest.importorskip("userhub_sdk")
     api = sdk.AdminApi(KEY, base_url=hub.url)
     api.users.report_event("us-east-1:abc/def@conn_123", type="SIGNIN")
-    user = api.users.import_account("user+tag@example.com@conn_123")
-    assert api.users.get(user.id).account_connections[0].external_id == "user+tag@example.com"
     assert [(e.external_id, e.type) for e in hub.events()] == [("us-east-1:abc/def", "SIGNIN")]
     assert hub.journal()[0].raw_path == "/admin/v1/users/us-east-1:abc%2Fdef@conn_123:event"
 
 
-def test_module_entry_point_prints_real_port() -> None:
+def test_the_command_prints_the_real_port() -> None:
     root = Path(__file__).resolve().parents[1]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "userhub_sync.fake_userhub", "--port", "0", "--admin-key", "k1", "--admin-key", "k2"],
+        [
+            sys.executable,
+            "-m",
+            "userhub_sync.cli",
+            "fake-userhub",
+            "--port",
+            "0",
+            "--admin-key",
+            "k1",
+            "--admin-key",
+            "k2",
+        ],
         cwd=root,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -10,10 +10,9 @@ import pytest
 from chalicelib.delivery import Deliverer
 from chalicelib.delivery.flow import INITIAL_LIMIT, FlowControl, Signal, Slot
 from chalicelib.settings import get_settings
-from tests.conftest import message_body, receive_event
-from tests.support import capture_visibility, send
-from userhub_sync.fake_userhub import Fault
-from userhub_sync.worker import LambdaContext
+from tests.support import capture_visibility, message_body, receive_event, send
+from userhub_sync.local.event_source import LambdaContext
+from userhub_sync.local.fake_userhub import Fault
 
 
 class Clock:

@@ -10,7 +10,7 @@ import pytest
 
 from chalicelib.delivery.records import Poison, Record, parse
 from chalicelib.messages import SyncMessage
-from tests.conftest import message_body
+from tests.support import message_body
 
 ARN = "arn:aws:sqs:us-east-1:123456789012:test-events"
 

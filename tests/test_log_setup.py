@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from chalicelib.observability import JsonFormatter, get_logger
-from userhub_sync.local import patched_environ
+from userhub_sync.local.moto import patched_environ
 
 ROOT = "userhub_sync"
 

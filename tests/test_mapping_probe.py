@@ -16,7 +16,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from chalicelib.delivery.mapping import RECHECK_AFTER_ERROR_SECONDS, RECHECK_SECONDS, MappingProbe
-from userhub_sync.local import MOTO_ACCOUNT, patched_environ
+from userhub_sync.local.moto import MOTO_ACCOUNT, patched_environ
 
 FUNCTION = "userhub-sync-probe-test"
 QUEUE_ARN = f"arn:aws:sqs:us-east-1:{MOTO_ACCOUNT}:test-events"

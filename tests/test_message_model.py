@@ -10,7 +10,7 @@ import pytest
 
 from chalicelib.identifiers import is_connection_id
 from chalicelib.messages import EventType, PoisonMessage, Source, SyncMessage, parse_message
-from tests.conftest import POOL_ID, message_body
+from tests.support import POOL_ID, message_body
 
 
 def reason(body: str | bytes | None) -> str:

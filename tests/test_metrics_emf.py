@@ -10,7 +10,7 @@ import json
 import time
 
 from chalicelib.observability import NAMESPACE, Metrics, register_secret
-from userhub_sync.local import patched_environ
+from userhub_sync.local.moto import patched_environ
 
 
 def flushed(metrics: Metrics, stream: io.StringIO) -> list[dict]:

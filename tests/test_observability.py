@@ -11,11 +11,10 @@ import app
 from chalicelib.observability import get_logger, log_user
 from chalicelib.secrets import AdminKeyProvider
 from chalicelib.settings import get_settings, reset_settings
-from tests.conftest import ADMIN_KEY, message_body, receive_event
-from tests.support import attrs, receive_all, send
-from userhub_sync.fake_userhub import Fault
-from userhub_sync.local import patched_environ
-from userhub_sync.worker import LambdaContext
+from tests.support import ADMIN_KEY, attrs, message_body, receive_all, receive_event, send
+from userhub_sync.local.event_source import LambdaContext
+from userhub_sync.local.fake_userhub import Fault
+from userhub_sync.local.moto import patched_environ
 
 HASH_KEY = "a-log-hashing-key-for-tests-only"
 
@@ -76,7 +75,7 @@ def test_the_logger_writes_json_at_the_configured_level(capfd) -> None:
 
 
 def test_user_hash_prints_what_the_stages_log_lines_show(tmp_path, monkeypatch, moto_server) -> None:
-    from tests.ops_support import cli, make_project
+    from tests.support import cli, make_project
 
     make_project(tmp_path, monkeypatch, moto_server)
     hashed = {"LOG_USERNAMES": "hashed", "LOG_USERNAME_KEY": HASH_KEY}

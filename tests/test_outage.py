@@ -1,7 +1,7 @@
 """UserHub down for a while: nothing lost, nothing dead-lettered, backoff as RetryPolicy says, recovery on its own.
 
-CI size here (8 s); the full run is `python -m userhub_sync.chaos --scenario outage --signins 500 --outage-seconds 20`
-and its figures are in docs/RELIABILITY.md, next to the production schedule that the last tests pin down.
+CI size here (8 s); the full run is `userhub-sync outage --signins 500 --outage-seconds 20`, and its figures are in
+docs/RELIABILITY.md, next to the production schedule that the last tests pin down.
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ from rich.console import Console
 
 from chalicelib.delivery import RetryPolicy
 from chalicelib.settings import Settings
-from tests.conftest import stage_environ
-from userhub_sync.chaos import OutageConfig, print_report, run_outage
-from userhub_sync.local import patched_environ
+from tests.support import stage_environ
+from userhub_sync.local.moto import patched_environ
+from userhub_sync.scenarios.accounting import print_report
+from userhub_sync.scenarios.outage import OutageConfig, run_outage
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "RELIABILITY.md"
 

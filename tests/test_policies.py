@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from tests.ops_support import REPO, bootstrap, create_pool, make_project
-from userhub_sync import policies
+from tests.support import REPO, bootstrap, create_pool, make_project
+from userhub_sync.ops import policies
 
 LOG_ACTIONS = {"logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"}
 # no resource-level permission exists for these (AWS Service Authorization Reference, list_awslambda.html)

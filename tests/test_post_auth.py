@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 import app
 from chalicelib import post_auth
 from chalicelib.messages import EventType, Source, parse_message
-from tests.conftest import CONNECTION_ID, POOL_ID, signin_event, wait_for_sender_threads
-from userhub_sync.local import free_port, patched_environ
+from tests.support import CONNECTION_ID, POOL_ID, signin_event, wait_for_sender_threads
+from userhub_sync.local.moto import free_port, patched_environ
 
 
 def queued(stack) -> list[dict]:

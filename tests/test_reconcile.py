@@ -28,8 +28,8 @@ from chalicelib.messages import EventType, Source, parse_message
 from chalicelib.reconcile import Deps, handle_scheduled_event, make_cognito_client, read_last_summary
 from chalicelib.settings import get_settings, reset_settings
 from chalicelib.snapshot import fingerprint, read_entries
-from tests.conftest import CONNECTION_ID
-from userhub_sync.local import DEFAULT_REGION, MOTO_ACCOUNT, patched_environ
+from tests.support import CONNECTION_ID
+from userhub_sync.local.moto import DEFAULT_REGION, MOTO_ACCOUNT, patched_environ
 
 BUCKET = "test-snapshots"
 MARGIN_S = 60.0  # the default RECONCILE_TIME_MARGIN_SECONDS

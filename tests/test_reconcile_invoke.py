@@ -19,7 +19,7 @@ from chalice.test import Client
 
 from chalicelib import reconcile
 from chalicelib.reconcile import read_last_summary
-from tests.conftest import CONNECTION_ID
+from tests.support import CONNECTION_ID
 from tests.test_reconcile import BUCKET, Harness, build_harness, exactly_once, scheduled_event
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "RECONCILE.md"

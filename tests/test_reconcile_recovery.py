@@ -21,7 +21,7 @@ from chalicelib.settings import reset_settings
 from chalicelib.snapshot import read_entries, write_entries
 from tests.test_reconcile import BUCKET, FakeContext, Harness, budget, build_harness, exactly_once, scheduled_event
 from tests.test_reconcile_invoke import drain
-from userhub_sync.local import patched_environ
+from userhub_sync.local.moto import patched_environ
 
 
 @pytest.fixture

@@ -10,8 +10,8 @@ import pytest
 from chalicelib.delivery.policy import RetryPolicy
 from chalicelib.settings import get_settings, reset_settings
 from chalicelib.sqs_limits import MAX_VISIBILITY_SECONDS
-from tests.conftest import stage_environ
-from userhub_sync.local import patched_environ
+from tests.support import stage_environ
+from userhub_sync.local.moto import patched_environ
 
 
 class Draw(random.Random):

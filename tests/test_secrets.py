@@ -26,11 +26,11 @@ from moto.ssm.responses import SimpleSystemManagerResponse
 
 import app
 from chalicelib import delivery
-from tests.conftest import CONNECTION_ID, signin_event
-from userhub_sync.chaos import WorkerPool, wait_until
-from userhub_sync.fake_userhub import Fault
-from userhub_sync.local import patched_environ
-from userhub_sync.worker import LocalEventSource
+from tests.support import CONNECTION_ID, deliver_all, receive_all, signin_event
+from userhub_sync.local.event_source import LocalEventSource
+from userhub_sync.local.fake_userhub import Fault
+from userhub_sync.local.moto import patched_environ
+from userhub_sync.scenarios.workers import WorkerPool, wait_until
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 PARAMETER = "/userhub-sync/test/admin-key"
@@ -92,22 +92,6 @@ class KeyStore:
         return "GetParameter" if self.source == "ssm" else "GetSecretValue"
 
 
-def everything_in_dlq(sqs: Any, url: str) -> list[dict[str, Any]]:
-    """Every DLQ message with all its attributes, received (and left in place) for inspection."""
-    found: list[dict[str, Any]] = []
-    while True:
-        got = sqs.receive_message(
-            QueueUrl=url,
-            MaxNumberOfMessages=10,
-            VisibilityTimeout=60,
-            AttributeNames=["All"],
-            MessageAttributeNames=["All"],
-        ).get("Messages", [])
-        if not got:
-            return found
-        found += got
-
-
 def spy_on_exceptions(deliverer: delivery.Deliverer) -> list[str]:
     """The text of every exception the UserHub client raises inside deliver (str, repr, args and fields)."""
     texts: list[str] = []
@@ -122,12 +106,6 @@ def spy_on_exceptions(deliverer: delivery.Deliverer) -> list[str]:
 
     deliverer.client.report_event = report_event  # type: ignore[method-assign]
     return texts
-
-
-def drain(stack: Any) -> LocalEventSource:
-    source = LocalEventSource(stack.sqs, stack.queues.events_url, app.deliver, wait_seconds=0)
-    source.run(drain=True)
-    return source
 
 
 def sign_in(users: list[str]) -> None:
@@ -150,7 +128,6 @@ def assert_nowhere(keys: list[str], places: dict[str, str]) -> None:
                 assert fragment not in text, f"the Admin key (or part of it) appears in {name}"
 
 
-# ================================================================================================ in-process
 @pytest.mark.parametrize("source", ["ssm", "secretsmanager"])
 def test_rotation_costs_one_fetch_and_the_key_is_never_printed(
     pipeline, hub, fast_retries, capfd, key_fetches: dict[str, int], source: str
@@ -175,7 +152,7 @@ def test_rotation_costs_one_fetch_and_the_key_is_never_printed(
         exceptions = spy_on_exceptions(deliverer)
         sign_in(["before-1", "before-2", "rejected", "before-3"])
         pipeline.sqs.send_message(QueueUrl=pipeline.queues.events_url, MessageBody="not json")
-        drain(pipeline)
+        deliver_all(pipeline)
         assert deliverer.keys.fetches == 1
         assert key_fetches[store.fetch_call] == 1
 
@@ -184,7 +161,7 @@ def test_rotation_costs_one_fetch_and_the_key_is_never_printed(
         rotated_at = time.time()
         after = [f"after-{i}" for i in range(12)]
         sign_in(after)
-        drain(pipeline)
+        deliver_all(pipeline)
 
         assert deliverer.keys.fetches == 2  # every call of the first batch got a 401: one fetch (single flight)
         assert key_fetches[store.fetch_call] == 2
@@ -194,7 +171,7 @@ def test_rotation_costs_one_fetch_and_the_key_is_never_printed(
     assert delivered_after == set(after)  # delivery went on with the new key
     assert all(e.headers["authorization"] == f"Bearer {new}" for e in hub.events() if e.ts >= rotated_at)
 
-    dead = everything_in_dlq(pipeline.sqs, pipeline.queues.dlq_url)
+    dead = receive_all(pipeline.sqs, pipeline.queues.dlq_url, visibility=60)
     assert sorted(m["MessageAttributes"]["failure_kind"]["StringValue"] for m in dead) == ["permanent", "poison"]
     captured = capfd.readouterr()
     assert '"message": "admin key loaded"' in captured.err and "key_refreshed" in captured.out  # logs and EMF seen
@@ -226,8 +203,8 @@ def test_a_key_echoed_back_by_userhub_is_redacted(pipeline, hub, fast_retries, c
         )
         hub.add_fault(Fault(status=502, body_format="text", message=f"upstream said {key}", count=1))
         sign_in(["echo-permanent", "echo-transient"])
-        drain(pipeline)
-    dead = everything_in_dlq(pipeline.sqs, pipeline.queues.dlq_url)
+        deliver_all(pipeline)
+    dead = receive_all(pipeline.sqs, pipeline.queues.dlq_url, visibility=60)
     [permanent] = dead
     assert permanent["MessageAttributes"]["failure_kind"]["StringValue"] == "permanent"
     assert "***" in permanent["MessageAttributes"]["failure_detail"]["StringValue"]
@@ -265,12 +242,13 @@ def test_an_echoed_key_is_in_no_exception_and_never_half_redacted(pipeline, hub,
         {
             "exception texts": "\n".join(exceptions),
             "stderr": captured.err,
-            "DLQ messages": json.dumps(everything_in_dlq(pipeline.sqs, pipeline.queues.dlq_url), ensure_ascii=False),
+            "DLQ messages": json.dumps(
+                receive_all(pipeline.sqs, pipeline.queues.dlq_url, visibility=60), ensure_ascii=False
+            ),
         },
     )
 
 
-# ================================================================================================ subprocesses
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "userhub_sync.cli", *args],
@@ -332,7 +310,9 @@ def test_worker_and_cli_never_print_the_key_and_rotate_with_one_fetch(
             "dlq list --json": listing.stdout + listing.stderr,
             "dlq list": table.stdout + table.stderr,
             "dlq replay --dry-run": dry_run.stdout + dry_run.stderr,
-            "DLQ messages": json.dumps(everything_in_dlq(pipeline.sqs, pipeline.queues.dlq_url), ensure_ascii=False),
+            "DLQ messages": json.dumps(
+                receive_all(pipeline.sqs, pipeline.queues.dlq_url, visibility=60), ensure_ascii=False
+            ),
             "this process": captured.out + captured.err,
         },
     )

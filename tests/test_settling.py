@@ -14,9 +14,8 @@ from chalicelib.delivery.plan import DELETE, DeadLetter, Delay, QueueFacts
 from chalicelib.delivery.records import Record
 from chalicelib.delivery.settle import QueueDirectory, Settled, apply, delete_settled
 from chalicelib.settings import get_settings
-from tests.conftest import message_body
-from tests.support import attrs, capture_visibility, depth, receive_all, send
-from userhub_sync.local import MOTO_ACCOUNT
+from tests.support import attrs, capture_visibility, depth, message_body, receive_all, send
+from userhub_sync.local.moto import MOTO_ACCOUNT
 
 EVENTS_ARN = f"arn:aws:sqs:us-east-1:{MOTO_ACCOUNT}:test-events"
 
@@ -128,7 +127,7 @@ def test_a_dead_letter_is_sent_with_its_reason_then_deleted_from_the_events_queu
     assert settled.confirmed and not settled.comes_back
     [moved] = receive_all(aws.sqs, aws.queues.dlq_url)
     assert moved["Body"] == record.body and attrs(moved)["failure_reason"] == "rejected"
-    assert depth(aws.sqs, aws.queues.events_url) == 0
+    assert depth(aws.queues.events_url) == 0
 
 
 def test_more_than_ten_dead_letters_are_all_sent(aws) -> None:
@@ -144,7 +143,7 @@ def test_without_a_dlq_a_dead_letter_stays_in_the_events_queue(aws) -> None:
     aws.sqs.delete_queue(QueueUrl=aws.queues.dlq_url)
     [settled] = apply([(record, dead(record))], aws.sqs, QueueDirectory(aws.sqs, get_settings()))
     assert not settled.confirmed and settled.comes_back
-    assert depth(aws.sqs, aws.queues.events_url) == 1
+    assert depth(aws.queues.events_url) == 1
 
 
 def test_a_delivered_record_needs_nothing_from_sqs(aws) -> None:
@@ -164,7 +163,7 @@ def test_delete_settled_deletes_only_the_delivered_records(aws) -> None:
         QueueUrl=aws.queues.events_url, ReceiptHandle=retry.receipt_handle, VisibilityTimeout=0
     )
     [left] = receive_all(aws.sqs, aws.queues.events_url)
-    assert json.loads(left["Body"]) == json.loads(retry.body) and depth(aws.sqs, aws.queues.events_url) == 1
+    assert json.loads(left["Body"]) == json.loads(retry.body) and depth(aws.queues.events_url) == 1
 
 
 def test_records_of_two_queues_are_each_settled_on_their_own(aws) -> None:

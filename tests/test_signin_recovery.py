@@ -25,11 +25,10 @@ from chalicelib import signin_recovery as sr
 from chalicelib.messages import EventType, Source
 from chalicelib.reconcile import read_last_summary
 from chalicelib.settings import ConfigError, get_settings, reset_settings
-from tests.conftest import ADMIN_KEY, CONNECTION_ID, signin_event
-from tests.ops_support import bootstrap, cli, create_pool, make_project
+from tests.support import ADMIN_KEY, CONNECTION_ID, bootstrap, cli, create_pool, make_project, signin_event
 from tests.test_reconcile import BUCKET, Harness, build_harness, scheduled_event
-from userhub_sync.local import free_port, patched_environ
-from userhub_sync.worker import LocalEventSource
+from userhub_sync.local.event_source import LocalEventSource
+from userhub_sync.local.moto import free_port, patched_environ
 
 GROUP = "/aws/lambda/userhub-sync-dev-post_auth"
 MINUTE_MS = 60_000

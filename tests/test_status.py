@@ -5,27 +5,20 @@ from __future__ import annotations
 import json
 
 import boto3
-import pytest
 
 from chalicelib.delivery import RetryPolicy
-from tests.ops_support import (
+from tests.support import (
     bootstrap,
     cli,
     create_pool,
     drain,
     enable_mapping,
     fake_chalice_deploy,
-    make_project,
     queue_url,
 )
-from userhub_sync.opsutil import format_span
+from userhub_sync.ops.durations import format_span
 
 EVENTS = "userhub-sync-dev-events"
-
-
-@pytest.fixture
-def project(tmp_path, monkeypatch, moto_server):
-    return make_project(tmp_path, monkeypatch, moto_server)
 
 
 def _send(name: str, count: int) -> None:
@@ -174,7 +167,6 @@ def test_a_stopped_reconcile_shows_the_last_complete_run_and_stays_healthy(proje
     assert "last run stopped at 2026-01-02T03:05:00+00:00" in rec["detail"]
 
 
-# ------------------------------------------------------------------------------------------------ health
 def _healthy_stage(project) -> dict[str, str]:
     """Bootstrapped, deployed, wired, mapping enabled: `status --check` has nothing to flag."""
     bootstrap(create_pool())

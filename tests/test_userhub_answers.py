@@ -20,8 +20,8 @@ from chalicelib.userhub import (
     UserHubClient,
     UserHubError,
 )
-from tests.conftest import ADMIN_KEY
-from userhub_sync.fake_userhub import FakeUserHub, Fault
+from tests.support import ADMIN_KEY
+from userhub_sync.local.fake_userhub import FakeUserHub, Fault
 
 KEY = SecretStr(ADMIN_KEY)
 

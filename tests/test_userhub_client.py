@@ -25,8 +25,8 @@ from chalicelib.userhub import (
     parse_retry_after,
     quote_path,
 )
-from tests.conftest import ADMIN_KEY
-from userhub_sync.fake_userhub import FakeUserHub, Fault
+from tests.support import ADMIN_KEY
+from userhub_sync.local.fake_userhub import FakeUserHub, Fault
 
 KEY = SecretStr(ADMIN_KEY)
 
@@ -135,7 +135,7 @@ def test_slow_answer_is_a_bounded_transient_timeout(hub: FakeUserHub) -> None:
 
 
 def test_connection_refused_is_transient() -> None:
-    from userhub_sync.local import free_port
+    from userhub_sync.local.moto import free_port
 
     async def go() -> None:
         client = UserHubClient(f"http://127.0.0.1:{free_port()}")

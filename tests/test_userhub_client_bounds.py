@@ -13,8 +13,8 @@ from pydantic import SecretStr
 
 from chalicelib.messages import EventType
 from chalicelib.userhub import API_VERSION, USER_AGENT, TransientError, UserHubClient
-from tests.conftest import ADMIN_KEY
-from userhub_sync.fake_userhub import FakeUserHub, Fault
+from tests.support import ADMIN_KEY
+from userhub_sync.local.fake_userhub import FakeUserHub, Fault
 
 KEY = SecretStr(ADMIN_KEY)
 
@@ -114,7 +114,7 @@ def test_each_call_goes_to_the_pool_with_the_fewest_calls_in_flight(hub: FakeUse
 
 
 def test_a_failed_call_gives_its_pool_slot_back() -> None:
-    from userhub_sync.local import free_port
+    from userhub_sync.local.moto import free_port
 
     client = UserHubClient(f"http://127.0.0.1:{free_port()}", max_connections=1)
     with pytest.raises(TransientError) as raised:

@@ -9,7 +9,7 @@ import hmac
 import pytest
 
 from chalicelib.observability import log_user
-from userhub_sync.local import patched_environ
+from userhub_sync.local.moto import patched_environ
 
 
 def expected(key: str, data: bytes) -> str:

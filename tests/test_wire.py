@@ -7,7 +7,7 @@ import json
 import boto3
 import pytest
 
-from tests.ops_support import (
+from tests.support import (
     CUSTOM_MESSAGE,
     OTHER_TRIGGER,
     bootstrap,
@@ -15,16 +15,10 @@ from tests.ops_support import (
     create_pool,
     describe_pool,
     fake_chalice_deploy,
-    make_project,
 )
-from userhub_sync import wire as w
+from userhub_sync.ops import wire
 
 IGNORED = {"LambdaConfig", "LastModifiedDate"}
-
-
-@pytest.fixture
-def project(tmp_path, monkeypatch, moto_server):
-    return make_project(tmp_path, monkeypatch, moto_server)
 
 
 def _settings(pool: dict) -> dict:
@@ -213,7 +207,7 @@ def test_update_request_keeps_only_what_update_user_pool_accepts():
         "LambdaConfig": {"PreSignUp": "arn:pre"},
         "DeviceConfiguration": {"ChallengeRequiredOnNewDevice": True, "SomethingNewAndReadOnly": 1},
     }
-    request = w.update_request(cognito, described, {"PreSignUp": "arn:pre", "PostAuthentication": "arn:post"})
+    request = wire.update_request(cognito, described, {"PreSignUp": "arn:pre", "PostAuthentication": "arn:post"})
     accepted = set(cognito.meta.service_model.operation_model("UpdateUserPool").input_shape.members)
     assert set(request) <= accepted
     assert request["UserPoolId"] == "us-east-1_Abc"
@@ -227,5 +221,5 @@ def test_update_request_keeps_only_what_update_user_pool_accepts():
 def test_diff_pool_finds_nested_changes():
     before = {"Policies": {"PasswordPolicy": {"MinimumLength": 14}}, "LambdaConfig": {"A": "1"}, "X": [1]}
     after = {"Policies": {"PasswordPolicy": {"MinimumLength": 8}}, "LambdaConfig": {"A": "2"}, "X": [1]}
-    changes = w.diff_pool(before, after, {"LambdaConfig"})
+    changes = wire.diff_pool(before, after, {"LambdaConfig"})
     assert [(c.path, c.before, c.after) for c in changes] == [("Policies.PasswordPolicy.MinimumLength", 14, 8)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from userhub_sync.worker import LambdaContext, LocalEventSource, failed_ids
+from userhub_sync.local.event_source import LambdaContext, LocalEventSource, failed_ids
 
 
 def test_records_look_like_lambdas(aws) -> None:

@@ -1,8 +1,8 @@
-"""`userhub-sync`: the operators' command line. Each command lives in its own module; this file only wires them.
+"""`userhub-sync`: the operators' command line. One module per command group; this file only wires them.
 
 Invariant: a usage error (unknown command or option, a missing or malformed value) is one line on stderr and exit
 64 (EX_USAGE), never 2, which means "needs attention"; a monitor can tell a typo from drift. Exit codes:
-`opsutil.ExitCode`, shown by `--help`.
+`ops.errors.ExitCode`, shown by `--help`.
 """
 
 from __future__ import annotations
@@ -15,8 +15,13 @@ import typer
 from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError  # typer vendors click here
 from typer.core import TyperGroup
 
-from userhub_sync import ops_cli, reconcile_cli, recover_cli, run_cli
-from userhub_sync.opsutil import EXIT_CODES_HELP, ExitCode, print_error
+from userhub_sync.cli import dlq, local
+from userhub_sync.cli.bootstrap import bootstrap_command
+from userhub_sync.cli.output import handle_errors, print_error
+from userhub_sync.cli.reconcile import reconcile_command, recover_signins_command
+from userhub_sync.cli.status import status_command, user_hash_command
+from userhub_sync.cli.wire import wire_command
+from userhub_sync.ops.errors import EXIT_CODES_HELP, ExitCode
 
 
 def usage_line(error: UsageError) -> str:
@@ -31,7 +36,7 @@ def usage_line(error: UsageError) -> str:
 class OperatorGroup(TyperGroup):
     """Typer's group, with click's errors reported as one line and the documented exit codes."""
 
-    def main(
+    def main(  # type: ignore[override]  # click's overloads; this keeps its runtime signature
         self,
         args: Sequence[str] | None = None,
         prog_name: str | None = None,
@@ -66,15 +71,22 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-run_cli.register(app)
-ops_cli.register(app)
-reconcile_cli.register(app)
-recover_cli.register(app)
+for name, command in (
+    ("bootstrap", bootstrap_command),
+    ("wire", wire_command),
+    ("status", status_command),
+    ("user-hash", user_hash_command),
+    ("reconcile", reconcile_command),
+    ("recover-signins", recover_signins_command),
+):
+    app.command(name, epilog=EXIT_CODES_HELP)(handle_errors(command))
+app.add_typer(dlq.app, name="dlq")
+app.command("demo")(handle_errors(local.demo))
+app.command("chaos")(handle_errors(local.chaos))
+app.command("outage")(handle_errors(local.outage))
+app.command("worker")(handle_errors(local.worker))
+app.command("fake-userhub")(local.fake_userhub)
 
 
 def main() -> None:
     app()
-
-
-if __name__ == "__main__":
-    main()

@@ -1,16 +1,25 @@
-"""A whole AWS-free stack on this machine: moto's server over real HTTP, plus the environment that points at it.
+"""A whole AWS-free stack on this machine: moto's server over real HTTP, the environment that points at it, and a
+fresh Lambda container.
 
-Used by `demo`, the tests and the benchmarks, so they all meet the same moto, over the same HTTP, as a user of
-`userhub-sync worker` pointed at a local endpoint would.
+Used by `demo`, `chaos`, `outage`, the tests and the benchmarks, so they all meet the same moto, over the same HTTP,
+as a user of `userhub-sync worker` pointed at a local endpoint would. moto is the `local` extra: the operators'
+install does not pull its server stack, and whatever needs it says what to install.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+from userhub_sync.ops.errors import OpsError
+
+if TYPE_CHECKING:
+    from moto.server import ThreadedMotoServer
 
 DEFAULT_REGION = "us-east-1"
 MOTO_ACCOUNT = "123456789012"
@@ -20,12 +29,23 @@ FAKE_CREDENTIALS = {
     "AWS_SECRET_ACCESS_KEY": "testing",
     "AWS_SESSION_TOKEN": "testing",
 }
+INSTALL_HINT = "pip install 'userhub-sync[local]'"
+
+
+class MotoMissing(OpsError):
+    """A local command needs moto's server, which the operators' install leaves out."""
+
+
+def require_moto() -> None:
+    if importlib.util.find_spec("moto") is None or importlib.util.find_spec("flask") is None:
+        raise MotoMissing(f"this runs AWS locally with moto's server, which is not installed: {INSTALL_HINT}")
 
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 class MotoServer:
@@ -34,9 +54,10 @@ class MotoServer:
     def __init__(self, port: int | None = None) -> None:
         self.port = port or free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
-        self._server = None
+        self._server: ThreadedMotoServer | None = None
 
     def start(self) -> MotoServer:
+        require_moto()
         from moto.server import ThreadedMotoServer
 
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
@@ -66,18 +87,18 @@ def patched_environ(values: dict[str, str | None]) -> Iterator[None]:
     """Set (or, for None, remove) environment variables for the duration of the block."""
     saved = {k: os.environ.get(k) for k in values}
     try:
-        for key, value in values.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        _apply(values)
         yield
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        _apply(saved)
+
+
+def _apply(values: dict[str, str | None]) -> None:
+    for key, value in values.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 def aws_environ(endpoint: str, region: str = DEFAULT_REGION) -> dict[str, str | None]:
@@ -91,3 +112,15 @@ def aws_environ(endpoint: str, region: str = DEFAULT_REGION) -> dict[str, str | 
         "AWS_CONFIG_FILE": os.devnull,
         "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
     }
+
+
+def new_container() -> None:
+    """Forget every per-container cache, as a new Lambda container starts without them: the settings, deliver's
+    deliverer, post_auth's client and queue URL, reconcile's clients. The one reset every local run and test uses."""
+    from chalicelib import delivery, post_auth, reconcile
+    from chalicelib.settings import reset_settings
+
+    reset_settings()
+    delivery.reset_deliverer()
+    post_auth.queue.reset()
+    reconcile.reset_clients()

@@ -15,21 +15,38 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-# Which policy (role) each Chalice function needs; functions sharing a role share a policy file.
-FUNCTION_ROLES: dict[str, str] = {
-    "post_auth": "post_auth",
-    "post_confirmation": "post_auth",
-    "deliver": "deliver",
-    "reconcile": "reconcile",
-    "reconcile_continue": "reconcile",
+from userhub_sync.ops.stage import default_names
+
+
+class Role(StrEnum):
+    """A policy document; every function with the same role gets the same one (and shares its policy file)."""
+
+    POST_AUTH = "post_auth"
+    DELIVER = "deliver"
+    RECONCILE = "reconcile"
+
+
+FUNCTION_ROLES: dict[str, Role] = {
+    "post_auth": Role.POST_AUTH,
+    "post_confirmation": Role.POST_AUTH,
+    "deliver": Role.DELIVER,
+    "reconcile": Role.RECONCILE,
+    "reconcile_continue": Role.RECONCILE,
 }
-ROLES = ("post_auth", "deliver", "reconcile")
+ROLES = tuple(Role)
 LOG_ACTIONS = ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"]
 # Actions without resource-level permissions: their only valid Resource is "*".
 UNSCOPABLE_ACTIONS = frozenset({"lambda:ListEventSourceMappings"})
+
+
+class FileStatus(StrEnum):
+    CREATED = "created"
+    UPDATED = "updated"
+    UNCHANGED = "unchanged"
 
 
 @dataclass(frozen=True)
@@ -94,11 +111,11 @@ def build_policy(role: str, functions: list[str], t: PolicyTargets) -> dict[str,
         _statement("Logs", LOG_ACTIONS, [arn for fn in sorted(functions) for arn in t.log_group_arns(fn)])
     ]
     kms_actions: list[str] = []
-    if role == "post_auth":
+    if role == Role.POST_AUTH:
         # post_auth finds the queue URL from EVENTS_QUEUE_URL or its own ARN, so SendMessage is all it needs
         statements.append(_statement("EnqueueEvents", ["sqs:SendMessage"], [t.events_queue_arn]))
         kms_actions = ["kms:GenerateDataKey", "kms:Decrypt"]  # producers to a CMK-encrypted queue need both
-    elif role == "deliver":
+    elif role == Role.DELIVER:
         statements.append(
             _statement(
                 "ConsumeEvents",
@@ -118,7 +135,7 @@ def build_policy(role: str, functions: list[str], t: PolicyTargets) -> dict[str,
         # resource-level permission in IAM, so "*" is its only possible Resource (UNSCOPABLE_ACTIONS)
         statements.append(_statement("FindOwnMapping", ["lambda:ListEventSourceMappings"], ["*"]))
         kms_actions = ["kms:Decrypt", "kms:GenerateDataKey"]
-    elif role == "reconcile":
+    elif role == Role.RECONCILE:
         statements.append(_statement("ScanPool", ["cognito-idp:ListUsers"], [t.user_pool_arn]))
         statements.append(
             _statement(
@@ -167,20 +184,30 @@ def render(document: dict[str, Any]) -> str:
     return json.dumps(document, indent=2) + "\n"
 
 
-def write_policies(project_dir: Path, config: dict[str, Any], targets: PolicyTargets) -> dict[str, str]:
-    """Write every policy file of the stage; returns {file: "created" | "updated" | "unchanged"}."""
-    results: dict[str, str] = {}
+def write_policies(project_dir: Path, config: dict[str, Any], targets: PolicyTargets) -> dict[str, FileStatus]:
+    """Write every policy file of the stage; returns what happened to each file, by name."""
+    results: dict[str, FileStatus] = {}
     for name, (role, functions) in policy_files(config, targets.stage).items():
         path = project_dir / ".chalice" / name
         text = render(build_policy(role, functions, targets))
         old = path.read_text() if path.exists() else None
         if old == text:
-            results[name] = "unchanged"
+            results[name] = FileStatus.UNCHANGED
             continue
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
-        results[name] = "created" if old is None else "updated"
+        results[name] = FileStatus.CREATED if old is None else FileStatus.UPDATED
     return results
+
+
+def _names(names: dict[str, str]) -> dict[str, str]:
+    """PolicyTargets' fields for a stage's resource names, from the variables that carry them."""
+    return {
+        "events_queue": names["EVENTS_QUEUE_NAME"],
+        "dead_letter_queue": names["DEAD_LETTER_QUEUE_NAME"],
+        "bucket": names["SNAPSHOT_BUCKET"],
+        "key_parameter": names["USERHUB_ADMIN_KEY_PARAMETER"],
+    }
 
 
 CFN_TARGETS = PolicyTargets(
@@ -189,11 +216,8 @@ CFN_TARGETS = PolicyTargets(
     account="${AWS::AccountId}",
     region="${AWS::Region}",
     partition="${AWS::Partition}",
-    events_queue="userhub-sync-${Stage}-events",
-    dead_letter_queue="userhub-sync-${Stage}-dlq",
     user_pool_id="${UserPoolId}",
-    bucket="userhub-sync-${Stage}-snapshots",
-    key_parameter="/userhub-sync/${Stage}/admin-key",
+    **_names(default_names("userhub-sync", "${Stage}")),
 )
 
 
@@ -209,24 +233,22 @@ def template_targets(config: dict[str, Any], stage: str) -> PolicyTargets:
     """The committed form: the stage's names from config.json, account and region left as `*` for bootstrap."""
     env = ((config.get("stages") or {}).get(stage) or {}).get("environment_variables") or {}
     app = str(config.get("app_name") or "userhub-sync")
+    names = {name: env.get(name) or default for name, default in default_names(app, stage).items()}
     return PolicyTargets(
         app_name=app,
         stage=stage,
         account="*",
         region="*",
-        events_queue=env.get("EVENTS_QUEUE_NAME") or f"{app}-{stage}-events",
-        dead_letter_queue=env.get("DEAD_LETTER_QUEUE_NAME") or f"{app}-{stage}-dlq",
         user_pool_id=env.get("USER_POOL_ID") or "CHANGEME",
-        bucket=env.get("SNAPSHOT_BUCKET") or f"{app}-{stage}-snapshots",
-        key_parameter=env.get("USERHUB_ADMIN_KEY_PARAMETER") or f"/{app}/{stage}/admin-key",
         kms_key_arn=env.get("KMS_KEY_ARN") or None,
+        **_names(names),
     )
 
 
-if __name__ == "__main__":  # regenerate the committed templates: python -m userhub_sync.policies dev prod
+if __name__ == "__main__":  # regenerate the committed templates: python -m userhub_sync.ops.policies dev prod
     import sys
 
-    from userhub_sync.stage import find_project_dir, read_config
+    from userhub_sync.ops.stage import find_project_dir, read_config
 
     project = find_project_dir()
     cfg = read_config(project)

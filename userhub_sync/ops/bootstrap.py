@@ -9,61 +9,33 @@ stage's exact ARNs. A second run changes nothing; drift is reported, and correct
 Invariant: deliver's whole retry schedule (every wait at its largest) plus RETENTION_MARGIN_SECONDS fits in the
 events queue's retention, so SQS never deletes a message before deliver could dead-letter it. A configuration that
 does not fit is refused before anything is created; with `check=True` (or on an existing queue) it is reported.
-The schedule is read through chalicelib's Settings (`opsutil.delivery_schedule`), the one definition deliver uses.
+The schedule is read through chalicelib's Settings (`ops.schedule.delivery_schedule`), the one definition deliver uses.
 """
 
 from __future__ import annotations
 
 import copy
-import json
-import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chalicelib.sqs_limits import MAX_RETENTION_SECONDS, MAX_VISIBILITY_SECONDS, MIN_RETENTION_SECONDS
-from userhub_sync import policies
-from userhub_sync.opsutil import (
-    OpsError,
-    RetentionFit,
-    Schedule,
-    StageContext,
-    caller_identity,
-    client,
-    delivery_schedule,
-    error_code,
-    format_span,
-    retention_fit,
-)
-from userhub_sync.queues import (
-    DLQ_RETENTION_SECONDS,
-    EVENTS_RETENTION_SECONDS,
-    QueueSpec,
-    ensure_queues,
-)
-from userhub_sync.stage import write_config
+from userhub_sync.ops import policies
+from userhub_sync.ops.aws import caller_identity, client, error_code
+from userhub_sync.ops.bucket import ensure_bucket
+from userhub_sync.ops.durations import format_span
+from userhub_sync.ops.errors import OpsError
+from userhub_sync.ops.queues import DLQ_RETENTION_SECONDS, EVENTS_RETENTION_SECONDS, QueueSpec, ensure_queues
+from userhub_sync.ops.schedule import RetentionFit, Schedule, delivery_schedule, retention_fit
+from userhub_sync.ops.stage import CONNECTION_RE, POOL_ID_RE, StageContext, default_names, write_config
+from userhub_sync.ops.steps import Step, StepStatus
+
+if TYPE_CHECKING:
+    from types_boto3_ssm import SSMClient
 
 MIN_RETRY_HORIZON_SECONDS = 24 * 3600
 DEFAULT_MAX_RECEIVE_COUNT = 13
-LIFECYCLE_RULE_ID = "userhub-sync-abort-incomplete-uploads"
-TLS_SID = "DenyInsecureTransport"
-POOL_ID_RE = re.compile(r"^[\w-]+_[0-9a-zA-Z]+$")
-CONNECTION_RE = re.compile(r"^conn_[A-Za-z0-9_-]+$")
-
-
-@dataclass
-class Step:
-    """One resource's outcome: created, ok, updated, fixed, drift, missing, warning or would-* (check mode)."""
-
-    resource: str
-    name: str
-    status: str
-    detail: str = ""
-
-    @property
-    def needs_attention(self) -> bool:
-        return self.status in ("drift", "missing") or self.status.startswith("would ")
 
 
 @dataclass
@@ -96,8 +68,20 @@ class BootstrapResult:
     def needs_attention(self) -> bool:
         return any(step.needs_attention for step in self.steps)
 
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "stage": self.stage,
+            "account": self.account,
+            "region": self.region,
+            "max_receive_count": self.max_receive_count,
+            "retry_horizon_seconds": self.retry_horizon_seconds,
+            "visibility_timeout": self.visibility_timeout,
+            "retention": self.retention.to_dict(),
+            "needs_attention": self.needs_attention,
+            "steps": [asdict(step) for step in self.steps],
+        }
 
-# ----------------------------------------------------------------------------------------------- retry horizon
+
 def check_horizon(schedule: Schedule, max_receive_count: int, allow_short: bool) -> float:
     """Seconds of retrying before the DLQ, at the least; refuses < 24 h unless allowed (see also `retention_fit`)."""
     if max_receive_count < 1 or max_receive_count > 1000:
@@ -128,7 +112,6 @@ def events_retention(ctx: StageContext, opts: BootstrapOptions) -> int:
     return int(chosen)
 
 
-# ----------------------------------------------------------------------------------------------- KMS
 def resolve_kms_key(key: str | None) -> str | None:
     """A key id, alias or ARN → the key's ARN (IAM policies can only name keys by ARN)."""
     if not key:
@@ -139,159 +122,7 @@ def resolve_kms_key(key: str | None) -> str | None:
         raise OpsError(f"KMS key {key!r} not found or not readable ({error_code(error)})") from None
 
 
-# ----------------------------------------------------------------------------------------------- bucket
-def _bucket_wanted(kms_key_arn: str | None) -> dict[str, Any]:
-    if kms_key_arn:
-        rule = {
-            "ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": kms_key_arn},
-            "BucketKeyEnabled": True,
-        }
-    else:
-        rule = {"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}
-    return {
-        "public_access": {
-            "BlockPublicAcls": True,
-            "IgnorePublicAcls": True,
-            "BlockPublicPolicy": True,
-            "RestrictPublicBuckets": True,
-        },
-        "encryption": {"Rules": [rule]},
-    }
-
-
-def _tls_statement(bucket: str, partition: str) -> dict[str, Any]:
-    arn = f"arn:{partition}:s3:::{bucket}"
-    return {
-        "Sid": TLS_SID,
-        "Effect": "Deny",
-        "Principal": "*",
-        "Action": "s3:*",
-        "Resource": [arn, f"{arn}/*"],
-        "Condition": {"Bool": {"aws:SecureTransport": "false"}},
-    }
-
-
-def _lifecycle_rule() -> dict[str, Any]:
-    return {
-        "ID": LIFECYCLE_RULE_ID,
-        "Status": "Enabled",
-        "Filter": {"Prefix": ""},
-        "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 7},
-    }
-
-
-def _get_or_none(call: Callable[[], Any], *missing_codes: str) -> Any:
-    try:
-        return call()
-    except Exception as error:
-        if error_code(error) in missing_codes:
-            return None
-        raise
-
-
-def ensure_bucket(
-    s3: Any, name: str, region: str, partition: str, kms_key_arn: str | None, *, fix: bool, check: bool
-) -> Step:
-    """The snapshot bucket: private (public access block), encrypted, TLS-only, stale uploads cleaned up.
-
-    The TLS-only policy is left out when the S3 endpoint itself is plain http (a local emulator such as moto,
-    which enforces aws:SecureTransport and would then deny every request).
-    """
-    tls = not str(getattr(s3.meta, "endpoint_url", "")).startswith("http://")
-    parts = {"public_access", "encryption", "lifecycle"} | ({"tls"} if tls else set())
-    note = "" if tls else " (no TLS-only policy: the endpoint is plain http)"
-    try:
-        s3.head_bucket(Bucket=name)
-        exists = True
-    except Exception as error:
-        code = error_code(error)
-        if code in ("404", "NoSuchBucket", "NotFound"):
-            exists = False
-        elif code in ("403", "AccessDenied", "Forbidden"):
-            raise OpsError(
-                f"bucket {name} exists but is not yours (or you may not read it): choose another "
-                "SNAPSHOT_BUCKET name (bucket names are global)"
-            ) from None
-        else:
-            raise
-    if not exists and check:
-        return Step("snapshot bucket", name, "missing", "run bootstrap without --check to create it")
-    wanted = _bucket_wanted(kms_key_arn)
-    if not exists:
-        kwargs: dict[str, Any] = {"Bucket": name}
-        if region != "us-east-1":
-            kwargs["CreateBucketConfiguration"] = {"LocationConstraint": region}
-        s3.create_bucket(**kwargs)
-        _apply_bucket(s3, name, partition, wanted, parts)
-        return Step(
-            "snapshot bucket", name, "created", ("private, encrypted, TLS-only" if tls else "private, encrypted") + note
-        )
-    problems: list[str] = []
-    pab = _get_or_none(
-        lambda: s3.get_public_access_block(Bucket=name)["PublicAccessBlockConfiguration"],
-        "NoSuchPublicAccessBlockConfiguration",
-    )
-    if pab != wanted["public_access"]:
-        problems.append("public_access")
-    enc = _get_or_none(
-        lambda: s3.get_bucket_encryption(Bucket=name)["ServerSideEncryptionConfiguration"],
-        "ServerSideEncryptionConfigurationNotFoundError",
-    )
-    enc_rule = ((enc or {}).get("Rules") or [{}])[0].get("ApplyServerSideEncryptionByDefault") or {}
-    want_rule = wanted["encryption"]["Rules"][0]["ApplyServerSideEncryptionByDefault"]
-    if enc_rule.get("SSEAlgorithm") != want_rule["SSEAlgorithm"] or (
-        kms_key_arn and enc_rule.get("KMSMasterKeyID") != kms_key_arn
-    ):
-        problems.append("encryption")
-    policy = _get_or_none(lambda: json.loads(s3.get_bucket_policy(Bucket=name)["Policy"]), "NoSuchBucketPolicy")
-    if tls and not any(st.get("Sid") == TLS_SID for st in (policy or {}).get("Statement", [])):
-        problems.append("tls")
-    rules = _get_or_none(
-        lambda: s3.get_bucket_lifecycle_configuration(Bucket=name)["Rules"], "NoSuchLifecycleConfiguration"
-    )
-    if not any(rule.get("ID") == LIFECYCLE_RULE_ID for rule in rules or []):
-        problems.append("lifecycle")
-    if not problems:
-        return Step("snapshot bucket", name, "ok", note.strip(" ()"))
-    labels = {
-        "public_access": "public access block",
-        "encryption": "default encryption",
-        "tls": "TLS-only bucket policy",
-        "lifecycle": "lifecycle rule",
-    }
-    detail = "not as expected: " + ", ".join(labels[p] for p in problems)
-    if fix and not check:
-        _apply_bucket(s3, name, partition, wanted, set(problems), policy=policy, rules=rules)
-        return Step("snapshot bucket", name, "fixed", detail)
-    return Step("snapshot bucket", name, "drift", detail)
-
-
-def _apply_bucket(
-    s3: Any,
-    name: str,
-    partition: str,
-    wanted: dict[str, Any],
-    parts: set[str],
-    *,
-    policy: dict[str, Any] | None = None,
-    rules: list[dict[str, Any]] | None = None,
-) -> None:
-    if "public_access" in parts:
-        s3.put_public_access_block(Bucket=name, PublicAccessBlockConfiguration=wanted["public_access"])
-    if "encryption" in parts:
-        s3.put_bucket_encryption(Bucket=name, ServerSideEncryptionConfiguration=wanted["encryption"])
-    if "tls" in parts:  # keep whatever else the bucket policy says
-        document = policy or {"Version": "2012-10-17", "Statement": []}
-        document["Statement"] = [st for st in document.get("Statement", []) if st.get("Sid") != TLS_SID]
-        document["Statement"].append(_tls_statement(name, partition))
-        s3.put_bucket_policy(Bucket=name, Policy=json.dumps(document))
-    if "lifecycle" in parts:  # keep the bucket's other rules
-        kept = [r for r in rules or [] if r.get("ID") != LIFECYCLE_RULE_ID]
-        s3.put_bucket_lifecycle_configuration(Bucket=name, LifecycleConfiguration={"Rules": [*kept, _lifecycle_rule()]})
-
-
-# ----------------------------------------------------------------------------------------------- admin key
-def ensure_parameter(ssm: Any, name: str, stage: str, kms_key_arn: str | None, opts: BootstrapOptions) -> Step:
+def ensure_parameter(ssm: SSMClient, name: str, stage: str, kms_key_arn: str | None, opts: BootstrapOptions) -> Step:
     """The Admin key's SecureString. The key is never printed, logged or put in an exception message."""
     found = ssm.describe_parameters(ParameterFilters=[{"Key": "Name", "Values": [name]}]).get("Parameters") or []
     info = found[0] if found else None
@@ -301,48 +132,52 @@ def ensure_parameter(ssm: Any, name: str, stage: str, kms_key_arn: str | None, o
             return Step(
                 "admin key",
                 name,
-                "missing",
+                StepStatus.MISSING,
                 "--skip-key: create it with `aws ssm put-parameter --type SecureString` before the first delivery",
             )
         return Step(
             "admin key",
             name,
-            "ok" if info.get("Type") == "SecureString" else "drift",
+            StepStatus.OK if info.get("Type") == "SecureString" else StepStatus.DRIFT,
             f"{info.get('Type')}, version {info.get('Version')} (not changed: --skip-key)",
         )
     if info is None:
         if opts.check:
-            return Step("admin key", name, "missing", "run bootstrap (with USERHUB_ADMIN_KEY or at the prompt)")
+            return Step(
+                "admin key", name, StepStatus.MISSING, "run bootstrap (with USERHUB_ADMIN_KEY or at the prompt)"
+            )
         if key is None and opts.ask_key is not None:
             key = (opts.ask_key() or "").strip() or None
         if key is None:
-            return Step("admin key", name, "missing", "no key given: set USERHUB_ADMIN_KEY or answer the prompt")
+            return Step(
+                "admin key", name, StepStatus.MISSING, "no key given: set USERHUB_ADMIN_KEY or answer the prompt"
+            )
         version = _put_key(ssm, name, key, stage, kms_key_arn, overwrite=False)
-        return Step("admin key", name, "created", f"SecureString, version {version}")
+        return Step("admin key", name, StepStatus.CREATED, f"SecureString, version {version}")
     if info.get("Type") != "SecureString":
         if not (opts.fix and not opts.check):
             return Step(
                 "admin key",
                 name,
-                "drift",
+                StepStatus.DRIFT,
                 f"is a {info.get('Type')} parameter, not SecureString: rerun with --fix to re-store it",
             )
         value = key or ssm.get_parameter(Name=name, WithDecryption=True)["Parameter"]["Value"]
         ssm.delete_parameter(Name=name)  # SSM cannot change a parameter's type in place
         version = _put_key(ssm, name, value, stage, kms_key_arn, overwrite=False)
-        return Step("admin key", name, "fixed", f"re-stored as SecureString, version {version}")
+        return Step("admin key", name, StepStatus.FIXED, f"re-stored as SecureString, version {version}")
     if key is None:
-        return Step("admin key", name, "ok", f"SecureString, version {info.get('Version')} (left as it is)")
+        return Step("admin key", name, StepStatus.OK, f"SecureString, version {info.get('Version')} (left as it is)")
     current = ssm.get_parameter(Name=name, WithDecryption=True)["Parameter"]["Value"]
     if current == key:
-        return Step("admin key", name, "ok", f"SecureString, version {info.get('Version')} (same key)")
+        return Step("admin key", name, StepStatus.OK, f"SecureString, version {info.get('Version')} (same key)")
     if opts.check:
-        return Step("admin key", name, "would update", "USERHUB_ADMIN_KEY differs from the stored key")
+        return Step("admin key", name, StepStatus.WOULD_UPDATE, "USERHUB_ADMIN_KEY differs from the stored key")
     version = _put_key(ssm, name, key, stage, kms_key_arn, overwrite=True)
-    return Step("admin key", name, "updated", f"new key stored, version {version}")
+    return Step("admin key", name, StepStatus.UPDATED, f"new key stored, version {version}")
 
 
-def _put_key(ssm: Any, name: str, value: str, stage: str, kms_key_arn: str | None, *, overwrite: bool) -> int:
+def _put_key(ssm: SSMClient, name: str, value: str, stage: str, kms_key_arn: str | None, *, overwrite: bool) -> int:
     kwargs: dict[str, Any] = {
         "Name": name,
         "Value": value,
@@ -358,7 +193,6 @@ def _put_key(ssm: Any, name: str, value: str, stage: str, kms_key_arn: str | Non
         raise OpsError(f"could not store the Admin key in {name}: {error_code(error)}") from None
 
 
-# ----------------------------------------------------------------------------------------------- config
 def new_stage_block(config: dict[str, Any], stage: str, template_stage: str | None) -> dict[str, Any]:
     """A stage copied from `template_stage` (tunables, timeouts, memory) with this stage's names."""
     stages = config.get("stages") or {}
@@ -371,14 +205,7 @@ def new_stage_block(config: dict[str, Any], stage: str, template_stage: str | No
     env = base.setdefault("environment_variables", {})
     for key in ("EVENTS_QUEUE_URL", "USER_POOL_ID", "USERHUB_ADMIN_KEY"):
         env.pop(key, None)
-    env.update(
-        {
-            "EVENTS_QUEUE_NAME": f"{app}-{stage}-events",
-            "DEAD_LETTER_QUEUE_NAME": f"{app}-{stage}-dlq",
-            "SNAPSHOT_BUCKET": f"{app}-{stage}-snapshots",
-            "USERHUB_ADMIN_KEY_PARAMETER": f"/{app}/{stage}/admin-key",
-        }
-    )
+    env.update(default_names(app, stage))
     env.setdefault("USERHUB_CONNECTION_ID", "conn_CHANGEME")
     functions = base.setdefault("lambda_functions", {})
     for function, role in policies.FUNCTION_ROLES.items():
@@ -399,7 +226,6 @@ def updated_config(config: dict[str, Any], stage: str, values: dict[str, str]) -
     return result
 
 
-# ----------------------------------------------------------------------------------------------- main
 def bootstrap(ctx: StageContext, opts: BootstrapOptions) -> BootstrapResult:
     """Create or check every resource of the stage; see the module docstring."""
     if opts.user_pool_id and not POOL_ID_RE.match(opts.user_pool_id):
@@ -429,7 +255,7 @@ def bootstrap(ctx: StageContext, opts: BootstrapOptions) -> BootstrapResult:
             Step(
                 "retry horizon",
                 f"maxReceiveCount {max_receive}",
-                "warning",
+                StepStatus.WARNING,
                 f"retries for only {format_span(horizon)} before the DLQ (< 24 h)",
             )
         )
@@ -438,7 +264,7 @@ def bootstrap(ctx: StageContext, opts: BootstrapOptions) -> BootstrapResult:
             Step(
                 "config",
                 "USERHUB_ADMIN_KEY",
-                "warning",
+                StepStatus.WARNING,
                 "config.json holds the key itself: remove it (it would be deployed in plain text)",
             )
         )
@@ -448,7 +274,9 @@ def bootstrap(ctx: StageContext, opts: BootstrapOptions) -> BootstrapResult:
     if pool_id:
         try:
             client("cognito-idp").describe_user_pool(UserPoolId=pool_id)
-            steps.append(Step("user pool", pool_id, "ok", "exists (wire sets its trigger after chalice deploy)"))
+            steps.append(
+                Step("user pool", pool_id, StepStatus.OK, "exists (wire sets its trigger after chalice deploy)")
+            )
         except Exception as error:
             if error_code(error) != "ResourceNotFoundException":
                 raise
@@ -458,12 +286,11 @@ def bootstrap(ctx: StageContext, opts: BootstrapOptions) -> BootstrapResult:
             Step(
                 "user pool",
                 "USER_POOL_ID",
-                "warning",
+                StepStatus.WARNING,
                 "not set: pass --user-pool-id (reconcile and wire need it; its policy names a placeholder)",
             )
         )
 
-    # queues ------------------------------------------------------------------------------------------
     spec = QueueSpec(
         ctx.events_queue,
         ctx.dead_letter_queue,
@@ -478,21 +305,31 @@ def bootstrap(ctx: StageContext, opts: BootstrapOptions) -> BootstrapResult:
     for name, label in ((spec.dlq_name, "dead-letter queue"), (spec.events_name, "events queue")):
         mine = [d.split(": ", 1)[1] for d in state.drift if d.startswith(name + ": ")]
         if name in state.created:
-            steps.append(Step(label, name, "created", _queue_detail(spec, label)))
+            steps.append(Step(label, name, StepStatus.CREATED, _queue_detail(spec, label)))
         elif name in state.missing:
-            steps.append(Step(label, name, "missing", "run bootstrap without --check to create it"))
+            steps.append(Step(label, name, StepStatus.MISSING, "run bootstrap without --check to create it"))
         elif mine:
-            steps.append(Step(label, name, "fixed" if opts.fix and not opts.check else "drift", "; ".join(mine)))
+            steps.append(
+                Step(
+                    label, name, StepStatus.FIXED if opts.fix and not opts.check else StepStatus.DRIFT, "; ".join(mine)
+                )
+            )
         else:
-            steps.append(Step(label, name, "ok", _queue_detail(spec, label)))
+            steps.append(Step(label, name, StepStatus.OK, _queue_detail(spec, label)))
     if state.events_url and spec.events_name not in state.created and not (opts.fix and not opts.check):
         attrs = sqs.get_queue_attributes(QueueUrl=state.events_url, AttributeNames=["MessageRetentionPeriod"])
         actual = int(attrs["Attributes"].get("MessageRetentionPeriod", retention))
         result.retention = retention_fit(schedule, max_receive, actual)
     fit = result.retention
-    steps.append(Step("retry schedule", f"maxReceiveCount {max_receive}", "ok" if fit.ok else "drift", fit.describe()))
+    steps.append(
+        Step(
+            "retry schedule",
+            f"maxReceiveCount {max_receive}",
+            StepStatus.OK if fit.ok else StepStatus.DRIFT,
+            fit.describe(),
+        )
+    )
 
-    # bucket, key ------------------------------------------------------------------------------------
     steps.append(
         ensure_bucket(
             client("s3"), ctx.bucket, ident.region, ident.partition, kms_key_arn, fix=opts.fix, check=opts.check
@@ -500,7 +337,6 @@ def bootstrap(ctx: StageContext, opts: BootstrapOptions) -> BootstrapResult:
     )
     steps.append(ensure_parameter(client("ssm"), ctx.key_parameter, ctx.stage, kms_key_arn, opts))
 
-    # config.json and policies -----------------------------------------------------------------------
     values = {
         "EVENTS_QUEUE_NAME": spec.events_name,
         "DEAD_LETTER_QUEUE_NAME": spec.dlq_name,
@@ -521,15 +357,15 @@ def bootstrap(ctx: StageContext, opts: BootstrapOptions) -> BootstrapResult:
     new_config = updated_config(ctx.config, ctx.stage, values)
     config_path = ctx.project_dir / ".chalice" / "config.json"
     if new_config == ctx.config:
-        steps.append(Step("config", str(config_path), "ok", "stage variables up to date"))
+        steps.append(Step("config", str(config_path), StepStatus.OK, "stage variables up to date"))
     elif opts.check:
-        steps.append(Step("config", str(config_path), "would update", "stage variables differ"))
+        steps.append(Step("config", str(config_path), StepStatus.WOULD_UPDATE, "stage variables differ"))
     else:
         write_config(new_config, ctx.project_dir)
         changed = sorted(
             k for k, v in values.items() if (ctx.stage_block().get("environment_variables") or {}).get(k) != v
         )
-        steps.append(Step("config", str(config_path), "updated", ", ".join(changed) or "policy file settings"))
+        steps.append(Step("config", str(config_path), StepStatus.UPDATED, ", ".join(changed) or "policy file settings"))
         ctx.config = new_config
 
     targets = policies.PolicyTargets(
@@ -558,12 +394,19 @@ def _policy_steps(
             path = project_dir / ".chalice" / name
             text = policies.render(policies.build_policy(role, functions, targets))
             same = path.exists() and path.read_text() == text
-            steps.append(Step("IAM policy", name, "ok" if same else "would update", ", ".join(functions)))
+            steps.append(
+                Step("IAM policy", name, StepStatus.OK if same else StepStatus.WOULD_UPDATE, ", ".join(functions))
+            )
         return steps
     outcome = policies.write_policies(project_dir, config, targets)
     files = policies.policy_files(config, targets.stage)
     return [
-        Step("IAM policy", name, "ok" if status == "unchanged" else status, ", ".join(files[name][1]))
+        Step(
+            "IAM policy",
+            name,
+            StepStatus.OK if status == policies.FileStatus.UNCHANGED else StepStatus(status),
+            ", ".join(files[name][1]),
+        )
         for name, status in outcome.items()
     ]
 

@@ -19,13 +19,20 @@ one out, and its disappearing (whatever its value was) is reported as a note, no
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, Final
 
-from userhub_sync.opsutil import OpsError, StageContext, client, error_code, read_deployed
+from userhub_sync.ops.aws import caller_identity, client, error_code, queue_arn, queue_url_or_none
+from userhub_sync.ops.errors import ExitCode, OpsError
+from userhub_sync.ops.stage import POOL_ID_RE, StageContext, read_deployed
 
-RESPONSE_TYPE = "ReportBatchItemFailures"
+if TYPE_CHECKING:
+    from types_boto3_cognito_idp import CognitoIdentityProviderClient
+    from types_boto3_lambda import LambdaClient
+
+RESPONSE_TYPE: Final = "ReportBatchItemFailures"
 COGNITO_PRINCIPAL = "cognito-idp.amazonaws.com"
 TRIGGERS = {"post_auth": "PostAuthentication", "post_confirmation": "PostConfirmation"}
 # DescribeUserPool fields that change by themselves and are not settings
@@ -37,10 +44,18 @@ MOTO_USERNAME_ATTRIBUTES_NOTE = (
 )
 
 
+class WireStatus(StrEnum):
+    OK = "ok"  # already in place
+    SET = "set"
+    ADDED = "added"
+    WOULD_SET = "would set"  # --dry-run
+    WOULD_ADD = "would add"
+
+
 @dataclass
 class WireStep:
     what: str
-    status: str  # ok (already), set, added, would set, skipped
+    status: WireStatus
     detail: str = ""
 
 
@@ -60,6 +75,14 @@ class WireResult:
     def ok(self) -> bool:
         return not self.unexpected
 
+    def to_dict(self, stage: str) -> dict[str, Any]:
+        return {
+            "stage": stage,
+            "ok": self.ok,
+            "steps": [asdict(step) for step in self.steps],
+            "unexpected_changes": [asdict(change) for change in self.unexpected],
+        }
+
 
 class PoolChangedError(OpsError):
     """UpdateUserPool changed more than LambdaConfig."""
@@ -69,11 +92,10 @@ class PoolChangedError(OpsError):
         message = f"UpdateUserPool changed settings other than LambdaConfig: {paths}"
         if any(change.path.split(".")[0] == "UsernameAttributes" for change in result.unexpected):
             message += ". " + MOTO_USERNAME_ATTRIBUTES_NOTE
-        super().__init__(message, exit_code=3)
+        super().__init__(message, exit_code=ExitCode.POOL_CHANGED)
         self.result = result
 
 
-# ----------------------------------------------------------------------------------------------- functions
 @dataclass
 class Functions:
     """The deployed ARNs wire needs, from `.chalice/deployed/<stage>.json` or looked up by name."""
@@ -85,7 +107,7 @@ class Functions:
 
 def locate_functions(
     ctx: StageContext,
-    lam: Any,
+    lam: LambdaClient,
     overrides: dict[str, str | None],
     wanted: list[str],
     *,
@@ -111,18 +133,17 @@ def locate_functions(
     return Functions(arns, esm, source)
 
 
-# ----------------------------------------------------------------------------------------------- ESM
-def find_mapping(lam: Any, deliver_arn: str, queue_arn: str | None, uuid: str | None) -> dict[str, Any]:
+def find_mapping(lam: LambdaClient, deliver_arn: str, queue_arn: str | None, uuid: str | None) -> dict[str, Any]:
     """deliver's SQS mapping: by the UUID Chalice recorded, else by listing the function's mappings."""
     if uuid:
         try:
-            return lam.get_event_source_mapping(UUID=uuid)
+            return document(lam.get_event_source_mapping(UUID=uuid))
         except Exception as error:
             if error_code(error) != "ResourceNotFoundException":
                 raise
     mappings: list[dict[str, Any]] = []
     for page in lam.get_paginator("list_event_source_mappings").paginate(FunctionName=deliver_arn):
-        mappings.extend(page.get("EventSourceMappings") or [])
+        mappings.extend(document(m) for m in page.get("EventSourceMappings") or [])
     sqs_mappings = [m for m in mappings if ":sqs:" in (m.get("EventSourceArn") or "")]
     if queue_arn:
         exact = [m for m in sqs_mappings if m.get("EventSourceArn") == queue_arn]
@@ -134,21 +155,20 @@ def find_mapping(lam: Any, deliver_arn: str, queue_arn: str | None, uuid: str | 
     return sqs_mappings[0]
 
 
-def ensure_response_types(lam: Any, mapping: dict[str, Any], dry_run: bool) -> WireStep:
+def ensure_response_types(lam: LambdaClient, mapping: dict[str, Any], dry_run: bool) -> WireStep:
     types = mapping.get("FunctionResponseTypes") or []
     what = "ReportBatchItemFailures on deliver's event source mapping"
     if RESPONSE_TYPE in types:
-        return WireStep(what, "ok", mapping["UUID"])
+        return WireStep(what, WireStatus.OK, mapping["UUID"])
     if dry_run:
-        return WireStep(what, "would set", mapping["UUID"])
+        return WireStep(what, WireStatus.WOULD_SET, mapping["UUID"])
     updated = lam.update_event_source_mapping(UUID=mapping["UUID"], FunctionResponseTypes=[*types, RESPONSE_TYPE])
     if RESPONSE_TYPE not in (updated.get("FunctionResponseTypes") or []):
         raise OpsError(f"UpdateEventSourceMapping did not keep FunctionResponseTypes on {mapping['UUID']}")
-    return WireStep(what, "set", mapping["UUID"])
+    return WireStep(what, WireStatus.SET, mapping["UUID"])
 
 
-# ----------------------------------------------------------------------------------------------- permission
-def _statements(lam: Any, function_arn: str) -> list[dict[str, Any]]:
+def _statements(lam: LambdaClient, function_arn: str) -> list[dict[str, Any]]:
     try:
         policy = lam.get_policy(FunctionName=function_arn)["Policy"]
     except Exception as error:
@@ -168,7 +188,7 @@ def _source_arn(statement: dict[str, Any]) -> str | None:
     return None
 
 
-def has_cognito_permission(lam: Any, function_arn: str, pool_arn: str) -> bool:
+def has_cognito_permission(lam: LambdaClient, function_arn: str, pool_arn: str) -> bool:
     for statement in _statements(lam, function_arn):
         principal = statement.get("Principal") or {}
         service = principal.get("Service") if isinstance(principal, dict) else principal
@@ -188,36 +208,49 @@ def statement_id(pool_id: str) -> str:
     return f"userhub-sync-cognito-{pool_id}"[:100]
 
 
-def ensure_permission(lam: Any, function_arn: str, pool_arn: str, pool_id: str, label: str, dry_run: bool) -> WireStep:
+def ensure_permission(
+    lam: LambdaClient, function_arn: str, pool_arn: str, pool_id: str, label: str, dry_run: bool
+) -> WireStep:
     what = f"Cognito may invoke {label}"
     if has_cognito_permission(lam, function_arn, pool_arn):
-        return WireStep(what, "ok", f"source {pool_arn}")
+        return WireStep(what, WireStatus.OK, f"source {pool_arn}")
     if dry_run:
-        return WireStep(what, "would add", f"source {pool_arn}")
+        return WireStep(what, WireStatus.WOULD_ADD, f"source {pool_arn}")
     sid = statement_id(pool_id)
-    kwargs = {
-        "FunctionName": function_arn,
-        "StatementId": sid,
-        "Action": "lambda:InvokeFunction",
-        "Principal": COGNITO_PRINCIPAL,
-        "SourceArn": pool_arn,
-    }
+
+    def add() -> None:
+        lam.add_permission(
+            FunctionName=function_arn,
+            StatementId=sid,
+            Action="lambda:InvokeFunction",
+            Principal=COGNITO_PRINCIPAL,
+            SourceArn=pool_arn,
+        )
+
     try:
-        lam.add_permission(**kwargs)
+        add()
     except Exception as error:
         if error_code(error) != "ResourceConflictException":
             raise
         # our statement id exists but does not match (e.g. edited by hand): replace it, it is ours
         if has_cognito_permission(lam, function_arn, pool_arn):
-            return WireStep(what, "ok", f"source {pool_arn}")
+            return WireStep(what, WireStatus.OK, f"source {pool_arn}")
         lam.remove_permission(FunctionName=function_arn, StatementId=sid)
-        lam.add_permission(**kwargs)
+        add()
     if not has_cognito_permission(lam, function_arn, pool_arn):
         raise OpsError(f"AddPermission on {function_arn} did not produce a statement for {pool_arn}")
-    return WireStep(what, "added", f"source {pool_arn}")
+    return WireStep(what, WireStatus.ADDED, f"source {pool_arn}")
 
 
-# ----------------------------------------------------------------------------------------------- user pool
+def document(value: Mapping[str, Any]) -> dict[str, Any]:
+    """An AWS response as the plain document wire compares and copies key by key."""
+    return dict(value)
+
+
+def describe_pool(cognito: CognitoIdentityProviderClient, pool_id: str) -> dict[str, Any]:
+    return document(cognito.describe_user_pool(UserPoolId=pool_id)["UserPool"])
+
+
 def _shape_filter(value: Any, shape: Any) -> Any:
     """Keep only what the UpdateUserPool input shape accepts, recursively (Describe returns read-only extras)."""
     if shape is None:
@@ -231,9 +264,12 @@ def _shape_filter(value: Any, shape: Any) -> Any:
     return value
 
 
-def update_request(cognito: Any, pool: dict[str, Any], lambda_config: dict[str, Any]) -> dict[str, Any]:
+def update_request(
+    cognito: CognitoIdentityProviderClient, pool: dict[str, Any], lambda_config: dict[str, Any]
+) -> dict[str, Any]:
     """The UpdateUserPool request that leaves everything but LambdaConfig as DescribeUserPool shows it."""
     shape = cognito.meta.service_model.operation_model("UpdateUserPool").input_shape
+    assert shape is not None  # UpdateUserPool takes input
     request = _shape_filter({k: v for k, v in pool.items() if k in shape.members}, shape)
     if "PoolName" in shape.members and pool.get("Name"):
         request["PoolName"] = pool["Name"]  # newer APIs take PoolName; Describe calls it Name
@@ -280,7 +316,7 @@ def check_conflicts(pool: dict[str, Any], wanted: dict[str, str], force: bool) -
         raise OpsError(
             f"pool {pool['Id']} already has a different trigger ({listed}); nothing was changed. "
             "Pass --force to replace it.",
-            exit_code=4,
+            exit_code=ExitCode.TRIGGER_CONFLICT,
         )
     return conflicts
 
@@ -296,25 +332,30 @@ def _deprecated_alias(change: PoolChange, before: dict[str, Any]) -> bool:
 
 
 def ensure_triggers(
-    cognito: Any, pool_id: str, wanted: dict[str, str], force: bool, dry_run: bool, result: WireResult
+    cognito: CognitoIdentityProviderClient,
+    pool_id: str,
+    wanted: dict[str, str],
+    force: bool,
+    dry_run: bool,
+    result: WireResult,
 ) -> None:
     """Merge `wanted` ({"PostAuthentication": arn, ...}) into the pool's LambdaConfig, changing nothing else."""
-    before = cognito.describe_user_pool(UserPoolId=pool_id)["UserPool"]
+    before = describe_pool(cognito, pool_id)
     current = dict(before.get("LambdaConfig") or {})
     conflicts = check_conflicts(before, wanted, force)
     todo = {t: arn for t, arn in wanted.items() if current.get(t) != arn}
     for trigger, arn in wanted.items():
         if trigger not in todo:
-            result.steps.append(WireStep(f"{trigger} trigger", "ok", arn))
+            result.steps.append(WireStep(f"{trigger} trigger", WireStatus.OK, arn))
     if not todo:
         return
     if dry_run:
         for trigger, arn in todo.items():
-            result.steps.append(WireStep(f"{trigger} trigger", "would set", arn))
+            result.steps.append(WireStep(f"{trigger} trigger", WireStatus.WOULD_SET, arn))
         return
     merged = {**current, **todo}
     cognito.update_user_pool(**update_request(cognito, before, merged))
-    after = cognito.describe_user_pool(UserPoolId=pool_id)["UserPool"]
+    after = describe_pool(cognito, pool_id)
     changes = diff_pool(before, after, VOLATILE | {"LambdaConfig"})
     result.unexpected = [c for c in changes if not _deprecated_alias(c, before)]
     for change in changes:
@@ -322,7 +363,7 @@ def ensure_triggers(
             result.steps.append(
                 WireStep(
                     "deprecated UnusedAccountValidityDays",
-                    "ok",
+                    WireStatus.OK,
                     f"{change.before} → {change.after}: no effect, TemporaryPasswordValidityDays "
                     f"({_temporary_password_days(before)}) applies; UpdateUserPool takes only one of the two",
                 )
@@ -331,10 +372,9 @@ def ensure_triggers(
     result.unexpected.extend(lost)
     for trigger, arn in todo.items():
         replaced = f"replaced {conflicts[trigger]}" if trigger in conflicts else ""
-        result.steps.append(WireStep(f"{trigger} trigger", "set", f"{arn} {replaced}".strip()))
+        result.steps.append(WireStep(f"{trigger} trigger", WireStatus.SET, f"{arn} {replaced}".strip()))
 
 
-# ----------------------------------------------------------------------------------------------- main
 def wire(
     ctx: StageContext,
     *,
@@ -349,14 +389,12 @@ def wire(
     pool_id = user_pool_id or ctx.user_pool_id
     if not pool_id:
         raise OpsError("no user pool: pass --user-pool-id or set USER_POOL_ID for the stage (bootstrap does it)")
-    from userhub_sync.bootstrap import POOL_ID_RE
-
     if not POOL_ID_RE.match(pool_id):
         raise OpsError(f"{pool_id!r} is not a user pool id (like us-east-1_AbC123)")
     lam = client("lambda")
     cognito = client("cognito-idp")
     try:
-        pool = cognito.describe_user_pool(UserPoolId=pool_id)["UserPool"]
+        pool = describe_pool(cognito, pool_id)
     except Exception as error:
         if error_code(error) == "ResourceNotFoundException":
             raise OpsError(f"user pool {pool_id} not found") from None
@@ -382,18 +420,11 @@ def wire(
 
 
 def _pool_arn(pool_id: str) -> str:
-    from userhub_sync.opsutil import caller_identity
-
     ident = caller_identity()
     return f"arn:{ident.partition}:cognito-idp:{ident.region}:{ident.account}:userpool/{pool_id}"
 
 
 def events_queue_arn(ctx: StageContext) -> str | None:
     sqs = client("sqs")
-    try:
-        url = sqs.get_queue_url(QueueName=ctx.events_queue)["QueueUrl"]
-        return sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    except Exception as error:
-        if error_code(error) in ("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"):
-            return None
-        raise
+    url = queue_url_or_none(sqs, ctx.events_queue)
+    return queue_arn(sqs, url) if url else None

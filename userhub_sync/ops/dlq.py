@@ -17,241 +17,24 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
 
-from chalicelib.dead_letter import DeadLetterInfo, FailureKind
-from chalicelib.sqs_limits import batches_within, chunks
-from userhub_sync.opsutil import OpsError, client, error_code, iso, now, parse_time
+from chalicelib.sqs_limits import batches_within
+from chalicelib.timefmt import utc_iso
+from userhub_sync.ops.aws import client, error_code
+from userhub_sync.ops.dlq_scan import DlqMessage, Filters, Scanner
+from userhub_sync.ops.errors import OpsError
 
-
-# ----------------------------------------------------------------------------------------------- messages
-@dataclass
-class DlqMessage:
-    message_id: str
-    receipt_handle: str
-    body: str
-    failure: DeadLetterInfo | None  # what deliver recorded; None when SQS's redrive moved the message
-    system: dict[str, str]  # SQS attributes (SentTimestamp, ApproximateReceiveCount, ...)
-    parsed: Any = None  # a chalicelib.messages.SyncMessage, or None for poison
-    poison_reason: str | None = None
-
-    @classmethod
-    def from_sqs(cls, raw: dict[str, Any]) -> DlqMessage:
-        from chalicelib.messages import PoisonMessage, parse_message
-
-        attributes = {
-            k: v.get("StringValue", "")
-            for k, v in (raw.get("MessageAttributes") or {}).items()
-            if v.get("DataType", "").startswith(("String", "Number"))
-        }
-        message = cls(
-            raw["MessageId"],
-            raw["ReceiptHandle"],
-            raw.get("Body") or "",
-            DeadLetterInfo.from_message_attributes(attributes),
-            dict(raw.get("Attributes") or {}),
-        )
-        try:
-            message.parsed = parse_message(message.body)
-        except PoisonMessage as poison:
-            message.poison_reason = poison.reason
-        return message
-
-    @property
-    def kind(self) -> FailureKind:
-        """Why it is here: deliver's verdict, or redriven by SQS itself (poison if the body cannot be read)."""
-        if self.failure is not None:
-            return self.failure.kind
-        return FailureKind.POISON if self.parsed is None else FailureKind.REDRIVEN
-
-    @property
-    def status(self) -> int | None:
-        return self.failure.status if self.failure else None
-
-    @property
-    def code(self) -> str | None:
-        return self.failure.code if self.failure else None
-
-    @property
-    def reason(self) -> str | None:
-        return (self.failure.reason if self.failure else None) or self.poison_reason
-
-    @property
-    def attempts(self) -> int | None:
-        return self.failure.attempts if self.failure else None
-
-    @property
-    def username(self) -> str | None:
-        recorded = self.failure.username if self.failure else None
-        return recorded or (self.parsed.username if self.parsed is not None else None)
-
-    @property
-    def first_seen(self) -> datetime | None:
-        """When the event first entered the events queue (SQS keeps the original time on redrive)."""
-        recorded = self.failure.first_seen if self.failure else None
-        return recorded or parse_time(self.system.get("SentTimestamp"))
-
-    @property
-    def failed_at(self) -> datetime | None:
-        return self.failure.failed_at if self.failure else None
-
-    def age(self, at: datetime | None = None) -> float | None:
-        seen = self.first_seen
-        return ((at or now()) - seen).total_seconds() if seen else None
-
-    def to_dict(self, show_body: bool = False) -> dict[str, Any]:
-        data: dict[str, Any] = {
-            "message_id": self.message_id,
-            "user": self.username,
-            "kind": self.kind.value,
-            "status": self.status,
-            "code": self.code,
-            "reason": self.reason,
-            "attempts": self.attempts,
-            "first_seen": iso(self.first_seen),
-            "failed_at": iso(self.failed_at),
-            "age_seconds": round(self.age() or 0, 1) if self.first_seen else None,
-            "source_message_id": self.failure.source_message_id if self.failure else None,
-        }
-        if self.parsed is not None:
-            data["message"] = {
-                "id": self.parsed.id,
-                "type": self.parsed.type.value,
-                "source": self.parsed.source.value,
-                "event_time": iso(self.parsed.event_time),
-            }
-        if show_body:
-            data["body"] = self.body
-        return data
+if TYPE_CHECKING:
+    from types_boto3_sqs import SQSClient
+    from types_boto3_sqs.literals import QueueAttributeNameType
+    from types_boto3_sqs.type_defs import SendMessageBatchRequestEntryTypeDef
 
 
-@dataclass
-class Filters:
-    """Which DLQ messages a command acts on; every given criterion must match."""
-
-    reason: str | None = None  # substring of the reason, case-insensitive
-    status: int | None = None
-    user: str | None = None
-    kind: str | None = None
-    older_than: float | None = None  # seconds since first seen
-    newer_than: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.kind and self.kind not in set(FailureKind):
-            raise OpsError(f"--kind must be one of {', '.join(FailureKind)}, not {self.kind!r}")
-
-    @property
-    def active(self) -> bool:
-        return any(
-            v is not None for v in (self.reason, self.status, self.user, self.kind, self.older_than, self.newer_than)
-        )
-
-    def matches(self, message: DlqMessage, at: datetime | None = None) -> bool:
-        if self.reason is not None and self.reason.lower() not in (message.reason or "").lower():
-            return False
-        if self.status is not None and message.status != self.status:
-            return False
-        if self.user is not None and message.username != self.user:
-            return False
-        if self.kind is not None and message.kind != self.kind:
-            return False
-        age = message.age(at)
-        if self.older_than is not None and (age is None or age < self.older_than):
-            return False
-        return not (self.newer_than is not None and (age is None or age > self.newer_than))
-
-
-# ----------------------------------------------------------------------------------------------- scanning
-class Scanner:
-    """Receives a queue's messages once each, holding them invisible until `release`."""
-
-    def __init__(
-        self, sqs: Any, url: str, *, visibility: int = 30, wait: int = 1, max_scan: int = 100_000, stale_rounds: int = 3
-    ) -> None:
-        self.sqs, self.url, self.visibility, self.wait = sqs, url, visibility, wait
-        self.max_scan, self.stale_rounds = max_scan, stale_rounds
-        self.held: dict[str, str] = {}  # message id -> latest receipt handle, not yet deleted
-        self.seen: set[str] = set()
-        self.reappeared: list[DlqMessage] = []  # seen before, offered again (visibility lapsed)
-
-    def batches(self) -> Iterator[list[DlqMessage]]:
-        """New messages, ten at a time, until the queue offers nothing new."""
-        stale = 0
-        while len(self.seen) < self.max_scan:
-            raw = (
-                self.sqs.receive_message(
-                    QueueUrl=self.url,
-                    MaxNumberOfMessages=10,
-                    VisibilityTimeout=self.visibility,
-                    WaitTimeSeconds=self.wait,
-                    AttributeNames=["All"],
-                    MessageAttributeNames=["All"],
-                ).get("Messages")
-                or []
-            )
-            if not raw:
-                return
-            fresh: list[DlqMessage] = []
-            for item in raw:
-                message = DlqMessage.from_sqs(item)
-                self.held[message.message_id] = message.receipt_handle
-                if message.message_id in self.seen:
-                    self.reappeared.append(message)
-                else:
-                    self.seen.add(message.message_id)
-                    fresh.append(message)
-            if fresh:
-                stale = 0
-                yield fresh
-            else:
-                stale += 1
-                if stale >= self.stale_rounds:
-                    return
-
-    def delete(self, messages: list[DlqMessage]) -> tuple[list[DlqMessage], list[tuple[DlqMessage, str]]]:
-        """Delete with the latest receipt handles; returns (deleted, [(message, error code)])."""
-        deleted: list[DlqMessage] = []
-        failed: list[tuple[DlqMessage, str]] = []
-        for chunk in chunks(messages):
-            entries = [
-                {"Id": str(i), "ReceiptHandle": self.held.get(m.message_id, m.receipt_handle)}
-                for i, m in enumerate(chunk)
-            ]
-            try:
-                response = self.sqs.delete_message_batch(QueueUrl=self.url, Entries=entries)
-                ok = {int(e["Id"]) for e in response.get("Successful") or []}
-                codes = {int(e["Id"]): e.get("Code", "Failed") for e in response.get("Failed") or []}
-            except Exception as error:
-                ok, codes = set(), {i: error_code(error) for i in range(len(chunk))}
-            for i, message in enumerate(chunk):
-                if i in ok:
-                    deleted.append(message)
-                    self.held.pop(message.message_id, None)
-                else:
-                    failed.append((message, codes.get(i, "NotConfirmed")))
-        return deleted, failed
-
-    def release(self) -> int:
-        """Make every held message visible again at once (best effort; otherwise it reappears in `visibility` s)."""
-        items = list(self.held.items())
-        released = 0
-        for chunk in chunks(items):
-            entries = [
-                {"Id": str(i), "ReceiptHandle": handle, "VisibilityTimeout": 0} for i, (_, handle) in enumerate(chunk)
-            ]
-            try:
-                response = self.sqs.change_message_visibility_batch(QueueUrl=self.url, Entries=entries)
-                released += len(response.get("Successful") or [])
-            except Exception:  # they become visible when the timeout lapses anyway
-                continue
-        self.held.clear()
-        return released
-
-
-# ----------------------------------------------------------------------------------------------- list
 @dataclass
 class Listing:
     scanned: int
@@ -260,11 +43,11 @@ class Listing:
 
 
 def list_messages(
-    sqs: Any, url: str, filters: Filters, *, limit: int | None = None, visibility: int = 30, wait: int = 1
+    sqs: SQSClient, url: str, filters: Filters, *, limit: int | None = None, visibility: int = 30, wait: int = 1
 ) -> Listing:
     scanner = Scanner(sqs, url, visibility=visibility, wait=wait)
     found: list[DlqMessage] = []
-    at = now()
+    at = datetime.now(UTC)
     try:
         for batch in scanner.batches():
             found.extend(m for m in batch if filters.matches(m, at))
@@ -277,7 +60,6 @@ def list_messages(
     return Listing(len(scanner.seen), found, not_released=held - released)
 
 
-# ----------------------------------------------------------------------------------------------- replay
 class TokenBucket:
     """`rate` tokens a second, bursts of up to `burst`; rate ≤ 0 means no limit."""
 
@@ -311,6 +93,14 @@ class TokenBucket:
             self.tokens -= 1
 
 
+@dataclass(frozen=True)
+class ReplayFailure:
+    """A message whose send SQS did not confirm: it stays in the DLQ."""
+
+    message_id: str
+    error: str
+
+
 @dataclass
 class ReplayReport:
     dry_run: bool
@@ -321,7 +111,7 @@ class ReplayReport:
     failed: int = 0  # send not confirmed: still in the DLQ
     duplicates_removed: int = 0  # already sent in this run, offered again: deleted, not sent twice
     not_deleted: int = 0  # sent, but the DLQ delete failed: may be offered again later
-    failures: list[dict[str, str]] = field(default_factory=list)
+    failures: list[ReplayFailure] = field(default_factory=list)
     replayed_ids: list[str] = field(default_factory=list)
     counted_at_start: int = 0  # SQS's ApproximateNumberOfMessages + ...NotVisible before the scan
     in_flight_at_start: int = 0  # ...NotVisible before the scan: held by another receiver, invisible to this one
@@ -329,7 +119,7 @@ class ReplayReport:
     visibility_timeout: int = 0  # the DLQ's default, after which held messages are visible again
 
     def to_dict(self) -> dict[str, Any]:
-        data = {k: v for k, v in self.__dict__.items() if k != "replayed_ids"}
+        data = {k: v for k, v in asdict(self).items() if k != "replayed_ids"}
         data["unseen_detail"] = self.unseen_message() if self.unseen else None
         return data
 
@@ -345,16 +135,21 @@ class ReplayReport:
         )
 
 
-def queue_counts(sqs: Any, url: str) -> tuple[int, int, int]:
+def queue_counts(sqs: SQSClient, url: str) -> tuple[int, int, int]:
     """(visible, not visible, the queue's VisibilityTimeout), as SQS approximates them."""
-    names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible", "VisibilityTimeout"]
+    names: list[QueueAttributeNameType] = [
+        "ApproximateNumberOfMessages",
+        "ApproximateNumberOfMessagesNotVisible",
+        "VisibilityTimeout",
+    ]
     attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=names)["Attributes"]
-    return (int(attrs.get(names[0], 0)), int(attrs.get(names[1], 0)), int(attrs.get(names[2], 30)))
+    return (int(attrs.get(names[0], "0")), int(attrs.get(names[1], "0")), int(attrs.get(names[2], "30")))
 
 
 def replay_body(message: DlqMessage) -> str:
-    """The body to send again: a v1 message with source "replay" (id, user, type, event_time kept); poison as is."""
-    if message.parsed is None:
+    """The body to send again: a v1 message with source "replay" (id, user, type, event_time kept); poison as is, and a
+    captured change as is too (deliver resolves its user again)."""
+    if message.parsed is None or getattr(message.parsed, "source", None) == "capture":
         return message.body
     data = json.loads(message.body)
     data["source"] = "replay"
@@ -366,7 +161,7 @@ def _send_chunks(messages: list[DlqMessage]) -> list[list[DlqMessage]]:
 
 
 def replay(
-    sqs: Any,
+    sqs: SQSClient,
     dlq_url: str,
     events_url: str,
     filters: Filters,
@@ -390,7 +185,7 @@ def replay(
     scanner = Scanner(sqs, dlq_url, visibility=visibility, wait=wait)
     sent: set[str] = set()
     undeleted: set[str] = set()
-    at = now()
+    at = datetime.now(UTC)
     try:
         for batch in scanner.batches():
             chosen: list[DlqMessage] = []
@@ -427,7 +222,7 @@ def replay(
 
 
 def _send_and_delete(
-    sqs: Any,
+    sqs: SQSClient,
     scanner: Scanner,
     events_url: str,
     chunk: list[DlqMessage],
@@ -435,8 +230,8 @@ def _send_and_delete(
     sent: set[str],
     undeleted_ids: set[str],
 ) -> None:
-    stamp = iso(now()) or ""
-    entries = [
+    stamp = utc_iso(datetime.now(UTC))
+    entries: list[SendMessageBatchRequestEntryTypeDef] = [
         {
             "Id": str(i),
             "MessageBody": replay_body(m),
@@ -460,7 +255,7 @@ def _send_and_delete(
     for i, message in enumerate(chunk):
         if i not in ok:
             report.failed += 1
-            report.failures.append({"message_id": message.message_id, "error": failed.get(i, "NotConfirmed")})
+            report.failures.append(ReplayFailure(message.message_id, failed.get(i, "NotConfirmed")))
     sent.update(m.message_id for m in confirmed)
     report.replayed += len(confirmed)
     report.replayed_ids.extend(m.message_id for m in confirmed)
@@ -482,18 +277,25 @@ def _finish_deletes(scanner: Scanner, sent: set[str], undeleted_ids: set[str], r
     report.not_deleted = len(undeleted_ids)
 
 
-# ----------------------------------------------------------------------------------------------- purge
+class PurgeMode(StrEnum):
+    PURGE_QUEUE = "purge_queue"  # no filter: SQS's PurgeQueue, the count is SQS's approximation
+    FILTERED = "filtered"  # only the matching messages, received and deleted one batch at a time
+
+
 @dataclass
 class PurgeReport:
-    mode: str  # "purge_queue" or "filtered"
+    mode: PurgeMode
     deleted: int = 0
     approximate: bool = False
     scanned: int = 0
     failed: int = 0
 
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
 
 def purge(
-    sqs: Any, url: str, filters: Filters, *, visibility: int = 30, wait: int = 1, approximate_depth: int = 0
+    sqs: SQSClient, url: str, filters: Filters, *, visibility: int = 30, wait: int = 1, approximate_depth: int = 0
 ) -> PurgeReport:
     """PurgeQueue when no filter is given; otherwise delete the matching messages only."""
     if not filters.active:
@@ -503,10 +305,10 @@ def purge(
             if error_code(error) in ("AWS.SimpleQueueService.PurgeQueueInProgress", "PurgeQueueInProgress"):
                 raise OpsError("a purge of this queue is already in progress (SQS allows one per 60 s)") from None
             raise
-        return PurgeReport("purge_queue", deleted=approximate_depth, approximate=True)
+        return PurgeReport(PurgeMode.PURGE_QUEUE, deleted=approximate_depth, approximate=True)
     scanner = Scanner(sqs, url, visibility=visibility, wait=wait)
-    report = PurgeReport("filtered")
-    at = now()
+    report = PurgeReport(PurgeMode.FILTERED)
+    at = datetime.now(UTC)
     try:
         for batch in scanner.batches():
             deleted, failed = scanner.delete([m for m in batch if filters.matches(m, at)])
@@ -518,7 +320,6 @@ def purge(
     return report
 
 
-# ----------------------------------------------------------------------------------------------- native
 def native_move(dlq_arn: str, events_arn: str, rate: float | None) -> str:
     """SQS's own redrive (StartMessageMoveTask): fast, but no filters and no source rewrite."""
     sqs = client("sqs", max_attempts=1)

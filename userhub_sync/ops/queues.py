@@ -8,9 +8,16 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from chalicelib.sqs_limits import MAX_RETENTION_SECONDS
+from userhub_sync.ops.aws import queue_url_or_none
+
+if TYPE_CHECKING:
+    from types_boto3_sqs import SQSClient
+    from types_boto3_sqs.literals import QueueAttributeNameType
+
+    Attributes = dict[QueueAttributeNameType, str]
 
 DLQ_RETENTION_SECONDS = MAX_RETENTION_SECONDS  # longer than the events queue's (redrive keeps the enqueue time)
 EVENTS_RETENTION_SECONDS = 4 * 24 * 3600  # SQS default; holds the default schedule (≤ 33.4 h) plus the margin
@@ -26,15 +33,15 @@ class QueueSpec:
     dlq_retention: int = DLQ_RETENTION_SECONDS
     kms_key: str | None = None  # None: SQS-managed SSE (SqsManagedSseEnabled)
 
-    def encryption(self) -> dict[str, str]:
+    def encryption(self) -> Attributes:
         if self.kms_key:
             return {"KmsMasterKeyId": self.kms_key}
         return {"SqsManagedSseEnabled": "true"}
 
-    def dlq_attributes(self) -> dict[str, str]:
+    def dlq_attributes(self) -> Attributes:
         return {"MessageRetentionPeriod": str(self.dlq_retention), **self.encryption()}
 
-    def events_attributes(self, dlq_arn: str) -> dict[str, str]:
+    def events_attributes(self, dlq_arn: str) -> Attributes:
         return {
             "MessageRetentionPeriod": str(self.events_retention),
             "VisibilityTimeout": str(self.visibility_timeout),
@@ -54,14 +61,7 @@ class QueueState:
     fixed: bool = False  # drift was found and corrected
 
 
-def _get_url(sqs: Any, name: str) -> str | None:
-    try:
-        return sqs.get_queue_url(QueueName=name)["QueueUrl"]
-    except sqs.exceptions.QueueDoesNotExist:
-        return None
-
-
-def _drift(actual: dict[str, str], wanted: dict[str, str], name: str) -> list[str]:
+def _drift(actual: Attributes, wanted: Attributes, name: str) -> list[str]:
     problems = []
     for key, value in wanted.items():
         have = actual.get(key)
@@ -74,7 +74,7 @@ def _drift(actual: dict[str, str], wanted: dict[str, str], name: str) -> list[st
     return problems
 
 
-def ensure_queues(sqs: Any, spec: QueueSpec, *, fix: bool = True, create: bool = True) -> QueueState:
+def ensure_queues(sqs: SQSClient, spec: QueueSpec, *, fix: bool = True, create: bool = True) -> QueueState:
     """Create the DLQ and the events queue if absent; report (and with `fix`, correct) attributes that drifted.
 
     With `create=False` nothing is created or changed: absent queues are listed in `missing` (a read-only check).
@@ -83,7 +83,7 @@ def ensure_queues(sqs: Any, spec: QueueSpec, *, fix: bool = True, create: bool =
     drift: list[str] = []
     missing: list[str] = []
     fixed = False
-    dlq_url = _get_url(sqs, spec.dlq_name)
+    dlq_url = queue_url_or_none(sqs, spec.dlq_name)
     dlq_arn = ""
     if dlq_url is None and not create:
         missing.append(spec.dlq_name)
@@ -99,7 +99,7 @@ def ensure_queues(sqs: Any, spec: QueueSpec, *, fix: bool = True, create: bool =
             if found and fix and create:
                 sqs.set_queue_attributes(QueueUrl=dlq_url, Attributes=spec.dlq_attributes())
                 fixed = True
-    events_url = _get_url(sqs, spec.events_name)
+    events_url = queue_url_or_none(sqs, spec.events_name)
     if not dlq_arn:  # no DLQ to point at: only report on the events queue
         if events_url is None:
             missing.append(spec.events_name)
@@ -120,16 +120,28 @@ def ensure_queues(sqs: Any, spec: QueueSpec, *, fix: bool = True, create: bool =
     return QueueState(events_url or "", dlq_url or "", dlq_arn, created, drift, missing, fixed)
 
 
-def queue_depths(sqs: Any, url: str) -> dict[str, int]:
-    """Visible, in-flight and delayed counts (SQS's approximate numbers)."""
-    names = [
-        "ApproximateNumberOfMessages",
-        "ApproximateNumberOfMessagesNotVisible",
-        "ApproximateNumberOfMessagesDelayed",
-    ]
-    attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=names)["Attributes"]
-    return {
-        "visible": int(attrs.get(names[0], 0)),
-        "in_flight": int(attrs.get(names[1], 0)),
-        "delayed": int(attrs.get(names[2], 0)),
-    }
+@dataclass(frozen=True)
+class QueueDepths:
+    """SQS's approximate counts of one queue."""
+
+    visible: int
+    in_flight: int
+    delayed: int
+
+    @property
+    def total(self) -> int:
+        """Zero means nothing is left to deliver."""
+        return self.visible + self.in_flight + self.delayed
+
+
+DEPTH_ATTRIBUTES: tuple[QueueAttributeNameType, ...] = (
+    "ApproximateNumberOfMessages",
+    "ApproximateNumberOfMessagesNotVisible",
+    "ApproximateNumberOfMessagesDelayed",
+)
+
+
+def queue_depths(sqs: SQSClient, url: str) -> QueueDepths:
+    attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=list(DEPTH_ATTRIBUTES))["Attributes"]
+    visible, in_flight, delayed = (int(attrs.get(name, "0")) for name in DEPTH_ATTRIBUTES)
+    return QueueDepths(visible, in_flight, delayed)

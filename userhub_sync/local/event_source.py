@@ -12,9 +12,17 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from chalicelib.sqs_limits import BATCH_ENTRIES, chunks
+from userhub_sync.ops.aws import queue_arn
+from userhub_sync.ops.queues import queue_depths
+
+if TYPE_CHECKING:
+    from types_boto3_sqs import SQSClient
+    from types_boto3_sqs.type_defs import MessageTypeDef
 
 Handler = Callable[[dict[str, Any], Any], Any]
 
@@ -38,7 +46,7 @@ class LambdaContext:
         return max(int((self._deadline - time.monotonic()) * 1000), 0)
 
 
-def lambda_record(message: dict[str, Any], queue_arn: str, region: str) -> dict[str, Any]:
+def lambda_record(message: Mapping[str, Any], queue_arn: str, region: str) -> dict[str, Any]:
     """One SQS message as Lambda's event source mapping presents it."""
     attributes = {k: v for k, v in (message.get("Attributes") or {}).items()}
     message_attributes = {
@@ -70,7 +78,6 @@ class BatchResult:
     deleted: int = 0
     failed: int = 0
     error: str | None = None
-    failed_ids: list[str] = field(default_factory=list)
 
 
 def failed_ids(response: Any, batch_ids: set[str]) -> set[str] | None:
@@ -93,46 +100,37 @@ def failed_ids(response: Any, batch_ids: set[str]) -> set[str] | None:
     return ids
 
 
+@dataclass
 class LocalEventSource:
     """Long-poll a queue and feed `handler` batches until stopped (or, with `drain`, until the queue is empty)."""
 
-    def __init__(
-        self,
-        sqs: Any,
-        queue_url: str,
-        handler: Handler,
-        *,
-        batch_size: int = 10,
-        wait_seconds: int = 1,
-        function_timeout: float = 60.0,
-        function_name: str = "deliver",
-        region: str = "us-east-1",
-    ) -> None:
-        self.sqs = sqs
-        self.queue_url = queue_url
-        self.handler = handler
-        self.batch_size = batch_size
-        self.wait_seconds = wait_seconds
-        self.function_timeout = function_timeout
-        self.function_name = function_name
-        self.region = region
-        attrs = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]
-        self.queue_arn = attrs["QueueArn"]
-        self.totals = BatchResult()
-        self.batches = 0
+    sqs: SQSClient
+    queue_url: str
+    handler: Handler
+    batch_size: int = 10
+    wait_seconds: int = 1
+    function_timeout: float = 60.0
+    function_name: str = "deliver"
+    region: str = "us-east-1"
+    queue_arn: str = field(init=False)
+    totals: BatchResult = field(init=False, default_factory=BatchResult)
+    batches: int = field(init=False, default=0)
 
-    def _receive(self) -> list[dict[str, Any]]:
-        messages: list[dict[str, Any]] = []
+    def __post_init__(self) -> None:
+        self.queue_arn = queue_arn(self.sqs, self.queue_url)
+
+    def _receive(self) -> list[MessageTypeDef]:
+        messages: list[MessageTypeDef] = []
         while len(messages) < self.batch_size:
             got = self.sqs.receive_message(
                 QueueUrl=self.queue_url,
-                MaxNumberOfMessages=min(10, self.batch_size - len(messages)),
+                MaxNumberOfMessages=min(BATCH_ENTRIES, self.batch_size - len(messages)),
                 WaitTimeSeconds=self.wait_seconds if not messages else 0,
                 AttributeNames=["All"],
                 MessageAttributeNames=["All"],
             ).get("Messages", [])
             messages += got
-            if len(got) < 10:
+            if len(got) < BATCH_ENTRIES:
                 break
         return messages
 
@@ -154,15 +152,13 @@ class LocalEventSource:
         if failed is None:
             failed = {r["messageId"] for r in records}
         done = [m for m in messages if m["MessageId"] not in failed]
-        for start in range(0, len(done), 10):
-            chunk = done[start : start + 10]
+        for chunk in chunks(done):
             response = self.sqs.delete_message_batch(
                 QueueUrl=self.queue_url,
                 Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(chunk)],
             )
             result.deleted += len(response.get("Successful", []))
         result.failed = len(failed)
-        result.failed_ids = sorted(failed)
         self._add(result)
         return result
 
@@ -176,15 +172,7 @@ class LocalEventSource:
 
     def backlog(self) -> int:
         """Messages visible, in flight or delayed: zero means nothing is left to deliver."""
-        attrs = self.sqs.get_queue_attributes(
-            QueueUrl=self.queue_url,
-            AttributeNames=[
-                "ApproximateNumberOfMessages",
-                "ApproximateNumberOfMessagesNotVisible",
-                "ApproximateNumberOfMessagesDelayed",
-            ],
-        )["Attributes"]
-        return sum(int(v) for v in attrs.values())
+        return queue_depths(self.sqs, self.queue_url).total
 
     def run(
         self,
