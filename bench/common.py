@@ -225,19 +225,10 @@ def stop_process(proc: subprocess.Popen[Any]) -> None:
 @contextlib.contextmanager
 def fake_userhub_process(latency_ms: float, admin_key: str) -> Iterator[str]:
     """The fake UserHub in its own process (its own GIL), on a free loopback port; yields its base URL."""
+    from userhub_sync.local.fake_userhub import command
+
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "userhub_sync.cli",
-            "fake-userhub",
-            "--port",
-            "0",
-            "--latency-ms",
-            str(latency_ms),
-            "--admin-key",
-            admin_key,
-        ],
+        command(admin_keys=[admin_key], latency_ms=latency_ms),
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,

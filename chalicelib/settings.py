@@ -38,7 +38,7 @@ PositiveFloat = Annotated[float, Field(gt=0)]
 
 
 class Settings(BaseSettings):
-    """Every variable of DESIGN.md, plus the tunables with their defaults (see docs/CONFIGURATION.md)."""
+    """Every variable the functions read, with its default and bounds (docs/CONFIGURATION.md says what each is for)."""
 
     model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
 

@@ -8,15 +8,13 @@ boto3 client, and the credentials are moto's dummies.
 from __future__ import annotations
 
 import os
-import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
 import pytest
 
-from tests.support import ADMIN_KEY, HUB_SEED, Stack, make_project, stage_environ, wait_for_sender_threads
+from tests.support import ADMIN_KEY, HUB_SEED, Stack, make_project, stage_environ, tcp_server, wait_for_sender_threads
 from userhub_sync.local.fake_userhub import FakeUserHub
 from userhub_sync.local.moto import MotoServer, aws_environ, new_container, patched_environ
 from userhub_sync.ops.queues import QueueSpec, ensure_queues
@@ -76,26 +74,6 @@ def project(
 @pytest.fixture
 def black_hole() -> Iterator[str]:
     """A TCP server that accepts connections and never answers: the worst SQS can do to us."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(64)
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        server.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                held.append(server.accept()[0])
-            except OSError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.getsockname()[1]}"
-    stop.set()
-    thread.join()
-    for conn in held:
-        conn.close()
-    server.close()
+    with tcp_server(lambda _conn, _stop: None) as url:
+        yield url
     wait_for_sender_threads()

@@ -9,11 +9,18 @@ os.environ, as a fresh shell would (apply_stage only fills variables the shell h
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import shutil
+import socket
+import subprocess
+import sys
+import threading
 import time
 import zipfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -341,3 +348,66 @@ def fake_chalice_deploy(project: Path, stage: str = "dev", *, record: bool = Tru
 def enable_mapping(uuid: str, enabled: bool = True) -> None:
     """Set the mapping's State (Enabled/Disabled); only after the test's last SendMessage (see fake_chalice_deploy)."""
     boto3.client("lambda").update_event_source_mapping(UUID=uuid, Enabled=enabled)
+
+
+@contextmanager
+def tcp_server(handle: Callable[[socket.socket, threading.Event], None]) -> Iterator[str]:
+    """A loopback TCP server that gives each connection to `handle(conn, stop)` on its own thread; yields its URL.
+    At exit it stops, shuts every connection and the listener (for servers that misbehave on purpose)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    server.settimeout(0.2)
+    stop = threading.Event()
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn = server.accept()[0]
+            except OSError:
+                continue
+            held.append(conn)
+            threading.Thread(target=handle, args=(conn, stop), daemon=True).start()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join()
+        for conn in held:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+                conn.close()
+        server.close()
+
+
+class FakeTime:
+    """A clock and a sleep that only move when slept: for code that paces itself (token buckets, pagers)."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+        self.slept: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+def run_chalice(project: Path, *args: str, env: dict[str, str], timeout: float) -> str:
+    """The real `chalice` command of this venv, in `project`; its output, after asserting it succeeded."""
+    run = subprocess.run(
+        [str(Path(sys.executable).parent / "chalice"), *args],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    return run.stdout + run.stderr

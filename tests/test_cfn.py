@@ -17,7 +17,7 @@ import pytest
 
 from chalicelib.delivery import RetryPolicy
 from chalicelib.settings import Settings
-from tests.support import REPO
+from tests.support import REPO, run_chalice
 from userhub_sync.ops import policies
 from userhub_sync.ops.stage import CONNECTION_RE, POOL_ID_RE
 
@@ -41,23 +41,12 @@ def packaged(tmp_path_factory) -> dict:
     }
     env.pop("AWS_ENDPOINT_URL", None)  # packaging makes no AWS calls
     out = project / "out"
-    run = subprocess.run(
-        [
-            str(BIN / "chalice"),
-            "package",
-            "--stage",
-            "dev",
-            "--merge-template",
-            str(REPO / "infra" / "merge-template.json"),
-            str(out),
-        ],
-        cwd=project,
+    run_chalice(
+        project,
+        *("package", "--stage", "dev", "--merge-template", str(REPO / "infra" / "merge-template.json"), str(out)),
         env=env,
-        capture_output=True,
-        text=True,
         timeout=300,
     )
-    assert run.returncode == 0, run.stdout + run.stderr
     return {"path": out / "sam.json", "template": json.loads((out / "sam.json").read_text()), "env": env}
 
 

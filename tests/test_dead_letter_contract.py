@@ -5,6 +5,7 @@ Pure: no SQS. Each test pins one promise of the contract that a mutant of `chali
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -21,7 +22,7 @@ from chalicelib.dead_letter import (
     entry_bytes,
 )
 from chalicelib.observability import register_secret
-from chalicelib.sqs_limits import PAYLOAD_BYTES
+from chalicelib.sqs_limits import PAYLOAD_BYTES, allowed_text
 
 FIRST_SEEN = datetime(2026, 11, 28, 7, 30, 5, tzinfo=UTC)
 FAILED_AT = datetime(2026, 11, 29, 19, 33, 21, tzinfo=UTC)
@@ -129,3 +130,11 @@ def test_an_entry_counts_its_body_and_each_attributes_name_type_and_value_in_utf
 
 def test_every_attribute_name_is_one_of_the_contracts() -> None:
     assert {name for name in strings(FULL.to_message_attributes())} == {a.value for a in Attribute}
+
+
+def test_texts_sqs_would_refuse_are_cleaned_and_long_ones_clipped() -> None:
+    """A lone surrogate in UserHub's reason would make SendMessageBatch fail as a whole."""
+    info = replace(FULL, reason="R\ud800", detail="x" * 5000, username="ü" * 300)
+    values = {name: value["StringValue"] for name, value in info.to_message_attributes().items()}
+    assert all(allowed_text(v) == v for v in values.values()) and values["failure_reason"] == "R\ufffd"
+    assert len(values["failure_detail"]) == 1000 and len(values["username"]) == 256

@@ -20,7 +20,7 @@ import boto3
 import pytest
 
 import app
-from chalicelib.dead_letter import DeadLetterInfo, FailureKind
+from chalicelib.dead_letter import FailureKind
 from chalicelib.delivery import Deliverer, RetriesPending, reset_deliverer
 from chalicelib.delivery.calls import NOT_STARTED, Transient
 from chalicelib.delivery.plan import DeadLetter, Delay, Limits, QueueFacts, plan
@@ -451,27 +451,6 @@ def test_one_call_per_user_connection_and_type(pipeline, hub) -> None:
         ("same", "conn_other"),
         ("same", "conn_test123"),
     ]
-
-
-def test_dead_letter_attributes_round_trip_and_hold_only_what_sqs_accepts() -> None:
-    info = DeadLetterInfo(
-        kind=FailureKind.PERMANENT,
-        reason="R\ud800",
-        attempts=3,
-        status=404,
-        code="NOT_FOUND",
-        detail="x" * 5000,
-        username="ü" * 300,
-        source_message_id="m-1",
-    )
-    attributes = info.to_message_attributes()
-    values = {name: value["StringValue"] for name, value in attributes.items()}
-    assert all(allowed_text(v) == v for v in values.values())
-    assert len(values["failure_detail"]) == 1000 and len(values["username"]) == 256
-    back = DeadLetterInfo.from_message_attributes(values)
-    assert back is not None
-    assert (back.kind, back.status, back.code, back.attempts) == (FailureKind.PERMANENT, 404, "NOT_FOUND", 3)
-    assert DeadLetterInfo.from_message_attributes({}) is None  # moved by SQS's redrive: no failure recorded
 
 
 @pytest.mark.parametrize(

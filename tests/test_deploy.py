@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import boto3
@@ -28,6 +26,7 @@ from tests.support import (
     cli,
     create_pool,
     describe_pool,
+    run_chalice,
 )
 
 STAGE = "ci"
@@ -39,16 +38,8 @@ def chalice_deploy(project: Path) -> None:
         (project / "requirements.txt").write_text("")
     env = dict(os.environ)  # AWS_ENDPOINT_URL, region and moto's dummy credentials from the session fixture
     assert env["AWS_ENDPOINT_URL"].startswith("http://127.0.0.1")
-    run = subprocess.run(
-        [str(Path(sys.executable).parent / "chalice"), "deploy", "--stage", STAGE],
-        cwd=project,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert run.returncode == 0, run.stdout + run.stderr
-    assert "Could not install dependencies" not in run.stdout + run.stderr, (
+    output = run_chalice(project, "deploy", "--stage", STAGE, env=env, timeout=600)
+    assert "Could not install dependencies" not in output, (
         "chalice could not fetch the wheels of requirements.txt (no network?): rerun with USERHUB_DEPLOY_TEST_OFFLINE=1"
     )
 

@@ -380,21 +380,6 @@ def test_purge_asks_first_and_filters_delete_only_matches(stage):
     assert depth(queue_url(DLQ)) == 0
 
 
-def test_token_bucket_paces_to_the_rate():
-    clock = {"t": 0.0}
-    sleeps: list[float] = []
-
-    def sleep(seconds: float) -> None:
-        sleeps.append(seconds)
-        clock["t"] += seconds
-
-    bucket = dlq.TokenBucket(5, clock=lambda: clock["t"], sleep=sleep)
-    bucket.take(25)  # a burst of 5, then 20 more at 5 a second
-    assert clock["t"] == pytest.approx(4.0)
-    unlimited = dlq.TokenBucket(0, clock=lambda: 0.0, sleep=lambda s: pytest.fail("slept"))
-    unlimited.take(1000)
-
-
 def test_durations():
     assert parse_duration("90s") == 90
     assert parse_duration("1h30m") == 5400

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import random
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +16,7 @@ import httpx
 import pytest
 
 from tests.support import ADMIN_KEY, HUB_SEED
+from userhub_sync.local import fake_userhub
 from userhub_sync.local.fake_userhub import FakeUserHub, Fault
 
 KEY = ADMIN_KEY
@@ -350,18 +350,7 @@ def test_official_sdk_talks_to_the_fake(hub: FakeUserHub) -> None:
 def test_the_command_prints_the_real_port() -> None:
     root = Path(__file__).resolve().parents[1]
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "userhub_sync.cli",
-            "fake-userhub",
-            "--port",
-            "0",
-            "--admin-key",
-            "k1",
-            "--admin-key",
-            "k2",
-        ],
+        fake_userhub.command(admin_keys=["k1", "k2"]),
         cwd=root,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

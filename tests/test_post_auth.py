@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 import app
 from chalicelib import post_auth
 from chalicelib.messages import EventType, Source, parse_message
-from tests.support import CONNECTION_ID, POOL_ID, signin_event, wait_for_sender_threads
+from tests.support import CONNECTION_ID, POOL_ID, signin_event, tcp_server, wait_for_sender_threads
 from userhub_sync.local.moto import free_port, patched_environ
 
 
@@ -123,14 +123,8 @@ def test_black_holed_sqs_ends_within_the_budget_with_a_recovery_record(
 @pytest.fixture
 def slow_drip() -> Iterator[str]:
     """An SQS endpoint that answers one byte every 0.2 s for 8 s: botocore's per-read timeout never fires."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(64)
-    server.settimeout(0.1)
-    stop = threading.Event()
-    conns: list[socket.socket] = []
 
-    def drip(conn: socket.socket) -> None:
+    def drip(conn: socket.socket, stop: threading.Event) -> None:
         conn.settimeout(1)
         with contextlib.suppress(OSError):
             conn.recv(65536)
@@ -142,28 +136,9 @@ def slow_drip() -> Iterator[str]:
             with contextlib.suppress(OSError):
                 conn.send(bytes([byte]))
             time.sleep(0.2)
-        with contextlib.suppress(OSError):
-            conn.close()
 
-    def accept() -> None:
-        while not stop.is_set():
-            try:
-                conn = server.accept()[0]
-            except OSError:
-                continue
-            conns.append(conn)
-            threading.Thread(target=drip, args=(conn,), daemon=True).start()
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.getsockname()[1]}"
-    stop.set()
-    thread.join()
-    for conn in conns:
-        with contextlib.suppress(OSError):
-            conn.shutdown(socket.SHUT_RDWR)
-            conn.close()
-    server.close()
+    with tcp_server(drip) as url:
+        yield url
     wait_for_sender_threads()
 
 

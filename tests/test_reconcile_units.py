@@ -34,19 +34,7 @@ from chalicelib.snapshot import (
     user_key,
     write_entries,
 )
-
-
-class FakeTime:
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.slept: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
+from tests.support import FakeTime
 
 
 def test_token_bucket_spaces_acquisitions_at_the_rate_with_a_burst_of_one() -> None:

@@ -188,19 +188,22 @@ def test_rotation_costs_one_fetch_and_the_key_is_never_printed(
     )
 
 
+def echoing_rejection(key: str) -> Fault:
+    """A 400 whose message and reason carry the Authorization header it was sent, as a chatty proxy's would."""
+    return Fault(
+        status=400,
+        message=f"bad request with Authorization: Bearer {key}",
+        reason=f"KEY_{key}",
+        match_external_id="echo-permanent",
+    )
+
+
 def test_a_key_echoed_back_by_userhub_is_redacted(pipeline, hub, fast_retries, capfd) -> None:
     """A proxy or a chatty error page may echo the Authorization header: DLQ attributes and logs still hide it."""
     key = new_key()
     hub.set_admin_keys([key])
     with patched_environ({"USERHUB_ADMIN_KEY": key}):
-        hub.add_fault(
-            Fault(
-                status=400,
-                message=f"bad request with Authorization: Bearer {key}",
-                reason=f"KEY_{key}",
-                match_external_id="echo-permanent",
-            )
-        )
+        hub.add_fault(echoing_rejection(key))
         hub.add_fault(Fault(status=502, body_format="text", message=f"upstream said {key}", count=1))
         sign_in(["echo-permanent", "echo-transient"])
         deliver_all(pipeline)
@@ -217,14 +220,7 @@ def test_a_key_echoed_back_by_userhub_is_redacted(pipeline, hub, fast_retries, c
 def test_an_echoed_key_is_in_no_exception_and_never_half_redacted(pipeline, hub, fast_retries, capfd) -> None:
     key = new_key()
     hub.set_admin_keys([key])
-    hub.add_fault(
-        Fault(
-            status=400,
-            message=f"bad request with Authorization: Bearer {key}",
-            reason=f"KEY_{key}",
-            match_external_id="echo-permanent",
-        )
-    )
+    hub.add_fault(echoing_rejection(key))
     hub.add_fault(
         Fault(status=502, body_format="text", message=f"upstream said {key}", match_external_id="echo-transient")
     )

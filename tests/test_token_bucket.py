@@ -3,23 +3,11 @@
 from __future__ import annotations
 
 from chalicelib.token_bucket import TokenBucket
-
-
-class FakeTime:
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.slept: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
+from tests.support import FakeTime
 
 
 def test_try_acquire_waits_for_a_token_only_within_its_timeout() -> None:
-    fake = FakeTime()
+    fake = FakeTime(now=0.0)
     bucket = TokenBucket(2.0, clock=fake.clock, sleep=fake.sleep)
     assert bucket.try_acquire(timeout=0) is True  # the burst of one
     assert bucket.try_acquire(timeout=0.1) is False and fake.slept == []  # the next comes in 0.5 s
@@ -29,6 +17,6 @@ def test_try_acquire_waits_for_a_token_only_within_its_timeout() -> None:
 
 
 def test_no_rate_is_no_wait() -> None:
-    fake = FakeTime()
+    fake = FakeTime(now=0.0)
     assert all(TokenBucket(None, clock=fake.clock, sleep=fake.sleep).try_acquire(0) for _ in range(100))
     assert fake.slept == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import boto3
 import pytest
@@ -30,10 +31,15 @@ def _cognito_statements(function_arn: str) -> list[dict]:
     return [s for s in policy["Statement"] if s["Principal"] == {"Service": "cognito-idp.amazonaws.com"}]
 
 
-def test_wire_sets_all_three_and_keeps_every_other_pool_setting(project):
+def deployed_stage(project: Path, *, record: bool = True) -> tuple[str, dict[str, str]]:
+    """A customer's pool, the stage bootstrapped for it, and what `chalice deploy` leaves behind: ready for wire."""
     pool_id = create_pool()
     bootstrap(pool_id)
-    deployed = fake_chalice_deploy(project)
+    return pool_id, fake_chalice_deploy(project, record=record)
+
+
+def test_wire_sets_all_three_and_keeps_every_other_pool_setting(project):
+    pool_id, deployed = deployed_stage(project)
     before = describe_pool(pool_id)
 
     result = cli("wire", "--stage", "dev", "--json")
@@ -59,9 +65,7 @@ def test_wire_sets_all_three_and_keeps_every_other_pool_setting(project):
 
 
 def test_wire_is_idempotent(project):
-    pool_id = create_pool()
-    bootstrap(pool_id)
-    deployed = fake_chalice_deploy(project)
+    _pool_id, deployed = deployed_stage(project)
     assert cli("wire", "--stage", "dev").exit_code == 0
     again = cli("wire", "--stage", "dev", "--json")
     assert again.exit_code == 0, again.output
@@ -95,9 +99,7 @@ def test_a_different_trigger_is_not_replaced_without_force(project):
 
 
 def test_post_confirmation_is_wired_on_request(project):
-    pool_id = create_pool()
-    bootstrap(pool_id)
-    deployed = fake_chalice_deploy(project)
+    pool_id, deployed = deployed_stage(project)
     result = cli("wire", "--stage", "dev", "--post-confirmation")
     assert result.exit_code == 0, result.output
     config = describe_pool(pool_id)["LambdaConfig"]
@@ -107,9 +109,7 @@ def test_post_confirmation_is_wired_on_request(project):
 
 
 def test_without_the_deployed_file_functions_and_mapping_are_found_by_name(project):
-    pool_id = create_pool()
-    bootstrap(pool_id)
-    deployed = fake_chalice_deploy(project, record=False)
+    pool_id, deployed = deployed_stage(project, record=False)
     result = cli("wire", "--stage", "dev")
     assert result.exit_code == 0, result.output
     mapping = boto3.client("lambda").get_event_source_mapping(UUID=deployed["uuid"])
@@ -118,9 +118,7 @@ def test_without_the_deployed_file_functions_and_mapping_are_found_by_name(proje
 
 
 def test_dry_run_changes_nothing(project):
-    pool_id = create_pool()
-    bootstrap(pool_id)
-    deployed = fake_chalice_deploy(project)
+    pool_id, deployed = deployed_stage(project)
     before = describe_pool(pool_id)
     result = cli("wire", "--stage", "dev", "--dry-run")
     assert result.exit_code == 0 and "would set" in result.output

@@ -21,6 +21,7 @@ import json
 import random
 import re
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterable
@@ -385,3 +386,11 @@ class FakeUserHub:
             self.set_admin_keys(keys)
             return json_response(200, {})
         raise ApiError(404, "NOT_FOUND", "Unknown control route")
+
+
+def command(*, admin_keys: Iterable[str] = (), latency_ms: float = 0.0) -> list[str]:
+    """The command line that runs the fake in its own process on a free port (it prints the URL on its first line)."""
+    argv = [sys.executable, "-m", "userhub_sync.cli", "fake-userhub", "--port", "0", "--latency-ms", str(latency_ms)]
+    for key in admin_keys:
+        argv += ["--admin-key", key]
+    return argv

@@ -16,7 +16,6 @@ everything; `list` hides what it receives only while it builds the list and make
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from chalicelib.sqs_limits import batches_within
 from chalicelib.timefmt import utc_iso
+from chalicelib.token_bucket import TokenBucket
 from userhub_sync.ops.aws import client, error_code
 from userhub_sync.ops.dlq_scan import DlqMessage, Filters, Scanner
 from userhub_sync.ops.errors import OpsError
@@ -58,39 +58,6 @@ def list_messages(
         held = len(scanner.held)
         released = scanner.release()
     return Listing(len(scanner.seen), found, not_released=held - released)
-
-
-class TokenBucket:
-    """`rate` tokens a second, bursts of up to `burst`; rate ≤ 0 means no limit."""
-
-    def __init__(
-        self,
-        rate: float,
-        burst: float | None = None,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        self.rate = rate
-        self.capacity = burst if burst is not None else max(1.0, min(float(rate), 10.0))
-        self.tokens = self.capacity
-        self.clock, self.sleep = clock, sleep
-        self.updated = clock()
-
-    def _refill(self) -> None:
-        moment = self.clock()
-        self.tokens = min(self.capacity, self.tokens + (moment - self.updated) * self.rate)
-        self.updated = moment
-
-    def take(self, count: int = 1) -> None:
-        if self.rate <= 0:
-            return
-        for _ in range(count):
-            self._refill()
-            if self.tokens < 1:
-                self.sleep((1 - self.tokens) / self.rate)
-                self._refill()
-            self.tokens -= 1
 
 
 @dataclass(frozen=True)
@@ -179,7 +146,7 @@ def replay(
     report = ReplayReport(dry_run=dry_run)
     visible, in_flight, report.visibility_timeout = queue_counts(sqs, dlq_url)
     report.counted_at_start, report.in_flight_at_start = visible + in_flight, in_flight
-    bucket = bucket or TokenBucket(rate)
+    bucket = bucket or TokenBucket(rate if rate > 0 else None, burst=max(1.0, min(rate, 10.0)))  # 0: no limit
     # held messages must stay invisible while a rate-limited batch is sent
     visibility = visibility or int(max(60, 30 + (20 / rate if rate > 0 else 0)))
     scanner = Scanner(sqs, dlq_url, visibility=visibility, wait=wait)
