@@ -368,3 +368,25 @@ def test_the_command_prints_the_real_port() -> None:
         proc.terminate()
         proc.wait(timeout=5)
     assert "k2" not in (proc.stderr.read() if proc.stderr else "")  # keys never reach the logs
+
+
+def test_the_rate_limit_mode_answers_429_with_retry_after_beyond_its_rate() -> None:
+    with FakeUserHub(admin_keys=["k"], rate_limit=20) as hub:
+        statuses = []
+        with httpx.Client(base_url=hub.url, headers={"Authorization": "Bearer k"}) as client:
+            started = time.monotonic()
+            while time.monotonic() - started < 1.0:
+                answer = client.post(event_path(f"u{len(statuses)}"), json={"type": "SIGNIN"})
+                statuses.append(answer.status_code)
+                if answer.status_code == 429:
+                    assert answer.headers["retry-after"] == "1"
+                    assert answer.json()["code"] == "RESOURCE_EXHAUSTED"
+        accepted = statuses.count(200)
+        assert 20 <= accepted <= 41 and statuses.count(429) > 0  # a second's burst, then 20 a second
+        assert len(hub.events()) == accepted
+        timeline = hub.timeline()
+        assert sum(calls for _, calls, _ in timeline) == len(statuses)
+        assert sum(limited for _, _, limited in timeline) == statuses.count(429)
+        hub.set_rate_limit(None)
+        with httpx.Client(base_url=hub.url, headers={"Authorization": "Bearer k"}) as client:
+            assert all(client.post(event_path(f"v{n}"), json={}).status_code == 200 for n in range(50))

@@ -140,12 +140,22 @@ def fake_userhub(
     latency_ms: Annotated[float, typer.Option(min=0, help="Added latency per request.")] = 0.0,
     seed: Annotated[int | None, typer.Option(help="Seed for probabilistic faults, for a repeatable run.")] = None,
     verbose: Annotated[bool, typer.Option(help="Log each request line (never headers, so never a key).")] = False,
+    rate_limit: Annotated[
+        float | None,
+        typer.Option(min=0.1, help="Answer event calls beyond this many a second with 429 and Retry-After."),
+    ] = None,
 ) -> None:
     """The local UserHub stand-in used by demo, tests and benchmarks (faults via POST /_fake/faults); Ctrl-C stops."""
     from userhub_sync.local.fake_userhub import DEFAULT_ADMIN_KEY, FakeUserHub
 
     hub = FakeUserHub(
-        host, port, admin_keys=admin_key or [DEFAULT_ADMIN_KEY], latency_ms=latency_ms, seed=seed, verbose=verbose
+        host,
+        port,
+        admin_keys=admin_key or [DEFAULT_ADMIN_KEY],
+        latency_ms=latency_ms,
+        seed=seed,
+        verbose=verbose,
+        rate_limit=rate_limit,
     ).bind()
     typer.echo(f"fake UserHub listening on {hub.url}")
     try:

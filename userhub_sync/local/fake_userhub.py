@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import random
 import re
 import socket
@@ -31,10 +32,12 @@ from enum import StrEnum
 from typing import Any
 from urllib.parse import unquote
 
+from chalicelib.token_bucket import TokenBucket
 from userhub_sync.local.fake_http import ApiError, Handler, Response, Server, error_body, json_response
 from userhub_sync.local.faults import Fault, FaultKind
 
 DEFAULT_ADMIN_KEY = "userhub_admin_test"
+RATE_LIMITED = 429  # what the rate-limit mode answers beyond its rate
 
 # The id is lazy and the verb anchored, so `:event` must end the path: the split falls on the last ':'.
 _EVENT_RE = re.compile(r"^/admin/v1/users/(?P<id>[^/]+?):event$")
@@ -131,10 +134,13 @@ class FakeUserHub:
         latency_ms: float = 0.0,
         seed: int | None = None,
         verbose: bool = False,
+        rate_limit: float | None = None,
+        rate_burst: float | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.latency_ms = latency_ms
+        self._limit: TokenBucket | None = None
         self.verbose = verbose
         self._seed = seed
         self._lock = threading.Lock()
@@ -148,6 +154,7 @@ class FakeUserHub:
         self._thread: threading.Thread | None = None
         self._serving = False
         self._open_sockets: set[socket.socket] = set()
+        self.set_rate_limit(rate_limit, rate_burst)
 
     @property
     def url(self) -> str:
@@ -224,6 +231,27 @@ class FakeUserHub:
         with self._lock:
             self._admin_keys = new
 
+    def set_rate_limit(self, rate: float | None, burst: float | None = None) -> None:
+        """Answer `:event` calls beyond `rate` a second (bursts of `burst`, default one second's worth) with 429 and
+        `Retry-After`, as a rate-limited API does; None lifts the limit."""
+        bucket = TokenBucket(rate, burst=max(1.0, burst or rate)) if rate else None
+        with self._lock:
+            self._limit = bucket
+
+    def timeline(self) -> list[tuple[int, int, int]]:
+        """(second since the first call, calls, of them answered 429) for every second with calls."""
+        with self._lock:
+            entries = [(e.ts, e.status) for e in self._journal if e.verb == "event"]
+        if not entries:
+            return []
+        start = int(entries[0][0])
+        counts: dict[int, list[int]] = {}
+        for ts, status in entries:
+            second = counts.setdefault(int(ts) - start, [0, 0])
+            second[0] += 1
+            second[1] += status == RATE_LIMITED
+        return [(second, calls, limited) for second, (calls, limited) in sorted(counts.items())]
+
     def add_fault(self, fault: Fault) -> None:
         with self._lock:
             self._faults.append(dataclasses.replace(fault))  # a copy: count is decremented in place
@@ -284,6 +312,10 @@ class FakeUserHub:
             response = None
         elif fault is not None and fault.kind in (FaultKind.STATUS, FaultKind.BAD_JSON_200):
             response = fault.response()
+        elif entry.verb == "event" and self._limit is not None and not self._limit.try_acquire(timeout=0):
+            wait = max(1, math.ceil(1 / (self._limit.rate or 1)))  # HTTP's Retry-After is whole seconds
+            limited = error_body("RESOURCE_EXHAUSTED", "API call rate limited")
+            response = json_response(RATE_LIMITED, limited, {"Retry-After": str(wait)})
         else:
             try:
                 response = self._route(path, headers, body, entry)
@@ -372,6 +404,12 @@ class FakeUserHub:
             return json_response(200, {})
         if route == ("GET", "/_fake/requests"):
             return json_response(200, [asdict(e) for e in self.journal()])
+        if route == ("POST", "/_fake/rate-limit"):
+            data = _parse_json_body(body)
+            self.set_rate_limit(data.get("rate"), data.get("burst"))
+            return json_response(200, {})
+        if route == ("GET", "/_fake/timeline"):
+            return json_response(200, self.timeline())
         if route == ("GET", "/_fake/events"):
             return json_response(200, [asdict(e) for e in self.events()])
         if route == ("GET", "/_fake/users"):
@@ -388,9 +426,11 @@ class FakeUserHub:
         raise ApiError(404, "NOT_FOUND", "Unknown control route")
 
 
-def command(*, admin_keys: Iterable[str] = (), latency_ms: float = 0.0) -> list[str]:
+def command(*, admin_keys: Iterable[str] = (), latency_ms: float = 0.0, rate_limit: float | None = None) -> list[str]:
     """The command line that runs the fake in its own process on a free port (it prints the URL on its first line)."""
     argv = [sys.executable, "-m", "userhub_sync.cli", "fake-userhub", "--port", "0", "--latency-ms", str(latency_ms)]
+    if rate_limit:
+        argv += ["--rate-limit", str(rate_limit)]
     for key in admin_keys:
         argv += ["--admin-key", key]
     return argv
