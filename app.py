@@ -9,6 +9,7 @@ import os
 from chalice import Chalice, Cron
 
 from chalicelib import entrypoints
+from chalicelib.capture_rule import EVENT_PATTERN
 
 app = Chalice(app_name="userhub-sync")
 
@@ -47,3 +48,11 @@ reconcile.event_class = entrypoints.TolerantEvent  # also takes hand-made payloa
 @app.lambda_function(name="reconcile_continue")
 def reconcile_continue(event, context):
     return entrypoints.reconcile(event, context)
+
+
+@app.on_cw_event(EVENT_PATTERN, name="capture")
+def capture(event):
+    return entrypoints.capture(event.to_dict(), event.context)
+
+
+capture.event_class = entrypoints.TolerantEvent  # also takes envelopes with keys missing (tests, local tooling)

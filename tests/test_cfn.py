@@ -116,6 +116,7 @@ FUNCTION_ROLES = {  # the role Chalice makes per function -> (policy role, funct
     "DeliverRole": ("deliver", ["deliver"]),
     "ReconcileRole": ("reconcile", ["reconcile", "reconcile_continue"]),
     "ReconcileContinueRole": ("reconcile", ["reconcile", "reconcile_continue"]),
+    "CaptureRole": ("capture", ["capture"]),
 }
 
 
@@ -129,7 +130,7 @@ def test_no_placeholder_is_left_and_pool_and_connection_are_parameters(packaged)
     assert "Default" not in parameters["ConnectionId"] and "Default" not in parameters["UserPoolId"]
     resources = template["Resources"]
     functions = [name for name, r in resources.items() if r["Type"] == "AWS::Serverless::Function"]
-    assert len(functions) == 5
+    assert len(functions) == 6
     for name in functions:
         variables = resources[name]["Properties"]["Environment"]["Variables"]
         assert variables["USERHUB_CONNECTION_ID"] == {"Ref": "ConnectionId"}, name
@@ -154,7 +155,7 @@ def test_functions_keep_the_names_the_policies_and_defaults_expect(packaged):
     (all derived from function names) hold on this path too."""
     resources = packaged["template"]["Resources"]
     names = {"PostAuth": "post_auth", "Deliver": "deliver", "Reconcile": "reconcile"}
-    names |= {"PostConfirmation": "post_confirmation", "ReconcileContinue": "reconcile_continue"}
+    names |= {"PostConfirmation": "post_confirmation", "ReconcileContinue": "reconcile_continue", "Capture": "capture"}
     for logical, name in names.items():
         assert resources[logical]["Properties"]["FunctionName"] == {"Fn::Sub": f"userhub-sync-${{Stage}}-{name}"}
     statements = resources["ReconcileRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]

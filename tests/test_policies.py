@@ -21,6 +21,7 @@ LOG_ACTIONS = {"logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents
 UNSCOPABLE = {"lambda:ListEventSourceMappings"}
 EXPECTED_ACTIONS = {
     "post_auth": LOG_ACTIONS | {"sqs:SendMessage"},
+    "capture": LOG_ACTIONS | {"sqs:SendMessage"},
     "deliver": LOG_ACTIONS
     | {
         "sqs:ReceiveMessage",
@@ -31,6 +32,10 @@ EXPECTED_ACTIONS = {
         "sqs:SendMessage",
         "ssm:GetParameter",
         "lambda:ListEventSourceMappings",
+        "cognito-idp:AdminGetUser",
+        "cognito-idp:DescribeUserPool",
+        "cognito-idp:ListUsers",
+        "s3:GetObject",
     },
     "reconcile": LOG_ACTIONS
     | {
@@ -85,10 +90,17 @@ def allowed_resources(stage: str, env: dict[str, str], functions: list[str]) -> 
             )
         },
         "ssm:GetParameter": {arn("ssm", f"parameter/{parameter}")},
-        "cognito-idp:ListUsers": {arn("cognito-idp", f"userpool/{pool}")},
+        **{
+            action: {arn("cognito-idp", f"userpool/{pool}")}
+            for action in ("cognito-idp:ListUsers", "cognito-idp:AdminGetUser", "cognito-idp:DescribeUserPool")
+        },
         **{
             action: {re.escape(f"arn:aws:s3:::{bucket}/reconcile/") + r"\*"}
             for action in ("s3:GetObject", "s3:PutObject", "s3:DeleteObject")
+        },
+        "s3:GetObject": {  # reconcile reads its state; deliver only the sub map of the pool it serves
+            re.escape(f"arn:aws:s3:::{bucket}/reconcile/") + r"\*",
+            re.escape(f"arn:aws:s3:::{bucket}/reconcile/{pool}/subs/") + r"\*",
         },
         "s3:ListBucket": {re.escape(f"arn:aws:s3:::{bucket}")},
         "lambda:InvokeFunction": {arn("lambda", f"function:{app}-reconcile_continue")},
@@ -109,7 +121,7 @@ def check_policy(document: dict[str, Any], role: str, stage: str, env: dict[str,
                 assert resource != "*" or action in UNSCOPABLE, f"{action} on every resource"
                 assert any(re.fullmatch(p, resource) for p in allowed[action]), f"{action} on {resource}"
     assert actions == EXPECTED_ACTIONS[role]
-    if role == "post_auth":  # may only enqueue, on the events queue
+    if role in ("post_auth", "capture"):  # may only enqueue, on the events queue
         sqs_resources = {
             r
             for s in document["Statement"]
@@ -141,6 +153,7 @@ def test_committed_policy_files_are_least_privilege(stage):
         f"policy-{stage}-post_auth.json",
         f"policy-{stage}-deliver.json",
         f"policy-{stage}-reconcile.json",
+        f"policy-{stage}-capture.json",
     }
     for name, (role, functions) in files.items():
         path = REPO / ".chalice" / name

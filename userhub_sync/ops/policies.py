@@ -28,6 +28,7 @@ class Role(StrEnum):
     POST_AUTH = "post_auth"
     DELIVER = "deliver"
     RECONCILE = "reconcile"
+    CAPTURE = "capture"
 
 
 FUNCTION_ROLES: dict[str, Role] = {
@@ -36,6 +37,7 @@ FUNCTION_ROLES: dict[str, Role] = {
     "deliver": Role.DELIVER,
     "reconcile": Role.RECONCILE,
     "reconcile_continue": Role.RECONCILE,
+    "capture": Role.CAPTURE,
 }
 ROLES = tuple(Role)
 LOG_ACTIONS = ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"]
@@ -111,8 +113,9 @@ def build_policy(role: str, functions: list[str], t: PolicyTargets) -> dict[str,
         _statement("Logs", LOG_ACTIONS, [arn for fn in sorted(functions) for arn in t.log_group_arns(fn)])
     ]
     kms_actions: list[str] = []
-    if role == Role.POST_AUTH:
-        # post_auth finds the queue URL from EVENTS_QUEUE_URL or its own ARN, so SendMessage is all it needs
+    if role in (Role.POST_AUTH, Role.CAPTURE):
+        # both find the queue URL from EVENTS_QUEUE_URL or their own ARN, so SendMessage is all they need; capture
+        # never calls Cognito (deliver resolves the user)
         statements.append(_statement("EnqueueEvents", ["sqs:SendMessage"], [t.events_queue_arn]))
         kms_actions = ["kms:GenerateDataKey", "kms:Decrypt"]  # producers to a CMK-encrypted queue need both
     elif role == Role.DELIVER:
@@ -134,6 +137,18 @@ def build_policy(role: str, functions: list[str], t: PolicyTargets) -> dict[str,
         # for deliver to look up its own SQS event source mapping; ListEventSourceMappings has no
         # resource-level permission in IAM, so "*" is its only possible Resource (UNSCOPABLE_ACTIONS)
         statements.append(_statement("FindOwnMapping", ["lambda:ListEventSourceMappings"], ["*"]))
+        # resolving the user a captured change names: AdminGetUser for a hint, DescribeUserPool for how users sign
+        # in, ListUsers for a sub, and the sub map reconcile writes, for deleted users
+        statements.append(
+            _statement(
+                "ResolveCapturedUsers",
+                ["cognito-idp:AdminGetUser", "cognito-idp:DescribeUserPool", "cognito-idp:ListUsers"],
+                [t.user_pool_arn],
+            )
+        )
+        statements.append(
+            _statement("ReadSubMap", ["s3:GetObject"], [f"{t.bucket_arn}/reconcile/{t.user_pool_id}/subs/*"])
+        )
         kms_actions = ["kms:Decrypt", "kms:GenerateDataKey"]
     elif role == Role.RECONCILE:
         statements.append(_statement("ScanPool", ["cognito-idp:ListUsers"], [t.user_pool_arn]))
