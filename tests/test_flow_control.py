@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from chalicelib.delivery import Deliverer
-from chalicelib.delivery.flow import INITIAL_LIMIT, FlowControl, Signal, Slot
+from chalicelib.delivery.flow import INITIAL_LIMIT, PACE_DECREASE, PACE_GROWTH, FlowControl, Signal, Slot
 from chalicelib.settings import get_settings
 from tests.support import capture_visibility, message_body, receive_event, send
 from userhub_sync.local.event_source import LambdaContext
@@ -97,6 +97,48 @@ def test_without_adaptivity_the_limit_stays_at_the_configured_concurrency() -> N
     assert flow.limit == 16
     run_calls(flow, [Signal.CONGESTION] * 5, clock)
     assert flow.limit == 16
+    flow.finished(flow.started(), Signal.RATE_LIMITED, retry_after=5)
+    assert flow.wait_before_start() == 0.0 and flow.pace is None, "off means the behaviour before adaptivity"
+
+
+def starts_in_one_second(flow: FlowControl, clock: Clock) -> int:
+    starts = 0
+    for _ in range(100):  # one simulated second in steps of 10 ms
+        while flow.wait_before_start() == 0.0:
+            flow.finished(flow.started(), Signal.SUCCESS)
+            starts += 1
+        clock.now += 0.01
+    return starts
+
+
+def test_a_429_sets_a_pace_below_what_the_container_sent_and_successes_raise_it() -> None:
+    clock = Clock()
+    flow = FlowControl(64, clock=clock)
+    burst = [flow.started() for _ in range(50)]  # 50 calls started within the last second...
+    clock.now += 0.5
+    for slot in burst[:10]:  # ...and ten of them answered 429 together: one cut, not ten
+        flow.finished(slot, Signal.RATE_LIMITED, retry_after=1)
+    assert flow.pace == pytest.approx(PACE_DECREASE * 50)
+    assert flow.limit > 1, "a 429 is about calls per second, not calls in flight"
+    assert flow.wait_before_start() == pytest.approx(1), "Retry-After still pauses the container"
+    for slot in burst[10:]:
+        flow.finished(slot, Signal.SUCCESS)
+    assert flow.pace == pytest.approx(PACE_DECREASE * 50 + 40 * PACE_GROWTH)
+    clock.now += 1
+    pace = flow.pace
+    assert pace is not None
+    # the pace, plus what it grew by over the second (+0.05 a success) and a burst of a tenth of a second
+    assert pace <= starts_in_one_second(flow, clock) <= pace * 1.1 + 3, "the pace spaces the starts"
+    late = flow.started()
+    flow.finished(late, Signal.RATE_LIMITED)  # a call started after the cut: a new signal, measured afresh
+    assert flow.pace is not None and flow.pace < pace
+
+
+def test_without_a_429_there_is_no_pace() -> None:
+    clock = Clock()
+    flow = FlowControl(8, clock=clock)
+    run_calls(flow, [Signal.SUCCESS, Signal.CONGESTION, Signal.NEUTRAL] * 5, clock)
+    assert flow.pace is None and flow.rate() is None
 
 
 def test_acquire_gives_back_the_wait_when_it_would_outlast_the_invocation() -> None:
@@ -123,3 +165,17 @@ def test_through_deliver_a_429_holds_back_the_rest_of_the_batch(pipeline, hub) -
     assert len(hub.journal()) == INITIAL_LIMIT, "calls after the 429s were started anyway"
     assert len(result["batchItemFailures"]) == 10
     assert len(seen) == 10 and min(entry["VisibilityTimeout"] for entry in seen) >= 29
+
+
+def test_through_deliver_a_short_retry_after_is_waited_out_within_the_invocation(pipeline, hub) -> None:
+    """A 429 means "not now": when its Retry-After fits in the invocation, the container pauses and sends the same
+    message again, instead of leaving it to a backoff of RETRY_BASE_SECONDS in the queue."""
+    hub.add_fault(Fault(status=429, retry_after="1", count=2))
+    sqs, queues = pipeline.sqs, pipeline.queues
+    send(sqs, queues.events_url, *(message_body(f"user{i}") for i in range(6)))
+    event = receive_event(sqs, queues.events_url, 6)
+    deliverer = Deliverer(get_settings(), sqs=sqs)
+    result = deliverer.handle(event, LambdaContext("deliver", 10).get_remaining_time_in_millis)
+    assert result["batchItemFailures"] == []
+    assert {e.external_id for e in hub.events()} == {f"user{i}" for i in range(6)}
+    assert [e.status for e in hub.journal()].count(429) == 2

@@ -71,6 +71,7 @@ class NotStarted:
 CallResult = Delivered | Transient | Rejected | NotStarted
 DELIVERED = Delivered()
 NOT_STARTED = NotStarted()
+RATE_LIMITED_RESENDS = 3  # a 429 means "not now", not "not this": send again after the pause, within the invocation
 PAUSE_CAP_SECONDS = 300.0  # one odd Retry-After must not silence a container for hours (each message still waits)
 
 
@@ -117,14 +118,18 @@ class BatchCaller:
             self.metrics.count("duplicates_merged", len(messages) - len(groups))
 
         async def run(leader: SyncMessage) -> CallResult:
-            slot = await self.flow.acquire(deadline.start_time_left)
-            if not isinstance(slot, Slot):
-                return NotStarted(wait=slot)
             result: CallResult = NOT_STARTED
-            try:
-                result = await self.call_one(leader, deadline)
-            finally:
-                await self.flow.release(slot, *_signal(result))
+            for attempt in range(1 + RATE_LIMITED_RESENDS):
+                slot = await self.flow.acquire(deadline.start_time_left)
+                if not isinstance(slot, Slot):
+                    return result if attempt else NotStarted(wait=slot)
+                try:
+                    result = await self.call_one(leader, deadline)
+                finally:
+                    await self.flow.release(slot, *_signal(result))
+                if not (self.flow.adaptive and _rate_limited(result)):
+                    break
+                self.metrics.count("rate_limited_resent")
             return result
 
         results = await asyncio.gather(*(run(messages[indexes[0]]) for indexes in groups.values()))
@@ -183,5 +188,9 @@ def _signal(result: CallResult) -> tuple[Signal, float | None]:
         return Signal.SUCCESS, None
     if isinstance(result, Transient) and result.congestion:
         pause = min(result.retry_after, PAUSE_CAP_SECONDS) if result.retry_after else None
-        return Signal.CONGESTION, pause
+        return (Signal.RATE_LIMITED if _rate_limited(result) else Signal.CONGESTION), pause
     return Signal.NEUTRAL, None
+
+
+def _rate_limited(result: CallResult) -> bool:
+    return isinstance(result, Transient) and result.status == 429

@@ -5,32 +5,43 @@ its share by itself (additive increase, multiplicative decrease, as TCP does):
 
     start      4 calls in flight (or DELIVERY_CONCURRENCY if lower), +1 per success until the first congestion
     success    +1/limit (about +1 per round of `limit` calls), up to DELIVERY_CONCURRENCY
-    congestion ×0.5, at most once per round: a 429, a 503 or a timeout from a call started after the last cut
-    429 + Retry-After   no new call from this container until then (calls already in flight finish)
+    congestion ×0.5 calls in flight, at most once per round: a 503 or a timeout from a call started after the last
+               cut (too much work in flight)
+    429        too many calls per second, whatever is in flight: no new call until Retry-After, and from then on
+               at most 0.8 × the calls this container started in the last second, at most once per round; each
+               success raises that pace by 0.05 calls/s (about ×1.05 a second at the pace), so the containers
+               sharing UserHub's limit close in on it together and meet a 429 every several seconds, not every call
     DELIVERY_RATE_LIMIT at most this many calls a second from this container (optional): containers × rate is a hard
                         ceiling an operator can agree with UserHub
 
-The state lives as long as the warm container. With `ADAPTIVE_CONCURRENCY=off` the limit stays at
-DELIVERY_CONCURRENCY, as before; pauses and the rate limit still apply.
+The state lives as long as the warm container. With `ADAPTIVE_CONCURRENCY=off` the container behaves as before
+adaptivity: DELIVERY_CONCURRENCY calls in flight, no pause, no learned pace (each message still waits its own
+Retry-After in the queue); DELIVERY_RATE_LIMIT still applies.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
 INITIAL_LIMIT = 4
 DECREASE = 0.5
+PACE_DECREASE = 0.8
+PACE_GROWTH = 0.05  # calls/s per success
+PACE_WINDOW_SECONDS = 1.0
+BURST_SECONDS = 0.1  # an idle container may start at most this much of a second's calls at once
 
 
 class Signal(StrEnum):
     """What a finished call says about UserHub's capacity."""
 
     SUCCESS = "success"
-    CONGESTION = "congestion"  # 429, 503, timeout
+    CONGESTION = "congestion"  # 503, timeout: too much in flight
+    RATE_LIMITED = "rate_limited"  # 429: too many a second
     NEUTRAL = "neutral"  # any other failure: says nothing about load
 
 
@@ -55,9 +66,12 @@ class FlowControl:
         self.in_flight = 0
         self.paused_until = 0.0
         self.rate_limit = rate_limit
+        self.pace: float | None = None  # calls/s learned from 429s; None until the first one
         self._tokens = 1.0
         self._refilled = clock()
         self._last_cut = float("-inf")
+        self._last_pace_cut = float("-inf")
+        self._recent_starts: deque[float] = deque()
         self._clock = clock
         self._changed: asyncio.Condition | None = None
 
@@ -69,36 +83,57 @@ class FlowControl:
             return self.paused_until - now
         if self.in_flight >= max(int(self.limit), 1):
             return None
-        if self.rate_limit:
-            self._refill(now)
+        rate = self.rate()
+        if rate:
+            self._refill(now, rate)
             if self._tokens < 1:
-                return (1 - self._tokens) / self.rate_limit
+                return (1 - self._tokens) / rate
         return 0.0
 
-    def _refill(self, now: float) -> None:
-        assert self.rate_limit
-        self._tokens = min(max(self.rate_limit, 1.0), self._tokens + (now - self._refilled) * self.rate_limit)
+    def rate(self) -> float | None:
+        """Calls a second this container may start: the lower of DELIVERY_RATE_LIMIT and the learned pace."""
+        rates = [r for r in (self.rate_limit, self.pace) if r]
+        return min(rates) if rates else None
+
+    def _refill(self, now: float, rate: float) -> None:
+        self._tokens = min(max(rate * BURST_SECONDS, 1.0), self._tokens + (now - self._refilled) * rate)
         self._refilled = now
 
     def started(self) -> Slot:
         self.in_flight += 1
-        if self.rate_limit:
+        now = self._clock()
+        rate = self.rate()
+        if rate:
+            self._refill(now, rate)
             self._tokens -= 1
-        return Slot(self._clock())
+        else:
+            self._refilled = now
+        if self.adaptive:
+            self._recent_starts.append(now)
+            while self._recent_starts[0] < now - PACE_WINDOW_SECONDS:
+                self._recent_starts.popleft()
+        return Slot(now)
 
     def finished(self, slot: Slot, signal: Signal, retry_after: float | None = None) -> None:
         self.in_flight -= 1
+        if not self.adaptive:
+            return
         now = self._clock()
         if retry_after:
             self.paused_until = max(self.paused_until, now + retry_after)
-        if not self.adaptive:
-            return
         if signal is Signal.SUCCESS:
             self.limit = min(self.max_concurrency, self.limit + (1 if self.slow_start else 1 / self.limit))
+            if self.pace is not None:
+                self.pace += PACE_GROWTH
         elif signal is Signal.CONGESTION and slot.started >= self._last_cut:
             self.slow_start = False
             self.limit = max(1.0, self.limit * DECREASE)
             self._last_cut = now
+        elif signal is Signal.RATE_LIMITED and slot.started >= self._last_pace_cut:
+            started_lately = sum(1 for t in self._recent_starts if t >= now - PACE_WINDOW_SECONDS)
+            self.pace = max(1.0, PACE_DECREASE * started_lately)
+            self._tokens = min(self._tokens, 1.0)
+            self._last_pace_cut = now
 
     # ------------------------------------------------------------------ async use by the caller
     async def acquire(self, time_left: Callable[[], float]) -> Slot | float:
