@@ -1,5 +1,5 @@
-"""`python -m bench [--only delivery,signin,reconcile,cost,reconcile-memory] [--quick]`: run, print, write
-bench/results.md. Without --only, the first four run (reconcile-memory isolates reconcile's own bytes on demand)."""
+"""`python -m bench [--only delivery,signin,reconcile,cost,drain,reconcile-memory] [--quick]`: run, print, write
+bench/results.md. Without --only, the first five run (reconcile-memory isolates reconcile's own bytes on demand)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,16 @@ from pathlib import Path
 from bench.common import RESULTS_PATH, Options, Section, log, machine_info, print_section, render_results
 from userhub_sync.local.moto import aws_environ, patched_environ
 
-DEFAULT = ("delivery", "signin", "reconcile", "cost")
+DEFAULT = ("delivery", "signin", "reconcile", "cost", "drain")
 BENCHMARKS = (*DEFAULT, "reconcile-memory")
-MINIMUM_SECONDS = {"delivery": 60, "signin": 30, "reconcile": 60, "cost": 60, "reconcile-memory": 30}  # else skipped
+MINIMUM_SECONDS = {
+    "delivery": 60,
+    "signin": 30,
+    "reconcile": 60,
+    "cost": 60,
+    "reconcile-memory": 30,
+    "drain": 300,
+}  # else skipped
 
 
 def main(argv: list[str] | None = None) -> int:

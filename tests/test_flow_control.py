@@ -32,6 +32,16 @@ def run_calls(flow: FlowControl, signals: list[Signal], clock: Clock, *, concurr
         flow.finished(slot, signal)
 
 
+def starts_in_one_second(flow: FlowControl, clock: Clock) -> int:
+    starts = 0
+    for _ in range(100):  # one simulated second in steps of 10 ms
+        while flow.wait_before_start() == 0.0:
+            flow.finished(flow.started(), Signal.SUCCESS)
+            starts += 1
+        clock.now += 0.01
+    return starts
+
+
 def test_slow_start_doubles_per_round_up_to_the_configured_concurrency() -> None:
     clock = Clock()
     flow = FlowControl(16, clock=clock)
@@ -82,13 +92,7 @@ def test_the_limit_holds_calls_until_one_finishes() -> None:
 def test_a_rate_limit_spaces_calls_whatever_the_concurrency() -> None:
     clock = Clock()
     flow = FlowControl(64, adaptive=False, rate_limit=10, clock=clock)
-    starts = 0
-    for _ in range(100):  # one simulated second in steps of 10 ms
-        while flow.wait_before_start() == 0.0:
-            flow.finished(flow.started(), Signal.SUCCESS)
-            starts += 1
-        clock.now += 0.01
-    assert 10 <= starts <= 11  # the rate, plus the one token a container starts with
+    assert 10 <= starts_in_one_second(flow, clock) <= 11  # the rate, plus the one token a container starts with
 
 
 def test_without_adaptivity_the_limit_stays_at_the_configured_concurrency() -> None:
@@ -99,16 +103,6 @@ def test_without_adaptivity_the_limit_stays_at_the_configured_concurrency() -> N
     assert flow.limit == 16
     flow.finished(flow.started(), Signal.RATE_LIMITED, retry_after=5)
     assert flow.wait_before_start() == 0.0 and flow.pace is None, "off means the behaviour before adaptivity"
-
-
-def starts_in_one_second(flow: FlowControl, clock: Clock) -> int:
-    starts = 0
-    for _ in range(100):  # one simulated second in steps of 10 ms
-        while flow.wait_before_start() == 0.0:
-            flow.finished(flow.started(), Signal.SUCCESS)
-            starts += 1
-        clock.now += 0.01
-    return starts
 
 
 def test_a_429_sets_a_pace_below_what_the_container_sent_and_successes_raise_it() -> None:
