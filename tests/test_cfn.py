@@ -67,6 +67,18 @@ def test_deliver_reports_batch_item_failures(packaged):
     assert "EventsQueue" in deliver["DependsOn"]
 
 
+def test_the_fleet_bound_is_a_parameter_with_lambdas_bounds_and_the_stages_default(packaged):
+    from chalicelib.sqs_limits import DEFAULT_DELIVER_MAX_CONCURRENCY
+
+    template = packaged["template"]
+    source = template["Resources"]["Deliver"]["Properties"]["Events"]["DeliverSqsEventSource"]["Properties"]
+    # the parameter replaces the number Chalice wrote from app.py's DELIVER_MAX_CONCURRENCY
+    assert source["ScalingConfig"] == {"MaximumConcurrency": {"Ref": "DeliverMaxConcurrency"}}
+    parameter = template["Parameters"]["DeliverMaxConcurrency"]
+    assert (parameter["MinValue"], parameter["MaxValue"]) == (2, 1000)
+    assert parameter["Default"] == DEFAULT_DELIVER_MAX_CONCURRENCY
+
+
 def test_queues_bucket_and_permission(packaged):
     template = packaged["template"]
     resources, parameters = template["Resources"], template["Parameters"]

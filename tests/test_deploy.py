@@ -58,6 +58,8 @@ def test_bootstrap_chalice_deploy_wire(project):
         pool_id,
         "--connection-id",
         "conn_deploytest",
+        "--max-concurrency",
+        "9",
         env={"USERHUB_ADMIN_KEY": ADMIN_KEY},
     )
     assert boot.exit_code == 0, boot.output
@@ -69,10 +71,13 @@ def test_bootstrap_chalice_deploy_wire(project):
     (event,) = [r for r in deployed["resources"] if r["resource_type"] == "sqs_event"]
     assert event["queue"] == f"userhub-sync-{STAGE}-events"
 
+    lam = boto3.client("lambda")
+    # app.py gives chalice deploy the fleet bound bootstrap wrote (DELIVER_MAX_CONCURRENCY)
+    assert lam.get_event_source_mapping(UUID=event["event_uuid"])["ScalingConfig"] == {"MaximumConcurrency": 9}
+
     wired = cli("wire", "--stage", STAGE, "--post-confirmation")
     assert wired.exit_code == 0, wired.output
 
-    lam = boto3.client("lambda")
     assert lam.get_event_source_mapping(UUID=event["event_uuid"])["FunctionResponseTypes"] == [
         "ReportBatchItemFailures"
     ]

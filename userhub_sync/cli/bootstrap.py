@@ -51,6 +51,15 @@ def bootstrap_command(
             "SQS-managed SSE, SSE-S3 and alias/aws/ssm."
         ),
     ] = None,
+    max_concurrency: Annotated[
+        int | None,
+        typer.Option(
+            min=2,
+            max=1000,
+            help="The fleet bound: at most this many deliver containers (the SQS mapping's MaximumConcurrency); "
+            "written as DELIVER_MAX_CONCURRENCY. Default: the stage's, else 5.",
+        ),
+    ] = None,
     fix: Annotated[bool, typer.Option(help="Correct drifted settings (default: only report them).")] = False,
     check: Annotated[
         bool, typer.Option(help="Read-only: create, change and write nothing; exit 2 if not ready.")
@@ -97,6 +106,7 @@ def bootstrap_command(
         admin_key=admin_key,
         ask_key=None if check else ask,
         skip_key=skip_key,
+        max_concurrency=max_concurrency,
     )
     result = bootstrap(ctx, opts)
     if as_json:

@@ -51,6 +51,7 @@ class BootstrapOptions:
     admin_key: str | None = None  # from USERHUB_ADMIN_KEY (never an argument)
     ask_key: Callable[[], str] | None = None  # a hidden prompt, called only if the parameter must be created
     skip_key: bool = False
+    max_concurrency: int | None = None  # the fleet bound; None: the stage's DELIVER_MAX_CONCURRENCY, else 5
 
 
 @dataclass
@@ -110,6 +111,33 @@ def events_retention(ctx: StageContext, opts: BootstrapOptions) -> int:
             f"{format_span(chosen)}"
         )
     return int(chosen)
+
+
+def fleet_bound_of(ctx: StageContext, opts: BootstrapOptions) -> int:
+    """DELIVER_MAX_CONCURRENCY: the option, else the stage's, else the default (checked against Lambda's bounds)."""
+    from chalicelib.sqs_limits import deliver_max_concurrency
+
+    chosen = str(opts.max_concurrency) if opts.max_concurrency is not None else ctx.var("DELIVER_MAX_CONCURRENCY")
+    try:
+        return deliver_max_concurrency(chosen)
+    except ValueError as error:
+        raise OpsError(f"{error}. Nothing was created or changed.") from None
+
+
+def fleet_step(ctx: StageContext, bound: int) -> Step:
+    """The arithmetic an operator agrees with UserHub: containers × calls in flight, containers × calls/s."""
+    concurrency = ctx.var("DELIVERY_CONCURRENCY") or "16"
+    rate = ctx.var("DELIVERY_RATE_LIMIT")
+    detail = f"at most {bound} deliver containers × DELIVERY_CONCURRENCY {concurrency}"
+    if concurrency.isdigit():
+        detail += f" = {bound * int(concurrency)} UserHub calls in flight"
+    try:
+        detail += f"; × DELIVERY_RATE_LIMIT {rate} = {bound * float(rate):g} calls/s at most" if rate else ""
+    except ValueError:
+        detail += f"; DELIVERY_RATE_LIMIT {rate!r} is not a number"
+    if not rate:
+        detail += "; no DELIVERY_RATE_LIMIT: calls/s not capped"
+    return Step("fleet bound", f"DELIVER_MAX_CONCURRENCY {bound}", StepStatus.OK, detail)
 
 
 def resolve_kms_key(key: str | None) -> str | None:
@@ -242,6 +270,7 @@ def bootstrap(ctx: StageContext, opts: BootstrapOptions) -> BootstrapResult:
     planned = retention_fit(schedule, max_receive, retention)
     if not planned.ok and not opts.check:
         raise OpsError(f"{planned.describe()}. Nothing was created or changed.")
+    fleet_bound = fleet_bound_of(ctx, opts)
     visibility = 6 * ctx.deliver_timeout()
     if visibility > MAX_VISIBILITY_SECONDS:
         raise OpsError(f"6 × deliver's lambda_timeout = {visibility} s exceeds SQS's 12 h visibility maximum")
@@ -354,6 +383,8 @@ def bootstrap(ctx: StageContext, opts: BootstrapOptions) -> BootstrapResult:
         values["USERHUB_CONNECTION_ID"] = opts.connection_id
     if kms_key_arn:
         values["KMS_KEY_ARN"] = kms_key_arn
+    values["DELIVER_MAX_CONCURRENCY"] = str(fleet_bound)
+    steps.append(fleet_step(ctx, fleet_bound))
     new_config = updated_config(ctx.config, ctx.stage, values)
     config_path = ctx.project_dir / ".chalice" / "config.json"
     if new_config == ctx.config:

@@ -6,8 +6,10 @@ asks for a peek, which receives up to 10 messages with VisibilityTimeout=0: that
 to each peeked message's receive count (and on the events queue, one step closer to the DLQ). Hence opt-in.
 
 Healthy means: both queues exist, the DLQ is empty, deliver's whole retry schedule plus RETENTION_MARGIN_SECONDS
-fits in the events queue's retention, deliver's mapping is found the way `wire` finds it, is `Enabled` and has
-ReportBatchItemFailures, the trigger and permission are in place, and no backlog waits with nothing consuming it.
+fits in the events queue's retention, deliver's mapping is found the way `wire` finds it, is `Enabled`, has
+ReportBatchItemFailures and the fleet bound DELIVER_MAX_CONCURRENCY as its MaximumConcurrency, the trigger and
+permission are in place, no backlog waits with nothing consuming it, no alarm of the stage is in ALARM, and capture
+is live where it is expected (ops/capture_status.py).
 A backlog is stalled when messages are visible and the mapping is absent or not Enabled, or when the mapping is
 Enabled, nothing is in flight and the visible count grew between two samples `sample_seconds` apart (Lambda
 keeps receiving while it consumes, so an idle mapping in front of a growing queue is not consuming).
@@ -123,11 +125,19 @@ class MappingCheck(Check):
     uuid: str | None = None  # None: no mapping found
     function_response_types: list[str] = field(default_factory=list)
     last_processing_result: str | None = None
+    maximum_concurrency: int | None = None  # the fleet bound in force (None: unbounded)
+    expected_maximum_concurrency: int | None = None  # the stage's DELIVER_MAX_CONCURRENCY
 
     def facts(self) -> dict[str, Any]:
         if self.uuid is None:
             return {"state": self.state}
-        facts = {"uuid": self.uuid, "state": self.state, "function_response_types": self.function_response_types}
+        facts = {
+            "uuid": self.uuid,
+            "state": self.state,
+            "function_response_types": self.function_response_types,
+            "maximum_concurrency": self.maximum_concurrency,
+            "expected_maximum_concurrency": self.expected_maximum_concurrency,
+        }
         return _with(facts, last_processing_result=self.last_processing_result)
 
 
@@ -330,8 +340,9 @@ def last_reconcile(bucket: str | None) -> LastReconcile:
     return LastReconcile(ReconcileHealth.OK, summary.to_dict(), True, last_complete, detail)
 
 
-def mapping_check(mapping: dict[str, Any]) -> MappingCheck:
+def mapping_check(mapping: dict[str, Any], expected_bound: int) -> MappingCheck:
     types = mapping.get("FunctionResponseTypes") or []
+    bound = (mapping.get("ScalingConfig") or {}).get("MaximumConcurrency")
     state = mapping.get("State") or "unknown"
     problems = []
     if state != ENABLED:
@@ -341,6 +352,11 @@ def mapping_check(mapping: dict[str, Any]) -> MappingCheck:
         )
     if RESPONSE_TYPE not in types:
         problems.append(f"FunctionResponseTypes lacks {RESPONSE_TYPE} (run `userhub-sync wire`)")
+    if bound != expected_bound:
+        problems.append(
+            f"the fleet bound drifted: MaximumConcurrency is {bound if bound is not None else 'unset (unbounded)'}, "
+            f"DELIVER_MAX_CONCURRENCY says {expected_bound} (run `userhub-sync wire`)"
+        )
     return MappingCheck(
         ok=not problems,
         detail="; ".join(problems) or None,
@@ -348,6 +364,8 @@ def mapping_check(mapping: dict[str, Any]) -> MappingCheck:
         uuid=mapping.get("UUID"),
         function_response_types=types,
         last_processing_result=mapping.get("LastProcessingResult") or None,
+        maximum_concurrency=bound,
+        expected_maximum_concurrency=expected_bound,
     )
 
 
@@ -362,7 +380,7 @@ def wiring_status(ctx: StageContext) -> Wiring:
     wiring = Wiring(deployed=True, source=str(deployed.path) if deployed else "function names")
     try:  # found as wire finds it: Chalice's recorded UUID, else deliver's mapping on this stage's queue
         mapping = find_mapping(lam, functions.arns["deliver"], events_queue_arn(ctx), functions.esm_uuid)
-        wiring.event_source_mapping = mapping_check(mapping)
+        wiring.event_source_mapping = mapping_check(mapping, ctx.deliver_max_concurrency())
     except OpsError as error:
         wiring.event_source_mapping = MappingCheck(ok=False, detail=str(error))
     pool_id = ctx.user_pool_id
