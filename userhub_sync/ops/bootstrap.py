@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from chalicelib.sqs_limits import MAX_RETENTION_SECONDS, MAX_VISIBILITY_SECONDS, MIN_RETENTION_SECONDS
 from userhub_sync.ops import policies
+from userhub_sync.ops.alarms import Names, alarm_settings_of, ensure_alarms
 from userhub_sync.ops.aws import caller_identity, client, error_code
 from userhub_sync.ops.bucket import ensure_bucket
 from userhub_sync.ops.durations import format_span
@@ -52,6 +53,11 @@ class BootstrapOptions:
     ask_key: Callable[[], str] | None = None  # a hidden prompt, called only if the parameter must be created
     skip_key: bool = False
     max_concurrency: int | None = None  # the fleet bound; None: the stage's DELIVER_MAX_CONCURRENCY, else 5
+    # alarm thresholds and SNS topics; None: the stage's ALARM_* variable, else the default (ops/alarms.py)
+    alarm_oldest_age: int | None = None
+    alarm_429_percent: float | None = None
+    alarm_reconcile_hours: int | None = None
+    alarm_actions: list[str] | None = None
 
 
 @dataclass
@@ -271,6 +277,7 @@ def bootstrap(ctx: StageContext, opts: BootstrapOptions) -> BootstrapResult:
     if not planned.ok and not opts.check:
         raise OpsError(f"{planned.describe()}. Nothing was created or changed.")
     fleet_bound = fleet_bound_of(ctx, opts)
+    alarm_settings, alarm_values = alarm_settings_of(ctx, opts)  # refused here, before anything is created
     visibility = 6 * ctx.deliver_timeout()
     if visibility > MAX_VISIBILITY_SECONDS:
         raise OpsError(f"6 × deliver's lambda_timeout = {visibility} s exceeds SQS's 12 h visibility maximum")
@@ -385,6 +392,9 @@ def bootstrap(ctx: StageContext, opts: BootstrapOptions) -> BootstrapResult:
         values["KMS_KEY_ARN"] = kms_key_arn
     values["DELIVER_MAX_CONCURRENCY"] = str(fleet_bound)
     steps.append(fleet_step(ctx, fleet_bound))
+    values.update(alarm_values)
+    names = Names(f"{ctx.app_name}-{ctx.stage}", spec.events_name, spec.dlq_name, ident.region)
+    steps.extend(ensure_alarms(client("cloudwatch"), names, alarm_settings, fix=opts.fix, check=opts.check))
     new_config = updated_config(ctx.config, ctx.stage, values)
     config_path = ctx.project_dir / ".chalice" / "config.json"
     if new_config == ctx.config:

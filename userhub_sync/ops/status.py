@@ -26,6 +26,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from chalicelib.timefmt import parse_time
+from userhub_sync.ops.alarms import AlarmState, alarm_states
 from userhub_sync.ops.aws import client, error_code, queue_url_or_none
 from userhub_sync.ops.durations import format_duration
 from userhub_sync.ops.errors import OpsError
@@ -214,6 +215,12 @@ class StatusReport:
     wiring: Wiring
     retention: RetentionFit | None
     backlog: Backlog | None
+    alarms: list[AlarmState] = field(default_factory=list)
+    alarms_error: str | None = None  # the alarms could not be read (no permission): not counted as firing
+
+    @property
+    def firing(self) -> list[AlarmState]:
+        return [alarm for alarm in self.alarms if alarm.firing]
 
     @property
     def healthy(self) -> bool:
@@ -226,6 +233,7 @@ class StatusReport:
             and self.retention.ok
             and (self.backlog is None or self.backlog.ok)
             and self.last_reconcile.status != ReconcileHealth.FAILING
+            and not self.firing
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -237,6 +245,10 @@ class StatusReport:
             "wiring": self.wiring.to_dict(),
             "retention": self.retention.to_dict() if self.retention else None,
             "backlog": asdict(self.backlog) if self.backlog else None,
+            "alarms": _with(
+                {"states": {a.name: {"state": a.state, "reason": a.reason} for a in self.alarms}},
+                error=self.alarms_error,
+            ),
             "healthy": self.healthy,
         }
 
@@ -461,4 +473,9 @@ def gather(ctx: StageContext, *, peek: bool = False, sample_seconds: float = 0.0
     wiring = wiring_status(ctx)
     retention = retention_status(sqs, events)
     backlog = backlog_status(sqs, events, wiring.mapping_state, sample_seconds)
-    return StatusReport(ctx.stage, events, dead_letters, reconcile, wiring, retention, backlog)
+    report = StatusReport(ctx.stage, events, dead_letters, reconcile, wiring, retention, backlog)
+    try:
+        report.alarms = alarm_states(client("cloudwatch"), f"{ctx.app_name}-{ctx.stage}")
+    except Exception as error:
+        report.alarms_error = f"{error_code(error)}: {error}"[:300]
+    return report
