@@ -90,6 +90,13 @@ def bootstrap_command(
         list[str] | None,
         typer.Option(help="An SNS topic ARN the alarms notify (repeatable). Default: the stage's ALARM_ACTIONS."),
     ] = None,
+    create_trail: Annotated[
+        bool,
+        typer.Option(
+            help="If no CloudTrail trail feeds capture in this Region, create <app>-<stage>-capture (write management "
+            "events, logs in a new bucket that expires them after 30 days). See docs/OPERATIONS.md for the cost."
+        ),
+    ] = False,
     fix: Annotated[bool, typer.Option(help="Correct drifted settings (default: only report them).")] = False,
     check: Annotated[
         bool, typer.Option(help="Read-only: create, change and write nothing; exit 2 if not ready.")
@@ -142,6 +149,7 @@ def bootstrap_command(
         alarm_429_percent=alarm_429_percent,
         alarm_reconcile_hours=alarm_reconcile_hours,
         alarm_actions=alarm_action or None,
+        create_trail=create_trail,
     )
     result = bootstrap(ctx, opts)
     if as_json:

@@ -94,6 +94,7 @@ def _print(report: StatusReport) -> None:
         table.add_row(name, "[green]yes[/green]" if item.ok else "[red]no[/red]", item.describe())
     out.print(table)
     _print_alarms(report)
+    _print_capture(report)
     out.print("[green]healthy[/green]" if report.healthy else "[yellow]needs attention[/yellow]")
 
 
@@ -110,6 +111,19 @@ def _print_alarms(report: StatusReport) -> None:
         shown = f"[{colour[alarm.state]}]{alarm.state}[/]" if alarm.state in colour else alarm.state
         table.add_row(alarm.name, shown, alarm.reason)
     out.print(table)
+
+
+def _print_capture(report: StatusReport) -> None:
+    capture = report.capture
+    if capture is None:
+        return
+    out = console()
+    verdict = "[green]live[/green]" if capture.live else ("[red]not live[/red]" if capture.expected else "not live")
+    out.print(f"capture: {verdict}" + ("" if capture.expected else " (capture function not deployed: not judged)"))
+    out.print(f"  trail: {capture.trail.trail or 'none'}: {capture.trail.detail}", markup=False)
+    out.print(f"  rule {capture.rule}: {capture.rule_state}", markup=False)
+    age = format_duration(capture.last_event_age_seconds) if capture.last_event_age_seconds is not None else "?"
+    out.print(f"  last captured event: {age} ago ({capture.last_event_source})", markup=False)
 
 
 def _print_reconcile(last: LastReconcile) -> None:

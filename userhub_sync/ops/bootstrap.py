@@ -31,6 +31,7 @@ from userhub_sync.ops.queues import DLQ_RETENTION_SECONDS, EVENTS_RETENTION_SECO
 from userhub_sync.ops.schedule import RetentionFit, Schedule, delivery_schedule, retention_fit
 from userhub_sync.ops.stage import CONNECTION_RE, POOL_ID_RE, StageContext, default_names, write_config
 from userhub_sync.ops.steps import Step, StepStatus
+from userhub_sync.ops.trail import ensure_trail
 
 if TYPE_CHECKING:
     from types_boto3_ssm import SSMClient
@@ -58,6 +59,7 @@ class BootstrapOptions:
     alarm_429_percent: float | None = None
     alarm_reconcile_hours: int | None = None
     alarm_actions: list[str] | None = None
+    create_trail: bool = False  # create a CloudTrail trail for capture if none feeds it (ops/trail.py)
 
 
 @dataclass
@@ -395,6 +397,7 @@ def bootstrap(ctx: StageContext, opts: BootstrapOptions) -> BootstrapResult:
     values.update(alarm_values)
     names = Names(f"{ctx.app_name}-{ctx.stage}", spec.events_name, spec.dlq_name, ident.region)
     steps.extend(ensure_alarms(client("cloudwatch"), names, alarm_settings, fix=opts.fix, check=opts.check))
+    steps.append(ensure_trail(ctx, ident, create=opts.create_trail, check=opts.check))
     new_config = updated_config(ctx.config, ctx.stage, values)
     config_path = ctx.project_dir / ".chalice" / "config.json"
     if new_config == ctx.config:

@@ -27,12 +27,13 @@ from typing import TYPE_CHECKING, Any
 
 from chalicelib.timefmt import parse_time
 from userhub_sync.ops.alarms import AlarmState, alarm_states
-from userhub_sync.ops.aws import client, error_code, queue_url_or_none
+from userhub_sync.ops.aws import caller_identity, client, error_code, queue_url_or_none
 from userhub_sync.ops.durations import format_duration
 from userhub_sync.ops.errors import OpsError
 from userhub_sync.ops.queues import EVENTS_RETENTION_SECONDS, QueueDepths, queue_depths
 from userhub_sync.ops.schedule import RetentionFit, delivery_schedule, retention_fit
 from userhub_sync.ops.stage import StageContext, read_deployed
+from userhub_sync.ops.trail import CaptureStatus, capture_status
 from userhub_sync.ops.wire import (
     RESPONSE_TYPE,
     TRIGGERS,
@@ -217,6 +218,7 @@ class StatusReport:
     backlog: Backlog | None
     alarms: list[AlarmState] = field(default_factory=list)
     alarms_error: str | None = None  # the alarms could not be read (no permission): not counted as firing
+    capture: CaptureStatus | None = None
 
     @property
     def firing(self) -> list[AlarmState]:
@@ -234,6 +236,7 @@ class StatusReport:
             and (self.backlog is None or self.backlog.ok)
             and self.last_reconcile.status != ReconcileHealth.FAILING
             and not self.firing
+            and (self.capture is None or self.capture.ok)
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -249,6 +252,7 @@ class StatusReport:
                 {"states": {a.name: {"state": a.state, "reason": a.reason} for a in self.alarms}},
                 error=self.alarms_error,
             ),
+            "capture": self.capture.to_dict() if self.capture else None,
             "healthy": self.healthy,
         }
 
@@ -478,4 +482,5 @@ def gather(ctx: StageContext, *, peek: bool = False, sample_seconds: float = 0.0
         report.alarms = alarm_states(client("cloudwatch"), f"{ctx.app_name}-{ctx.stage}")
     except Exception as error:
         report.alarms_error = f"{error_code(error)}: {error}"[:300]
+    report.capture = capture_status(ctx, caller_identity().region)
     return report
