@@ -60,6 +60,7 @@ def test_bootstrap_chalice_deploy_wire(project):
         "conn_deploytest",
         "--max-concurrency",
         "9",
+        "--create-trail",
         env={"USERHUB_ADMIN_KEY": ADMIN_KEY},
     )
     assert boot.exit_code == 0, boot.output
@@ -114,4 +115,9 @@ def test_bootstrap_chalice_deploy_wire(project):
 
     status = cli("status", "--stage", STAGE, "--json", "--check")
     assert status.exit_code == 0, status.output
-    assert json.loads(status.stdout)["wiring"]["ok"] is True
+    report = json.loads(status.stdout)
+    assert report["wiring"]["ok"] is True
+    # the rule chalice deploy made is the one status checks (chalice's naming: <app>-<stage>-capture-event)
+    capture = report["capture"]
+    assert (capture["expected"], capture["live"], capture["rule_state"]) == (True, True, "ENABLED")
+    assert capture["rule"] == f"userhub-sync-{STAGE}-capture-event"
