@@ -114,6 +114,14 @@ def test_thresholds_are_options_kept_in_config_and_drift_is_reported_then_fixed(
     assert fixed.exit_code == 0, fixed.output
     assert _steps(fixed.stdout, "alarm")[f"{PREFIX}-oldest-message"]["status"] == "fixed"
     assert _alarms()["oldest-message"]["Threshold"] == 1800.0  # the stage's threshold, kept in config.json
+
+    # the topic is taken out of config.json: the alarms still notifying it is drift too
+    path = project / ".chalice" / "config.json"
+    data = json.loads(path.read_text())
+    del data["stages"]["dev"]["environment_variables"]["ALARM_ACTIONS"]
+    path.write_text(json.dumps(data))
+    quiet = cli("bootstrap", "--stage", "dev", "--json")
+    assert quiet.exit_code == 2 and "AlarmActions" in _steps(quiet.stdout, "alarm")[f"{PREFIX}-dlq-not-empty"]["detail"]
     assert json.loads(cloudwatch.get_dashboard(DashboardName=PREFIX)["DashboardBody"])["widgets"]
 
 

@@ -188,8 +188,7 @@ def alarm_definitions(names: Names, settings: AlarmSettings) -> dict[AlarmKind, 
     }
     for kind, definition in definitions.items():
         definition["AlarmName"] = f"{names.prefix}-{kind}"
-        if settings.actions:
-            definition["AlarmActions"] = list(settings.actions)
+        definition["AlarmActions"] = list(settings.actions)  # always given: a topic removed from config is drift
     return definitions
 
 
