@@ -122,8 +122,11 @@ def _print_capture(report: StatusReport) -> None:
     out.print(f"capture: {verdict}" + ("" if capture.expected else " (capture function not deployed: not judged)"))
     out.print(f"  trail: {capture.trail.trail or 'none'}: {capture.trail.detail}", markup=False)
     out.print(f"  rule {capture.rule}: {capture.rule_state}", markup=False)
-    age = format_duration(capture.last_event_age_seconds) if capture.last_event_age_seconds is not None else "?"
-    out.print(f"  last captured event: {age} ago ({capture.last_event_source})", markup=False)
+    age = capture.last_event_age_seconds
+    shown = (
+        f"{format_duration(age)} ago ({capture.last_event_source})" if age is not None else capture.last_event_source
+    )
+    out.print(f"  last captured event: {shown}", markup=False)
 
 
 def _print_reconcile(last: LastReconcile) -> None:
