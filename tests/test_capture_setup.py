@@ -178,3 +178,27 @@ def test_status_says_capture_is_live_only_with_a_logging_trail_and_the_rule_enab
     assert code == 2 and capture["rule_state"] == "DISABLED" and capture["live"] is False
     plain = cli("status", "--stage", "dev")
     assert "capture: not live" in plain.stdout and f"rule {RULE}: DISABLED" in plain.stdout
+
+
+def test_the_last_captured_events_age_comes_from_the_newest_capture_enqueued_datapoint(project):
+    """On AWS the datapoints come from capture's EMF lines; moto ingests no EMF, so PutMetricData stands in."""
+    from datetime import UTC, datetime, timedelta
+
+    bootstrap(create_pool())
+    cloudwatch = boto3.client("cloudwatch")
+    for minutes_ago in (50, 20):
+        cloudwatch.put_metric_data(
+            Namespace="UserHubSync",
+            MetricData=[
+                {
+                    "MetricName": "capture_enqueued",
+                    "Dimensions": [{"Name": "service", "Value": "capture"}],
+                    "Timestamp": datetime.now(UTC) - timedelta(minutes=minutes_ago),
+                    "Value": 1,
+                    "Unit": "Count",
+                }
+            ],
+        )
+    _, capture = _capture()
+    assert capture["last_event_source"] == "cloudwatch, to the minute"
+    assert 19 * 60 <= capture["last_event_age_seconds"] <= 50 * 60 - 1  # the newer of the two, to its minute
