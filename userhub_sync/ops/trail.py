@@ -160,7 +160,10 @@ def bucket_policy(bucket: str, trail_arn: str, ident: Identity) -> dict[str, Any
 def ensure_trail(ctx: StageContext, ident: Identity, *, create: bool, check: bool) -> Step:
     """The bootstrap step: OK if a trail feeds capture; else a warning, or with `create` the trail made."""
     cloudtrail = client("cloudtrail")
-    found = check_trail(cloudtrail, ident.region)
+    try:
+        found = check_trail(cloudtrail, ident.region)
+    except Exception as error:  # e.g. no cloudtrail:DescribeTrails for this operator: say so, do not fail bootstrap
+        return Step("capture trail", "?", StepStatus.WARNING, f"trails not readable ({error_code(error)})")
     name, bucket, arn = trail_names(ctx, ident)
     if found.ok:
         return Step("capture trail", found.trail or "?", StepStatus.OK, found.detail)
