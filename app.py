@@ -10,6 +10,7 @@ from chalice import Chalice, Cron
 
 from chalicelib import entrypoints
 from chalicelib.capture_rule import EVENT_PATTERN
+from chalicelib.sqs_limits import deliver_max_concurrency
 
 app = Chalice(app_name="userhub-sync")
 
@@ -17,6 +18,8 @@ EVENTS_QUEUE_NAME = os.environ.get("EVENTS_QUEUE_NAME", "userhub-sync-events")
 DELIVER_BATCH_SIZE = int(os.environ.get("DELIVER_BATCH_SIZE", "50"))  # ≥ DELIVERY_CONCURRENCY, or it caps it
 # Lambda needs a batching window of at least 1 s for batches over 10
 DELIVER_BATCHING_WINDOW = int(os.environ.get("DELIVER_BATCHING_WINDOW_SECONDS", 0 if DELIVER_BATCH_SIZE <= 10 else 1))
+# the fleet bound: at most this many deliver containers (docs/CONFIGURATION.md has the arithmetic)
+DELIVER_MAX_CONCURRENCY = deliver_max_concurrency(os.environ.get("DELIVER_MAX_CONCURRENCY"))
 RECONCILE_SCHEDULE = os.environ.get("RECONCILE_SCHEDULE") or Cron(0, 3, "*", "*", "?", "*")  # 03:00 UTC nightly
 
 
@@ -31,7 +34,10 @@ def post_confirmation(event, context):
 
 
 @app.on_sqs_message(
-    queue=EVENTS_QUEUE_NAME, batch_size=DELIVER_BATCH_SIZE, maximum_batching_window_in_seconds=DELIVER_BATCHING_WINDOW
+    queue=EVENTS_QUEUE_NAME,
+    batch_size=DELIVER_BATCH_SIZE,
+    maximum_batching_window_in_seconds=DELIVER_BATCHING_WINDOW,
+    maximum_concurrency=DELIVER_MAX_CONCURRENCY,
 )
 def deliver(event):
     return entrypoints.deliver(event.to_dict(), event.context)

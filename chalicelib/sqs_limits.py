@@ -21,6 +21,29 @@ MAX_VISIBILITY_SECONDS = 43_200  # ChangeMessageVisibility refuses more than 12 
 MIN_RETENTION_SECONDS = 60
 MAX_RETENTION_SECONDS = 1_209_600  # 14 days
 
+# Lambda's SQS event source: ScalingConfig.MaximumConcurrency, the most deliver containers the mapping runs
+# (https://docs.aws.amazon.com/lambda/latest/dg/services-sqs-scaling.html). DELIVER_MAX_CONCURRENCY sets it.
+MIN_MAXIMUM_CONCURRENCY = 2
+MAX_MAXIMUM_CONCURRENCY = 1000
+DEFAULT_DELIVER_MAX_CONCURRENCY = 5
+
+
+def deliver_max_concurrency(value: str | None) -> int:
+    """DELIVER_MAX_CONCURRENCY as a whole number within Lambda's bounds (unset: the default)."""
+    if value is None or not value.strip():
+        return DEFAULT_DELIVER_MAX_CONCURRENCY
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError(f"DELIVER_MAX_CONCURRENCY must be a whole number, not {value!r}") from None
+    if not MIN_MAXIMUM_CONCURRENCY <= number <= MAX_MAXIMUM_CONCURRENCY:
+        raise ValueError(
+            f"DELIVER_MAX_CONCURRENCY must be between {MIN_MAXIMUM_CONCURRENCY} and {MAX_MAXIMUM_CONCURRENCY} "
+            f"(Lambda's bounds for an SQS event source's MaximumConcurrency), not {number}"
+        )
+    return number
+
+
 # The characters SQS accepts in a message body or string attribute: #x9 #xA #xD #x20-#xD7FF #xE000-#xFFFD
 # #x10000-#x10FFFF. Anything else (a lone surrogate, a control character) makes the whole request fail.
 _NOT_ALLOWED = re.compile("[^\t\n\r\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")

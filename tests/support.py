@@ -195,6 +195,12 @@ def stage_variable_names() -> set[str]:
         "RETRY_JITTER",
         "RETENTION_MARGIN_SECONDS",
         "EVENTS_RETENTION_SECONDS",
+        "DELIVER_MAX_CONCURRENCY",
+        "DELIVERY_RATE_LIMIT",
+        "ALARM_OLDEST_AGE_SECONDS",
+        "ALARM_429_PERCENT",
+        "ALARM_RECONCILE_HOURS",
+        "ALARM_ACTIONS",
     }
     config = json.loads((REPO / ".chalice" / "config.json").read_text())
     names.update(config.get("environment_variables") or {})

@@ -63,7 +63,7 @@ def test_creates_every_resource_and_writes_the_stage(project):
 
 def test_second_run_reports_ok_and_changes_nothing(project):
     pool = create_pool()
-    bootstrap(pool)
+    bootstrap(pool, "dev", "--create-trail")  # a stage set up completely (without a trail, that row is a warning)
     config_before = (project / ".chalice" / "config.json").read_text()
     policy_before = (project / ".chalice" / "policy-dev-reconcile.json").read_text()
 

@@ -67,6 +67,32 @@ def test_deliver_reports_batch_item_failures(packaged):
     assert "EventsQueue" in deliver["DependsOn"]
 
 
+def test_the_fleet_bound_is_a_parameter_with_lambdas_bounds_and_the_stages_default(packaged):
+    from chalicelib.sqs_limits import DEFAULT_DELIVER_MAX_CONCURRENCY
+
+    template = packaged["template"]
+    source = template["Resources"]["Deliver"]["Properties"]["Events"]["DeliverSqsEventSource"]["Properties"]
+    # the parameter replaces the number Chalice wrote from app.py's DELIVER_MAX_CONCURRENCY
+    assert source["ScalingConfig"] == {"MaximumConcurrency": {"Ref": "DeliverMaxConcurrency"}}
+    parameter = template["Parameters"]["DeliverMaxConcurrency"]
+    assert (parameter["MinValue"], parameter["MaxValue"]) == (2, 1000)
+    assert parameter["Default"] == DEFAULT_DELIVER_MAX_CONCURRENCY
+
+
+def test_the_alarms_and_dashboard_are_bootstraps_own_definitions(packaged):
+    """The template carries exactly ops/alarms.py's alarms and dashboard (default thresholds, names by Stage)."""
+    from userhub_sync.ops.alarms import AlarmKind, cloudformation_resources
+
+    resources = packaged["template"]["Resources"]
+    expected = cloudformation_resources()
+    assert {name: resources[name] for name in expected} == expected
+    alarms = [r["Properties"] for r in resources.values() if r["Type"] == "AWS::CloudWatch::Alarm"]
+    assert sorted(a["AlarmName"]["Fn::Sub"] for a in alarms) == sorted(
+        f"userhub-sync-${{Stage}}-{k}" for k in AlarmKind
+    )
+    assert resources["Dashboard"]["Type"] == "AWS::CloudWatch::Dashboard"
+
+
 def test_queues_bucket_and_permission(packaged):
     template = packaged["template"]
     resources, parameters = template["Resources"], template["Parameters"]

@@ -120,3 +120,17 @@ def test_a_warm_container_keeps_its_deliverer_until_the_settings_change(pipeline
         assert second is not first and second.caller.flow.max_concurrency == 3
     reset_deliverer()
     assert get_deliverer() is not first
+
+
+def test_calls_and_429_answers_are_counted_for_the_429_share_alarm(pipeline, hub, capfd) -> None:
+    """The operators' "429 share high" alarm divides userhub_429 by userhub_calls (ops/alarms.py)."""
+    hub.add_fault(Fault(status=429, match_external_id="throttled"))
+    hub.add_fault(Fault(status=503, match_external_id="flaky"))
+    bodies = [message_body("fine"), message_body("throttled"), message_body("flaky"), message_body("other")]
+    send(pipeline.sqs, pipeline.queues.events_url, *bodies)
+    event = receive_event(pipeline.sqs, pipeline.queues.events_url, 4)
+    with patched_environ({"USERHUB_SYNC_METRICS": "on"}):
+        app.deliver(event, LambdaContext("deliver", 60))
+    document = emf(capfd.readouterr().out)
+    assert (document["userhub_calls"], document["userhub_429"]) == (4, 1)
+    assert {"Name": "userhub_429", "Unit": "Count"} in document["_aws"]["CloudWatchMetrics"][0]["Metrics"]

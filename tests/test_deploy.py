@@ -58,6 +58,9 @@ def test_bootstrap_chalice_deploy_wire(project):
         pool_id,
         "--connection-id",
         "conn_deploytest",
+        "--max-concurrency",
+        "9",
+        "--create-trail",
         env={"USERHUB_ADMIN_KEY": ADMIN_KEY},
     )
     assert boot.exit_code == 0, boot.output
@@ -69,10 +72,13 @@ def test_bootstrap_chalice_deploy_wire(project):
     (event,) = [r for r in deployed["resources"] if r["resource_type"] == "sqs_event"]
     assert event["queue"] == f"userhub-sync-{STAGE}-events"
 
+    lam = boto3.client("lambda")
+    # app.py gives chalice deploy the fleet bound bootstrap wrote (DELIVER_MAX_CONCURRENCY)
+    assert lam.get_event_source_mapping(UUID=event["event_uuid"])["ScalingConfig"] == {"MaximumConcurrency": 9}
+
     wired = cli("wire", "--stage", STAGE, "--post-confirmation")
     assert wired.exit_code == 0, wired.output
 
-    lam = boto3.client("lambda")
     assert lam.get_event_source_mapping(UUID=event["event_uuid"])["FunctionResponseTypes"] == [
         "ReportBatchItemFailures"
     ]
@@ -109,4 +115,9 @@ def test_bootstrap_chalice_deploy_wire(project):
 
     status = cli("status", "--stage", STAGE, "--json", "--check")
     assert status.exit_code == 0, status.output
-    assert json.loads(status.stdout)["wiring"]["ok"] is True
+    report = json.loads(status.stdout)
+    assert report["wiring"]["ok"] is True
+    # the rule chalice deploy made is the one status checks (chalice's naming: <app>-<stage>-capture-event)
+    capture = report["capture"]
+    assert (capture["expected"], capture["live"], capture["rule_state"]) == (True, True, "ENABLED")
+    assert capture["rule"] == f"userhub-sync-{STAGE}-capture-event"

@@ -701,3 +701,16 @@ def test_continuation_name_comes_from_the_function_and_can_be_overridden(harness
     payload = json.loads(call["Payload"])
     assert payload["continuation"]["invocation"] == 2
     assert payload["continuation"]["checkpoint"] == f"reconcile/{harness.pool.id}/run.json"
+
+
+def test_only_the_invocation_that_completes_a_run_counts_reconcile_completed(harness: Harness, capfd) -> None:
+    """The operators' "no completed reconcile in 26 h" alarm watches this count (ops/alarms.py)."""
+    harness.pool.seed(120)
+    capfd.readouterr()
+    with patched_environ({"USERHUB_SYNC_METRICS": "on"}):
+        summaries = harness.run(pages_per_invocation=1)
+        reconcile.run_reconcile(reconcile.ReconcileRequest(dry_run=True), deps=harness.deps())
+    lines = [json.loads(line) for line in capfd.readouterr().out.splitlines() if line.startswith('{"_aws"')]
+    assert [s["status"] for s in summaries] == ["continued", "complete"]
+    assert len(lines) == 3  # two invocations and the dry run each wrote one metrics line
+    assert [line.get("reconcile_completed") for line in lines] == [None, 1, None]

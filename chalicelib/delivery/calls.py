@@ -141,6 +141,7 @@ class BatchCaller:
 
     async def call_one(self, message: SyncMessage, deadline: Deadline) -> CallResult:
         started = time.monotonic()
+        self.metrics.count("userhub_calls")  # with userhub_429: the 429 share the operators' alarm watches
         try:
             await self._report(message, deadline)
             return DELIVERED
@@ -150,6 +151,8 @@ class BatchCaller:
             return Transient(str(error), configuration=True)
         except TransientError as error:
             congestion = isinstance(error, CallTimeout) or error.status in (429, 503)
+            if error.status == 429:
+                self.metrics.count("userhub_429")
             return Transient(str(error), error.status, error.code, error.reason, error.retry_after, False, congestion)
         except UserHubError as error:  # Unauthorized, when a fresh key did not help
             return Transient(str(error), error.status, error.code, error.reason)

@@ -59,6 +59,8 @@ class Reporter:
             delta = getattr(run.counters, name) - getattr(run.at_start, name)
             if delta:
                 self.metrics.count(f"reconcile_{name}", delta)
+        if status is RunStatus.COMPLETE and not run.dry_run:
+            self.metrics.count("reconcile_completed")  # the "no completed reconcile in 26 h" alarm watches it
         log.info("reconcile run summary" if status.ends_run else "reconcile invocation done", extra=summary.to_dict())
         if store:
             self.store.write_summary(summary)

@@ -51,6 +51,52 @@ def bootstrap_command(
             "SQS-managed SSE, SSE-S3 and alias/aws/ssm."
         ),
     ] = None,
+    max_concurrency: Annotated[
+        int | None,
+        typer.Option(
+            min=2,
+            max=1000,
+            help="The fleet bound: at most this many deliver containers (the SQS mapping's MaximumConcurrency); "
+            "written as DELIVER_MAX_CONCURRENCY. Default: the stage's, else 5.",
+        ),
+    ] = None,
+    alarm_oldest_age: Annotated[
+        str | None,
+        typer.Option(
+            callback=options.duration,
+            help="Alarm when the events queue's oldest message is older than this (30m, 2h, ...). Default: the "
+            "stage's ALARM_OLDEST_AGE_SECONDS, else 1h.",
+        ),
+    ] = None,
+    alarm_429_percent: Annotated[
+        float | None,
+        typer.Option(
+            min=0.1,
+            max=100,
+            help="Alarm when over this share (%) of UserHub calls is answered 429 for 15 minutes. Default: the "
+            "stage's ALARM_429_PERCENT, else 10.",
+        ),
+    ] = None,
+    alarm_reconcile_hours: Annotated[
+        int | None,
+        typer.Option(
+            min=2,
+            max=168,
+            help="Alarm when no reconcile run completed in this many hours. Default: the stage's "
+            "ALARM_RECONCILE_HOURS, else 26.",
+        ),
+    ] = None,
+    alarm_action: Annotated[
+        list[str] | None,
+        typer.Option(help="An SNS topic ARN the alarms notify (repeatable). Default: the stage's ALARM_ACTIONS."),
+    ] = None,
+    create_trail: Annotated[
+        bool,
+        typer.Option(
+            help="If no CloudTrail trail feeds capture in this Region, create <app>-<stage>-capture (write management "
+            "events, logs in a new bucket that expires them after 30 days). See docs/OPERATIONS.md for the cost."
+        ),
+    ] = False,
     fix: Annotated[bool, typer.Option(help="Correct drifted settings (default: only report them).")] = False,
     check: Annotated[
         bool, typer.Option(help="Read-only: create, change and write nothing; exit 2 if not ready.")
@@ -62,7 +108,8 @@ def bootstrap_command(
     from_stage: Annotated[str, typer.Option(help="With --create-stage: copy settings from this stage.")] = "dev",
     as_json: options.JsonOpt = False,
 ) -> None:
-    """Create or check the stage's queues, DLQ, snapshot bucket and Admin key parameter; write config and policies.
+    """Create or check the stage's queues, DLQ, bucket, Admin key parameter, alarms and dashboard; write config and
+    policies.
 
     The Admin key is read from USERHUB_ADMIN_KEY or a hidden prompt, never from an argument (shell history).
     Idempotent: a second run reports "ok" and changes nothing. Run it before `chalice deploy --stage S`.
@@ -97,6 +144,12 @@ def bootstrap_command(
         admin_key=admin_key,
         ask_key=None if check else ask,
         skip_key=skip_key,
+        max_concurrency=max_concurrency,
+        alarm_oldest_age=int(parse_duration(alarm_oldest_age)) if alarm_oldest_age else None,
+        alarm_429_percent=alarm_429_percent,
+        alarm_reconcile_hours=alarm_reconcile_hours,
+        alarm_actions=alarm_action or None,
+        create_trail=create_trail,
     )
     result = bootstrap(ctx, opts)
     if as_json:

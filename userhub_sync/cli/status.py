@@ -30,8 +30,8 @@ def status_command(
         bool,
         typer.Option(
             help="Exit 2 unless the queues exist, the DLQ is empty, the retry schedule fits the retention, the "
-            "wiring is in place and the mapping is enabled, no backlog waits with nothing consuming it, and the last "
-            "reconcile did not fail."
+            "wiring is in place and the mapping is enabled with the fleet bound, no backlog waits with nothing "
+            "consuming it, the last reconcile did not fail, no alarm is in ALARM and capture is live (where deployed)."
         ),
     ] = False,
     sample_seconds: Annotated[
@@ -93,7 +93,40 @@ def _print(report: StatusReport) -> None:
     for name, item in report.wiring.checks().items():
         table.add_row(name, "[green]yes[/green]" if item.ok else "[red]no[/red]", item.describe())
     out.print(table)
+    _print_alarms(report)
+    _print_capture(report)
     out.print("[green]healthy[/green]" if report.healthy else "[yellow]needs attention[/yellow]")
+
+
+def _print_alarms(report: StatusReport) -> None:
+    out = console()
+    if report.alarms_error:
+        out.print(f"alarms: could not be read ({report.alarms_error})", markup=False)
+        return
+    table = Table(title="alarms")
+    for column in ("alarm", "state", "reason"):
+        table.add_column(column, overflow="fold")
+    colour = {"OK": "green", "ALARM": "red", "missing": "yellow"}
+    for alarm in report.alarms:
+        shown = f"[{colour[alarm.state]}]{alarm.state}[/]" if alarm.state in colour else alarm.state
+        table.add_row(alarm.name, shown, alarm.reason)
+    out.print(table)
+
+
+def _print_capture(report: StatusReport) -> None:
+    capture = report.capture
+    if capture is None:
+        return
+    out = console()
+    verdict = "[green]live[/green]" if capture.live else ("[red]not live[/red]" if capture.expected else "not live")
+    out.print(f"capture: {verdict}" + ("" if capture.expected else " (capture function not deployed: not judged)"))
+    out.print(f"  trail: {capture.trail.trail or 'none'}: {capture.trail.detail}", markup=False)
+    out.print(f"  rule {capture.rule}: {capture.rule_state}", markup=False)
+    age = capture.last_event_age_seconds
+    shown = (
+        f"{format_duration(age)} ago ({capture.last_event_source})" if age is not None else capture.last_event_source
+    )
+    out.print(f"  last captured event: {shown}", markup=False)
 
 
 def _print_reconcile(last: LastReconcile) -> None:

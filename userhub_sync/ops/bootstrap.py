@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from chalicelib.sqs_limits import MAX_RETENTION_SECONDS, MAX_VISIBILITY_SECONDS, MIN_RETENTION_SECONDS
 from userhub_sync.ops import policies
+from userhub_sync.ops.alarms import Names, alarm_settings_of, ensure_alarms
 from userhub_sync.ops.aws import caller_identity, client, error_code
 from userhub_sync.ops.bucket import ensure_bucket
 from userhub_sync.ops.durations import format_span
@@ -30,6 +31,7 @@ from userhub_sync.ops.queues import DLQ_RETENTION_SECONDS, EVENTS_RETENTION_SECO
 from userhub_sync.ops.schedule import RetentionFit, Schedule, delivery_schedule, retention_fit
 from userhub_sync.ops.stage import CONNECTION_RE, POOL_ID_RE, StageContext, default_names, write_config
 from userhub_sync.ops.steps import Step, StepStatus
+from userhub_sync.ops.trail import ensure_trail
 
 if TYPE_CHECKING:
     from types_boto3_ssm import SSMClient
@@ -51,6 +53,13 @@ class BootstrapOptions:
     admin_key: str | None = None  # from USERHUB_ADMIN_KEY (never an argument)
     ask_key: Callable[[], str] | None = None  # a hidden prompt, called only if the parameter must be created
     skip_key: bool = False
+    max_concurrency: int | None = None  # the fleet bound; None: the stage's DELIVER_MAX_CONCURRENCY, else 5
+    # alarm thresholds and SNS topics; None: the stage's ALARM_* variable, else the default (ops/alarms.py)
+    alarm_oldest_age: int | None = None
+    alarm_429_percent: float | None = None
+    alarm_reconcile_hours: int | None = None
+    alarm_actions: list[str] | None = None
+    create_trail: bool = False  # create a CloudTrail trail for capture if none feeds it (ops/trail.py)
 
 
 @dataclass
@@ -110,6 +119,33 @@ def events_retention(ctx: StageContext, opts: BootstrapOptions) -> int:
             f"{format_span(chosen)}"
         )
     return int(chosen)
+
+
+def fleet_bound_of(ctx: StageContext, opts: BootstrapOptions) -> int:
+    """DELIVER_MAX_CONCURRENCY: the option, else the stage's, else the default (checked against Lambda's bounds)."""
+    from chalicelib.sqs_limits import deliver_max_concurrency
+
+    chosen = str(opts.max_concurrency) if opts.max_concurrency is not None else ctx.var("DELIVER_MAX_CONCURRENCY")
+    try:
+        return deliver_max_concurrency(chosen)
+    except ValueError as error:
+        raise OpsError(f"{error}. Nothing was created or changed.") from None
+
+
+def fleet_step(ctx: StageContext, bound: int) -> Step:
+    """The arithmetic an operator agrees with UserHub: containers × calls in flight, containers × calls/s."""
+    concurrency = ctx.var("DELIVERY_CONCURRENCY") or "16"
+    rate = ctx.var("DELIVERY_RATE_LIMIT")
+    detail = f"at most {bound} deliver containers × DELIVERY_CONCURRENCY {concurrency}"
+    if concurrency.isdigit():
+        detail += f" = {bound * int(concurrency)} UserHub calls in flight"
+    try:
+        detail += f"; × DELIVERY_RATE_LIMIT {rate} = {bound * float(rate):g} calls/s at most" if rate else ""
+    except ValueError:
+        detail += f"; DELIVERY_RATE_LIMIT {rate!r} is not a number"
+    if not rate:
+        detail += "; no DELIVERY_RATE_LIMIT: calls/s not capped"
+    return Step("fleet bound", f"DELIVER_MAX_CONCURRENCY {bound}", StepStatus.OK, detail)
 
 
 def resolve_kms_key(key: str | None) -> str | None:
@@ -242,6 +278,8 @@ def bootstrap(ctx: StageContext, opts: BootstrapOptions) -> BootstrapResult:
     planned = retention_fit(schedule, max_receive, retention)
     if not planned.ok and not opts.check:
         raise OpsError(f"{planned.describe()}. Nothing was created or changed.")
+    fleet_bound = fleet_bound_of(ctx, opts)
+    alarm_settings, alarm_values = alarm_settings_of(ctx, opts)  # refused here, before anything is created
     visibility = 6 * ctx.deliver_timeout()
     if visibility > MAX_VISIBILITY_SECONDS:
         raise OpsError(f"6 × deliver's lambda_timeout = {visibility} s exceeds SQS's 12 h visibility maximum")
@@ -354,6 +392,12 @@ def bootstrap(ctx: StageContext, opts: BootstrapOptions) -> BootstrapResult:
         values["USERHUB_CONNECTION_ID"] = opts.connection_id
     if kms_key_arn:
         values["KMS_KEY_ARN"] = kms_key_arn
+    values["DELIVER_MAX_CONCURRENCY"] = str(fleet_bound)
+    steps.append(fleet_step(ctx, fleet_bound))
+    values.update(alarm_values)
+    names = Names(f"{ctx.app_name}-{ctx.stage}", spec.events_name, spec.dlq_name, ident.region)
+    steps.extend(ensure_alarms(client("cloudwatch"), names, alarm_settings, fix=opts.fix, check=opts.check))
+    steps.append(ensure_trail(ctx, ident, create=opts.create_trail, check=opts.check))
     new_config = updated_config(ctx.config, ctx.stage, values)
     config_path = ctx.project_dir / ".chalice" / "config.json"
     if new_config == ctx.config:

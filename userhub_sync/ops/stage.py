@@ -161,6 +161,15 @@ class StageContext:
                 return scope[key]
         return default
 
+    def deliver_max_concurrency(self) -> int:
+        """The fleet bound the stage asks for: DELIVER_MAX_CONCURRENCY, read as app.py reads it at deploy."""
+        from chalicelib.sqs_limits import deliver_max_concurrency
+
+        try:
+            return deliver_max_concurrency(self.var("DELIVER_MAX_CONCURRENCY"))
+        except ValueError as error:
+            raise StageError(str(error)) from None
+
     def deliver_timeout(self) -> int:
         return int(self.function_setting("deliver", "lambda_timeout", CHALICE_DEFAULT_TIMEOUT))
 

@@ -6,8 +6,10 @@ asks for a peek, which receives up to 10 messages with VisibilityTimeout=0: that
 to each peeked message's receive count (and on the events queue, one step closer to the DLQ). Hence opt-in.
 
 Healthy means: both queues exist, the DLQ is empty, deliver's whole retry schedule plus RETENTION_MARGIN_SECONDS
-fits in the events queue's retention, deliver's mapping is found the way `wire` finds it, is `Enabled` and has
-ReportBatchItemFailures, the trigger and permission are in place, and no backlog waits with nothing consuming it.
+fits in the events queue's retention, deliver's mapping is found the way `wire` finds it, is `Enabled`, has
+ReportBatchItemFailures and the fleet bound DELIVER_MAX_CONCURRENCY as its MaximumConcurrency, the trigger and
+permission are in place, no backlog waits with nothing consuming it, no alarm of the stage is in ALARM, and capture
+is live where it is expected (ops/capture_status.py).
 A backlog is stalled when messages are visible and the mapping is absent or not Enabled, or when the mapping is
 Enabled, nothing is in flight and the visible count grew between two samples `sample_seconds` apart (Lambda
 keeps receiving while it consumes, so an idle mapping in front of a growing queue is not consuming).
@@ -24,12 +26,14 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from chalicelib.timefmt import parse_time
-from userhub_sync.ops.aws import client, error_code, queue_url_or_none
+from userhub_sync.ops.alarms import AlarmState, alarm_states
+from userhub_sync.ops.aws import caller_identity, client, error_code, queue_url_or_none
 from userhub_sync.ops.durations import format_duration
 from userhub_sync.ops.errors import OpsError
 from userhub_sync.ops.queues import EVENTS_RETENTION_SECONDS, QueueDepths, queue_depths
 from userhub_sync.ops.schedule import RetentionFit, delivery_schedule, retention_fit
 from userhub_sync.ops.stage import StageContext, read_deployed
+from userhub_sync.ops.trail import CaptureStatus, capture_status
 from userhub_sync.ops.wire import (
     RESPONSE_TYPE,
     TRIGGERS,
@@ -123,11 +127,19 @@ class MappingCheck(Check):
     uuid: str | None = None  # None: no mapping found
     function_response_types: list[str] = field(default_factory=list)
     last_processing_result: str | None = None
+    maximum_concurrency: int | None = None  # the fleet bound in force (None: unbounded)
+    expected_maximum_concurrency: int | None = None  # the stage's DELIVER_MAX_CONCURRENCY
 
     def facts(self) -> dict[str, Any]:
         if self.uuid is None:
             return {"state": self.state}
-        facts = {"uuid": self.uuid, "state": self.state, "function_response_types": self.function_response_types}
+        facts = {
+            "uuid": self.uuid,
+            "state": self.state,
+            "function_response_types": self.function_response_types,
+            "maximum_concurrency": self.maximum_concurrency,
+            "expected_maximum_concurrency": self.expected_maximum_concurrency,
+        }
         return _with(facts, last_processing_result=self.last_processing_result)
 
 
@@ -204,6 +216,13 @@ class StatusReport:
     wiring: Wiring
     retention: RetentionFit | None
     backlog: Backlog | None
+    alarms: list[AlarmState] = field(default_factory=list)
+    alarms_error: str | None = None  # the alarms could not be read (no permission): not counted as firing
+    capture: CaptureStatus | None = None
+
+    @property
+    def firing(self) -> list[AlarmState]:
+        return [alarm for alarm in self.alarms if alarm.firing]
 
     @property
     def healthy(self) -> bool:
@@ -216,6 +235,8 @@ class StatusReport:
             and self.retention.ok
             and (self.backlog is None or self.backlog.ok)
             and self.last_reconcile.status != ReconcileHealth.FAILING
+            and not self.firing
+            and (self.capture is None or self.capture.ok)
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -227,6 +248,11 @@ class StatusReport:
             "wiring": self.wiring.to_dict(),
             "retention": self.retention.to_dict() if self.retention else None,
             "backlog": asdict(self.backlog) if self.backlog else None,
+            "alarms": _with(
+                {"states": {a.name: {"state": a.state, "reason": a.reason} for a in self.alarms}},
+                error=self.alarms_error,
+            ),
+            "capture": self.capture.to_dict() if self.capture else None,
             "healthy": self.healthy,
         }
 
@@ -330,8 +356,9 @@ def last_reconcile(bucket: str | None) -> LastReconcile:
     return LastReconcile(ReconcileHealth.OK, summary.to_dict(), True, last_complete, detail)
 
 
-def mapping_check(mapping: dict[str, Any]) -> MappingCheck:
+def mapping_check(mapping: dict[str, Any], expected_bound: int) -> MappingCheck:
     types = mapping.get("FunctionResponseTypes") or []
+    bound = (mapping.get("ScalingConfig") or {}).get("MaximumConcurrency")
     state = mapping.get("State") or "unknown"
     problems = []
     if state != ENABLED:
@@ -341,6 +368,11 @@ def mapping_check(mapping: dict[str, Any]) -> MappingCheck:
         )
     if RESPONSE_TYPE not in types:
         problems.append(f"FunctionResponseTypes lacks {RESPONSE_TYPE} (run `userhub-sync wire`)")
+    if bound != expected_bound:
+        problems.append(
+            f"the fleet bound drifted: MaximumConcurrency is {bound if bound is not None else 'unset (unbounded)'}, "
+            f"DELIVER_MAX_CONCURRENCY says {expected_bound} (run `userhub-sync wire`)"
+        )
     return MappingCheck(
         ok=not problems,
         detail="; ".join(problems) or None,
@@ -348,6 +380,8 @@ def mapping_check(mapping: dict[str, Any]) -> MappingCheck:
         uuid=mapping.get("UUID"),
         function_response_types=types,
         last_processing_result=mapping.get("LastProcessingResult") or None,
+        maximum_concurrency=bound,
+        expected_maximum_concurrency=expected_bound,
     )
 
 
@@ -362,7 +396,7 @@ def wiring_status(ctx: StageContext) -> Wiring:
     wiring = Wiring(deployed=True, source=str(deployed.path) if deployed else "function names")
     try:  # found as wire finds it: Chalice's recorded UUID, else deliver's mapping on this stage's queue
         mapping = find_mapping(lam, functions.arns["deliver"], events_queue_arn(ctx), functions.esm_uuid)
-        wiring.event_source_mapping = mapping_check(mapping)
+        wiring.event_source_mapping = mapping_check(mapping, ctx.deliver_max_concurrency())
     except OpsError as error:
         wiring.event_source_mapping = MappingCheck(ok=False, detail=str(error))
     pool_id = ctx.user_pool_id
@@ -443,4 +477,10 @@ def gather(ctx: StageContext, *, peek: bool = False, sample_seconds: float = 0.0
     wiring = wiring_status(ctx)
     retention = retention_status(sqs, events)
     backlog = backlog_status(sqs, events, wiring.mapping_state, sample_seconds)
-    return StatusReport(ctx.stage, events, dead_letters, reconcile, wiring, retention, backlog)
+    report = StatusReport(ctx.stage, events, dead_letters, reconcile, wiring, retention, backlog)
+    try:
+        report.alarms = alarm_states(client("cloudwatch"), f"{ctx.app_name}-{ctx.stage}")
+    except Exception as error:
+        report.alarms_error = f"{error_code(error)}: {error}"[:300]
+    report.capture = capture_status(ctx, caller_identity().region)
+    return report

@@ -1,7 +1,9 @@
 """`wire --stage S`: what `chalice deploy` cannot do, done after it, idempotently.
 
 1. ReportBatchItemFailures on deliver's event source mapping (Chalice never sets it, aws/chalice#2029; its later
-   UpdateEventSourceMapping calls do not send FunctionResponseTypes, so the setting survives redeploys).
+   UpdateEventSourceMapping calls do not send FunctionResponseTypes, so the setting survives redeploys), and the
+   fleet bound: the mapping's ScalingConfig.MaximumConcurrency is the stage's DELIVER_MAX_CONCURRENCY (`chalice
+   deploy` sends it too; wire corrects a mapping changed by hand or deployed before the setting, and says from what).
 2. Cognito's permission to invoke post_auth, scoped to the pool's ARN (added before the trigger, so there is no
    moment in which sign-ins fail with AccessDenied).
 3. The PostAuthentication trigger (PostConfirmation on request). UpdateUserPool resets every setting it is not
@@ -166,6 +168,21 @@ def ensure_response_types(lam: LambdaClient, mapping: dict[str, Any], dry_run: b
     if RESPONSE_TYPE not in (updated.get("FunctionResponseTypes") or []):
         raise OpsError(f"UpdateEventSourceMapping did not keep FunctionResponseTypes on {mapping['UUID']}")
     return WireStep(what, WireStatus.SET, mapping["UUID"])
+
+
+def ensure_scaling(lam: LambdaClient, mapping: dict[str, Any], wanted: int, dry_run: bool) -> WireStep:
+    """The mapping runs at most `wanted` deliver containers (ScalingConfig.MaximumConcurrency)."""
+    current = (mapping.get("ScalingConfig") or {}).get("MaximumConcurrency")
+    what = "fleet bound: MaximumConcurrency of deliver's mapping"
+    if current == wanted:
+        return WireStep(what, WireStatus.OK, f"{wanted} containers")
+    was = f"{wanted} containers (was {current if current is not None else 'unbounded'})"
+    if dry_run:
+        return WireStep(what, WireStatus.WOULD_SET, was)
+    updated = lam.update_event_source_mapping(UUID=mapping["UUID"], ScalingConfig={"MaximumConcurrency": wanted})
+    if (updated.get("ScalingConfig") or {}).get("MaximumConcurrency") != wanted:
+        raise OpsError(f"UpdateEventSourceMapping did not keep MaximumConcurrency {wanted} on {mapping['UUID']}")
+    return WireStep(what, WireStatus.SET, was)
 
 
 def _statements(lam: LambdaClient, function_arn: str) -> list[dict[str, Any]]:
@@ -391,6 +408,7 @@ def wire(
         raise OpsError("no user pool: pass --user-pool-id or set USER_POOL_ID for the stage (bootstrap does it)")
     if not POOL_ID_RE.match(pool_id):
         raise OpsError(f"{pool_id!r} is not a user pool id (like us-east-1_AbC123)")
+    fleet_bound = ctx.deliver_max_concurrency()  # a bad value fails before anything changes
     lam = client("lambda")
     cognito = client("cognito-idp")
     try:
@@ -410,6 +428,7 @@ def wire(
         queue_arn = events_queue_arn(ctx)
         mapping = find_mapping(lam, functions.arns["deliver"], queue_arn, functions.esm_uuid)
         result.steps.append(ensure_response_types(lam, mapping, dry_run))
+        result.steps.append(ensure_scaling(lam, mapping, fleet_bound, dry_run))
 
     for name in triggers:
         result.steps.append(ensure_permission(lam, functions.arns[name], pool_arn, pool_id, name, dry_run))

@@ -1,0 +1,204 @@
+"""Capture's set-up and health over moto's CloudTrail, EventBridge and Lambda: `bootstrap` finds (or with
+`--create-trail` makes) a trail that feeds EventBridge, and `status` says whether capture is live.
+
+moto's GetEventSelectors returns no selectors for a fresh trail where AWS returns the default one (management
+events, read and write); the code treats both as the default, so the tests set selectors explicitly where they
+matter."""
+
+from __future__ import annotations
+
+import json
+
+import boto3
+import pytest
+
+from tests.support import _zip, bootstrap, cli, create_pool, enable_mapping, fake_chalice_deploy
+from userhub_sync.ops.trail import records_cognito_writes
+
+RULE = "userhub-sync-dev-capture-event"
+
+
+def _trail_step(output: str) -> dict:
+    [step] = [s for s in json.loads(output)["steps"] if s["resource"] == "capture trail"]
+    return step
+
+
+def _trail(name: str, *, region: str = "us-east-1", logging: bool = True, **kwargs) -> None:
+    s3 = boto3.client("s3", region_name=region)
+    bucket = f"{name}-logs"
+    if region == "us-east-1":
+        s3.create_bucket(Bucket=bucket)
+    else:
+        s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": region})
+    cloudtrail = boto3.client("cloudtrail", region_name=region)
+    cloudtrail.create_trail(Name=name, S3BucketName=bucket, **kwargs)
+    if logging:
+        cloudtrail.start_logging(Name=name)
+
+
+def test_without_a_trail_bootstrap_warns_what_is_missing_and_still_succeeds(project):
+    result = bootstrap(create_pool(), "dev", "--json")
+    step = _trail_step(result.stdout)
+    assert step["status"] == "warning"
+    assert "no trail in us-east-1 or multi-Region" in step["detail"] and "--create-trail" in step["detail"]
+
+
+def test_a_trail_that_does_not_log_or_drops_writes_is_named_with_what_it_lacks(project):
+    _trail("paused-trail", logging=False)
+    _trail("reads-only")
+    boto3.client("cloudtrail").put_event_selectors(
+        TrailName="reads-only", EventSelectors=[{"ReadWriteType": "ReadOnly", "IncludeManagementEvents": True}]
+    )
+    _trail("elsewhere", region="eu-west-1")  # a single-Region trail of another Region never counts
+    step = _trail_step(bootstrap(create_pool(), "dev", "--json").stdout)
+    assert step["status"] == "warning"
+    assert "paused-trail (us-east-1): logging is off" in step["detail"]
+    assert "reads-only (us-east-1): its selectors drop write management events from cognito-idp" in step["detail"]
+    assert "elsewhere" not in step["detail"]
+
+
+def test_a_multi_region_trail_of_another_region_counts(project):
+    _trail("org-wide", region="eu-west-1", IsMultiRegionTrail=True)
+    step = _trail_step(bootstrap(create_pool(), "dev", "--json").stdout)
+    assert (step["status"], step["name"]) == ("ok", "org-wide")
+    assert step["detail"].startswith("multi-Region, logging")
+
+
+def test_create_trail_makes_a_logging_trail_with_a_scoped_bucket_policy_once(project):
+    pool = create_pool()
+    check = cli("bootstrap", "--stage", "dev", "--create-trail", "--check", "--json")
+    assert _trail_step(check.stdout)["status"] == "missing"
+    assert boto3.client("cloudtrail").describe_trails()["trailList"] == []
+
+    created = _trail_step(bootstrap(pool, "dev", "--create-trail", "--json").stdout)
+    assert (created["status"], created["name"]) == ("created", "userhub-sync-dev-capture")
+    cloudtrail = boto3.client("cloudtrail")
+    assert cloudtrail.get_trail_status(Name="userhub-sync-dev-capture")["IsLogging"] is True
+    selectors = cloudtrail.get_event_selectors(TrailName="userhub-sync-dev-capture")["EventSelectors"]
+    assert [(s["ReadWriteType"], s["IncludeManagementEvents"]) for s in selectors] == [("WriteOnly", True)]
+    [trail] = cloudtrail.describe_trails(trailNameList=["userhub-sync-dev-capture"])["trailList"]
+    bucket = trail["S3BucketName"]
+    assert bucket == "userhub-sync-dev-trail-123456789012"
+    policy = json.loads(boto3.client("s3").get_bucket_policy(Bucket=bucket)["Policy"])
+    assert {s["Principal"]["Service"] for s in policy["Statement"]} == {"cloudtrail.amazonaws.com"}
+    assert {s["Condition"]["StringEquals"]["aws:SourceArn"] for s in policy["Statement"]} == {trail["TrailARN"]}
+    blocked = boto3.client("s3").get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"]
+    assert all(blocked.values())
+
+    again = _trail_step(bootstrap(None, "dev", "--create-trail", "--json").stdout)
+    assert (again["status"], again["name"]) == ("ok", "userhub-sync-dev-capture")
+    assert len(cloudtrail.describe_trails()["trailList"]) == 1
+
+
+@pytest.mark.parametrize(
+    ("selectors", "expected"),
+    [
+        ({}, True),  # CloudTrail's default
+        ({"EventSelectors": [{"ReadWriteType": "WriteOnly", "IncludeManagementEvents": True}]}, True),
+        ({"EventSelectors": [{"ReadWriteType": "All", "IncludeManagementEvents": False}]}, False),
+        (
+            {"AdvancedEventSelectors": [{"FieldSelectors": [{"Field": "eventCategory", "Equals": ["Management"]}]}]},
+            True,
+        ),
+        (
+            {
+                "AdvancedEventSelectors": [
+                    {
+                        "FieldSelectors": [
+                            {"Field": "eventCategory", "Equals": ["Management"]},
+                            {"Field": "eventSource", "NotEquals": ["cognito-idp.amazonaws.com"]},
+                        ]
+                    }
+                ]
+            },
+            False,
+        ),
+        (
+            {
+                "AdvancedEventSelectors": [
+                    {
+                        "FieldSelectors": [
+                            {"Field": "eventCategory", "Equals": ["Management"]},
+                            {"Field": "readOnly", "Equals": ["true"]},
+                        ]
+                    }
+                ]
+            },
+            False,
+        ),
+        ({"AdvancedEventSelectors": [{"FieldSelectors": [{"Field": "eventCategory", "Equals": ["Data"]}]}]}, False),
+    ],
+)
+def test_selectors_that_keep_or_drop_cognitos_write_events(selectors, expected):
+    """The shapes GetEventSelectors returns; a pure function, since moto stores but does not apply selectors."""
+    assert records_cognito_writes(selectors) is expected
+
+
+def _deploy_capture(deployed: dict[str, str]) -> None:
+    """What `chalice deploy` adds for capture: the function and its EventBridge rule (named as chalice names it)."""
+    lam = boto3.client("lambda")
+    role = lam.get_function(FunctionName=deployed["deliver"])["Configuration"]["Role"]
+    lam.create_function(
+        FunctionName="userhub-sync-dev-capture",
+        Runtime="python3.11",
+        Role=role,
+        Handler="app.handler",
+        Code={"ZipFile": _zip()},
+    )
+    pattern = {"source": ["aws.cognito-idp"], "detail-type": ["AWS API Call via CloudTrail"]}
+    boto3.client("events").put_rule(Name=RULE, EventPattern=json.dumps(pattern), State="ENABLED")
+
+
+def _capture(*extra: str) -> tuple[int, dict]:
+    result = cli("status", "--stage", "dev", "--json", *extra)
+    return result.exit_code, json.loads(result.stdout)["capture"]
+
+
+def test_status_says_capture_is_live_only_with_a_logging_trail_and_the_rule_enabled(project):
+    bootstrap(create_pool())
+    deployed = fake_chalice_deploy(project)
+    assert cli("wire", "--stage", "dev").exit_code == 0
+    enable_mapping(deployed["uuid"])
+    code, capture = _capture("--check")
+    assert code == 0 and capture["expected"] is False  # no capture function deployed: not judged
+    assert capture["rule_state"] == "missing" and capture["live"] is False
+
+    _deploy_capture(deployed)
+    code, capture = _capture("--check")
+    assert code == 2 and capture["expected"] is True and capture["live"] is False
+    assert capture["rule_state"] == "ENABLED" and capture["trail"]["ok"] is False
+    assert capture["last_event_age_seconds"] is None and capture["last_event_source"].startswith("unknown")
+
+    _trail("audit")
+    code, capture = _capture("--check")
+    assert code == 0 and capture["live"] is True and capture["trail"]["name"] == "audit"
+
+    boto3.client("events").disable_rule(Name=RULE)
+    code, capture = _capture("--check")
+    assert code == 2 and capture["rule_state"] == "DISABLED" and capture["live"] is False
+    plain = cli("status", "--stage", "dev")
+    assert "capture: not live" in plain.stdout and f"rule {RULE}: DISABLED" in plain.stdout
+
+
+def test_the_last_captured_events_age_comes_from_the_newest_capture_enqueued_datapoint(project):
+    """On AWS the datapoints come from capture's EMF lines; moto ingests no EMF, so PutMetricData stands in."""
+    from datetime import UTC, datetime, timedelta
+
+    bootstrap(create_pool())
+    cloudwatch = boto3.client("cloudwatch")
+    for minutes_ago in (50, 20):
+        cloudwatch.put_metric_data(
+            Namespace="UserHubSync",
+            MetricData=[
+                {
+                    "MetricName": "capture_enqueued",
+                    "Dimensions": [{"Name": "service", "Value": "capture"}],
+                    "Timestamp": datetime.now(UTC) - timedelta(minutes=minutes_ago),
+                    "Value": 1,
+                    "Unit": "Count",
+                }
+            ],
+        )
+    _, capture = _capture()
+    assert capture["last_event_source"] == "cloudwatch, to the minute"
+    assert 19 * 60 <= capture["last_event_age_seconds"] <= 50 * 60 - 1  # the newer of the two, to its minute
