@@ -12,6 +12,7 @@ import pytest
 
 import app
 from chalicelib.delivery import NO_CONTEXT_MS, Deliverer, get_deliverer, handle_sqs_event, reset_deliverer
+from chalicelib.delivery.calls import RATE_LIMITED_RESENDS
 from chalicelib.settings import get_settings, reset_settings
 from tests.support import ADMIN_KEY, capture_visibility, message_body, receive_event, send
 from userhub_sync.local.event_source import LambdaContext
@@ -132,5 +133,8 @@ def test_calls_and_429_answers_are_counted_for_the_429_share_alarm(pipeline, hub
     with patched_environ({"USERHUB_SYNC_METRICS": "on"}):
         app.deliver(event, LambdaContext("deliver", 60))
     document = emf(capfd.readouterr().out)
-    assert (document["userhub_calls"], document["userhub_429"]) == (4, 1)
+    journal = hub.journal()
+    # "throttled" is answered 429 every time: sent, then sent again after each pause (flow control), then left to SQS
+    assert [e.external_id for e in journal].count("throttled") == 1 + RATE_LIMITED_RESENDS
+    assert (document["userhub_calls"], document["userhub_429"]) == (len(journal), 1 + RATE_LIMITED_RESENDS)
     assert {"Name": "userhub_429", "Unit": "Count"} in document["_aws"]["CloudWatchMetrics"][0]["Metrics"]
