@@ -13,6 +13,7 @@ from pydantic import SecretStr
 
 from chalicelib import userhub
 from chalicelib.messages import EventType
+from chalicelib.userhub import ConfigurationError, PermanentError, TransientError, Unauthorized
 from tests.support import ADMIN_KEY
 from userhub_sync.local.fake_userhub import FakeUserHub, Fault
 
@@ -46,18 +47,18 @@ def test_every_2xx_is_delivered(hub: FakeUserHub, status: int) -> None:
 @pytest.mark.parametrize(
     ("status", "kind"),
     [
-        (400, userhub.PermanentError),
-        (401, userhub.Unauthorized),
-        (403, userhub.PermanentError),
-        (404, userhub.PermanentError),
-        (408, userhub.TransientError),
-        (409, userhub.PermanentError),
-        (422, userhub.PermanentError),
-        (429, userhub.TransientError),
-        (499, userhub.PermanentError),
-        (500, userhub.TransientError),
-        (503, userhub.TransientError),
-        (599, userhub.TransientError),
+        (400, PermanentError),
+        (401, Unauthorized),
+        (403, PermanentError),
+        (404, PermanentError),
+        (408, TransientError),
+        (409, PermanentError),
+        (422, PermanentError),
+        (429, TransientError),
+        (499, PermanentError),
+        (500, TransientError),
+        (503, TransientError),
+        (599, TransientError),
     ],
 )
 def test_each_status_maps_to_one_outcome(hub: FakeUserHub, status: int, kind: type) -> None:
@@ -70,18 +71,18 @@ def test_each_status_maps_to_one_outcome(hub: FakeUserHub, status: int, kind: ty
 @pytest.mark.parametrize("status", [408, 429, 500, 503])
 def test_retry_after_comes_with_every_retryable_status(hub: FakeUserHub, status: int) -> None:
     error = outcome(hub, Fault(status=status, retry_after="42"))
-    assert isinstance(error, userhub.TransientError) and error.retry_after == 42.0
+    assert isinstance(error, TransientError) and error.retry_after == 42.0
 
 
 def test_no_retry_after_header_means_no_floor(hub: FakeUserHub) -> None:
     error = outcome(hub, Fault(status=503))
-    assert isinstance(error, userhub.TransientError) and error.retry_after is None
+    assert isinstance(error, TransientError) and error.retry_after is None
 
 
 @pytest.mark.parametrize("status", [300, 301, 302, 307, 308, 399])
 def test_a_redirect_is_retried_and_names_where_it_pointed(hub: FakeUserHub, status: int) -> None:
     error = outcome(hub, Fault(status=status, headers={"Location": "https://elsewhere.example/login"}))
-    assert type(error) is userhub.TransientError and error.status == status
+    assert type(error) is TransientError and error.status == status
     assert str(error).startswith(f"HTTP {status} redirect to https://elsewhere.example/login: ")
     assert "check USERHUB_API_URL" in str(error)
 
@@ -141,7 +142,7 @@ def test_characters_sqs_refuses_are_replaced_in_every_field(hub: FakeUserHub) ->
 
 def test_a_key_no_http_header_can_carry_is_a_configuration_error_naming_only_its_place(hub: FakeUserHub) -> None:
     error = outcome(hub, key=SecretStr("abc\u200bdef"))
-    assert type(error) is userhub.ConfigurationError
+    assert type(error) is ConfigurationError
     assert str(error).startswith("the Admin key cannot be sent in an HTTP header: character '\\u200b' at position 3")
     assert "abc" not in str(error) and hub.journal() == []
 
@@ -154,10 +155,10 @@ def test_a_json_error_without_a_code_or_reason_has_none(hub: FakeUserHub) -> Non
 
 def test_an_error_body_that_is_not_utf8_is_read_with_replacement_characters(hub: FakeUserHub) -> None:
     error = outcome(hub, Fault(status=502, body_format="text", message="bad \ud800 byte"))  # sent as ED A0 80
-    assert type(error) is userhub.TransientError and str(error) == "HTTP 502: bad \ufffd\ufffd\ufffd byte"
+    assert type(error) is TransientError and str(error) == "HTTP 502: bad \ufffd\ufffd\ufffd byte"
 
 
 @pytest.mark.parametrize("status", [429, 503])
 def test_a_retryable_error_keeps_userhubs_reason(hub: FakeUserHub, status: int) -> None:
     error = outcome(hub, Fault(status=status, code="UNAVAILABLE", reason="MAINTENANCE"))
-    assert isinstance(error, userhub.TransientError) and (error.code, error.reason) == ("UNAVAILABLE", "MAINTENANCE")
+    assert isinstance(error, TransientError) and (error.code, error.reason) == ("UNAVAILABLE", "MAINTENANCE")
