@@ -7,6 +7,7 @@ table says, so the table cannot drift from the files again.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from typing import Any
@@ -221,18 +222,8 @@ def test_every_policy_file_grants_exactly_what_the_iam_table_in_operations_md_sa
 
 
 def test_customer_managed_key_adds_only_that_key():
-    targets = policies.PolicyTargets(
-        app_name="userhub-sync",
-        stage="dev",
-        account="123456789012",
-        region="eu-west-1",
-        events_queue="userhub-sync-dev-events",
-        dead_letter_queue="userhub-sync-dev-dlq",
-        user_pool_id="eu-west-1_X1",
-        bucket="b",
-        key_parameter="/p",
-        kms_key_arn="arn:aws:kms:eu-west-1:123456789012:key/abc",
-    )
+    stage = {"environment_variables": {"KMS_KEY_ARN": "arn:aws:kms:eu-west-1:123456789012:key/abc"}}
+    targets = policies.template_targets({"stages": {"dev": stage}}, "dev")
     for role in policies.ROLES:
         kms = [s for s in policies.build_policy(role, [role], targets)["Statement"] if s["Sid"] == "CustomerManagedKey"]
         assert kms and kms[0]["Resource"] == ["arn:aws:kms:eu-west-1:123456789012:key/abc"]
@@ -240,15 +231,6 @@ def test_customer_managed_key_adds_only_that_key():
 
 
 def test_parameter_arn_has_one_slash():
-    base = dict(
-        app_name="a",
-        stage="s",
-        account="1",
-        region="r",
-        events_queue="e",
-        dead_letter_queue="d",
-        user_pool_id="r_1",
-        bucket="b",
-    )
-    assert policies.PolicyTargets(**base, key_parameter="/x/y").parameter_arn == "arn:aws:ssm:r:1:parameter/x/y"
-    assert policies.PolicyTargets(**base, key_parameter="plain").parameter_arn == "arn:aws:ssm:r:1:parameter/plain"
+    base = dataclasses.replace(policies.template_targets({}, "s"), account="1", region="r")
+    assert dataclasses.replace(base, key_parameter="/x/y").parameter_arn == "arn:aws:ssm:r:1:parameter/x/y"
+    assert dataclasses.replace(base, key_parameter="plain").parameter_arn == "arn:aws:ssm:r:1:parameter/plain"

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from chalicelib import reconcile
+from chalicelib import reconcile, snapshot
 from chalicelib.reconcile import (
     Category,
     EnqueueError,
@@ -24,16 +24,6 @@ from chalicelib.reconcile import (
     parse_request,
 )
 from chalicelib.reconcile.pacing import is_bad_token
-from chalicelib.snapshot import (
-    FingerprintTable,
-    SnapshotDamaged,
-    SnapshotWriter,
-    Verdict,
-    fingerprint,
-    read_entries,
-    user_key,
-    write_entries,
-)
 from tests.support import FakeTime
 
 
@@ -73,9 +63,10 @@ def user(**overrides: Any) -> dict[str, Any]:
 
 
 def test_fingerprint_sees_every_field_that_matters_and_ignores_attribute_order() -> None:
-    original = fingerprint(user())
-    assert fingerprint(user(Attributes=list(reversed(user()["Attributes"])))) == original
-    assert fingerprint(user(Username="someone-else")) == original  # the key is the username, not the fingerprint
+    original = snapshot.fingerprint(user())
+    assert snapshot.fingerprint(user(Attributes=list(reversed(user()["Attributes"])))) == original
+    # the key is the username, not the fingerprint
+    assert snapshot.fingerprint(user(Username="someone-else")) == original
     variants = [
         user(Attributes=[{"Name": "email", "Value": "b@example.com"}, {"Name": "sub", "Value": "1-2-3"}]),
         user(Attributes=[{"Name": "email", "Value": "a@example.com"}]),
@@ -85,7 +76,7 @@ def test_fingerprint_sees_every_field_that_matters_and_ignores_attribute_order()
         # a value that would fool naive separator joining
         user(Attributes=[{"Name": "email", "Value": 'a@example.com","sub'}, {"Name": "x", "Value": "1-2-3"}]),
     ]
-    fingerprints = {fingerprint(v) for v in variants}
+    fingerprints = {snapshot.fingerprint(v) for v in variants}
     assert len(fingerprints) == len(variants) and original not in fingerprints
     assert 0 <= original < 2**64
 
@@ -93,52 +84,52 @@ def test_fingerprint_sees_every_field_that_matters_and_ignores_attribute_order()
 def test_fingerprint_table_mark_and_sweep_with_growth() -> None:
     rng = random.Random(1)
     baseline = {f"u{i}": rng.getrandbits(64) for i in range(5000)}
-    table = FingerprintTable(expected=10)  # far too small: must grow
+    table = snapshot.FingerprintTable(expected=10)  # far too small: must grow
     for name, fp in baseline.items():
-        table.load(user_key(name), fp)
+        table.load(snapshot.user_key(name), fp)
     assert len(table) == 5000
     verdicts = {}
     for i, (name, fp) in enumerate(baseline.items()):
         if i % 10 == 0:
             continue  # "deleted"
-        verdicts[name] = table.observe(user_key(name), fp + 1 if i % 7 == 0 else fp)
+        verdicts[name] = table.observe(snapshot.user_key(name), fp + 1 if i % 7 == 0 else fp)
     for i in range(100):
-        verdicts[f"new{i}"] = table.observe(user_key(f"new{i}"), i)
-    assert table.observe(user_key("new0"), 0) is Verdict.DUPLICATE
-    assert table.observe(user_key("u1"), baseline["u1"]) is Verdict.DUPLICATE
-    counts = {v: list(verdicts.values()).count(v) for v in Verdict}
+        verdicts[f"new{i}"] = table.observe(snapshot.user_key(f"new{i}"), i)
+    assert table.observe(snapshot.user_key("new0"), 0) is snapshot.Verdict.DUPLICATE
+    assert table.observe(snapshot.user_key("u1"), baseline["u1"]) is snapshot.Verdict.DUPLICATE
+    counts = {v: list(verdicts.values()).count(v) for v in snapshot.Verdict}
     changed = sum(1 for i in range(5000) if i % 10 and i % 7 == 0)
     assert counts == {
-        Verdict.NEW: 100,
-        Verdict.CHANGED: changed,
-        Verdict.UNCHANGED: 4500 - changed,
-        Verdict.DUPLICATE: 0,
+        snapshot.Verdict.NEW: 100,
+        snapshot.Verdict.CHANGED: changed,
+        snapshot.Verdict.UNCHANGED: 4500 - changed,
+        snapshot.Verdict.DUPLICATE: 0,
     }
-    gone = [name for name in baseline if table.take_unseen(user_key(name))]
+    gone = [name for name in baseline if table.take_unseen(snapshot.user_key(name))]
     assert gone == [f"u{i}" for i in range(0, 5000, 10)]
-    assert not any(table.take_unseen(user_key(name)) for name in baseline), "each deletion is reported once"
+    assert not any(table.take_unseen(snapshot.user_key(name)) for name in baseline), "each deletion is reported once"
     table.forget_marks()  # a restarted scan: what was seen becomes the baseline
-    assert table.observe(user_key("new5"), 5) is Verdict.UNCHANGED
-    assert table.observe(user_key("u7"), baseline["u7"] + 1) is Verdict.UNCHANGED
+    assert table.observe(snapshot.user_key("new5"), 5) is snapshot.Verdict.UNCHANGED
+    assert table.observe(snapshot.user_key("u7"), baseline["u7"] + 1) is snapshot.Verdict.UNCHANGED
     assert table.nbytes / len(table) < 40
 
 
 def test_snapshot_appends_members_and_reads_back_as_one_stream() -> None:
-    writer = SnapshotWriter()
-    assert writer.finish() == b"" and list(read_entries(b"")) == []
+    writer = snapshot.SnapshotWriter()
+    assert writer.finish() == b"" and list(snapshot.read_entries(b"")) == []
     writer.add("a@example.com", 1)
     first = writer.finish()
     for i in range(2000):
         writer.add(f"user{i}|#%/?", i * 7919)
     second = writer.finish()
     assert second.startswith(first) and writer.count == 2001
-    entries = list(read_entries(second))
+    entries = list(snapshot.read_entries(second))
     assert entries[0] == ("a@example.com", 1) and entries[-1] == ("user1999|#%/?", 1999 * 7919)
     assert len(gzip.decompress(second).splitlines()) == 2001
-    resumed = SnapshotWriter(second, writer.count)
+    resumed = snapshot.SnapshotWriter(second, writer.count)
     resumed.add("late", 2**64 - 1)
-    assert list(read_entries(resumed.finish()))[-1] == ("late", 2**64 - 1)
-    assert dict(read_entries(write_entries([("x", 5), ("y", 6)]))) == {"x": 5, "y": 6}
+    assert list(snapshot.read_entries(resumed.finish()))[-1] == ("late", 2**64 - 1)
+    assert dict(snapshot.read_entries(snapshot.write_entries([("x", 5), ("y", 6)]))) == {"x": 5, "y": 6}
     with pytest.raises(ValueError):
         writer.add("tab\tname", 1)
 
@@ -147,8 +138,8 @@ def test_snapshot_appends_members_and_reads_back_as_one_stream() -> None:
     ("data", "problem"),
     [
         (b"plain text\n", "not a complete gzip stream after 0 entries"),
-        (write_entries([(f"u{i}", i) for i in range(3000)])[:-2000], "not a complete gzip stream after"),
-        (write_entries([("a", 1)]) + b"trailing junk", "not a complete gzip stream after 1 entries"),
+        (snapshot.write_entries([(f"u{i}", i) for i in range(3000)])[:-2000], "not a complete gzip stream after"),
+        (snapshot.write_entries([("a", 1)]) + b"trailing junk", "not a complete gzip stream after 1 entries"),
         (gzip.compress(b"a\t0000000000000001\nno-tab-here\n"), "entry 2 is not username<TAB>16 hex digits"),
         (gzip.compress(b"a\t0x00000000000001\n"), "entry 1 is not username"),
         (gzip.compress(b"a\t00000000000001\n"), "entry 1 is not username"),  # 14 digits
@@ -157,8 +148,8 @@ def test_snapshot_appends_members_and_reads_back_as_one_stream() -> None:
     ids=["not gzip", "truncated", "trailing junk", "no tab", "0x prefix", "14 digits", "not UTF-8"],
 )
 def test_damaged_snapshots_raise_snapshot_damaged_never_a_shorter_list(data: bytes, problem: str) -> None:
-    with pytest.raises(SnapshotDamaged, match=re.escape(problem)):
-        list(read_entries(data))
+    with pytest.raises(snapshot.SnapshotDamaged, match=re.escape(problem)):
+        list(snapshot.read_entries(data))
 
 
 class CutBody:
@@ -179,14 +170,14 @@ def test_a_network_failure_while_reading_is_not_called_damage(failure: str) -> N
     """botocore's StreamingBody raises its own errors on a cut connection; they pass through, not as damage."""
     from botocore.exceptions import IncompleteReadError, ReadTimeoutError
 
-    data = write_entries([(f"u{i}", i) for i in range(5000)])
+    data = snapshot.write_entries([(f"u{i}", i) for i in range(5000)])
     error = (
         IncompleteReadError(actual_bytes=1000, expected_bytes=len(data))
         if failure == "incomplete read"
         else ReadTimeoutError(endpoint_url="http://s3")  # an OSError subclass, too
     )
     with pytest.raises(type(error)):
-        list(read_entries(CutBody(data, error)))  # type: ignore[arg-type]
+        list(snapshot.read_entries(CutBody(data, error)))  # type: ignore[arg-type]
 
 
 class BatchSQS:

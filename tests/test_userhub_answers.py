@@ -11,28 +11,22 @@ import dataclasses
 import pytest
 from pydantic import SecretStr
 
+from chalicelib import userhub
 from chalicelib.messages import EventType
-from chalicelib.userhub import (
-    ConfigurationError,
-    PermanentError,
-    TransientError,
-    Unauthorized,
-    UserHubClient,
-    UserHubError,
-)
+from chalicelib.userhub import ConfigurationError, PermanentError, TransientError, Unauthorized
 from tests.support import ADMIN_KEY
 from userhub_sync.local.fake_userhub import FakeUserHub, Fault
 
 KEY = SecretStr(ADMIN_KEY)
 
 
-def outcome(hub: FakeUserHub, fault: Fault | None = None, key: SecretStr = KEY) -> UserHubError | None:
+def outcome(hub: FakeUserHub, fault: Fault | None = None, key: SecretStr = KEY) -> userhub.UserHubError | None:
     """The exception one call raises (None: delivered)."""
     if fault is not None:
         hub.add_fault(dataclasses.replace(fault, count=1))
 
     async def go() -> None:
-        client = UserHubClient(hub.url, max_connections=1)  # one pool: each pool costs an SSL context
+        client = userhub.UserHubClient(hub.url, max_connections=1)  # one pool: each pool costs an SSL context
         try:
             await client.report_event("u1", "conn_1", EventType.SIGNIN, key)
         finally:
@@ -40,7 +34,7 @@ def outcome(hub: FakeUserHub, fault: Fault | None = None, key: SecretStr = KEY) 
 
     try:
         asyncio.run(go())
-    except UserHubError as error:
+    except userhub.UserHubError as error:
         return error
     return None
 

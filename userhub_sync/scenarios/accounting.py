@@ -21,7 +21,7 @@ from userhub_sync.scenarios.traffic import SignIn
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from userhub_sync.local.fake_userhub import JournalEntry, RecordedEvent
+    from userhub_sync.local.fake_userhub import FakeUserHub, JournalEntry, RecordedEvent
 
 
 class Scenario(StrEnum):
@@ -128,6 +128,20 @@ class Report:
     @property
     def ok(self) -> bool:
         return not self.problems and self.lost == 0
+
+    def count_traffic(self, signins: list[SignIn], hub: FakeUserHub) -> None:
+        """What post_auth enqueued, and the event calls UserHub received and what the fake did to them."""
+        journal = [e for e in hub.journal() if e.verb == "event"]
+        self.enqueued = sum(1 for s in signins if s.enqueued)
+        self.enqueue_failed = len(signins) - self.enqueued
+        self.userhub_calls = len(journal)
+        self.faults = fault_counts(journal)
+        self.duplicates_after_timeout = accepted_after_timeout(journal)
+
+    def take(self, result: Accounting) -> None:
+        """The sign-ins' fate, as `account` judged it."""
+        self.delivered, self.duplicates = result.delivered, result.duplicates
+        self.lost, self.lost_users = len(result.lost), result.lost
 
     def rows(self) -> list[tuple[str, str]]:
         if self.scenario == Scenario.DEMO:

@@ -10,12 +10,10 @@ Figures of the full run: docs/RELIABILITY.md.
 from __future__ import annotations
 
 import dataclasses
-import random
 import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,9 +22,8 @@ from userhub_sync.local.fake_userhub import FakeUserHub
 from userhub_sync.local.faults import BodyFormat, Fault, FaultKind
 from userhub_sync.ops.dlq import Filters, list_messages, replay
 from userhub_sync.ops.queues import QueueState, queue_depths
-from userhub_sync.scenarios.accounting import Report, Scenario, accepted_after_timeout, account, fault_counts
-from userhub_sync.scenarios.moto_patches import watched_moto
-from userhub_sync.scenarios.rig import Rig, StageConfig
+from userhub_sync.scenarios.accounting import Report, Scenario, account
+from userhub_sync.scenarios.rig import Rig, StageConfig, scenario_run
 from userhub_sync.scenarios.traffic import Producer, SignIn, usernames
 from userhub_sync.scenarios.workers import Killer, WorkerPool, wait_until
 
@@ -102,15 +99,9 @@ def run_chaos(
     progress: Callable[[str], None] | None = None,
 ) -> Report:
     """The chaos scenario end to end; `endpoint` reuses a running moto server (tests), else one is started."""
-    say = progress or (lambda _message: None)
-    report = Report(Scenario.CHAOS, signins=config.signins)
-    started = time.monotonic()
-    rng = random.Random(config.seed)
-    with ExitStack() as stack:
-        moto = stack.enter_context(watched_moto())
-        rig = config.open_rig(
-            stack, "chaos", endpoint, USERHUB_READ_TIMEOUT=str(config.read_timeout), LOG_LEVEL="WARNING"
-        )
+    overrides = {"USERHUB_READ_TIMEOUT": str(config.read_timeout), "LOG_LEVEL": "WARNING"}
+    with scenario_run(Scenario.CHAOS, config, endpoint, progress, **overrides) as run:
+        stack, rig, report, rng, say = run.stack, run.rig, run.report, run.rng, run.say
         sqs, queues = rig.sqs, rig.queues
         logs = log_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="chaos-")))
 
@@ -175,21 +166,13 @@ def run_chaos(
         if rig.key in pool.output():
             report.problems.append("the Admin key appears in a worker's output")
         report.notes["log_dir"] = str(logs) if log_dir else None
-        report.notes["messages_abandoned_by_killed_workers"] = moto.abandoned
-        report.notes["moto_errors_retried"] = moto.errors
-        report.notes["moto_double_receives"] = moto.double_receives
-        report.seconds_total = time.monotonic() - started
+        report.notes["messages_abandoned_by_killed_workers"] = run.moto.abandoned
     return report
 
 
 def _account(report: Report, signins: list[SignIn], rig: Rig, rejections: dict[str, tuple[int, str]]) -> None:
     """Every sign-in delivered or in the DLQ with its own rejection; only permanent failures in the DLQ."""
-    journal = [e for e in rig.hub.journal() if e.verb == "event"]
-    report.enqueued = sum(1 for s in signins if s.enqueued)
-    report.enqueue_failed = len(signins) - report.enqueued
-    report.userhub_calls = len(journal)
-    report.faults = fault_counts(journal)
-    report.duplicates_after_timeout = accepted_after_timeout(journal)
+    report.count_traffic(signins, rig.hub)
     report.expected_dead = sum(1 for s in signins if s.enqueued and s.user in rejections)
 
     listing = list_messages(rig.sqs, rig.queues.dlq_url, Filters(), visibility=30)
@@ -209,8 +192,7 @@ def _account(report: Report, signins: list[SignIn], rig: Rig, rejections: dict[s
         else:
             dead_users[user] += 1
     result = account(signins, rig.hub.events(), dead_users, rig.connection_id)
-    report.delivered, report.duplicates = result.delivered, result.duplicates
-    report.lost, report.lost_users = len(result.lost), result.lost
+    report.take(result)
     report.notes["dead_letter_copies_beyond_signins"] = result.extra_dead
     if result.dead != report.expected_dead:
         report.problems.append(f"{result.dead} sign-ins matched to the DLQ, expected {report.expected_dead}")

@@ -10,21 +10,18 @@ docs/RELIABILITY.md.
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from userhub_sync.local.event_source import LocalEventSource
 from userhub_sync.local.faults import Fault
 from userhub_sync.ops.queues import queue_depths
-from userhub_sync.scenarios.accounting import Report, Scenario, accepted_after_timeout, account, fault_counts
-from userhub_sync.scenarios.moto_patches import watched_moto
-from userhub_sync.scenarios.rig import StageConfig, log_level
+from userhub_sync.scenarios.accounting import Report, Scenario, account
+from userhub_sync.scenarios.rig import StageConfig, log_level, scenario_run
 from userhub_sync.scenarios.traffic import Producer, usernames
 from userhub_sync.scenarios.workers import wait_until
 
@@ -92,15 +89,10 @@ def run_outage(
     from chalicelib.secrets import AdminKeyProvider
     from chalicelib.settings import get_settings
 
-    say = progress or (lambda _message: None)
-    report = Report(Scenario.OUTAGE, signins=config.signins)
-    started = time.monotonic()
-    rng = random.Random(config.seed)
-    with ExitStack() as stack:
-        moto = stack.enter_context(watched_moto())
-        rig = config.open_rig(stack, "outage", endpoint, RETRY_JITTER="0")
-        hub, sqs, queues = rig.hub, rig.sqs, rig.queues
-        stack.enter_context(log_level(logging.ERROR))
+    with scenario_run(Scenario.OUTAGE, config, endpoint, progress, RETRY_JITTER="0") as run:
+        report, rng, say = run.report, run.rng, run.say
+        hub, sqs, queues = run.rig.hub, run.rig.sqs, run.rig.queues
+        run.stack.enter_context(log_level(logging.ERROR))
         settings = get_settings()
         policy = RetryPolicy(settings.retry_base_seconds, settings.retry_max_seconds, settings.retry_jitter)
         hub.add_fault(Fault(status=503, message="down for maintenance"))
@@ -154,21 +146,14 @@ def run_outage(
         if not drained:
             report.problems.append(f"not drained within {config.drain_timeout:.0f} s after the outage")
 
-        journal = [e for e in hub.journal() if e.verb == "event"]
         events = hub.events()
-        report.enqueued = sum(1 for s in producer.signins if s.enqueued)
-        report.enqueue_failed = len(producer.signins) - report.enqueued
-        report.userhub_calls = len(journal)
-        report.faults = fault_counts(journal)
-        report.duplicates_after_timeout = accepted_after_timeout(journal)
+        report.count_traffic(producer.signins, hub)
         report.dead_lettered = max(dlq_seen, queue_depths(sqs, queues.dlq_url).total)
         if report.dead_lettered:
             report.problems.append(f"{report.dead_lettered} message(s) reached the DLQ during a recoverable outage")
         if delivered_during:
             report.problems.append(f"{delivered_during} event(s) accepted while UserHub was down")
-        result = account(producer.signins, events, Counter(), rig.connection_id)
-        report.delivered, report.duplicates = result.delivered, result.duplicates
-        report.lost, report.lost_users = len(result.lost), result.lost
+        report.take(account(producer.signins, events, Counter(), run.rig.connection_id))
         last_event = max((e.ts for e in events), default=healed_wall)
         report.seconds_to_drain = finished - outage_start
         report.notes.update(_check_backoff(observer, policy, config, report))
@@ -179,8 +164,6 @@ def run_outage(
                 "seconds_to_recover": round(max(last_event - healed_wall, 0), 1),
                 "largest_backoff_at_heal": outstanding,
                 "retry_horizon_seconds": policy.minimum_horizon(config.max_receive_count),
-                "moto_errors_retried": moto.errors,
-                "moto_double_receives": moto.double_receives,
             }
         )
         if report.notes["seconds_to_recover"] > outstanding + 10:
@@ -188,7 +171,6 @@ def run_outage(
                 f"recovery took {report.notes['seconds_to_recover']} s, more than the largest "
                 f"pending backoff ({outstanding} s) + 10 s"
             )
-        report.seconds_total = time.monotonic() - started
     return report
 
 

@@ -10,9 +10,11 @@ cached client outlives the endpoint it was built for.
 from __future__ import annotations
 
 import logging
+import random
 import secrets
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -20,6 +22,8 @@ from typing import TYPE_CHECKING
 from userhub_sync.local.fake_userhub import FakeUserHub
 from userhub_sync.local.moto import MotoServer, aws_environ, new_container, patched_environ
 from userhub_sync.ops.queues import QueueSpec, QueueState, ensure_queues
+from userhub_sync.scenarios.accounting import Report, Scenario
+from userhub_sync.scenarios.moto_patches import MotoWatch, watched_moto
 from userhub_sync.scenarios.traffic import POOL_ID
 
 if TYPE_CHECKING:
@@ -162,6 +166,40 @@ class StageConfig:
             RETRY_MAX_SECONDS=str(self.retry_max),
             **overrides,
         )
+
+
+@dataclass
+class ScenarioRun:
+    """What a scenario's body works with: the stack its parts close with, its stage, the watch on moto, the report
+    it fills, its seeded randomness and its progress line."""
+
+    stack: ExitStack
+    rig: Rig
+    moto: MotoWatch
+    report: Report
+    rng: random.Random
+    say: Callable[[str], None]
+
+
+@contextmanager
+def scenario_run(
+    scenario: Scenario,
+    config: StageConfig,
+    endpoint: str | None = None,
+    progress: Callable[[str], None] | None = None,
+    **overrides: str | None,
+) -> Iterator[ScenarioRun]:
+    """A scenario's stage (named after it) on a watched moto until the block ends. A body that ends normally leaves
+    moto's figures in the report's notes and the wall time in `seconds_total`, both taken before anything closes."""
+    started = time.monotonic()
+    report = Report(scenario, signins=config.signins)
+    with ExitStack() as stack:
+        moto = stack.enter_context(watched_moto())
+        rig = config.open_rig(stack, scenario, endpoint, **overrides)
+        yield ScenarioRun(stack, rig, moto, report, random.Random(config.seed), progress or (lambda _message: None))
+        report.notes["moto_errors_retried"] = moto.errors
+        report.notes["moto_double_receives"] = moto.double_receives
+        report.seconds_total = time.monotonic() - started
 
 
 @contextmanager
