@@ -13,7 +13,6 @@ whose sub it was.
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -86,11 +85,6 @@ class CaptureResult:
     def lost(self) -> list[str]:
         return [f"{c.operation} of {c.user}" for c in self.changes if c.accepted_at is None]
 
-    def latency(self) -> tuple[float, float] | None:
-        """p50 and max seconds from the admin's call to UserHub's accepted CHANGED, over the delivered changes."""
-        seconds = [c.seconds for c in self.changes if c.seconds is not None]
-        return (statistics.median(seconds), max(seconds)) if seconds else None
-
 
 def delivery_for(route: CaptureRoute, rule_name: str) -> Delivery:
     if route == CaptureRoute.HANDLER:
@@ -131,12 +125,16 @@ def make_changes(
     for number, (operation, user, call) in enumerate(plan):
         if number:
             time.sleep(pause)
+        before, started = len(emulator.emitted()), time.time()
         call()
-        emitted = emulator.emitted()[-1]
-        if emitted.error:
-            result.delivery_errors.append(f"{operation} of {user}: {emitted.error}")
-        accepted = _wait_for_changed(hub, user, connection_id, emitted.called_at, timeout)
-        result.changes.append(CapturedChange(operation, user, emitted.called_at, accepted))
+        emitted = emulator.emitted()[before:]
+        if not emitted:  # the emulator logged why; the change must still reach UserHub, or it is lost
+            result.delivery_errors.append(f"{operation} of {user}: no event emitted")
+        elif emitted[0].error:
+            result.delivery_errors.append(f"{operation} of {user}: {emitted[0].error}")
+        called_at = emitted[0].called_at if emitted else started
+        accepted = _wait_for_changed(hub, user, connection_id, called_at, timeout)
+        result.changes.append(CapturedChange(operation, user, called_at, accepted))
     before = len(emulator.emitted())
     try:
         update("nobody")()
