@@ -145,3 +145,26 @@ def test_a_delivery_that_fails_never_fails_the_cognito_call(pool) -> None:
     [emitted] = emulator.emitted()
     assert emitted.delivered == 0 and emitted.error == "ConnectionError: SQS unreachable"
     assert len(attempts) == 3 and len(set(attempts)) == 1  # Lambda's two retries of an asynchronous invocation
+
+
+def test_a_users_own_change_names_no_pool_and_reaches_userhub(pipeline, hub, pool) -> None:
+    """A call made with the user's access token: CloudTrail records no pool, the sub still names the user."""
+    cognito = boto3.client("cognito-idp")
+    client_id = cognito.create_user_pool_client(
+        UserPoolId=pool["id"], ClientName="app", ExplicitAuthFlows=["ALLOW_ADMIN_USER_PASSWORD_AUTH"]
+    )["UserPoolClient"]["ClientId"]
+    cognito.admin_set_user_password(UserPoolId=pool["id"], Username="bob", Password="Passw0rd!long", Permanent=True)
+    token = cognito.admin_initiate_auth(
+        UserPoolId=pool["id"],
+        ClientId=client_id,
+        AuthFlow="ADMIN_USER_PASSWORD_AUTH",
+        AuthParameters={"USERNAME": "bob", "PASSWORD": "Passw0rd!long"},
+    )["AuthenticationResult"]["AccessToken"]
+    emulator = CloudTrailEmulator(cognito)
+    cognito.update_user_attributes(AccessToken=token, UserAttributes=[{"Name": "name", "Value": "Bob"}])
+    [emitted] = emulator.emitted()
+    detail = emitted.event["detail"]
+    assert detail["requestParameters"] == {"accessToken": HIDDEN, "userAttributes": HIDDEN}
+    assert detail["additionalEventData"] == {"sub": pool["subs"]["bob"]}
+    assert deliver_queued(pipeline, 1) == {"batchItemFailures": []}
+    assert [(e.external_id, e.type) for e in hub.events()] == [("bob", "CHANGED")]

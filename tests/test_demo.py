@@ -9,7 +9,7 @@ from userhub_sync.cli import app
 
 def test_demo_accounts_for_every_signin_and_captured_change() -> None:
     # a low UserHub rate limit, so that even 60 sign-ins meet 429s
-    argv = ["demo", "--signins", "60", "--permanent", "2", "--fault-rate", "0.3", "--rate-limit", "10"]
+    argv = ["demo", "--signins", "60", "--permanent", "2", "--fault-rate", "0.3", "--rate-limit", "7"]
     result = CliRunner().invoke(app, argv)
     assert result.exit_code == 0, result.output
     lines = {
@@ -24,7 +24,7 @@ def test_demo_accounts_for_every_signin_and_captured_change() -> None:
     assert dead == expected.rstrip(")")
     assert int(dead) >= 3  # two poison bodies and at least one sign-in of a rejected user
     assert int(lines["retried (transient failures)"]) > 0
-    rate_limited, _injected = lines["UserHub 429s (rate limit 10.0/s; injected)"].split("; ")
+    rate_limited, _injected = lines["UserHub 429s (rate limit 7.0/s; injected)"].split("; ")
     assert int(rate_limited) > 0
     # five admin changes through the CloudTrail emulator, each accepted by UserHub as CHANGED for its user, and
     # an admin call Cognito refused, which captured nothing
