@@ -12,7 +12,7 @@ delivery:
   through, from that queue to `app.capture`. This shows the pattern matching, `exists: false` included.
 
 What the events hold (https://docs.aws.amazon.com/cognito/latest/developerguide/logging-using-cloudtrail.html,
-https://docs.aws.amazon.com/eventbridge/latest/ref/overiew-event-structure.html): the envelope `version`, `id`,
+https://docs.aws.amazon.com/eventbridge/latest/userguide/eb-events-structure.html): the envelope `version`, `id`,
 `detail-type: AWS API Call via CloudTrail`, `source: aws.cognito-idp`, `account`, `time`, `region`, `resources: []`;
 the record's `eventSource`, `eventName`, `eventTime`, a fresh `eventID`, `eventType: AwsApiCall`, the caller's request
 parameters with every value but `userPoolId` and `clientId` hidden (`HIDDEN_DUE_TO_SECURITY_REASONS`, as AWS hides the
