@@ -7,8 +7,10 @@ from typer.testing import CliRunner
 from userhub_sync.cli import app
 
 
-def test_demo_accounts_for_every_signin() -> None:
-    result = CliRunner().invoke(app, ["demo", "--signins", "60", "--permanent", "2", "--fault-rate", "0.3"])
+def test_demo_accounts_for_every_signin_and_captured_change() -> None:
+    # a low UserHub rate limit, so that even 60 sign-ins meet 429s
+    argv = ["demo", "--signins", "60", "--permanent", "2", "--fault-rate", "0.3", "--rate-limit", "7"]
+    result = CliRunner().invoke(app, argv)
     assert result.exit_code == 0, result.output
     lines = {
         line.split("│")[1].strip(): line.split("│")[2].strip()
@@ -22,10 +24,17 @@ def test_demo_accounts_for_every_signin() -> None:
     assert dead == expected.rstrip(")")
     assert int(dead) >= 3  # two poison bodies and at least one sign-in of a rejected user
     assert int(lines["retried (transient failures)"]) > 0
+    rate_limited, _injected = lines["UserHub 429s (rate limit 7.0/s; injected)"].split("; ")
+    assert int(rate_limited) > 0
+    # five admin changes through the CloudTrail emulator, each accepted by UserHub as CHANGED for its user, and
+    # an admin call Cognito refused, which captured nothing
+    assert lines["admin changes captured"] == "5 (1 failed call, not captured)"
+    assert lines["captured changes delivered as CHANGED"] == "5"
+    assert lines["admin call → UserHub CHANGED"].startswith("p50 ")
 
 
 def test_demo_help_documents_options() -> None:
     result = CliRunner().invoke(app, ["demo", "--help"])
     assert result.exit_code == 0
-    for option in ("--signins", "--fault-rate", "--permanent", "--seed"):
+    for option in ("--signins", "--fault-rate", "--permanent", "--seed", "--rate-limit", "--capture-through"):
         assert option in result.output

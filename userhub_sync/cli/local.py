@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import threading
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -15,6 +16,14 @@ from userhub_sync.cli.output import console, fail
 if TYPE_CHECKING:
     from userhub_sync.scenarios.accounting import Report
 
+
+class CaptureThrough(StrEnum):
+    """`demo --capture-through` (scenarios.capture.CaptureRoute, without importing the scenarios at start-up)."""
+
+    HANDLER = "handler"
+    EVENTBRIDGE = "eventbridge"
+
+
 SeedOpt = Annotated[int, typer.Option(help="Random seed (users, faults, kill times; thread timing still varies).")]
 JsonOutOpt = Annotated[Path | None, typer.Option(help="Also write the JSON summary to this file.")]
 
@@ -24,18 +33,34 @@ def demo(
     fault_rate: Annotated[float, typer.Option(min=0.0, max=0.9, help="Share of calls failing transiently.")] = 0.2,
     permanent: Annotated[int, typer.Option(min=0, help="Users UserHub rejects with 400 (they go to the DLQ).")] = 3,
     seed: Annotated[int, typer.Option(help="Random seed, for a repeatable run.")] = 7,
+    rate_limit: Annotated[
+        float, typer.Option(min=0.0, help="UserHub's calls a second before it answers 429 + Retry-After (0: none).")
+    ] = 15.0,
+    capture_through: Annotated[
+        CaptureThrough,
+        typer.Option(help="How the emulated CloudTrail events reach capture: handler, or moto's EventBridge rule."),
+    ] = CaptureThrough.HANDLER,
 ) -> None:
     """Run the whole pipeline locally (moto + fake UserHub, faults injected); exit 0 only if nothing was lost."""
     from userhub_sync.local.moto import require_moto
     from userhub_sync.scenarios.accounting import print_report
+    from userhub_sync.scenarios.capture import CaptureRoute
     from userhub_sync.scenarios.demo import run_demo
 
     require_moto()
 
     out = console()
-    report = run_demo(signins=signins, fault_rate=fault_rate, permanent=permanent, seed=seed, console=out)
+    report = run_demo(
+        signins=signins,
+        fault_rate=fault_rate,
+        permanent=permanent,
+        seed=seed,
+        console=out,
+        rate_limit=rate_limit or None,
+        capture_route=CaptureRoute(capture_through.value),
+    )
     print_report(report, out)
-    if report.lost or report.dead_lettered != report.expected_dead:
+    if not report.ok or report.dead_lettered != report.expected_dead:
         raise typer.Exit(1)
 
 

@@ -9,6 +9,7 @@ duplicates.
 
 from __future__ import annotations
 
+import statistics
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -121,6 +122,10 @@ class Report:
     seconds_to_drain: float = 0.0
     seconds_replay_drain: float = 0.0
     seconds_total: float = 0.0
+    captured: int = 0  # demo: admin changes the CloudTrail emulator passed to capture
+    captured_delivered: int = 0  # of them, accepted by UserHub as CHANGED for that user
+    capture_seconds: list[float] = field(default_factory=list)  # admin call → UserHub's accepted CHANGED
+    capture_failed_calls: int = 0  # admin calls Cognito refused (nothing to capture)
     notes: dict[str, Any] = field(default_factory=dict)  # scenario-specific figures, for the JSON summary
     problems: list[str] = field(default_factory=list)
     lost_users: list[str] = field(default_factory=list)
@@ -181,13 +186,25 @@ class Report:
         return rows
 
     def _demo_rows(self) -> list[tuple[str, str]]:
+        lowest = self.notes.get("lowest_concurrency_limit", float("inf"))
+        seconds = sorted(self.capture_seconds)
+        latency = f"p50 {statistics.median(seconds):.2f} s, max {seconds[-1]:.2f} s" if seconds else "none delivered"
+        limit = self.notes.get("rate_limit")
         return [
             ("signed in", str(self.signins)),
             ("enqueued by post_auth", str(self.enqueued)),
             ("delivered to UserHub", str(self.delivered)),
             ("retried (transient failures)", str(self.retried)),
+            (
+                f"UserHub 429s (rate limit {limit or 'off'}/s; injected)",
+                f"{self.notes.get('rate_limited', 0)}; {self.notes.get('injected_429', 0)}",
+            ),
+            ("deliver's lowest concurrency limit", "-" if lowest == float("inf") else f"{lowest:.1f}"),
             ("dead-lettered (permanent 4xx + poison)", f"{self.dead_lettered} (expected {self.expected_dead})"),
             ("duplicate deliveries", str(self.duplicates)),
+            ("admin changes captured", f"{self.captured} ({self.capture_failed_calls} failed call, not captured)"),
+            ("captured changes delivered as CHANGED", str(self.captured_delivered)),
+            ("admin call → UserHub CHANGED", latency),
             ("lost", str(self.lost)),
             ("time to drain", f"{self.seconds_to_drain:.1f} s"),
         ]

@@ -1,35 +1,52 @@
-"""`userhub-sync demo`: the whole pipeline on this machine, with faults, and an account of every sign-in.
+"""`userhub-sync demo`: the whole pipeline on this machine, with faults, and an account of every sign-in and change.
 
-moto's server (real HTTP) stands in for SQS and SSM, the fake UserHub for the API. Sign-ins go through the real
-`post_auth` handler, the local event source mapping feeds the real `deliver` handler, and at the end every
-enqueued sign-in is matched against what the fake UserHub accepted or what sits in the DLQ (accounting.py). Anything
-in neither place is lost, and the demo fails.
+moto's server (real HTTP) stands in for SQS, SSM, S3 and Cognito, the fake UserHub for the API. Sign-ins go through
+the real `post_auth` handler, a reconcile run through the real `reconcile`, the local event source mapping feeds the
+real `deliver` handler, against a UserHub that fails transiently and rate-limits (429 with Retry-After beyond
+`rate_limit` calls a second). At the end every enqueued sign-in is matched against what the fake UserHub accepted or
+what sits in the DLQ (accounting.py). Then an admin changes users in moto's Cognito, and the CloudTrail emulator
+plays what AWS would deliver to `capture` (capture.py): each change must reach UserHub as CHANGED. Anything in
+neither place is lost, and the demo fails.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from userhub_sync.local.event_source import LocalEventSource
+from userhub_sync.local.event_source import LambdaContext, LocalEventSource
+from userhub_sync.local.fake_userhub import RATE_LIMITED
 from userhub_sync.local.faults import Fault, FaultKind
+from userhub_sync.local.moto import new_container, patched_environ
 from userhub_sync.ops.dlq import Filters, list_messages
 from userhub_sync.scenarios.accounting import Report, Scenario, account
+from userhub_sync.scenarios.capture import USERS, CaptureRoute, create_pool, delivery_for, make_changes
 from userhub_sync.scenarios.rig import StageConfig, log_level
 from userhub_sync.scenarios.traffic import Producer, usernames
 
 POISON = ('{"v": 99, "note": "from a future version"}', "not json at all")
+RATE_LIMIT = 15.0  # UserHub's calls a second in the demo: above it, 429 with Retry-After
 
 
 def run_demo(
-    signins: int = 300, fault_rate: float = 0.2, permanent: int = 3, seed: int = 7, console: Console | None = None
+    signins: int = 300,
+    fault_rate: float = 0.2,
+    permanent: int = 3,
+    seed: int = 7,
+    console: Console | None = None,
+    rate_limit: float | None = RATE_LIMIT,
+    capture_route: CaptureRoute = CaptureRoute.HANDLER,
 ) -> Report:
+    import boto3
+
     import app
     from chalicelib import delivery
 
@@ -42,6 +59,10 @@ def run_demo(
         sqs, queues = rig.sqs, rig.queues
         stack.enter_context(log_level(logging.ERROR))
         console.print(f"[bold]moto[/] on {rig.endpoint}, [bold]fake UserHub[/] on {rig.hub.url}")
+        pool = create_pool(f"demo-{rig.env['EVENTS_QUEUE_NAME']}")  # capture and reconcile need a real pool
+        stack.enter_context(patched_environ({"USER_POOL_ID": pool.pool_id}))
+        new_container()
+        boto3.client("s3").create_bucket(Bucket=rig.env["SNAPSHOT_BUCKET"] or "")
 
         unique = usernames(max(signins * 2 // 3, 1), rng)
         users = unique + [rng.choice(unique) for _ in range(signins - len(unique))]  # a third sign in twice
@@ -78,12 +99,51 @@ def run_demo(
             rig.hub.add_fault(Fault(status=429, retry_after="2", probability=fault_rate * 0.2))
             rig.hub.add_fault(Fault(kind=FaultKind.LATENCY, latency_ms=1500, probability=fault_rate * 0.1))  # > 1 s
             rig.hub.add_fault(Fault(kind=FaultKind.DROP, probability=fault_rate * 0.1))
+            rig.hub.set_rate_limit(rate_limit)  # bursts of one second's worth, then 429 + Retry-After
+            # the nightly run, alongside (its sub→username map takes 256 S3 writes): the pool's users as CHANGED,
+            # and the map a captured delete needs
+            nightly = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="reconcile"))
+            context = LambdaContext(f"{rig.env['EVENTS_QUEUE_NAME']}-reconcile", 900)
+            reconciled = nightly.submit(app.reconcile, {}, context)
             source = LocalEventSource(sqs, queues.events_url, app.deliver, wait_seconds=1)
-            settled = progress.add_task("messages settled by deliver", total=report.enqueued + len(POISON))
+            total = report.enqueued + len(POISON) + len(USERS)  # a first run sends every user
+            settled = progress.add_task("messages settled by deliver", total=total)
+            lowest = float("inf")
+
+            def on_batch(_: object) -> None:
+                nonlocal lowest
+                progress.update(settled, completed=source.totals.deleted)
+                lowest = min(lowest, delivery.get_deliverer().caller.flow.limit)
+
             started = time.monotonic()
-            source.run(drain=True, on_batch=lambda _: progress.update(settled, completed=source.totals.deleted))
+            source.run(drain=True, on_batch=on_batch)
+            summary = reconciled.result()
+            if summary.get("status") != "complete":
+                report.problems.append(f"reconcile did not complete: {summary}")
+            if source.backlog():  # what the run enqueued after the queue first looked empty
+                source.run(drain=True, on_batch=on_batch)
             report.seconds_to_drain = time.monotonic() - started
+
+            # an admin's changes, captured as AWS would deliver them, while deliver keeps polling
+            changes = progress.add_task("admin changes captured, to UserHub", total=None)
+            stop = threading.Event()
+            poller = threading.Thread(target=source.run, kwargs={"should_stop": stop.is_set}, daemon=True)
+            poller.start()
+            try:
+                captured = make_changes(
+                    pool,
+                    rig.hub,
+                    delivery_for(capture_route, f"{rig.env['EVENTS_QUEUE_NAME']}-capture"),
+                    rig.connection_id,
+                )
+            finally:
+                stop.set()
+                poller.join()
+            progress.update(changes, total=len(captured.changes), completed=captured.delivered)
+            if source.backlog():  # whatever the changes left behind (a retry after a fault)
+                source.run(drain=True)
         rig.hub.clear_faults()
+        rig.hub.set_rate_limit(None)
 
         dead = list_messages(sqs, queues.dlq_url, Filters(), visibility=60).messages
         report.dead_lettered = len(dead)
@@ -91,6 +151,19 @@ def run_demo(
         result = account(producer.signins, rig.hub.events(), Counter(m.username or "" for m in dead), rig.connection_id)
         report.delivered, report.duplicates = result.delivered, result.duplicates
         not_enqueued = [s.user for s in producer.signins if not s.enqueued]  # neither delivered nor in the DLQ
-        report.lost_users = result.lost + not_enqueued
+        report.lost_users = result.lost + not_enqueued + captured.lost
         report.lost = len(report.lost_users)
+        journal = [e for e in rig.hub.journal() if e.verb == "event"]
+        report.notes["rate_limit"] = rate_limit
+        report.notes["rate_limited"] = sum(1 for e in journal if e.status == RATE_LIMITED and e.fault is None)
+        report.notes["injected_429"] = sum(1 for e in journal if e.status == RATE_LIMITED and e.fault is not None)
+        report.notes["lowest_concurrency_limit"] = lowest
+        report.notes["capture_route"] = capture_route.value
+        report.captured = len(captured.changes)
+        report.captured_delivered = captured.delivered
+        report.capture_seconds = [round(c.seconds, 3) for c in captured.changes if c.seconds is not None]
+        report.capture_failed_calls = captured.failed_calls
+        if captured.emitted_for_failed:
+            report.problems.append(f"{captured.emitted_for_failed} capture event(s) emitted for a failed call")
+        report.problems += captured.delivery_errors
     return report
