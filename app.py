@@ -9,7 +9,7 @@ import os
 from chalice import Chalice, Cron
 
 from chalicelib import entrypoints
-from chalicelib.capture_rule import EVENT_PATTERN
+from chalicelib.capture_rule import EVENT_PATTERN, capture_enabled
 from chalicelib.sqs_limits import deliver_max_concurrency
 
 app = Chalice(app_name="userhub-sync")
@@ -21,6 +21,7 @@ DELIVER_BATCHING_WINDOW = int(os.environ.get("DELIVER_BATCHING_WINDOW_SECONDS", 
 # the fleet bound: at most this many deliver containers (docs/CONFIGURATION.md has the arithmetic)
 DELIVER_MAX_CONCURRENCY = deliver_max_concurrency(os.environ.get("DELIVER_MAX_CONCURRENCY"))
 RECONCILE_SCHEDULE = os.environ.get("RECONCILE_SCHEDULE") or Cron(0, 3, "*", "*", "?", "*")  # 03:00 UTC nightly
+CAPTURE = capture_enabled(os.environ.get("CAPTURE"))  # off: no capture function and no rule in this stage
 
 
 @app.lambda_function(name="post_auth")
@@ -56,9 +57,10 @@ def reconcile_continue(event, context):
     return entrypoints.reconcile(event, context)
 
 
-@app.on_cw_event(EVENT_PATTERN, name="capture")
-def capture(event):
-    return entrypoints.capture(event.to_dict(), event.context)
+if CAPTURE:
 
+    @app.on_cw_event(EVENT_PATTERN, name="capture")
+    def capture(event):
+        return entrypoints.capture(event.to_dict(), event.context)
 
-capture.event_class = entrypoints.TolerantEvent  # also takes envelopes with keys missing (tests, local tooling)
+    capture.event_class = entrypoints.TolerantEvent  # also takes envelopes with keys missing (tests, local tooling)

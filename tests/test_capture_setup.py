@@ -8,6 +8,10 @@ matter."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import boto3
 import pytest
@@ -202,3 +206,24 @@ def test_the_last_captured_events_age_comes_from_the_newest_capture_enqueued_dat
     _, capture = _capture()
     assert capture["last_event_source"] == "cloudwatch, to the minute"
     assert 19 * 60 <= capture["last_event_age_seconds"] <= 50 * 60 - 1  # the newer of the two, to its minute
+
+
+def _deployed_functions(capture: str) -> tuple[int, str]:
+    """What app.py registers when Chalice imports it with CAPTURE set (a fresh interpreter: app.py reads its
+    decorator arguments once, at import)."""
+    code = "import app; print(sorted(e.name for e in app.app.event_sources))"
+    env = {**os.environ, "CAPTURE": capture}
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True
+    )
+    return done.returncode, done.stdout + done.stderr
+
+
+def test_capture_off_deploys_no_capture_and_needs_no_trail(project, monkeypatch):
+    assert _deployed_functions("on") == (0, "['capture', 'deliver', 'reconcile']\n")
+    assert _deployed_functions("off") == (0, "['deliver', 'reconcile']\n")
+    code, output = _deployed_functions("maybe")
+    assert code != 0 and "CAPTURE must be on or off, not 'maybe'" in output
+    monkeypatch.setenv("CAPTURE", "off")
+    step = _trail_step(bootstrap(create_pool(), "dev", "--json").stdout)
+    assert (step["status"], step["name"]) == ("ok", "not needed")

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from chalicelib.capture_rule import capture_enabled
 from userhub_sync.ops.aws import Identity, client, error_code
 from userhub_sync.ops.stage import StageContext, read_deployed
 from userhub_sync.ops.steps import Step, StepStatus
@@ -159,6 +160,8 @@ def bucket_policy(bucket: str, trail_arn: str, ident: Identity) -> dict[str, Any
 
 def ensure_trail(ctx: StageContext, ident: Identity, *, create: bool, check: bool) -> Step:
     """The bootstrap step: OK if a trail feeds capture; else a warning, or with `create` the trail made."""
+    if not capture_enabled(ctx.var("CAPTURE")):
+        return Step("capture trail", "not needed", StepStatus.OK, "CAPTURE=off: this stage deploys no capture")
     cloudtrail = client("cloudtrail")
     try:
         found = check_trail(cloudtrail, ident.region)
