@@ -72,8 +72,7 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_info and record.exc_info[0] is not None:
             entry["error"] = f"{record.exc_info[0].__name__}: {record.exc_info[1]}"
-        text = json.dumps(entry, default=str, ensure_ascii=False, separators=(",", ":"))  # compact: bytes are billed
-        return _SURROGATES.sub("\ufffd", redact(text))
+        return _SURROGATES.sub("\ufffd", redact(json.dumps(entry, default=str, ensure_ascii=False)))
 
 
 class _StderrHandler(logging.StreamHandler):
