@@ -14,22 +14,11 @@ EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 class NoSQS:
-    """Stands in for deliver's SQS client. A warm container looks its queue up once (GetQueueUrl, and the redrive
-    and retention through GetQueueAttributes), answered here as the queue would; any other call on the
-    all-success path, a settle of a delivered record, is a bug, so it fails loudly."""
+    """Stands in for deliver's SQS client: on the all-success path deliver needs nothing from SQS, not even its
+    queue's redrive policy and retention (read only when a record may have to wait), so any call is a bug and
+    fails loudly."""
 
-    calls = 0  # the calls that fail
-    lookups = 0
-
-    def get_queue_url(self, QueueName: str, **_: Any) -> dict[str, str]:
-        NoSQS.lookups += 1
-        return {"QueueUrl": f"https://sqs.invalid/123456789012/{QueueName}"}
-
-    def get_queue_attributes(self, QueueUrl: str, AttributeNames: list[str]) -> dict[str, Any]:
-        NoSQS.lookups += 1
-        return {
-            "Attributes": {"RedrivePolicy": json.dumps({"maxReceiveCount": 13}), "MessageRetentionPeriod": "345600"}
-        }
+    calls = 0
 
     def __getattr__(self, name: str) -> Any:
         NoSQS.calls += 1

@@ -21,6 +21,7 @@ from collections import defaultdict
 from typing import Any
 
 NAMESPACE = "UserHubSync"
+MAX_VALUES_PER_METRIC = 100  # EMF's limit on the values of one metric in one document
 _secrets: set[str] = set()
 _lock = threading.Lock()
 
@@ -126,6 +127,8 @@ class Metrics:
             self._gauges[name] = value
 
     def flush(self) -> None:
+        """One EMF line for the invocation; more only when a timing has more than MAX_VALUES_PER_METRIC values
+        (EMF takes at most 100 values per metric in one document), the counts and gauges in the first."""
         with self._lock:
             counts, timings, gauges = dict(self._counts), dict(self._timings), dict(self._gauges)
             self._counts.clear()
@@ -133,6 +136,18 @@ class Metrics:
             self._gauges.clear()
         if not counts and not timings and not gauges:
             return
+        if os.environ.get("USERHUB_SYNC_METRICS", "on") == "off":
+            return
+        stream = self._stream or sys.stdout
+        first = True
+        while first or timings:
+            chunk = {name: values[:MAX_VALUES_PER_METRIC] for name, values in timings.items()}
+            timings = {n: v[MAX_VALUES_PER_METRIC:] for n, v in timings.items() if len(v) > MAX_VALUES_PER_METRIC}
+            print(redact(self._document(counts if first else {}, chunk, gauges if first else {})), file=stream)
+            first = False
+        stream.flush()
+
+    def _document(self, counts: dict[str, float], timings: dict[str, list[float]], gauges: dict[str, float]) -> str:
         metrics = (
             [{"Name": n, "Unit": "Count"} for n in counts]
             + [{"Name": n, "Unit": "Milliseconds"} for n in timings]
@@ -144,9 +159,12 @@ class Metrics:
                 "CloudWatchMetrics": [{"Namespace": NAMESPACE, "Dimensions": [["service"]], "Metrics": metrics}],
             },
             "service": self.service,
-            **counts,
+            **{n: _number(v) for n, v in counts.items()},
             **timings,
             **gauges,
         }
-        if os.environ.get("USERHUB_SYNC_METRICS", "on") != "off":
-            print(redact(json.dumps(document)), file=self._stream or sys.stdout, flush=True)
+        return json.dumps(document, separators=(",", ":"))  # compact: CloudWatch Logs bills every byte
+
+
+def _number(value: float) -> float | int:
+    return int(value) if float(value).is_integer() else value

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -138,3 +142,29 @@ def test_calls_and_429_answers_are_counted_for_the_429_share_alarm(pipeline, hub
     assert [e.external_id for e in journal].count("throttled") == 1 + RATE_LIMITED_RESENDS
     assert (document["userhub_calls"], document["userhub_429"]) == (len(journal), 1 + RATE_LIMITED_RESENDS)
     assert {"Name": "userhub_429", "Unit": "Count"} in document["_aws"]["CloudWatchMetrics"][0]["Metrics"]
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({}, (256, 5)),  # DELIVERY_CONCURRENCY's default of 16
+        ({"DELIVERY_CONCURRENCY": "64"}, (1024, 5)),
+        ({"DELIVERY_CONCURRENCY": "1000"}, (10_000, 5)),  # Lambda's largest SQS batch
+        ({"DELIVER_BATCH_SIZE": "10"}, (10, 0)),  # an operator's choice stands; no window needed up to 10
+    ],
+)
+def test_the_event_source_batch_holds_16_rounds_of_the_concurrency(environ, expected) -> None:
+    """Lambda waits for a whole batch before the next: with fewer rounds the idle tail of each batch costs more
+    than 5 % of a container's throughput (docs/PERFORMANCE.md)."""
+    root = Path(__file__).resolve().parent.parent
+    env = {k: v for k, v in os.environ.items() if k not in ("DELIVER_BATCH_SIZE", "DELIVERY_CONCURRENCY")}
+    env.pop("DELIVER_BATCHING_WINDOW_SECONDS", None)
+    done = subprocess.run(  # app.py reads its decorator arguments once, at import (as Chalice deploys it)
+        [sys.executable, "-c", "import app; print(app.DELIVER_BATCH_SIZE, app.DELIVER_BATCHING_WINDOW)"],
+        env=env | environ,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert tuple(int(n) for n in done.stdout.split()) == expected

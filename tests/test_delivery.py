@@ -330,3 +330,37 @@ def test_a_changed_environment_gets_fresh_settings_and_clients(pipeline, hub) ->
         assert app.deliver(receive_event(sqs, pipeline.queues.events_url, 1), None) == {"batchItemFailures": []}
         assert [e.external_id for e in other.events()] == ["second"]
     assert [e.external_id for e in hub.events()] == ["first"]
+
+
+class RecordingSQS:
+    """The real moto client, with every SQS call it is asked for written down."""
+
+    def __init__(self, sqs) -> None:
+        self.sqs = sqs
+        self.calls: list[str] = []
+
+    def __getattr__(self, name: str):
+        self.calls.append(name)
+        return getattr(self.sqs, name)
+
+
+def test_a_batch_that_all_succeeds_makes_no_sqs_call(pipeline, hub) -> None:
+    """The queue's redrive and retention are read only for a record that may have to wait."""
+    send(pipeline.sqs, pipeline.queues.events_url, *(message_body(f"ok-{i}") for i in range(5)))
+    event = receive_event(pipeline.sqs, pipeline.queues.events_url, 5)
+    recording = RecordingSQS(pipeline.sqs)
+    deliverer = deliverer_with(recording)
+
+    result = deliverer.handle(event, LambdaContext("deliver", 60).get_remaining_time_in_millis)
+
+    assert result == {"batchItemFailures": []}
+    assert sorted(e.external_id for e in hub.events()) == [f"ok-{i}" for i in range(5)]
+    assert recording.calls == []
+
+    send(pipeline.sqs, pipeline.queues.events_url, message_body("flaky"))
+    hub.add_fault(Fault(status=503, match_external_id="flaky"))
+    event = receive_event(pipeline.sqs, pipeline.queues.events_url, 1)
+    result = deliverer.handle(event, LambdaContext("deliver", 60).get_remaining_time_in_millis)
+
+    assert len(result["batchItemFailures"]) == 1
+    assert "get_queue_attributes" in recording.calls  # a retry still respects the redrive policy and retention

@@ -146,6 +146,69 @@ def test_acquire_gives_back_the_wait_when_it_would_outlast_the_invocation() -> N
     assert isinstance(asyncio.run(flow.acquire(lambda: 10.0)), Slot)
 
 
+class CountingFlow(FlowControl):
+    """Counts how often a waiting call looks at the state: once per wake-up."""
+
+    looks = 0
+
+    def wait_before_start(self) -> float | None:
+        self.looks += 1
+        return super().wait_before_start()
+
+
+def test_a_finished_call_wakes_one_waiter_and_waiters_start_in_order() -> None:
+    """At a few hundred calls in flight, waking every waiter on every release costs more CPU than the calls."""
+
+    async def scenario() -> list[int]:
+        flow = CountingFlow(1, adaptive=False)
+        first = await flow.acquire(lambda: 60.0)
+        assert isinstance(first, Slot)
+        order: list[int] = []
+
+        async def call(i: int) -> None:
+            slot = await flow.acquire(lambda: 60.0)
+            assert isinstance(slot, Slot)
+            order.append(i)
+
+        waiting = [asyncio.create_task(call(i)) for i in range(50)]
+        await asyncio.sleep(0)  # every waiter has looked once and queued
+        looks_before = flow.looks
+        await flow.release(first, Signal.SUCCESS)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        looks = flow.looks - looks_before
+        assert looks <= 3  # the first waiter, and the next one it wakes to check for a second free slot
+        assert order == [0]
+        for i in range(1, 50):  # each release lets exactly the next one in
+            await flow.release(Slot(0.0), Signal.SUCCESS)
+            for _ in range(5):
+                await asyncio.sleep(0)
+            assert order[-1] == i
+        await asyncio.gather(*waiting)
+        return order
+
+    order = asyncio.run(asyncio.wait_for(scenario(), 30))  # a hang is a failure, not a stuck suite
+    assert order == list(range(50))
+
+
+def test_a_waiter_that_runs_out_of_time_lets_the_next_one_in() -> None:
+    async def scenario() -> list[object]:
+        flow = FlowControl(1, adaptive=False)
+        held = await flow.acquire(lambda: 60.0)
+        assert isinstance(held, Slot)
+        left = {"late": 60.0}
+        late = asyncio.create_task(flow.acquire(lambda: left["late"]))
+        ready = asyncio.create_task(flow.acquire(lambda: 60.0))
+        await asyncio.sleep(0)
+        left["late"] = 0.0  # the first waiter's invocation is over: it gives up when woken
+        await flow.release(held, Signal.SUCCESS)
+        return list(await asyncio.gather(late, ready))
+
+    gave_up, started = asyncio.run(asyncio.wait_for(scenario(), 30))
+    assert gave_up == 0.0
+    assert isinstance(started, Slot)
+
+
 def test_through_deliver_a_429_holds_back_the_rest_of_the_batch(pipeline, hub) -> None:
     """The first round of calls meets 429s asking for 30 s: the container starts no new call, and the records it
     did not start wait those 30 s in the queue instead of coming straight back."""

@@ -87,3 +87,22 @@ def test_without_a_stream_the_line_goes_to_stdout(capsys) -> None:
         metrics.flush()
     out = capsys.readouterr()
     assert json.loads(out.out)["delivered"] == 1 and out.err == ""
+
+
+def test_more_than_100_timings_are_split_over_documents_and_counts_written_once() -> None:
+    """EMF takes at most 100 values of one metric in one document; a batch of 256 calls has 256 timings."""
+    stream = io.StringIO()
+    metrics = Metrics("deliver", stream)
+    metrics.count("delivered", 256)
+    metrics.gauge("concurrency_limit", 16)
+    for i in range(256):
+        metrics.timing("userhub_call_ms", i)
+    with patched_environ({"USERHUB_SYNC_METRICS": None}):
+        documents = flushed(metrics, stream)
+    assert [len(d["userhub_call_ms"]) for d in documents] == [100, 100, 56]
+    assert [v for d in documents for v in d["userhub_call_ms"]] == list(range(256))
+    assert [d.get("delivered") for d in documents] == [256, None, None]
+    assert [d.get("concurrency_limit") for d in documents] == [16, None, None]
+    for document in documents:  # each is a whole EMF document: every metric it declares is in it
+        [directive] = document["_aws"]["CloudWatchMetrics"]
+        assert all(metric["Name"] in document for metric in directive["Metrics"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import socket
 import subprocess
 import sys
@@ -56,6 +57,34 @@ def test_signin_is_enqueued_and_event_returned_unchanged(pipeline) -> None:
         CONNECTION_ID,
     )
     assert body["v"] == 1 and len(body["id"]) == 32
+
+
+@contextlib.contextmanager
+def log_level(level: int) -> Iterator[None]:
+    root = logging.getLogger("userhub_sync")
+    before = root.level
+    root.setLevel(level)
+    try:
+        yield
+    finally:
+        root.setLevel(before)
+
+
+def test_a_plain_success_has_its_metrics_line_but_no_log_line_unless_debug(pipeline, capsys) -> None:
+    """A line per successful sign-in was a tenth of the monthly bill; the EMF count still counts every one."""
+    capsys.readouterr()
+    with patched_environ({"USERHUB_SYNC_METRICS": "on"}), log_level(logging.INFO):
+        assert app.post_auth(signin_event("quiet"), None)
+        out = capsys.readouterr()
+    assert log_lines(out.err) == [] and log_lines(out.out) == []
+    [emf] = [json.loads(line) for line in out.out.splitlines() if line.startswith('{"_aws"')]
+    assert (emf["service"], emf["enqueued"]) == ("post_auth", 1)
+
+    with log_level(logging.DEBUG):  # on demand: LOG_LEVEL=DEBUG
+        app.post_auth(signin_event("loud"), None)
+        lines = log_lines(capsys.readouterr().err)
+    assert [(line["level"], line["message"], line["user"]) for line in lines] == [("DEBUG", "enqueued", "loud")]
+    assert [b["username"] for b in queued(pipeline)] == ["quiet", "loud"]
 
 
 def test_post_confirmation_sends_signup(pipeline) -> None:

@@ -22,7 +22,7 @@ from chalicelib.aws_clients import aws_client
 from chalicelib.delivery.calls import BatchCaller, CallResult, Deadline, NotStarted, Transient
 from chalicelib.delivery.flow import FlowControl
 from chalicelib.delivery.mapping import MappingProbe
-from chalicelib.delivery.plan import Action, DeadLetter, Delay, Delete, Limits, plan
+from chalicelib.delivery.plan import Action, DeadLetter, Delay, Delete, Limits, QueueFacts, plan
 from chalicelib.delivery.policy import RetryPolicy
 from chalicelib.delivery.records import Poison, Record, parse
 from chalicelib.delivery.resolve import Dropped, Resolver
@@ -93,6 +93,7 @@ class Deliverer:
             metrics=self.metrics,
         )
         self.limits = Limits(RetryPolicy.from_settings(settings), settings.retention_margin_seconds)
+        self._unread_facts = QueueFacts(settings.max_receive_count, None)  # what `plan` gets where it reads none
         self.resolver = Resolver(
             self._cognito_client,
             settings.user_pool_id,
@@ -149,7 +150,7 @@ class Deliverer:
                     record,
                     outcome,
                     message if isinstance(message, SyncMessage) else None,
-                    self.queues.facts(record.source_arn),
+                    self._facts(record, outcome),
                     self.limits,
                     now=now,
                     rng=self.rng,
@@ -160,6 +161,13 @@ class Deliverer:
         settled = apply(planned, self.sqs, self.queues)
         self._account(settled, outcomes, ready, started)
         return self._respond(settled)
+
+    def _facts(self, record: Record, outcome: Outcome) -> QueueFacts:
+        """The queue's redrive and retention, looked up (once per container) only for an outcome that may wait:
+        `plan` reads them for nothing else, so a batch that all succeeds makes no SQS call at all."""
+        if isinstance(outcome, Transient | NotStarted):
+            return self.queues.facts(record.source_arn)
+        return self._unread_facts
 
     def _resolve(self, parsed: list[Parsed], deadline: Deadline) -> list[Ready]:
         captured = [item for item in parsed if isinstance(item, CaptureMessage)]

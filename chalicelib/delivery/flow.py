@@ -17,6 +17,11 @@ its share by itself (additive increase, multiplicative decrease, as TCP does):
 The state lives as long as the warm container. With `ADAPTIVE_CONCURRENCY=off` the container behaves as before
 adaptivity: DELIVERY_CONCURRENCY calls in flight, no pause, no learned pace (each message still waits its own
 Retry-After in the queue); DELIVERY_RATE_LIMIT still applies.
+
+Waiting calls queue in order and only the first of them is woken (when a call finishes, or its timed wait for a
+pause or a rate-limit token is over); once it starts, it wakes the next. A finished call therefore costs O(1)
+wake-ups however many calls wait: waking every waiter on every release (a condition's notify_all) is O(waiters) per
+call and, at a few hundred in flight, a thundering herd that costs more CPU than the calls themselves.
 """
 
 from __future__ import annotations
@@ -50,6 +55,15 @@ class Slot:
     started: float
 
 
+class _Waiter:
+    """One call waiting for its turn; it keeps its place in the queue across the times it is woken."""
+
+    __slots__ = ("woken",)
+
+    def __init__(self) -> None:
+        self.woken: asyncio.Future[None] | None = None
+
+
 class FlowControl:
     def __init__(
         self,
@@ -73,7 +87,7 @@ class FlowControl:
         self._last_pace_cut = float("-inf")
         self._recent_starts: deque[float] = deque()
         self._clock = clock
-        self._changed: asyncio.Condition | None = None
+        self._waiters: deque[_Waiter] = deque()
 
     # ------------------------------------------------------------------ the decisions, pure given the clock
     def wait_before_start(self) -> float | None:
@@ -138,26 +152,48 @@ class FlowControl:
     # ------------------------------------------------------------------ async use by the caller
     async def acquire(self, time_left: Callable[[], float]) -> Slot | float:
         """A slot, once one may start; or, when waiting would outlast `time_left()`, the seconds this container
-        still has to wait (0 if it is only busy), so the message can be offered again when that is over."""
-        if self._changed is None:
-            self._changed = asyncio.Condition()
-        async with self._changed:
+        still has to wait (0 if it is only busy), so the message can be offered again when that is over.
+
+        Calls start in the order they asked; only the first waiter watches the clock (pauses, rate limit)."""
+        waiter: _Waiter | None = None
+        try:
             while True:
                 left = time_left()
                 if left <= 0:
                     return 0.0
                 wait = self.wait_before_start()
-                if wait == 0.0:
-                    return self.started()
+                first = not self._waiters or self._waiters[0] is waiter
+                if wait == 0.0 and first:
+                    if waiter is not None:
+                        self._waiters.popleft()
+                        waiter = None
+                    slot = self.started()
+                    self._wake_first()  # another slot may be free too (slow start adds one per success)
+                    return slot
                 if wait is not None and wait >= left:
                     return wait
+                if waiter is None:
+                    waiter = _Waiter()
+                    self._waiters.append(waiter)
+                    first = len(self._waiters) == 1
+                waiter.woken = asyncio.get_running_loop().create_future()
+                timeout = min(wait or left, left) if first else left
                 try:
-                    await asyncio.wait_for(self._changed.wait(), timeout=min(wait or left, left))
+                    async with asyncio.timeout(timeout):
+                        await waiter.woken
                 except TimeoutError:
                     pass
+        finally:
+            if waiter is not None:  # gave up (time, a long pause, cancellation): let the next one look
+                self._waiters.remove(waiter)
+                self._wake_first()
 
     async def release(self, slot: Slot, signal: Signal, retry_after: float | None = None) -> None:
         self.finished(slot, signal, retry_after)
-        assert self._changed is not None
-        async with self._changed:
-            self._changed.notify_all()
+        self._wake_first()
+
+    def _wake_first(self) -> None:
+        if self._waiters:
+            woken = self._waiters[0].woken
+            if woken is not None and not woken.done():
+                woken.set_result(None)
