@@ -363,3 +363,19 @@ def test_a_captured_change_replayed_from_the_dlq_is_resolved_again(pipeline) -> 
     message = DlqMessage.from_sqs(raw)
     assert message.kind == "redriven" and message.username is None
     assert isinstance(parse_message(replay_body(message)), CaptureMessage)
+
+
+def test_the_sub_maps_shards_are_built_in_bounded_memory() -> None:
+    """256 gzip compressors at zlib's default window hold 68 MB whatever the pool's size; reconcile runs in a Lambda."""
+    import tracemalloc
+
+    from chalicelib import sub_index
+
+    tracemalloc.start()
+    try:
+        shards = sub_index.encode_shards((f"{n:08x}-sub", f"user{n}@example.com") for n in range(2000))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(shards) == sub_index.SHARDS
+    assert peak < 16 * 1024 * 1024, f"{peak / 1e6:.0f} MB to build the map's shards"
