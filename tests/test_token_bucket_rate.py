@@ -129,3 +129,19 @@ def test_try_acquire_never_allows_more_than_the_burst_after_a_long_idle() -> Non
     paced, fake = bucket(5.0, burst=2)
     fake.now += 10_000
     assert [paced.try_acquire(0.0) for _ in range(3)] == [True, True, False]
+
+
+def test_try_acquire_takes_a_token_at_hand_even_with_no_time_left() -> None:
+    paced, fake = bucket(1.0, burst=2)
+    assert paced.try_acquire(-1.0) is True  # a caller already past its deadline still gets a token at hand
+    fake.now += 0.5  # 1.5 tokens
+    assert paced.try_acquire(-1.0) is True
+    assert paced.try_acquire(-1.0) is False and fake.slept == []
+
+
+def test_try_acquire_counts_a_token_short_only_by_float_drift_as_whole() -> None:
+    paced, fake = bucket(1.0, now=0.0)
+    paced.acquire()
+    fake.now = 1 - 1e-9  # exactly one token less the drift the bucket forgives
+    assert paced.try_acquire(0.0) is True
+    assert fake.slept == []
