@@ -95,3 +95,13 @@ def test_outside_lambda_the_context_s_clock_is_ignored(hook_env) -> None:
     with patched_environ({"AWS_LAMBDA_FUNCTION_NAME": None}):
         assert sr.recover_at_run_start(get_settings(), context, lambda: clients(hook_env)) == 1
     assert queued(hook_env) == ["old-user"]
+
+
+def test_a_run_given_its_now_ends_its_window_there_and_leaves_the_ingestion_lag_unread(hook_env) -> None:
+    end = now_ms() - 3 * 60 * MINUTE_MS
+    put_lines(CONFIGURED, [record_line("before-end")], at_ms=end - 30 * MINUTE_MS)
+    put_lines(CONFIGURED, [record_line("after-end")], at_ms=end + 30 * MINUTE_MS)
+    report = sr.recover_signins(clients(hook_env), bucket=BUCKET, log_groups=[CONFIGURED], now_ms=end)
+    assert report.end_ms == end and report.start_ms == end - sr.FIRST_RUN_LOOKBACK_MS
+    assert queued(hook_env) == ["before-end"]
+    assert report.watermark_after_ms == end - sr.INGESTION_LAG_MS
