@@ -206,7 +206,8 @@ def test_another_cognito_error_is_a_plain_transient() -> None:
     assert got == Transient("Cognito ListUsers: InternalErrorException")
 
 
-def test_cognito_out_of_reach_is_a_plain_transient() -> None:
+def test_cognito_out_of_reach_is_a_plain_transient(moto_server: MotoServer) -> None:
+    # moto_server only for the session's region and dummy credentials: this client goes nowhere near it
     unreachable = boto3.client(
         "cognito-idp",
         endpoint_url="http://127.0.0.1:9",  # nothing listens on the discard port here
