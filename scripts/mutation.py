@@ -41,6 +41,7 @@ from mutmut.mutation.diff_apply import get_diff_for_mutant
 ROOT = Path(__file__).resolve().parent.parent
 MUTANTS = ROOT / "mutants"
 EQUIVALENTS = ROOT / "scripts" / "mutation_equivalents.tsv"
+CARRIED = MUTANTS / "carried.json"  # kills a resume carried over, which mutmut's own results forget
 MUTMUT = Path(sys.executable).parent / "mutmut"
 ACCEPTED = "accepted"  # a triage kind that changes behaviour: counted against the score, listed, not a test gap
 STATUS = {1: "killed", 3: "killed", 0: "survived", 33: "no tests", 5: "no tests", 36: "timeout", 24: "timeout"}
@@ -103,6 +104,16 @@ def draw(names: list[str], size: int, seed: int, per_module: int) -> list[str]:
     return sorted(chosen)
 
 
+def recorded() -> dict[str, str]:
+    """mutmut's results, plus the kills the last resume carried over while the mutant still reads the same."""
+    found = results()
+    if CARRIED.exists():
+        for name, (line, result) in json.loads(CARRIED.read_text()).items():
+            if found.get(name) == "not checked" and mutated_line(get_diff_for_mutant(name)) == line:
+                found[name] = result
+    return found
+
+
 def results() -> dict[str, str]:
     found: dict[str, str] = {}
     for meta in MUTANTS.rglob("*.py.meta"):
@@ -152,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.resume:
         generate()  # mutmut keeps the results of every function whose source did not change
         sample = (MUTANTS / "sample.txt").read_text().split()
-        before = results()
+        before = recorded()
         to_run = [name for name in sample if before.get(name) not in ("killed", "timeout")]
         # mutmut forgets every result when the test selection in pyproject.toml changes (a new test file): a kill
         # of the last run stands while the mutant reads the same, since tests were only added
@@ -185,10 +196,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"mutmut run failed ({run.returncode}): see {MUTANTS / 'mutmut-run.log'}", file=sys.stderr)
             return run.returncode
 
-    status = results()
+    status = recorded() if args.report else results()
     for name, line in carried.items():
         if status.get(name) == "not checked" and mutated_line(get_diff_for_mutant(name)) == line:
             status[name] = before[name]
+    if carried:  # a second resume or a report after this one must not lose them
+        CARRIED.write_text(json.dumps({name: [line, status[name]] for name, line in carried.items()}))
     equivalents = load_equivalents()
     tally: Counter[str] = Counter(status[name] for name in sample)
     kinds: Counter[str] = Counter()
