@@ -15,9 +15,11 @@ lint: install
 	$(VENV)/bin/ruff format --check . && $(VENV)/bin/ruff check . && $(VENV)/bin/mypy
 bench: install
 	$(PY) -m bench
-# Mutation testing of the core (slow, never in CI): SEED and SIZE pick the sample, SIZE=all runs every mutant;
-# RESUME=1 reruns only the last run's sampled mutants not yet killed (after adding tests).
+# Mutation testing of the core (slow, never in CI): SEED, SIZE and PER_MODULE pick the sample (PER_MODULE of each
+# module first, the rest uniformly), SIZE=all runs every mutant; RESUME=1 reruns only the last run's sampled
+# mutants not yet killed (after adding tests).
 SEED ?= 2026
-SIZE ?= 600
+SIZE ?= 800
+PER_MODULE ?= 20
 mutation: install
-	$(PY) scripts/mutation.py $(if $(RESUME),--resume,--seed $(SEED) $(if $(filter all,$(SIZE)),--all,--size $(SIZE)))
+	$(PY) scripts/mutation.py $(if $(RESUME),--resume,--seed $(SEED) --per-module $(PER_MODULE) $(if $(filter all,$(SIZE)),--all,--size $(SIZE)))

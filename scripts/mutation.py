@@ -1,10 +1,13 @@
 """`make mutation`: mutation testing of the core with mutmut 3, on a reproducible sample, and the score.
 
-    .venv/bin/python scripts/mutation.py [--seed 2026] [--size 600 | --all] [--resume | --report] [--fail-under 95]
+    .venv/bin/python scripts/mutation.py [--seed 2026] [--size 600 | --all] [--per-module 0] [--resume | --report]
+                                         [--fail-under 95]
 
 1. mutmut writes every mutant of the modules `[tool.mutmut]` in pyproject.toml selects into `mutants/`.
 2. A sample of them is drawn with `random.Random(seed)` from the sorted mutant names, so one seed and size give the
-   same mutants on any machine (for the same source).
+   same mutants on any machine (for the same source). With `--per-module N` the draw is stratified: each module
+   first gets N of its own mutants (all of them if it has fewer), then the rest of the size is drawn from the
+   mutants left, so a small or new module is not left to chance.
 3. `mutmut run` runs that sample: each mutant against the tests that called the mutated function (mutmut records
    that in one plain pytest run first, xdist off; the moto server and the fake UserHub are fixtures of those tests).
 4. Each survivor is looked up in `scripts/mutation_equivalents.tsv`, the triage of survivors that change no
@@ -24,6 +27,7 @@ import io
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -37,10 +41,14 @@ from mutmut.mutation.diff_apply import get_diff_for_mutant
 ROOT = Path(__file__).resolve().parent.parent
 MUTANTS = ROOT / "mutants"
 EQUIVALENTS = ROOT / "scripts" / "mutation_equivalents.tsv"
+CARRIED = MUTANTS / "carried.json"  # kills a resume carried over, which mutmut's own results forget
 MUTMUT = Path(sys.executable).parent / "mutmut"
 ACCEPTED = "accepted"  # a triage kind that changes behaviour: counted against the score, listed, not a test gap
 STATUS = {1: "killed", 3: "killed", 0: "survived", 33: "no tests", 5: "no tests", 36: "timeout", 24: "timeout"}
 STATUS |= {-24: "timeout", 152: "timeout", 255: "timeout", None: "not checked"}
+
+
+MODULE = re.compile(r"^(.*?)\.x[_ǁ]")  # mutmut 3 names a mutant module.x_function__mutmut_N or module.xǁClassǁ...
 
 
 @dataclass(frozen=True)
@@ -74,6 +82,38 @@ def generate() -> list[str]:
     )
 
 
+def module_of(name: str) -> str:
+    found = MODULE.match(name)
+    return found.group(1) if found else name
+
+
+def draw(names: list[str], size: int, seed: int, per_module: int) -> list[str]:
+    """A reproducible sample: `per_module` of each module's mutants first, the rest uniformly from what is left."""
+    rng = random.Random(seed)
+    if per_module <= 0:
+        return sorted(rng.sample(names, size))
+    by_module: dict[str, list[str]] = {}
+    for name in names:
+        by_module.setdefault(module_of(name), []).append(name)
+    chosen: set[str] = set()
+    for module in sorted(by_module):
+        mine = by_module[module]
+        chosen.update(rng.sample(mine, min(per_module, len(mine))))
+    rest = [name for name in names if name not in chosen]
+    chosen.update(rng.sample(rest, max(0, min(size - len(chosen), len(rest)))))
+    return sorted(chosen)
+
+
+def recorded() -> dict[str, str]:
+    """mutmut's results, plus the kills the last resume carried over while the mutant still reads the same."""
+    found = results()
+    if CARRIED.exists():
+        for name, (line, result) in json.loads(CARRIED.read_text()).items():
+            if found.get(name) == "not checked" and mutated_line(get_diff_for_mutant(name)) == line:
+                found[name] = result
+    return found
+
+
 def results() -> dict[str, str]:
     found: dict[str, str] = {}
     for meta in MUTANTS.rglob("*.py.meta"):
@@ -101,6 +141,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=600, help="mutants to sample (default 600)")
     parser.add_argument("--all", action="store_true", help="run every mutant instead of a sample")
     parser.add_argument(
+        "--per-module",
+        type=int,
+        default=0,
+        help="stratify: each module gets this many of its mutants first (default 0: a uniform draw)",
+    )
+    parser.add_argument(
         "--resume",
         action="store_true",
         help="keep mutants/ and its results; run again only the sampled mutants not yet killed (after adding tests)",
@@ -117,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.resume:
         generate()  # mutmut keeps the results of every function whose source did not change
         sample = (MUTANTS / "sample.txt").read_text().split()
-        before = results()
+        before = recorded()
         to_run = [name for name in sample if before.get(name) not in ("killed", "timeout")]
         # mutmut forgets every result when the test selection in pyproject.toml changes (a new test file): a kill
         # of the last run stands while the mutant reads the same, since tests were only added
@@ -128,8 +174,12 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(MUTANTS)
         names = generate()
         size = len(names) if args.all else min(args.size, len(names))
-        sample = sorted(random.Random(args.seed).sample(names, size)) if size < len(names) else names
-        print(f"mutants generated: {len(names)}; sampled: {len(sample)} (seed {args.seed}, size {size})", flush=True)
+        sample = draw(names, size, args.seed, args.per_module) if size < len(names) else names
+        print(
+            f"mutants generated: {len(names)}; sampled: {len(sample)} "
+            f"(seed {args.seed}, size {size}, per module {args.per_module})",
+            flush=True,
+        )
         (MUTANTS / "sample.txt").write_text("\n".join(sample) + "\n")
         to_run, before, carried = sample, {}, {}
 
@@ -146,26 +196,36 @@ def main(argv: list[str] | None = None) -> int:
             print(f"mutmut run failed ({run.returncode}): see {MUTANTS / 'mutmut-run.log'}", file=sys.stderr)
             return run.returncode
 
-    status = results()
+    status = recorded() if args.report else results()
     for name, line in carried.items():
         if status.get(name) == "not checked" and mutated_line(get_diff_for_mutant(name)) == line:
             status[name] = before[name]
+    if carried:  # a second resume or a report after this one must not lose them
+        CARRIED.write_text(json.dumps({name: [line, status[name]] for name, line in carried.items()}))
     equivalents = load_equivalents()
     tally: Counter[str] = Counter(status[name] for name in sample)
     kinds: Counter[str] = Counter()
     accepted: list[str] = []
     untriaged: list[tuple[str, str]] = []
+    modules: dict[str, Counter[str]] = {}  # per module: sampled, killed, equivalent, accepted, untriaged
     for name in sample:
+        row = modules.setdefault(module_of(name), Counter())
+        row["sampled"] += 1
+        if status[name] in ("killed", "timeout"):
+            row["killed"] += 1
         if status[name] not in ("survived", "no tests"):
             continue
         diff = get_diff_for_mutant(name)
         known = equivalents.get(name)
         if known is None or known.line != mutated_line(diff):
             untriaged.append((name, diff))
+            row["untriaged"] += 1
         elif known.kind == ACCEPTED:
             accepted.append(name)
+            row["accepted"] += 1
         else:
             kinds[known.kind] += 1
+            row["equivalent"] += 1
     equivalent = sum(kinds.values())
     behaviour = len(sample) - equivalent
     killed = tally["killed"] + tally["timeout"]  # a mutant that makes the tests hang is caught too
@@ -176,6 +236,10 @@ def main(argv: list[str] | None = None) -> int:
 
     minutes = (time.monotonic() - started) / 60
     print(f"results: {dict(sorted(tally.items()))}")
+    print("by module: sampled, killed, equivalent, accepted, untriaged")
+    for module, row in sorted(modules.items(), key=lambda item: (-item[1]["sampled"], item[0])):
+        counts = ", ".join(str(row[key]) for key in ("sampled", "killed", "equivalent", "accepted", "untriaged"))
+        print(f"  {module}: {counts}")
     print(f"survivors triaged equivalent: {equivalent} {dict(sorted(kinds.items()))}")
     print(f"survivors accepted (they change behaviour; no test can tell, see the triage file): {len(accepted)}")
     print(f"survivors not triaged (behaviour-changing until shown otherwise): {len(untriaged)}")
