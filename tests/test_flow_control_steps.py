@@ -144,11 +144,13 @@ def test_no_retry_after_or_zero_makes_no_pause() -> None:
     assert flow.paused_until == 0.0 and flow.wait_before_start() == 0.0
 
 
-def test_a_retry_after_pauses_even_without_adaptivity() -> None:
+def test_without_adaptivity_a_retry_after_pauses_nothing() -> None:
+    """Off is the behaviour before adaptivity: each message waits its own Retry-After in the queue, the container
+    goes on."""
     clock = Clock()
     flow = FlowControl(16, adaptive=False, clock=clock)
-    flow.finished(flow.started(), Signal.SUCCESS, retry_after=3)
-    assert flow.wait_before_start() == 3.0 and flow.limit == 16.0
+    flow.finished(flow.started(), Signal.RATE_LIMITED, retry_after=3)
+    assert flow.wait_before_start() == 0.0 and flow.limit == 16.0 and flow.pace is None
 
 
 def test_the_rate_starts_with_one_token_and_waits_exactly_for_the_next() -> None:
@@ -161,14 +163,14 @@ def test_the_rate_starts_with_one_token_and_waits_exactly_for_the_next() -> None
     assert flow.wait_before_start() == pytest.approx(0.15)
 
 
-def test_the_rate_s_burst_is_one_second_of_calls() -> None:
+def test_the_rate_s_burst_is_a_tenth_of_a_second_of_calls() -> None:
     clock = Clock()
-    flow = FlowControl(64, adaptive=False, rate_limit=10, clock=clock)
+    flow = FlowControl(64, adaptive=False, rate_limit=100, clock=clock)
     clock.now += 3600
     for _ in range(10):
         assert flow.wait_before_start() == 0.0
         flow.finished(flow.started(), Signal.SUCCESS)
-    assert flow.wait_before_start() == pytest.approx(0.1)
+    assert flow.wait_before_start() == pytest.approx(0.01)
 
 
 def test_a_rate_below_one_a_second_still_bursts_one_call() -> None:
