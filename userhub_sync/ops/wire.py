@@ -32,7 +32,7 @@ import json
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from userhub_sync.ops.aws import caller_identity, client, error_code, queue_arn, queue_url_or_none
 from userhub_sync.ops.errors import ExitCode, OpsError
@@ -41,6 +41,7 @@ from userhub_sync.ops.stage import POOL_ID_RE, StageContext, read_deployed
 if TYPE_CHECKING:
     from types_boto3_cognito_idp import CognitoIdentityProviderClient
     from types_boto3_lambda import LambdaClient
+    from types_boto3_lambda.type_defs import LoggingConfigTypeDef
 
 RESPONSE_TYPE: Final = "ReportBatchItemFailures"
 # no START/END/REPORT lines; INFO, not higher: our lines and EMF carry no Lambda level, so Lambda files them as INFO
@@ -218,7 +219,9 @@ def ensure_logging_config(
         return WireStep(what, WireStatus.WOULD_SET, was)
     # right after `chalice deploy` the function may still be updating: a second update would be refused
     lam.get_waiter("function_updated_v2").wait(FunctionName=function_arn, WaiterConfig={"Delay": 2, "MaxAttempts": 60})
-    updated = lam.update_function_configuration(FunctionName=function_arn, LoggingConfig=dict(LOGGING_CONFIG))
+    updated = lam.update_function_configuration(
+        FunctionName=function_arn, LoggingConfig=cast("LoggingConfigTypeDef", dict(LOGGING_CONFIG))
+    )
     kept = updated.get("LoggingConfig") or {}
     if any(kept.get(key) != value for key, value in LOGGING_CONFIG.items()):
         raise OpsError(f"UpdateFunctionConfiguration did not keep LoggingConfig on {function_arn}: {kept}")
