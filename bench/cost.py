@@ -5,7 +5,11 @@ source mapping (`userhub_sync.local.event_source.LocalEventSource`) feeds the re
 fake UserHub (+25 ms). Every SQS request is counted by API name and by who made it (a botocore `request-created.sqs`
 hook on the session, inherited by every SQS client created after it: post_auth's, deliver's and the worker's), handler
 invocations and their durations are timed, UserHub calls are read from the fake's journal, and log bytes are counted at
-the handlers' stdout/stderr. Run once without faults and once with 5 % transient (503) UserHub failures."""
+the handlers' stdout/stderr. Run once without faults and once with 5 % transient (503) UserHub failures.
+
+Priced as deployed: post_auth writes a line only when something other than a plain success happened (counted), and
+`wire` turns off Lambda's START/END/REPORT lines for post_auth (modelled: not written locally). The configuration
+before those two changes (one EMF line per sign-in, platform lines on) is priced too, for information."""
 
 from __future__ import annotations
 
@@ -76,6 +80,7 @@ class Tally:
     dead: int = 0
     seconds: float = 0.0
     batch_sizes: list[int] = field(default_factory=list)
+    silent_post_auth: int = 0  # post_auth invocations that wrote nothing at all (plain successes)
 
     def sqs_total(self, role: str | None = None) -> int:
         return sum(v for (r, _), v in self.sqs.items() if role is None or r == role)
@@ -94,6 +99,7 @@ def _as(role: str, tally: Tally) -> Iterator[None]:
     finally:
         tally.durations[role].append((time.perf_counter() - started) * 1000)
         tally.log_bytes[role] += writer.bytes
+        tally.silent_post_auth += int(role == "post_auth" and writer.bytes == 0)
         ROLE.name = previous
 
 
@@ -281,8 +287,24 @@ def _gb_seconds(durations_ms: list[float], memory_mb: int) -> float:
     return sum(math.ceil(d) for d in durations_ms) / 1000 * memory_mb / 1024
 
 
-def _monthly(tally: Tally, memory: dict[str, int], *, post_auth_platform_lines: bool = True) -> dict[str, float]:
-    """`post_auth_platform_lines=False`: as if post_auth's system log level were WARN (no START/END/REPORT)."""
+def plain_success_emf_bytes(milliseconds: float) -> int:
+    """The EMF line post_auth wrote for every plain success before it stopped (same code: `Metrics._document`)."""
+    from chalicelib.observability import Metrics
+
+    line = Metrics("post_auth")._document({"enqueued": 1}, {"post_auth_ms": [round(milliseconds, 2)]}, {})
+    return len(line.encode()) + 1  # and its newline
+
+
+def _monthly(
+    tally: Tally,
+    memory: dict[str, int],
+    *,
+    post_auth_platform_lines: bool = False,
+    emf_per_success: bool = False,
+) -> dict[str, float]:
+    """As deployed by default: post_auth's system log level WARN (`wire`, the template), so no START/END/REPORT lines
+    for it. `post_auth_platform_lines=True`: `wire --keep-platform-logs`. `emf_per_success=True`: as before, when
+    each plain success wrote its EMF line too."""
     scale = SIGNINS_PER_DAY * DAYS / SIGNINS  # this run's counts → a month of 1 M sign-ins a day
     invocations = len(tally.durations["post_auth"]) + len(tally.durations["deliver"])
     gb_s = _gb_seconds(tally.durations["post_auth"], memory["post_auth"]) + _gb_seconds(
@@ -290,6 +312,8 @@ def _monthly(tally: Tally, memory: dict[str, int], *, post_auth_platform_lines: 
     )
     with_lines = invocations if post_auth_platform_lines else len(tally.durations["deliver"])
     log_bytes = sum(tally.log_bytes.values()) + with_lines * LAMBDA_PLATFORM_LOG_BYTES
+    if emf_per_success:
+        log_bytes += tally.silent_post_auth * plain_success_emf_bytes(median(tally.durations["post_auth"]))
     return {
         "SQS requests": tally.sqs_total() * scale / 1e6 * SQS_PER_MILLION,
         "Lambda requests": invocations * scale / 1e6 * LAMBDA_PER_MILLION,
@@ -367,6 +391,11 @@ def _report(section: Section, tallies: dict[str, Tally], guide_ms: float) -> Non
             + " | ".join(fmt(t.log_bytes[role] * per) for t in tallies.values())
             + " |"
         )
+    rows.append(
+        "| post_auth invocations that wrote nothing (plain successes) | "
+        + " | ".join(fmt(t.silent_post_auth * per) for t in tallies.values())
+        + " |"
+    )
     rows.append("| wall time of the run (s) | " + " | ".join(f"{t.seconds:.1f}" for t in tallies.values()) + " |")
     section.tables.append("Counted in the runs (scaled to 1,000 sign-ins):\n\n" + "\n".join(rows))
 
@@ -435,16 +464,29 @@ def _report(section: Section, tallies: dict[str, Tally], guide_ms: float) -> Non
             note=f"${sum(ours[names[1]].values()):,.2f} with {FAULT_RATE:.0%} faults",
         )
     )
-    quiet = sum(_monthly(clean, memory, post_auth_platform_lines=False).values())
+    loud = sum(_monthly(clean, memory, post_auth_platform_lines=True).values())
+    old = sum(_monthly(clean, memory, post_auth_platform_lines=True, emf_per_success=True).values())
     section.add(
         Figure(
-            "monthly cost if post_auth's Lambda system log level were WARN (no START/END/REPORT lines)",
-            quiet,
+            "monthly cost with `wire --keep-platform-logs` (START/END/REPORT lines for post_auth)",
+            loud,
             "USD",
             guide_total,
-            "guide's inline Lambda, with its lines",
-            quiet / guide_total,
-            note="a deployment option, not deployed: see docs/PERFORMANCE.md",
+            "guide's inline Lambda",
+            loud / guide_total,
+            note="information: the option, not the default",
+        )
+    )
+    section.add(
+        Figure(
+            "monthly cost in the old configuration (an EMF line per sign-in, platform lines on)",
+            old,
+            "USD",
+            guide_total,
+            "guide's inline Lambda",
+            old / guide_total,
+            note=f"information: {plain_success_emf_bytes(median(clean.durations['post_auth']))} bytes of EMF per "
+            "plain success, added to this run's counts",
         )
     )
     trickle = _trickle(clean, memory)
@@ -477,7 +519,11 @@ def _report(section: Section, tallies: dict[str, Tally], guide_ms: float) -> Non
         f"${SQS_PER_MILLION:.2f} per million requests; Lambda ${LAMBDA_PER_MILLION:.2f} per million requests + "
         f"${LAMBDA_PER_GB_SECOND} per GB-second (x86, each invocation rounded up to 1 ms); CloudWatch Logs "
         f"${LOGS_PER_GB:.2f} per GB ingested (+≈{LAMBDA_PLATFORM_LOG_BYTES} bytes of START/END/REPORT lines per "
-        "invocation, an estimate). Free tiers and log storage are ignored.",
+        "deliver invocation, an estimate; none for post_auth, whose LoggingConfig `wire` and the template set to "
+        "system log level WARN). Free tiers and log storage are ignored.",
+        "post_auth's own bytes are counted as it writes them: nothing on a plain first-attempt success, its EMF line "
+        "and reason lines otherwise. The old configuration adds the EMF line each plain success used to write "
+        "(built by the same `Metrics` code with this run's median duration) and post_auth's platform lines.",
         f"Memory from .chalice/config.json: post_auth {memory['post_auth']} MB, deliver {memory['deliver']} MB. "
         f"Durations measured here (loopback moto and fake UserHub); in AWS the SQS and UserHub round trips will "
         f"differ. Guide: one {GUIDE_MEMORY_MB} MB invocation per sign-in lasting one UserHub call, "
@@ -504,5 +550,5 @@ def _trickle(tally: Tally, memory: dict[str, int]) -> float:
     requests = 2 * scale / 1e6 * LAMBDA_PER_MILLION
     duration = scale * (post_ms * memory["post_auth"] + math.ceil(per_record_ms) * memory["deliver"]) / 1000 / 1024
     per_signin_log = sum(tally.log_bytes.values()) / SIGNINS
-    logs = scale * (per_signin_log + 2 * LAMBDA_PLATFORM_LOG_BYTES) / 1e9 * LOGS_PER_GB
+    logs = scale * (per_signin_log + LAMBDA_PLATFORM_LOG_BYTES) / 1e9 * LOGS_PER_GB  # deliver's; post_auth's are off
     return sqs + requests + duration * LAMBDA_PER_GB_SECOND + logs

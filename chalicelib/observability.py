@@ -126,6 +126,14 @@ class Metrics:
         with self._lock:
             self._gauges[name] = value
 
+    def discard(self) -> None:
+        """Drop what this invocation counted without writing it; `totals` keep it (the CLI, tests, the local
+        worker). post_auth calls this on a plain success: CloudWatch gets that count from Lambda's own metrics."""
+        with self._lock:
+            self._counts.clear()
+            self._timings.clear()
+            self._gauges.clear()
+
     def flush(self) -> None:
         """One EMF line for the invocation; more only when a timing has more than MAX_VALUES_PER_METRIC values
         (EMF takes at most 100 values per metric in one document), the counts and gauges in the first."""

@@ -18,9 +18,14 @@ trigger). Invariants:
 - A sign-in is lost only if both attempts fail *and* its record never reaches CloudWatch Logs, or expires there
   before recovery runs (docs/RELIABILITY.md).
 - **Logs what an operator needs.** A retry, a failure and a recovery record each have their line with the reason;
-  a plain success has none at INFO (its "enqueued" line is DEBUG: `LOG_LEVEL=DEBUG` brings it back). Every
-  invocation still writes its one EMF line, so the `enqueued` count misses no sign-in. At a million sign-ins a day
-  a success line was a tenth of the monthly bill (docs/PERFORMANCE.md).
+  a plain success has none at INFO (its "enqueued" line is DEBUG: `LOG_LEVEL=DEBUG` brings it back).
+- **Metrics stay complete without a line per sign-in.** An invocation writes its EMF line only when something other
+  than a plain first-attempt success happened (a retry, a failure, a recovery record, an ignored trigger source).
+  A plain success writes nothing to stdout: it counts `enqueued` in `metrics.totals` only. Every invocation that
+  returns either enqueued or counted `enqueue_failed` / `trigger_ignored` in its EMF line, and none raises, so in
+  CloudWatch enqueued = AWS/Lambda Invocations − Errors − enqueue_failed − trigger_ignored (the dashboard's
+  "sign-ins enqueued", docs/OPERATIONS.md). At a million sign-ins a day a success line, and then the EMF line,
+  each cost dollars a month (docs/PERFORMANCE.md finding 4).
 
 Only the standard library and boto3 are imported: no pydantic, httpx or UserHub code (see docs/PERFORMANCE.md for
 the measured import time). The body it writes is the v1 message of `chalicelib.messages`.
@@ -278,6 +283,11 @@ def _log_retry(event: Any, reason: str) -> None:
     )
 
 
+def _retry(event: Any, reason: str, retried: list[str]) -> None:
+    retried.append(reason)
+    _log_retry(event, reason)
+
+
 def _write_recovery_record(body: str, event: Any, event_type: str, reason: str) -> None:
     """The second path: one line on stdout, which Lambda ships to CloudWatch Logs without our SQS connection."""
     try:
@@ -300,6 +310,8 @@ def _write_recovery_record(body: str, event: Any, event_type: str, reason: str) 
 def handle_trigger(event: Any, context: Any = None) -> Any:
     """Enqueue one message for a sign-in or sign-up and give Cognito its event back, whatever happens."""
     started = time.monotonic()
+    plain = False  # a first-attempt success: no EMF line (see the module docstring)
+    retried: list[str] = []
     try:
         source_name = event.get("triggerSource") if isinstance(event, dict) else None
         if source_name not in EVENT_TYPES:
@@ -310,12 +322,13 @@ def handle_trigger(event: Any, context: Any = None) -> Any:
         body = message_body(event, event_type, source)
         budget = _seconds("POST_AUTH_BUDGET_SECONDS")
         try:
-            message_id = queue.send(body, started, budget, context, lambda reason: _log_retry(event, reason))
+            message_id = queue.send(body, started, budget, context, lambda reason: _retry(event, reason, retried))
         except EnqueueFailed as failure:
             metrics.count("enqueue_failed")
             _write_recovery_record(body, event, event_type, " | ".join(failure.reasons))
             return event
-        metrics.count("enqueued")  # every sign-in is counted; its own line only on demand (LOG_LEVEL=DEBUG)
+        metrics.count("enqueued")  # in the totals always; in an EMF line only after a retry
+        plain = not retried
         log.debug(
             "enqueued",
             extra={
@@ -337,7 +350,10 @@ def handle_trigger(event: Any, context: Any = None) -> Any:
     finally:
         try:
             metrics.timing("post_auth_ms", (time.monotonic() - started) * 1000)
-            metrics.flush()
+            if plain:  # Lambda's Invocations and Duration say it; a line here would cost ≈$4 a month at 1 M/day
+                metrics.discard()
+            else:
+                metrics.flush()
         except Exception:
             pass
     return event

@@ -14,6 +14,7 @@ from pathlib import Path
 import boto3
 import pytest
 
+from tests.moto_logging import lambda_logging_config
 from tests.support import ADMIN_KEY, HUB_SEED, Stack, make_project, stage_environ, tcp_server, wait_for_sender_threads
 from userhub_sync.local.fake_userhub import FakeUserHub
 from userhub_sync.local.moto import MotoServer, aws_environ, new_container, patched_environ
@@ -23,7 +24,7 @@ from userhub_sync.ops.queues import QueueSpec, ensure_queues
 @pytest.fixture(scope="session")
 def moto_server() -> Iterator[MotoServer]:
     server = MotoServer().start()
-    with patched_environ(aws_environ(server.endpoint)):
+    with patched_environ(aws_environ(server.endpoint)), lambda_logging_config():  # moto lacks it: tests/moto_logging.py
         yield server
     server.stop()
 

@@ -65,9 +65,27 @@ def test_bootstrap_creates_the_five_alarms_and_the_dashboard_then_changes_nothin
         "Delivery per minute",
         "UserHub 429 share (%)",
         "Concurrency",
+        "Sign-ins enqueued per minute",
     ]
     shown = json.dumps(body)
     assert "concurrency_limit" in shown and "userhub_429" in shown and "userhub-sync-dev-events" in shown
+    # post_auth writes no metrics line on a plain success: the count is Lambda's own, by metric math
+    enqueued = body["widgets"][5]["properties"]["metrics"]
+    [math] = [m[0] for m in enqueued if isinstance(m[0], dict)]
+    series = {m[-1]["id"]: m[:-1] for m in enqueued if isinstance(m[0], str)}
+    assert math["label"] == "sign-ins enqueued"
+    terms = math["expression"].replace(" ", "").split("-")
+    assert [t.removeprefix("FILL(").removesuffix(",0)") for t in terms[0].split("+")] == ["invoked", "confirmInvoked"]
+    subtracted = [series[t.removeprefix("FILL(").removesuffix(",0)")] for t in terms[1:]]
+    assert subtracted == [
+        ["AWS/Lambda", "Errors", "FunctionName", "userhub-sync-dev-post_auth"],
+        ["AWS/Lambda", "Errors", "FunctionName", "userhub-sync-dev-post_confirmation"],
+        ["UserHubSync", "enqueue_failed", "service", "post_auth"],
+        ["UserHubSync", "trigger_ignored", "service", "post_auth"],
+    ]
+    assert series["invoked"] == ["AWS/Lambda", "Invocations", "FunctionName", "userhub-sync-dev-post_auth"]
+    assert series["confirmInvoked"][-1] == "userhub-sync-dev-post_confirmation"
+    assert all(m[-1]["stat"] == "Sum" for m in enqueued if isinstance(m[0], str))
 
     second = bootstrap(None, "dev", "--json")
     assert {s["status"] for s in _steps(second.stdout, "alarm").values()} == {"ok"}

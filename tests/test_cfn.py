@@ -118,6 +118,11 @@ def test_queues_bucket_and_permission(packaged):
     assert permission["Principal"] == "cognito-idp.amazonaws.com"
     assert "userpool/${UserPoolId}" in permission["SourceArn"]["Fn::Sub"]
     assert resources["PostAuth"]["Properties"]["Environment"]["Variables"]["EVENTS_QUEUE_URL"] == {"Ref": "EventsQueue"}
+    # what `wire` sets: no START/END/REPORT lines for the trigger functions (ops/wire.py, step 4)
+    from userhub_sync.ops.wire import LOGGING_CONFIG
+
+    for name in ("PostAuth", "PostConfirmation"):
+        assert resources[name]["Properties"]["LoggingConfig"] == LOGGING_CONFIG
     # CloudFormation cannot create SecureString parameters: referenced by name only
     assert not any(r.get("Type") == "AWS::SSM::Parameter" for r in resources.values())
     assert {"PostAuthArn", "EventsQueueUrl", "DeadLetterQueueUrl", "SnapshotBucketName"} <= set(template["Outputs"])

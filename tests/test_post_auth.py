@@ -70,21 +70,40 @@ def log_level(level: int) -> Iterator[None]:
         root.setLevel(before)
 
 
-def test_a_plain_success_has_its_metrics_line_but_no_log_line_unless_debug(pipeline, capsys) -> None:
-    """A line per successful sign-in was a tenth of the monthly bill; the EMF count still counts every one."""
+def emf_lines(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.startswith('{"_aws"')]
+
+
+def test_a_plain_success_writes_nothing_but_counts_enqueued_in_the_totals(pipeline, capsys) -> None:
+    """A line per successful sign-in, then its EMF line, were dollars a month each at 1 M sign-ins a day; CloudWatch
+    counts those sign-ins as Invocations − Errors − enqueue_failed − trigger_ignored, the local totals still count
+    every one."""
     capsys.readouterr()
+    before = post_auth.metrics.totals.get("enqueued", 0)
     with patched_environ({"USERHUB_SYNC_METRICS": "on"}), log_level(logging.INFO):
         assert app.post_auth(signin_event("quiet"), None)
         out = capsys.readouterr()
-    assert log_lines(out.err) == [] and log_lines(out.out) == []
-    [emf] = [json.loads(line) for line in out.out.splitlines() if line.startswith('{"_aws"')]
-    assert (emf["service"], emf["enqueued"]) == ("post_auth", 1)
+    assert out.out == "" and log_lines(out.err) == []
+    assert post_auth.metrics.totals["enqueued"] == before + 1
 
-    with log_level(logging.DEBUG):  # on demand: LOG_LEVEL=DEBUG
+    with patched_environ({"USERHUB_SYNC_METRICS": "on"}), log_level(logging.DEBUG):  # on demand: LOG_LEVEL=DEBUG
         app.post_auth(signin_event("loud"), None)
-        lines = log_lines(capsys.readouterr().err)
-    assert [(line["level"], line["message"], line["user"]) for line in lines] == [("DEBUG", "enqueued", "loud")]
+        out = capsys.readouterr()
+    assert [(line["level"], line["message"], line["user"]) for line in log_lines(out.err)] == [
+        ("DEBUG", "enqueued", "loud")
+    ]
+    assert emf_lines(out.out) == []
     assert [b["username"] for b in queued(pipeline)] == ["quiet", "loud"]
+    assert post_auth.metrics.totals["enqueued"] == before + 2
+
+
+def test_an_ignored_trigger_source_writes_its_metrics_line(pipeline, capsys) -> None:
+    """trigger_ignored is one of the counts the dashboard subtracts from Invocations: it must reach CloudWatch."""
+    capsys.readouterr()
+    with patched_environ({"USERHUB_SYNC_METRICS": "on"}):
+        app.post_auth(signin_event("x") | {"triggerSource": "PreSignUp_SignUp"}, None)
+    [emf] = emf_lines(capsys.readouterr().out)
+    assert (emf["service"], emf["trigger_ignored"]) == ("post_auth", 1) and "enqueued" not in emf
 
 
 def test_post_confirmation_sends_signup(pipeline) -> None:
@@ -108,7 +127,8 @@ def test_malformed_connection_id_is_left_to_deliver(pipeline) -> None:
 
 
 def test_refused_connection_is_retried_counted_and_leaves_a_recovery_record(pipeline, capsys) -> None:
-    with patched_environ({"AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}", **PRODUCTION_BUDGET}):
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    with patched_environ({"AWS_ENDPOINT_URL": endpoint, **PRODUCTION_BUDGET, "USERHUB_SYNC_METRICS": "on"}):
         post_auth.queue.reset()
         before = dict(post_auth.metrics.totals)
         started = time.monotonic()
@@ -128,6 +148,9 @@ def test_refused_connection_is_retried_counted_and_leaves_a_recovery_record(pipe
     assert failure["reason"].count("EndpointConnectionError") == 2  # both attempts, each with its reason
     [record] = recovery_records(captured.out)
     assert record["message"]["username"] == "dave" and record["sub"] == event["request"]["userAttributes"]["sub"]
+    [emf] = emf_lines(captured.out)  # a failure keeps its metrics line: the dashboard subtracts enqueue_failed
+    assert (emf["enqueue_retried"], emf["enqueue_failed"], emf["recovery_record_written"]) == (1, 1, 1)
+    assert "enqueued" not in emf
 
 
 @pytest.mark.parametrize("queue_url_known", [True, False])
@@ -241,7 +264,8 @@ class FlakyProxy:
 def test_a_connection_that_never_answers_is_retried_on_a_fresh_client(pipeline, capsys) -> None:
     proxy = FlakyProxy(pipeline.moto.endpoint)
     try:
-        with patched_environ({"AWS_ENDPOINT_URL": proxy.url, **PRODUCTION_BUDGET, "POST_AUTH_BUDGET_SECONDS": "4"}):
+        settings = {"AWS_ENDPOINT_URL": proxy.url, **PRODUCTION_BUDGET, "POST_AUTH_BUDGET_SECONDS": "4"}
+        with patched_environ(settings | {"USERHUB_SYNC_METRICS": "on"}):
             post_auth.queue.reset()
             app.post_auth(signin_event("before"), None)
             first_client = post_auth.queue.client
@@ -259,6 +283,9 @@ def test_a_connection_that_never_answers_is_retried_on_a_fresh_client(pipeline, 
     assert recovery_records(captured.out) == []
     [retry] = [line for line in log_lines(captured.err) if line["message"].startswith("enqueue attempt 1 failed")]
     assert retry["user"] == "after" and retry["pool"] == POOL_ID and "ReadTimeoutError" in retry["reason"]
+    # "before" was a plain success (no line); "after" succeeded on its second attempt: one line, with both counts
+    [emf] = emf_lines(captured.out)
+    assert (emf["enqueue_retried"], emf["enqueued"]) == (1, 1) and "enqueue_failed" not in emf
 
 
 def test_warm_calls_reuse_client_and_queue_url(pipeline) -> None:

@@ -221,3 +221,77 @@ def test_diff_pool_finds_nested_changes():
     after = {"Policies": {"PasswordPolicy": {"MinimumLength": 8}}, "LambdaConfig": {"A": "2"}, "X": [1]}
     changes = wire.diff_pool(before, after, {"LambdaConfig"})
     assert [(c.path, c.before, c.after) for c in changes] == [("Policies.PasswordPolicy.MinimumLength", 14, 8)]
+
+
+LOGGING_STEP = "{}: no START/END/REPORT lines (LoggingConfig)"
+
+
+def _logging_config(function_arn: str) -> dict:
+    return boto3.client("lambda").get_function_configuration(FunctionName=function_arn)["LoggingConfig"]
+
+
+def _step(output: str, what: str) -> dict:
+    [step] = [s for s in json.loads(output)["steps"] if s["what"] == what]
+    return step
+
+
+def test_wire_turns_off_the_trigger_functions_platform_lines_and_reports_drift(project):
+    """START/END/REPORT were ≈300 bytes of CloudWatch Logs per sign-in (docs/PERFORMANCE.md, finding 4)."""
+    _pool_id, deployed = deployed_stage(project)
+    wanted = {"LogFormat": "JSON", "ApplicationLogLevel": "INFO", "SystemLogLevel": "WARN"}
+    assert _logging_config(deployed["post_auth"])["LogFormat"] == "Text"  # as chalice deploy leaves it
+
+    dry = cli("wire", "--stage", "dev", "--post-confirmation", "--dry-run", "--json")
+    assert dry.exit_code == 0, dry.output
+    step = _step(dry.stdout, LOGGING_STEP.format("post_auth"))
+    assert step["status"] == "would set" and "(was LogFormat Text" in step["detail"]
+    assert _logging_config(deployed["post_auth"])["LogFormat"] == "Text"
+
+    wired = cli("wire", "--stage", "dev", "--post-confirmation", "--json")
+    assert wired.exit_code == 0, wired.output
+    for name in ("post_auth", "post_confirmation"):
+        assert _step(wired.stdout, LOGGING_STEP.format(name))["status"] == "set"
+        config = _logging_config(deployed[name])
+        assert {k: config[k] for k in wanted} == wanted
+        assert config["LogGroup"] == f"/aws/lambda/{deployed[name].rsplit(':', 1)[-1]}"  # the log group is kept
+
+    # changed by hand: reported with what it was, and set back
+    boto3.client("lambda").update_function_configuration(
+        FunctionName=deployed["post_auth"], LoggingConfig={"SystemLogLevel": "INFO"}
+    )
+    fixed = cli("wire", "--stage", "dev", "--json")
+    assert fixed.exit_code == 0, fixed.output
+    step = _step(fixed.stdout, LOGGING_STEP.format("post_auth"))
+    assert (
+        step["status"] == "set"
+        and "(was LogFormat JSON, ApplicationLogLevel INFO, SystemLogLevel INFO)" in (step["detail"])
+    )
+    assert _logging_config(deployed["post_auth"])["SystemLogLevel"] == "WARN"
+    again = cli("wire", "--stage", "dev", "--json")
+    assert _step(again.stdout, LOGGING_STEP.format("post_auth"))["status"] == "ok"
+
+
+def test_keep_platform_logs_leaves_the_logging_config_alone(project):
+    _pool_id, deployed = deployed_stage(project)
+    result = cli("wire", "--stage", "dev", "--keep-platform-logs", "--json")
+    assert result.exit_code == 0, result.output
+    step = _step(result.stdout, LOGGING_STEP.format("post_auth"))
+    assert step["status"] == "left as is" and "LogFormat Text" in step["detail"]
+    assert _logging_config(deployed["post_auth"])["LogFormat"] == "Text"
+    assert describe_pool(_pool_id)["LambdaConfig"]["PostAuthentication"] == deployed["post_auth"]  # the rest ran
+
+
+def test_an_endpoint_without_logging_config_is_reported_and_not_changed(project, monkeypatch):
+    from tests import moto_logging
+
+    monkeypatch.setattr(moto_logging, "ENABLED", False)  # moto as it is: no LoggingConfig in its answers
+    _pool_id, deployed = deployed_stage(project)
+    result = cli("wire", "--stage", "dev", "--json")
+    assert result.exit_code == 0, result.output
+    step = _step(result.stdout, LOGGING_STEP.format("post_auth"))
+    assert (step["status"], step["detail"]) == (
+        "not supported",
+        "the Lambda endpoint reports no LoggingConfig; nothing set",
+    )
+    lam = boto3.client("lambda")
+    assert "LoggingConfig" not in lam.get_function_configuration(FunctionName=deployed["post_auth"])

@@ -5,7 +5,10 @@ Five alarms, named `<app>-<stage>-<kind>`: the DLQ holds a message; the events q
 a threshold; post_auth could not enqueue (it wrote a recovery record instead); the share of UserHub calls answered
 429 is high (userhub_429 / userhub_calls, deliver's EMF counts); no reconcile completed in 26 h (reconcile counts
 `reconcile_completed` once per completed run; with no datapoint an hour counts as "none completed"). The dashboard
-shows depth, age, delivery rate, the 429 share and the current concurrency from the same metrics.
+shows depth, age, delivery rate, the 429 share and the current concurrency from the same metrics, and the sign-ins
+post_auth enqueued by metric math: post_auth writes no metrics line on a plain success (chalicelib/post_auth.py), so
+enqueued = AWS/Lambda Invocations − Errors (of post_auth and post_confirmation, which share service `post_auth`)
+− enqueue_failed − trigger_ignored (its EMF counts, written on every invocation that is not a plain success).
 
 Invariant: a second `bootstrap` changes nothing. An alarm or dashboard that differs from its definition is reported
 as drift and rewritten only with `fix` (PutMetricAlarm and PutDashboard replace the whole definition, so a fix
@@ -42,6 +45,12 @@ DEFAULT_THROTTLED_PERCENT = 10.0
 DEFAULT_RECONCILE_HOURS = 26
 FIVE_MINUTES = 300
 SHARE = "100 * FILL(throttled, 0) / calls"  # no calls: no datapoint, not a division by zero
+# post_auth never raises, so each invocation Lambda counts and does not count as an error either enqueued or wrote
+# enqueue_failed / trigger_ignored in its EMF line; FILL: a function not deployed (post_confirmation) has no data
+ENQUEUED = (
+    "FILL(invoked, 0) + FILL(confirmInvoked, 0) - FILL(errors, 0) - FILL(confirmErrors, 0)"
+    " - FILL(failed, 0) - FILL(ignored, 0)"
+)
 
 
 class AlarmKind(StrEnum):
@@ -193,10 +202,14 @@ def alarm_definitions(names: Names, settings: AlarmSettings) -> dict[AlarmKind, 
 
 
 def dashboard_body(names: Names) -> dict[str, Any]:
-    """Depth, age, delivery rate, 429 share and concurrency, from SQS's metrics and deliver's EMF metrics."""
+    """Depth, age, delivery rate, 429 share and concurrency, from SQS's metrics and deliver's EMF metrics; sign-ins
+    enqueued from Lambda's metrics of the trigger functions and post_auth's EMF failure counts."""
 
-    def emf(name: str, **options: Any) -> list[Any]:
-        return [NAMESPACE, name, "service", "deliver", options]
+    def emf(name: str, service: str = "deliver", **options: Any) -> list[Any]:
+        return [NAMESPACE, name, "service", service, options]
+
+    def invocations(metric: str, function: str, **options: Any) -> list[Any]:
+        return ["AWS/Lambda", metric, "FunctionName", f"{names.prefix}-{function}", {"stat": "Sum", **options}]
 
     def counts(*metrics: str) -> list[list[Any]]:
         return [emf(m, stat="Sum") for m in metrics]
@@ -258,6 +271,21 @@ def dashboard_body(names: Names) -> dict[str, Any]:
                     emf("concurrency_limit", label="calls in flight allowed, per container"),
                 ],
                 stat="Maximum",
+            ),
+            widget(
+                12,
+                12,
+                "Sign-ins enqueued per minute",
+                [
+                    [{"expression": ENQUEUED, "label": "sign-ins enqueued", "id": "enqueued"}],
+                    invocations("Invocations", "post_auth", id="invoked", visible=False),
+                    invocations("Invocations", "post_confirmation", id="confirmInvoked", visible=False),
+                    invocations("Errors", "post_auth", id="errors", visible=False),
+                    invocations("Errors", "post_confirmation", id="confirmErrors", visible=False),
+                    emf("enqueue_failed", "post_auth", id="failed", stat="Sum", label="enqueue failed"),
+                    emf("trigger_ignored", "post_auth", id="ignored", stat="Sum", visible=False),
+                    emf("enqueue_retried", "post_auth", id="retried", stat="Sum", label="first attempt failed"),
+                ],
             ),
         ]
     }
