@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -417,3 +417,12 @@ def run_chalice(project: Path, *args: str, env: dict[str, str], timeout: float) 
     )
     assert run.returncode == 0, run.stdout + run.stderr
     return run.stdout + run.stderr
+
+
+def create_users(cognito: Any, pool_id: str, names: Iterable[str]) -> dict[str, str]:
+    """AdminCreateUser for each name; their subs, by name (Cognito assigns them)."""
+    subs = {}
+    for name in names:
+        user = cognito.admin_create_user(UserPoolId=pool_id, Username=name)["User"]
+        subs[name] = next(a["Value"] for a in user["Attributes"] if a["Name"] == "sub")
+    return subs

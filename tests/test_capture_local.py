@@ -16,7 +16,7 @@ import pytest
 
 import app
 from chalicelib.settings import get_settings, reset_settings
-from tests.support import receive_all, receive_event
+from tests.support import create_users, receive_all, receive_event
 from userhub_sync.local.cloudtrail import HIDDEN, CloudTrailEmulator, EventBridgeDelivery, HandlerDelivery
 from userhub_sync.local.event_source import LambdaContext
 from userhub_sync.local.moto import patched_environ
@@ -27,10 +27,7 @@ def pool(pipeline) -> Iterator[dict[str, Any]]:
     """A moto pool with alice and bob, served by the test stage (USER_POOL_ID), and its snapshot bucket."""
     cognito = boto3.client("cognito-idp")
     pool_id = cognito.create_user_pool(PoolName="capture-local")["UserPool"]["Id"]
-    subs = {}
-    for name in ("alice", "bob"):
-        user = cognito.admin_create_user(UserPoolId=pool_id, Username=name)["User"]
-        subs[name] = next(a["Value"] for a in user["Attributes"] if a["Name"] == "sub")
+    subs = create_users(cognito, pool_id, ("alice", "bob"))
     with patched_environ({"USER_POOL_ID": pool_id}):
         reset_settings()
         boto3.client("s3").create_bucket(Bucket=get_settings().snapshot_bucket or "")

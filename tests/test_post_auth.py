@@ -22,6 +22,7 @@ from chalicelib import post_auth
 from chalicelib.messages import EventType, Source, parse_message
 from tests.support import CONNECTION_ID, POOL_ID, signin_event, tcp_server, wait_for_sender_threads
 from userhub_sync.local.moto import free_port, patched_environ
+from userhub_sync.scenarios.rig import log_level
 
 
 def queued(stack) -> list[dict]:
@@ -57,17 +58,6 @@ def test_signin_is_enqueued_and_event_returned_unchanged(pipeline) -> None:
         CONNECTION_ID,
     )
     assert body["v"] == 1 and len(body["id"]) == 32
-
-
-@contextlib.contextmanager
-def log_level(level: int) -> Iterator[None]:
-    root = logging.getLogger("userhub_sync")
-    before = root.level
-    root.setLevel(level)
-    try:
-        yield
-    finally:
-        root.setLevel(before)
 
 
 def emf_lines(text: str) -> list[dict]:

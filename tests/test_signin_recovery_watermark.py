@@ -18,6 +18,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from chalicelib import signin_recovery as sr
+from tests.support import create_users
 from userhub_sync.local.moto import MotoServer
 
 BUCKET = "recovery-watermark-test"
@@ -141,10 +142,7 @@ def test_a_sub_lookup_finds_the_username_and_each_sub_is_asked_once(moto_server:
     moto_server.reset()
     cognito = boto3.client("cognito-idp")
     pool = cognito.create_user_pool(PoolName="recovery")["UserPool"]["Id"]
-    subs = {}
-    for name in ("kim", "lou"):
-        user = cognito.admin_create_user(UserPoolId=pool, Username=name)["User"]
-        subs[name] = next(a["Value"] for a in user["Attributes"] if a["Name"] == "sub")
+    subs = create_users(cognito, pool, ("kim", "lou"))
     asked: list[str] = []
     cognito.meta.events.register("provide-client-params.cognito-idp.ListUsers", lambda params, **_: asked.append(1))
     resolver = sr.SubResolver(lambda: cognito)
