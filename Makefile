@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV) && $(VENV)/bin/pip install -q -e '.[dev]' && touch $@
 
-.PHONY: install demo test lint bench mutation
+.PHONY: install demo test lint bench bench-drain mutation
 install: $(VENV)/.installed
 demo: install
 	$(VENV)/bin/userhub-sync demo
@@ -15,6 +15,9 @@ lint: install
 	$(VENV)/bin/ruff format --check . && $(VENV)/bin/ruff check . && $(VENV)/bin/mypy
 bench: install
 	$(PY) -m bench
+# The backlog drain (about 7 minutes): four worker processes against a rate-limited fake UserHub
+bench-drain: install
+	$(PY) -m bench --only drain --output bench/results-drain.md
 # Mutation testing of the core (slow, never in CI): SEED, SIZE and PER_MODULE pick the sample (PER_MODULE of each
 # module first, the rest uniformly), SIZE=all runs every mutant; RESUME=1 reruns only the last run's sampled
 # mutants not yet killed (after adding tests).
