@@ -177,7 +177,9 @@ class FlowControl:
                     self._waiters.append(waiter)
                     first = len(self._waiters) == 1
                 waiter.woken = asyncio.get_running_loop().create_future()
-                timeout = min(wait or left, left) if first else left
+                # only the first waiter watches the clock; the others are woken in turn (no timer each: with a
+                # batch of thousands waiting, a timer per waiter made every timer operation of the loop slower)
+                timeout = min(wait or left, left) if first else None
                 try:
                     async with asyncio.timeout(timeout):
                         await waiter.woken
