@@ -236,3 +236,29 @@ def test_through_deliver_a_short_retry_after_is_waited_out_within_the_invocation
     assert result["batchItemFailures"] == []
     assert {e.external_id for e in hub.events()} == {f"user{i}" for i in range(6)}
     assert [e.status for e in hub.journal()].count(429) == 2
+
+
+def test_a_pause_is_not_read_as_a_lower_rate() -> None:
+    """A 429 right after a Retry-After pause measures the rate since the pause ended, not over a second that was
+    mostly pause (which made the pace a fraction of what the container really sent)."""
+    clock = Clock()
+    flow = FlowControl(64, clock=clock)
+    burst = [flow.started() for _ in range(50)]
+    clock.now += 0.5
+    flow.finished(burst[0], Signal.RATE_LIMITED, retry_after=1)
+    for slot in burst[1:]:
+        flow.finished(slot, Signal.SUCCESS)
+    clock.now += 1.0  # the pause is over
+    resumed = [flow.started() for _ in range(5)]  # five calls in the first 0.1 s after it: 50 a second
+    clock.now += 0.1
+    flow.finished(resumed[0], Signal.RATE_LIMITED)
+    assert flow.pace is not None and flow.pace >= PACE_DECREASE * 40, flow.pace
+
+
+def test_a_low_pace_recovers_by_at_least_one_call_a_second_each_second() -> None:
+    clock = Clock()
+    flow = FlowControl(16, clock=clock)
+    flow.finished(flow.started(), Signal.RATE_LIMITED)  # one call in the last second: the pace floor, 1 a second
+    assert flow.pace == 1.0
+    run_calls(flow, [Signal.SUCCESS] * 10, clock)  # about 3 s of calls at that pace
+    assert flow.pace > 4, f"a pace of 1/s grew only to {flow.pace:.2f}/s after 10 successes"

@@ -8,9 +8,10 @@ its share by itself (additive increase, multiplicative decrease, as TCP does):
     congestion ×0.5 calls in flight, at most once per round: a 503 or a timeout from a call started after the last
                cut (too much work in flight)
     429        too many calls per second, whatever is in flight: no new call until Retry-After, and from then on
-               at most 0.8 × the calls this container started in the last second, at most once per round; each
-               success raises that pace by 0.05 calls/s (about ×1.05 a second at the pace), so the containers
-               sharing UserHub's limit close in on it together and meet a 429 every several seconds, not every call
+               at most 0.8 × the rate this container sent at (its last second outside a pause, or its pace if
+               higher), at most once per round; while calls succeed the pace grows 5 % a second (at least 1 call/s
+               a second), so the containers sharing UserHub's limit close in on it together and meet a 429 every
+               several seconds, not every call
     DELIVERY_RATE_LIMIT at most this many calls a second from this container (optional): containers × rate is a hard
                         ceiling an operator can agree with UserHub
 
@@ -36,7 +37,8 @@ from enum import StrEnum
 INITIAL_LIMIT = 4
 DECREASE = 0.5
 PACE_DECREASE = 0.8
-PACE_GROWTH = 0.05  # calls/s per success
+PACE_GROWTH = 0.05  # the pace grows by 5 % a second while its calls succeed...
+PACE_MIN_GROWTH = 1.0  # ...and by at least 1 call/s a second, so a low pace does not take minutes to recover
 PACE_WINDOW_SECONDS = 1.0
 BURST_SECONDS = 0.1  # an idle container may start at most this much of a second's calls at once
 
@@ -133,19 +135,22 @@ class FlowControl:
         if not self.adaptive:
             return
         now = self._clock()
+        pause_ended = min(self.paused_until, now)
         if retry_after:
             self.paused_until = max(self.paused_until, now + retry_after)
         if signal is Signal.SUCCESS:
             self.limit = min(self.max_concurrency, self.limit + (1 if self.slow_start else 1 / self.limit))
-            if self.pace is not None:
-                self.pace += PACE_GROWTH
+            if self.pace is not None:  # about `pace` successes a second at the pace: this adds the growth a second
+                self.pace += max(PACE_GROWTH * self.pace, PACE_MIN_GROWTH) / self.pace
         elif signal is Signal.CONGESTION and slot.started >= self._last_cut:
             self.slow_start = False
             self.limit = max(1.0, self.limit * DECREASE)
             self._last_cut = now
         elif signal is Signal.RATE_LIMITED and slot.started >= self._last_pace_cut:
-            started_lately = sum(1 for t in self._recent_starts if t >= now - PACE_WINDOW_SECONDS)
-            self.pace = max(1.0, PACE_DECREASE * started_lately)
+            # the rate the container sent at, over the last second it was not paused (a pause is not a lower rate)
+            since = max(now - PACE_WINDOW_SECONDS, pause_ended)
+            sent = sum(1 for t in self._recent_starts if t >= since) / max(now - since, BURST_SECONDS)
+            self.pace = max(1.0, PACE_DECREASE * max(sent, self.pace or 0.0))
             self._tokens = min(self._tokens, 1.0)
             self._last_pace_cut = now
 

@@ -96,7 +96,7 @@ def run_demo(
             report.expected_dead = sum(1 for s in producer.signins if s.enqueued and s.user in doomed) + len(POISON)
 
             rig.hub.add_fault(Fault(status=503, probability=fault_rate * 0.6))
-            rig.hub.add_fault(Fault(status=429, retry_after="2", probability=fault_rate * 0.2))
+            rig.hub.add_fault(Fault(status=429, retry_after="1", probability=fault_rate * 0.2))
             rig.hub.add_fault(Fault(kind=FaultKind.LATENCY, latency_ms=1500, probability=fault_rate * 0.1))  # > 1 s
             rig.hub.add_fault(Fault(kind=FaultKind.DROP, probability=fault_rate * 0.1))
             rig.hub.set_rate_limit(rate_limit)  # bursts of one second's worth, then 429 + Retry-After
