@@ -262,3 +262,16 @@ def test_a_low_pace_recovers_by_at_least_one_call_a_second_each_second() -> None
     assert flow.pace == 1.0
     run_calls(flow, [Signal.SUCCESS] * 10, clock)  # about 3 s of calls at that pace
     assert flow.pace > 4, f"a pace of 1/s grew only to {flow.pace:.2f}/s after 10 successes"
+
+
+def test_a_429_cuts_from_what_the_container_sent_not_from_a_pace_that_grew_unused() -> None:
+    clock = Clock()
+    flow = FlowControl(64, clock=clock)
+    flow.finished(flow.started(), Signal.RATE_LIMITED)
+    run_calls(flow, [Signal.SUCCESS] * 500, clock)  # a few successes a call window: the pace grows past any use
+    assert flow.pace is not None and flow.pace > 30
+    clock.now += 5
+    slots = [flow.started() for _ in range(10)]  # ten calls in the last second
+    clock.now += 0.5
+    flow.finished(slots[0], Signal.RATE_LIMITED)
+    assert flow.pace == pytest.approx(PACE_DECREASE * 10)

@@ -8,8 +8,8 @@ its share by itself (additive increase, multiplicative decrease, as TCP does):
     congestion ×0.5 calls in flight, at most once per round: a 503 or a timeout from a call started after the last
                cut (too much work in flight)
     429        too many calls per second, whatever is in flight: no new call until Retry-After, and from then on
-               at most 0.8 × the rate this container sent at (its last second outside a pause, or its pace if
-               higher), at most once per round; while calls succeed the pace grows 5 % a second (at least 1 call/s
+               at most 0.8 × the rate this container sent at (over its last second outside a pause), at most
+               once per round; while calls succeed the pace grows 5 % a second (at least 1 call/s
                a second), so the containers sharing UserHub's limit close in on it together and meet a 429 every
                several seconds, not every call
     DELIVERY_RATE_LIMIT at most this many calls a second from this container (optional): containers × rate is a hard
@@ -150,7 +150,7 @@ class FlowControl:
             # the rate the container sent at, over the last second it was not paused (a pause is not a lower rate)
             since = max(now - PACE_WINDOW_SECONDS, pause_ended)
             sent = sum(1 for t in self._recent_starts if t >= since) / max(now - since, BURST_SECONDS)
-            self.pace = max(1.0, PACE_DECREASE * max(sent, self.pace or 0.0))
+            self.pace = max(1.0, PACE_DECREASE * sent)  # what it sent, not its pace: that may have grown unused
             self._tokens = min(self._tokens, 1.0)
             self._last_pace_cut = now
 
