@@ -58,8 +58,13 @@ def test_wire_applies_the_bound_reports_what_it_was_and_status_flags_drift(proje
     assert (step["status"], step["detail"]) == ("would set", "7 containers (was unbounded)")
     assert _bound(deployed["uuid"]) is None
 
+    updates: list[dict] = []  # Lambda refuses a second update of a mapping while the first is being applied
+    boto3._get_default_session().events.register(
+        "provide-client-params.lambda.UpdateEventSourceMapping", lambda params, **_: updates.append(params)
+    )
     wired = cli("wire", "--stage", "dev", "--json")
     assert wired.exit_code == 0, wired.output
+    assert len(updates) == 1 and {"FunctionResponseTypes", "ScalingConfig"} <= set(updates[0])
     [step] = [s for s in json.loads(wired.stdout)["steps"] if s["what"].startswith("fleet bound")]
     assert step["status"] == "set" and _bound(deployed["uuid"]) == 7
     assert boto3.client("lambda").get_event_source_mapping(UUID=deployed["uuid"])["FunctionResponseTypes"] == [

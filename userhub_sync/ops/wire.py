@@ -170,32 +170,31 @@ def find_mapping(lam: LambdaClient, deliver_arn: str, queue_arn: str | None, uui
     return sqs_mappings[0]
 
 
-def ensure_response_types(lam: LambdaClient, mapping: dict[str, Any], dry_run: bool) -> WireStep:
+def ensure_mapping(lam: LambdaClient, mapping: dict[str, Any], wanted: int, dry_run: bool) -> list[WireStep]:
+    """ReportBatchItemFailures, and at most `wanted` deliver containers (ScalingConfig.MaximumConcurrency), on
+    deliver's mapping, in one UpdateEventSourceMapping: Lambda refuses a second update while the first is applied."""
+    uuid = mapping["UUID"]
     types = mapping.get("FunctionResponseTypes") or []
-    what = "ReportBatchItemFailures on deliver's event source mapping"
-    if RESPONSE_TYPE in types:
-        return WireStep(what, WireStatus.OK, mapping["UUID"])
-    if dry_run:
-        return WireStep(what, WireStatus.WOULD_SET, mapping["UUID"])
-    updated = lam.update_event_source_mapping(UUID=mapping["UUID"], FunctionResponseTypes=[*types, RESPONSE_TYPE])
-    if RESPONSE_TYPE not in (updated.get("FunctionResponseTypes") or []):
-        raise OpsError(f"UpdateEventSourceMapping did not keep FunctionResponseTypes on {mapping['UUID']}")
-    return WireStep(what, WireStatus.SET, mapping["UUID"])
-
-
-def ensure_scaling(lam: LambdaClient, mapping: dict[str, Any], wanted: int, dry_run: bool) -> WireStep:
-    """The mapping runs at most `wanted` deliver containers (ScalingConfig.MaximumConcurrency)."""
     current = (mapping.get("ScalingConfig") or {}).get("MaximumConcurrency")
-    what = "fleet bound: MaximumConcurrency of deliver's mapping"
-    if current == wanted:
-        return WireStep(what, WireStatus.OK, f"{wanted} containers")
+    types_ok, scaling_ok = RESPONSE_TYPE in types, current == wanted
     was = f"{wanted} containers (was {current if current is not None else 'unbounded'})"
-    if dry_run:
-        return WireStep(what, WireStatus.WOULD_SET, was)
-    updated = lam.update_event_source_mapping(UUID=mapping["UUID"], ScalingConfig={"MaximumConcurrency": wanted})
-    if (updated.get("ScalingConfig") or {}).get("MaximumConcurrency") != wanted:
-        raise OpsError(f"UpdateEventSourceMapping did not keep MaximumConcurrency {wanted} on {mapping['UUID']}")
-    return WireStep(what, WireStatus.SET, was)
+    changes: dict[str, Any] = {}
+    if not types_ok:
+        changes["FunctionResponseTypes"] = [*types, RESPONSE_TYPE]
+    if not scaling_ok:
+        changes["ScalingConfig"] = {"MaximumConcurrency": wanted}
+    if changes and not dry_run:
+        updated = lam.update_event_source_mapping(UUID=uuid, **changes)
+        if RESPONSE_TYPE not in (updated.get("FunctionResponseTypes") or []):
+            raise OpsError(f"UpdateEventSourceMapping did not keep FunctionResponseTypes on {uuid}")
+        if (updated.get("ScalingConfig") or {}).get("MaximumConcurrency") != wanted:
+            raise OpsError(f"UpdateEventSourceMapping did not keep MaximumConcurrency {wanted} on {uuid}")
+    ok, changed = WireStatus.OK, WireStatus.WOULD_SET if dry_run else WireStatus.SET
+    bound = f"{wanted} containers" if scaling_ok else was
+    return [
+        WireStep("ReportBatchItemFailures on deliver's event source mapping", ok if types_ok else changed, uuid),
+        WireStep("fleet bound: MaximumConcurrency of deliver's mapping", ok if scaling_ok else changed, bound),
+    ]
 
 
 def _logging_text(config: Mapping[str, Any]) -> str:
@@ -471,8 +470,7 @@ def wire(
     if not skip_esm:
         queue_arn = events_queue_arn(ctx)
         mapping = find_mapping(lam, functions.arns["deliver"], queue_arn, functions.esm_uuid)
-        result.steps.append(ensure_response_types(lam, mapping, dry_run))
-        result.steps.append(ensure_scaling(lam, mapping, fleet_bound, dry_run))
+        result.steps.extend(ensure_mapping(lam, mapping, fleet_bound, dry_run))
 
     for name in triggers:
         result.steps.append(ensure_permission(lam, functions.arns[name], pool_arn, pool_id, name, dry_run))
