@@ -159,7 +159,7 @@ def test_status_shows_each_alarms_state_and_check_fails_on_alarm(project):
     assert healthy.exit_code == 0, healthy.output
     states = json.loads(healthy.stdout)["alarms"]["states"]
     assert set(states) == {f"{PREFIX}-{kind}" for kind in AlarmKind}
-    assert "ALARM" not in {s["state"] for s in states.values()}
+    assert {s["state"] for s in states.values()} == {"OK"}  # moto starts every alarm at OK, never evaluates it
 
     boto3.client("cloudwatch").set_alarm_state(
         AlarmName=f"{PREFIX}-userhub-429-share", StateValue="ALARM", StateReason="40 % of calls answered 429"
