@@ -19,3 +19,9 @@ def aws_client(service: str, *, connect_timeout: float, read_timeout: float, max
         tcp_keepalive=True,
     )
     return boto3.client(service, config=config)  # type: ignore[call-overload]
+
+
+def error_code(error: Exception) -> str:
+    """The AWS error code of a botocore ClientError ("" for anything else)."""
+    response = getattr(error, "response", None) or {}
+    return str(response.get("Error", {}).get("Code", ""))

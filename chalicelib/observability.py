@@ -129,19 +129,21 @@ class Metrics:
     def discard(self) -> None:
         """Drop what this invocation counted without writing it; `totals` keep it (the CLI, tests, the local
         worker). post_auth calls this on a plain success: CloudWatch gets that count from Lambda's own metrics."""
+        self._take()
+
+    def _take(self) -> tuple[dict[str, float], dict[str, list[float]], dict[str, float]]:
+        """This invocation's counts, timings and gauges, which start again from nothing."""
         with self._lock:
+            taken = dict(self._counts), dict(self._timings), dict(self._gauges)
             self._counts.clear()
             self._timings.clear()
             self._gauges.clear()
+        return taken
 
     def flush(self) -> None:
         """One EMF line for the invocation; more only when a timing has more than MAX_VALUES_PER_METRIC values
         (EMF takes at most 100 values per metric in one document), the counts and gauges in the first."""
-        with self._lock:
-            counts, timings, gauges = dict(self._counts), dict(self._timings), dict(self._gauges)
-            self._counts.clear()
-            self._timings.clear()
-            self._gauges.clear()
+        counts, timings, gauges = self._take()
         if not counts and not timings and not gauges:
             return
         if os.environ.get("USERHUB_SYNC_METRICS", "on") == "off":

@@ -16,6 +16,8 @@ import zlib
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from chalicelib.aws_clients import error_code
+
 SHARDS = 256
 SHARD_WINDOW_BITS = 12
 SHARD_MEM_LEVEL = 2
@@ -81,7 +83,7 @@ class SubIndex:
         try:
             body = self._s3().get_object(Bucket=self._bucket, Key=shard_key(pool_id, shard))["Body"].read()
         except ClientError as error:
-            if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            if error_code(error) in ("NoSuchKey", "404"):
                 return {}
             raise
         mapping: dict[str, str] = {}

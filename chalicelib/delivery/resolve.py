@@ -23,6 +23,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from chalicelib.aws_clients import error_code
 from chalicelib.delivery.calls import NotStarted, Transient
 from chalicelib.messages import CaptureMessage, SyncMessage
 from chalicelib.sub_index import SubIndex
@@ -101,7 +102,7 @@ class Resolver:
             try:
                 return str(self._cognito().admin_get_user(UserPoolId=pool, Username=message.username_hint)["Username"])
             except ClientError as error:
-                if error.response.get("Error", {}).get("Code") not in NOT_FOUND:
+                if error_code(error) not in NOT_FOUND:
                     raise
         if not message.sub:
             return None

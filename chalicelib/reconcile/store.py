@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, TypedDict
 from botocore.exceptions import ClientError
 from pydantic import ValidationError
 
+from chalicelib.aws_clients import error_code
 from chalicelib.observability import get_logger
 from chalicelib.reconcile.errors import LeaseConflict, ReconcileError
 from chalicelib.reconcile.records import PREFIX, RunRecord, RunStatus, RunSummary
@@ -29,10 +30,6 @@ LAST_RUN_KEY = f"{PREFIX}/last-run.json"  # the last run that ended: complete, s
 LAST_COMPLETE_KEY = f"{PREFIX}/last-complete.json"  # the last complete run
 SNAPSHOT_FORMAT = "userhub-sync-snapshot-v1"
 LOST_RACE = frozenset({"PreconditionFailed", "ConditionalRequestConflict", "412", "409"})  # a conditional write lost
-
-
-def error_code(error: ClientError) -> str:
-    return str(error.response.get("Error", {}).get("Code", ""))
 
 
 def get_if_present(s3: S3Client, bucket: str, key: str) -> GetObjectOutputTypeDef | None:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
+from chalicelib.observability import NAMESPACE  # the EMF namespace; dimension `service`
 from userhub_sync.ops.aws import error_code
 from userhub_sync.ops.errors import OpsError
 from userhub_sync.ops.steps import Step, StepStatus
@@ -39,7 +40,6 @@ class AlarmOptions(Protocol):
     alarm_actions: list[str] | None
 
 
-NAMESPACE = "UserHubSync"  # chalicelib.observability's EMF namespace, dimension `service`
 DEFAULT_OLDEST_AGE_SECONDS = 3600
 DEFAULT_THROTTLED_PERCENT = 10.0
 DEFAULT_RECONCILE_HOURS = 26
@@ -79,9 +79,6 @@ class Names:
     events_queue: str
     dead_letter_queue: str
     region: str
-
-
-ALARM_VARIABLES = ("ALARM_OLDEST_AGE_SECONDS", "ALARM_429_PERCENT", "ALARM_RECONCILE_HOURS", "ALARM_ACTIONS")
 
 
 def alarm_settings_of(ctx: StageContext, opts: AlarmOptions) -> tuple[AlarmSettings, dict[str, str]]:

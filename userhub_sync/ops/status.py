@@ -9,7 +9,7 @@ Healthy means: both queues exist, the DLQ is empty, deliver's whole retry schedu
 fits in the events queue's retention, deliver's mapping is found the way `wire` finds it, is `Enabled`, has
 ReportBatchItemFailures and the fleet bound DELIVER_MAX_CONCURRENCY as its MaximumConcurrency, the trigger and
 permission are in place, no backlog waits with nothing consuming it, no alarm of the stage is in ALARM, and capture
-is live where it is expected (ops/capture_status.py).
+is live where it is expected (ops/trail.py).
 A backlog is stalled when messages are visible and the mapping is absent or not Enabled, or when the mapping is
 Enabled, nothing is in flight and the visible count grew between two samples `sample_seconds` apart (Lambda
 keeps receiving while it consumes, so an idle mapping in front of a growing queue is not consuming).

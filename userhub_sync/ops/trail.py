@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from chalicelib.capture_rule import capture_enabled
+from chalicelib.observability import NAMESPACE
 from userhub_sync.ops.aws import Identity, client, error_code
 from userhub_sync.ops.stage import StageContext, read_deployed
 from userhub_sync.ops.steps import Step, StepStatus
@@ -291,7 +292,7 @@ def _newest_capture() -> tuple[datetime, str] | None:
         try:
             points = (
                 cloudwatch.get_metric_statistics(
-                    Namespace="UserHubSync",
+                    Namespace=NAMESPACE,
                     MetricName="capture_enqueued",
                     Dimensions=[{"Name": "service", "Value": "capture"}],
                     StartTime=end - span,

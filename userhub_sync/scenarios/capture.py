@@ -38,14 +38,8 @@ class CaptureRoute(StrEnum):
     EVENTBRIDGE = "eventbridge"  # through moto's EventBridge: the deployed pattern, an SQS target, then the handler
 
 
-@dataclass(frozen=True)
-class CapturePool:
-    pool_id: str
-    cognito: Any  # a plain boto3 cognito-idp client (not hooked)
-
-
-def create_pool(name: str) -> CapturePool:
-    """A pool on moto with USERS in it, made without the emulator: they predate capture."""
+def create_pool(name: str) -> str:
+    """A pool on moto with USERS in it, made without the emulator (they predate capture); its id."""
     import boto3
 
     cognito = boto3.client("cognito-idp")
@@ -55,7 +49,7 @@ def create_pool(name: str) -> CapturePool:
         cognito.admin_create_user(
             UserPoolId=pool_id, Username=user, UserAttributes=attributes, MessageAction="SUPPRESS"
         )
-    return CapturePool(pool_id, cognito)
+    return pool_id
 
 
 @dataclass(frozen=True)
@@ -95,7 +89,7 @@ def delivery_for(route: CaptureRoute, rule_name: str) -> Delivery:
 
 
 def make_changes(
-    pool: CapturePool,
+    pool_id: str,
     hub: FakeUserHub,
     delivery: Delivery,
     connection_id: str,
@@ -108,7 +102,6 @@ def make_changes(
 
     admin = boto3.client("cognito-idp")  # the admin's own client, hooked: what it changes is "recorded"
     emulator = CloudTrailEmulator(admin, delivery)
-    pool_id = pool.pool_id
 
     def update(user: str) -> Callable[[], Any]:
         name: list[AttributeTypeTypeDef] = [{"Name": "name", "Value": f"{user.title()} (changed by an admin)"}]

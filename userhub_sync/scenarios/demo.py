@@ -59,8 +59,8 @@ def run_demo(
         sqs, queues = rig.sqs, rig.queues
         stack.enter_context(log_level(logging.ERROR))
         console.print(f"[bold]moto[/] on {rig.endpoint}, [bold]fake UserHub[/] on {rig.hub.url}")
-        pool = create_pool(f"demo-{rig.env['EVENTS_QUEUE_NAME']}")  # capture and reconcile need a real pool
-        stack.enter_context(patched_environ({"USER_POOL_ID": pool.pool_id}))
+        pool_id = create_pool(f"demo-{rig.env['EVENTS_QUEUE_NAME']}")  # capture and reconcile need a real pool
+        stack.enter_context(patched_environ({"USER_POOL_ID": pool_id}))
         new_container()
         boto3.client("s3").create_bucket(Bucket=rig.env["SNAPSHOT_BUCKET"] or "")
 
@@ -131,7 +131,7 @@ def run_demo(
             poller.start()
             try:
                 captured = make_changes(
-                    pool,
+                    pool_id,
                     rig.hub,
                     delivery_for(capture_route, f"{rig.env['EVENTS_QUEUE_NAME']}-capture"),
                     rig.connection_id,
