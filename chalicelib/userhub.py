@@ -23,9 +23,12 @@ server that drips its answer a byte at a time would otherwise hold a call for as
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
+import json
 import math
 import time
+import urllib.request
 from datetime import UTC
 from urllib.parse import quote
 
@@ -44,6 +47,13 @@ SDK_SAFE_CHARS = "-._~!$&'()*+,;=:@'"
 # keep that cost flat (docs/PERFORMANCE.md, delivery at concurrency 64).
 POOL_SHARD_CONNECTIONS = 8
 MIN_CALL_SECONDS = 0.05
+_HEADERS = [
+    (b"user-agent", USER_AGENT.encode()),
+    (b"userhub-api-version", API_VERSION.encode()),
+    (b"content-type", b"application/json"),
+]
+_UNBOUNDED = contextlib.nullcontext()
+_BODIES = {event_type: json.dumps({"type": event_type.value}).encode() for event_type in EventType}
 
 
 def quote_path(value: str) -> str:
@@ -145,10 +155,16 @@ def _error_details(response: httpx.Response, secret: str) -> tuple[str | None, s
 
 
 class UserHubClient:
-    """Pooled `httpx.AsyncClient`s for the life of the process (warm invocations reuse their connections).
+    """Pooled httpx transports for the life of the process (warm invocations reuse their connections).
 
-    `max_connections` is split over clients of at most POOL_SHARD_CONNECTIONS connections; each call goes to the
-    client with the fewest calls in flight, so no client queues while another has a free connection.
+    `max_connections` is split over pools of at most POOL_SHARD_CONNECTIONS connections; each call goes to the
+    pool with the fewest calls in flight, so no pool queues while another has a free connection.
+
+    Requests go straight to the transports, not through `httpx.AsyncClient`: one POST shape with a fixed set of
+    headers needs none of the client's per-request work (cookie jar, auth and redirect flows, URL merging), which
+    costs about as much CPU as the HTTP exchange itself at high concurrency (docs/PERFORMANCE.md). What the client
+    did that matters here is kept: the proxy from HTTPS_PROXY/HTTP_PROXY/ALL_PROXY unless NO_PROXY names the host,
+    httpx's timeouts per phase, and no redirect is followed.
     """
 
     def __init__(
@@ -162,21 +178,16 @@ class UserHubClient:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = httpx.Timeout(read_timeout, connect=connect_timeout, pool=connect_timeout + read_timeout)
+        self._timeout_extension = self.timeout.as_dict()
         shards = 1 if transport is not None else max(1, math.ceil(max_connections / POOL_SHARD_CONNECTIONS))
         per_shard = math.ceil(max_connections / shards)
-        self._clients = [
-            httpx.AsyncClient(
-                base_url=self.base_url,
-                timeout=self.timeout,
-                limits=httpx.Limits(
-                    max_connections=per_shard, max_keepalive_connections=per_shard, keepalive_expiry=30
-                ),
-                headers={"user-agent": USER_AGENT, "userhub-api-version": API_VERSION},
-                transport=transport,
-                follow_redirects=False,
-            )
-            for _ in range(shards)
-        ]
+        limits = httpx.Limits(max_connections=per_shard, max_keepalive_connections=per_shard, keepalive_expiry=30)
+        proxy = environment_proxy(self.base_url)
+        self._transports: list[httpx.AsyncBaseTransport] = (
+            [transport]
+            if transport is not None
+            else [httpx.AsyncHTTPTransport(limits=limits, proxy=proxy) for _ in range(shards)]
+        )
         self._in_flight = [0] * shards
 
     async def report_event(
@@ -192,22 +203,19 @@ class UserHubClient:
 
         With `timeout_seconds`, the whole call (connection, request, answer) ends within that many seconds.
         """
-        timeout = self.timeout
+        timeout = self._timeout_extension
         if timeout_seconds is not None:
             timeout_seconds = max(timeout_seconds, MIN_CALL_SECONDS)
-            timeout = httpx.Timeout(
-                min(self.timeout.read or timeout_seconds, timeout_seconds),
-                connect=min(self.timeout.connect or timeout_seconds, timeout_seconds),
-                pool=timeout_seconds,
-                write=min(self.timeout.write or timeout_seconds, timeout_seconds),
-            )
+            timeout = {phase: min(limit or timeout_seconds, timeout_seconds) for phase, limit in timeout.items()}
+            timeout["pool"] = timeout_seconds
         try:
-            request = self._clients[0].build_request(
+            authorization = f"Bearer {key.get_secret_value()}".encode("ascii")
+            request = httpx.Request(
                 "POST",
-                event_path(username, connection_id),
-                json={"type": event_type.value},
-                headers={"authorization": f"Bearer {key.get_secret_value()}"},
-                timeout=timeout,
+                self.base_url + event_path(username, connection_id),
+                content=_BODIES[event_type],
+                headers=[*_HEADERS, (b"authorization", authorization)],
+                extensions={"timeout": timeout},
             )
         except UnicodeEncodeError as error:  # the message holds only the offending character and its position
             raise ConfigurationError(
@@ -216,11 +224,12 @@ class UserHubClient:
             ) from None
         except httpx.InvalidURL as error:
             raise TransientError(f"cannot build the request URL: {error}") from None
-        shard = min(range(len(self._clients)), key=self._in_flight.__getitem__)
+        shard = min(range(len(self._transports)), key=self._in_flight.__getitem__)
         self._in_flight[shard] += 1
         try:
-            async with asyncio.timeout(timeout_seconds):
-                response = await self._clients[shard].send(request, stream=True)
+            # without timeout_seconds the caller bounds the call (deliver: one timer for a whole batch)
+            async with asyncio.timeout(timeout_seconds) if timeout_seconds is not None else _UNBOUNDED:
+                response = await self._transports[shard].handle_async_request(request)
                 try:
                     await response.aread()
                 except httpx.DecodingError:
@@ -264,5 +273,15 @@ class UserHubClient:
         raise PermanentError(summary, status=status, code=code, reason=reason)
 
     async def aclose(self) -> None:
-        for client in self._clients:
-            await client.aclose()
+        for transport in self._transports:
+            await transport.aclose()
+
+
+def environment_proxy(base_url: str) -> str | None:
+    """The proxy httpx's client would take from the environment for `base_url` (HTTPS_PROXY, HTTP_PROXY, ALL_PROXY,
+    upper or lower case; none when NO_PROXY names the host)."""
+    url = httpx.URL(base_url)
+    if url.host and urllib.request.proxy_bypass(url.host):
+        return None
+    proxies = urllib.request.getproxies_environment()
+    return proxies.get(url.scheme) or proxies.get("all")

@@ -4,6 +4,7 @@ the client's pools are sized from the settings. On loopback only."""
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 from collections.abc import Iterator
 
@@ -12,7 +13,14 @@ import pytest
 from pydantic import SecretStr
 
 from chalicelib.messages import EventType
-from chalicelib.userhub import API_VERSION, USER_AGENT, TransientError, UserHubClient
+from chalicelib.userhub import (
+    API_VERSION,
+    USER_AGENT,
+    PermanentError,
+    TransientError,
+    UserHubClient,
+    environment_proxy,
+)
 from tests.support import ADMIN_KEY
 from userhub_sync.local.fake_userhub import FakeUserHub, Fault
 
@@ -83,13 +91,13 @@ def test_a_url_httpx_refuses_to_build_is_a_transient_error_that_says_so() -> Non
 def test_connections_are_split_over_pools_of_at_most_eight(max_connections: int, pools: int) -> None:
     """httpcore's pool costs O(connections × idle connections) per request (encode/httpcore#1035): small pools."""
     client = UserHubClient("http://127.0.0.1:9", max_connections=max_connections)
-    assert len(client._clients) == pools
+    assert len(client._transports) == pools
     asyncio.run(client.aclose())
 
 
 def test_a_given_transport_is_one_pool() -> None:
     client = UserHubClient("http://127.0.0.1:9", max_connections=64, transport=httpx.AsyncHTTPTransport())
-    assert len(client._clients) == 1
+    assert len(client._transports) == 1
     asyncio.run(client.aclose())
 
 
@@ -127,3 +135,23 @@ def test_a_2xx_whose_body_cannot_be_decoded_is_still_delivered(hub: FakeUserHub)
     report(UserHubClient(hub.url, max_connections=1))  # no exception: the status is what counts
     [entry] = hub.journal()
     assert entry.status == 200
+
+
+def test_the_proxy_comes_from_the_environment_as_httpx_would_take_it(hub: FakeUserHub, monkeypatch) -> None:
+    """HTTP_PROXY sends the call through the proxy (here the fake itself, which journals the absolute-form target);
+    NO_PROXY naming the host sends it straight to UserHub."""
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", hub.url)
+    with pytest.raises(PermanentError):  # the fake is no proxy: it answers the absolute target itself, 404
+        report(UserHubClient("http://userhub.invalid", max_connections=1))
+    assert [entry.raw_path for entry in hub.journal()] == ["http://userhub.invalid/admin/v1/users/u1@conn_1:event"]
+
+    from userhub_sync.local.moto import free_port
+
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    report(UserHubClient(hub.url, max_connections=1))
+    assert environment_proxy(hub.url) is None and len(hub.events()) == 1
+    monkeypatch.delenv("NO_PROXY")
+    assert environment_proxy(hub.url) == f"{os.environ['HTTP_PROXY']}"
