@@ -117,9 +117,10 @@ class Metrics:
             self._counts[name] += value
             self.totals[name] += value
 
-    def timing(self, name: str, milliseconds: float) -> None:
+    def timing(self, name: str, *milliseconds: float) -> None:
+        """One or more durations (deliver records a whole batch's calls at once, off the calls' hot path)."""
         with self._lock:
-            self._timings[name].append(round(milliseconds, 2))
+            self._timings[name].extend(round(value, 2) for value in milliseconds)
 
     def gauge(self, name: str, value: float) -> None:
         """A level at flush time (the last value set), such as the current concurrency limit."""

@@ -180,3 +180,34 @@ def test_a_key_http_cannot_carry_that_reaches_the_client_is_still_a_configuratio
     assert isinstance(result, Transient) and result.configuration
     assert result.detail.startswith("the Admin key cannot be sent in an HTTP header: character '\\xe9' at position 3")
     assert hub.journal() == []
+
+
+def test_at_the_cut_off_the_running_call_times_out_and_the_waiting_ones_are_not_started(pipeline, hub) -> None:
+    """One timer for the batch: the call still running is cut off, the calls queued behind it never start."""
+    hub.add_fault(Fault(kind="latency", latency_ms=5000, match_external_id="slow"))
+    deadline = Deadline(end=time.monotonic() + 3.0, start_margin=0.5, settle_reserve=2.0)  # 1 s for the calls
+    batch = caller(hub, concurrency=1)
+    results = call_all(batch, [message("slow"), message("b"), message("c")], deadline)
+    assert isinstance(results[0], Transient) and results[0].congestion and "no complete answer" in results[0].detail
+    assert results[1:] == [NOT_STARTED, NOT_STARTED]
+    assert [entry.external_id for entry in hub.journal()] == ["slow"]
+    assert batch.flow.in_flight == 0 and batch.metrics.totals["userhub_calls"] == 1
+
+
+def test_a_cancellation_from_outside_cancels_every_call_and_is_not_taken_for_the_deadline(pipeline, hub) -> None:
+    hub.add_fault(Fault(kind="latency", latency_ms=5000))
+    batch = caller(hub, concurrency=2)
+    left: list[asyncio.Task] = []
+
+    async def go() -> None:
+        task = asyncio.ensure_future(batch.call_all([message("a"), message("b"), message("c")], roomy()))
+        await asyncio.sleep(0.3)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0.1)
+        left.extend(t for t in asyncio.all_tasks() if t is not asyncio.current_task())
+        await batch.client.aclose()
+
+    asyncio.run(go())
+    assert left == [] and batch.flow.in_flight == 0

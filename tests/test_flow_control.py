@@ -173,14 +173,14 @@ def test_a_finished_call_wakes_one_waiter_and_waiters_start_in_order() -> None:
         waiting = [asyncio.create_task(call(i)) for i in range(50)]
         await asyncio.sleep(0)  # every waiter has looked once and queued
         looks_before = flow.looks
-        await flow.release(first, Signal.SUCCESS)
+        flow.release(first, Signal.SUCCESS)
         for _ in range(5):
             await asyncio.sleep(0)
         looks = flow.looks - looks_before
         assert looks <= 3  # the first waiter, and the next one it wakes to check for a second free slot
         assert order == [0]
         for i in range(1, 50):  # each release lets exactly the next one in
-            await flow.release(Slot(0.0), Signal.SUCCESS)
+            flow.release(Slot(0.0), Signal.SUCCESS)
             for _ in range(5):
                 await asyncio.sleep(0)
             assert order[-1] == i
@@ -201,7 +201,7 @@ def test_a_waiter_that_runs_out_of_time_lets_the_next_one_in() -> None:
         ready = asyncio.create_task(flow.acquire(lambda: 60.0))
         await asyncio.sleep(0)
         left["late"] = 0.0  # the first waiter's invocation is over: it gives up when woken
-        await flow.release(held, Signal.SUCCESS)
+        flow.release(held, Signal.SUCCESS)
         return list(await asyncio.gather(late, ready))
 
     gave_up, started = asyncio.run(asyncio.wait_for(scenario(), 30))

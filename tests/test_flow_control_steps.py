@@ -232,7 +232,7 @@ def test_acquire_when_busy_waits_for_a_release() -> None:
         waiter = asyncio.create_task(flow.acquire(lambda: 10.0))
         await asyncio.sleep(0.02)
         assert not waiter.done(), "a second call started while the only slot was held"
-        await flow.release(first, Signal.NEUTRAL)
+        flow.release(first, Signal.NEUTRAL)
         return first, await asyncio.wait_for(waiter, 5)
 
     _first, second = asyncio.run(scenario())
@@ -244,4 +244,17 @@ def test_acquire_when_busy_until_the_invocation_ends_gives_zero() -> None:
     flow.started()
     end = time.monotonic() + 0.05
     assert asyncio.run(flow.acquire(lambda: end - time.monotonic())) == 0.0
+    assert flow.in_flight == 1
+
+
+def test_every_call_waiting_behind_one_that_never_ends_gives_up_when_the_invocation_ends() -> None:
+    """Waiting for a free slot shares one alarm at the end of the time left; each waiter still gets its answer."""
+    flow = FlowControl(1)
+    flow.started()
+    end = time.monotonic() + 0.1
+
+    async def go() -> list[object]:
+        return await asyncio.gather(*(flow.acquire(lambda: end - time.monotonic()) for _ in range(5)))
+
+    assert asyncio.run(go()) == [0.0] * 5
     assert flow.in_flight == 1

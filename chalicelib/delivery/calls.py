@@ -4,7 +4,8 @@ Each message ends with exactly one `CallResult`, whatever goes wrong while handl
 not know is a `Transient` result for that message alone, never a failure of the batch. Messages with the same
 (user, connection, type) in one batch make one call and share its result. How many calls are in flight, and when the
 next may start, is `flow.FlowControl`'s decision. No call starts when too little time is left (`NotStarted`), and
-every call that starts ends before the invocation's deadline.
+every call that starts ends before the invocation's deadline: one timer for the batch cuts off, at that deadline,
+every call still running (`CUT_OFF`, a timeout), so no call pays for a timer of its own.
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ class NotStarted:
 CallResult = Delivered | Transient | Rejected | NotStarted
 DELIVERED = Delivered()
 NOT_STARTED = NotStarted()
+CUT_OFF = Transient("no complete answer before the time kept for settling the batch", congestion=True)
 RATE_LIMITED_RESENDS = 3  # a 429 means "not now", not "not this": send again after the pause, within the invocation
 PAUSE_CAP_SECONDS = 300.0  # one odd Retry-After must not silence a container for hours (each message still waits)
 
@@ -108,6 +110,7 @@ class BatchCaller:
         self.flow = flow
         self.default_connection = default_connection
         self.metrics = metrics
+        self._call_seconds: list[float] = []  # the batch's calls, each as long as it took
 
     async def call_all(self, messages: Sequence[SyncMessage], deadline: Deadline) -> list[CallResult]:
         """One result per message, in order."""
@@ -117,33 +120,60 @@ class BatchCaller:
         if len(groups) < len(messages):
             self.metrics.count("duplicates_merged", len(messages) - len(groups))
 
+        cut_off = False  # set once the batch's calls are cancelled at the deadline
+        self._call_seconds = []
+
         async def run(leader: SyncMessage) -> CallResult:
             result: CallResult = NOT_STARTED
-            for attempt in range(1 + RATE_LIMITED_RESENDS):
-                slot = await self.flow.acquire(deadline.start_time_left)
-                if not isinstance(slot, Slot):
-                    return result if attempt else NotStarted(wait=slot)
-                try:
-                    result = await self.call_one(leader, deadline)
-                finally:
-                    await self.flow.release(slot, *_signal(result))
-                if not (self.flow.adaptive and _rate_limited(result)):
-                    break
-                self.metrics.count("rate_limited_resent")
-            return result
+            try:
+                for attempt in range(1 + RATE_LIMITED_RESENDS):
+                    slot = await self.flow.acquire(deadline.start_time_left)
+                    if not isinstance(slot, Slot):
+                        return result if attempt else NotStarted(wait=slot)
+                    try:
+                        result = await self.call_one(leader)
+                    except asyncio.CancelledError:
+                        result = CUT_OFF
+                        raise
+                    finally:
+                        self.flow.release(slot, *_signal(result))
+                    if not (self.flow.adaptive and _rate_limited(result)):
+                        break
+                    self.metrics.count("rate_limited_resent")
+                return result
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if not cut_off or task is None:
+                    raise
+                task.uncancel()  # our own deadline, not a cancellation from outside: the result stands
+                return result
 
-        results = await asyncio.gather(*(run(messages[indexes[0]]) for indexes in groups.values()))
+        # one timer for the whole batch, not one per call: at the deadline every call still running is cut off
+        calls = [asyncio.ensure_future(run(messages[indexes[0]])) for indexes in groups.values()]
+        try:
+            if calls:
+                _, running = await asyncio.wait(calls, timeout=max(deadline.call_seconds(), 0.0))
+                if running:
+                    cut_off = True
+                    for call in running:
+                        call.cancel()
+                    await asyncio.wait(running)
+        finally:
+            for call in calls:  # cancelled from outside: the calls go with it, none is left running
+                call.cancel()
+        self.metrics.count("userhub_calls", len(self._call_seconds))  # with userhub_429: the alarm's 429 share
+        self.metrics.timing("userhub_call_ms", *(seconds * 1000 for seconds in self._call_seconds))
         by_index: dict[int, CallResult] = {}
-        for indexes, result in zip(groups.values(), results, strict=True):
+        for indexes, call in zip(groups.values(), calls, strict=True):
+            result = NOT_STARTED if call.cancelled() else call.result()  # cancelled before it ever ran
             for index in indexes:
                 by_index[index] = result
         return [by_index[index] for index in range(len(messages))]
 
-    async def call_one(self, message: SyncMessage, deadline: Deadline) -> CallResult:
+    async def call_one(self, message: SyncMessage) -> CallResult:
         started = time.monotonic()
-        self.metrics.count("userhub_calls")  # with userhub_429: the 429 share the operators' alarm watches
         try:
-            await self._report(message, deadline)
+            await self._report(message)
             return DELIVERED
         except PermanentError as error:
             return Rejected(str(error), error.status or 0, error.code, error.reason)
@@ -165,24 +195,20 @@ class BatchCaller:
             log.error("unexpected error delivering a message", exc_info=True, extra={"message_id": message.id})
             return Transient(f"unexpected {type(error).__name__}: {error}"[:500])
         finally:
-            self.metrics.timing("userhub_call_ms", (time.monotonic() - started) * 1000)
+            self._call_seconds.append(time.monotonic() - started)  # into the metrics once the batch is done
 
-    async def _report(self, message: SyncMessage, deadline: Deadline) -> None:
+    async def _report(self, message: SyncMessage) -> None:
         connection = message.connection_id or self.default_connection
         key = self.keys.get()
         try:
-            await self.client.report_event(
-                message.username, connection, message.type, key, timeout_seconds=deadline.call_seconds()
-            )
+            await self.client.report_event(message.username, connection, message.type, key)
         except Unauthorized:
             self.metrics.count("unauthorized")
             fresh = self.keys.refresh(key)
             if fresh.get_secret_value() == key.get_secret_value():
                 raise  # the same key again: calling with it cannot help
             self.metrics.count("key_refreshed")
-            await self.client.report_event(
-                message.username, connection, message.type, fresh, timeout_seconds=deadline.call_seconds()
-            )
+            await self.client.report_event(message.username, connection, message.type, fresh)
 
 
 def _signal(result: CallResult) -> tuple[Signal, float | None]:

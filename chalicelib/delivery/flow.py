@@ -31,8 +31,8 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from enum import StrEnum
+from typing import NamedTuple
 
 INITIAL_LIMIT = 4
 DECREASE = 0.5
@@ -52,8 +52,7 @@ class Signal(StrEnum):
     NEUTRAL = "neutral"  # any other failure: says nothing about load
 
 
-@dataclass(frozen=True)
-class Slot:
+class Slot(NamedTuple):
     started: float
 
 
@@ -90,6 +89,7 @@ class FlowControl:
         self._recent_starts: deque[float] = deque()
         self._clock = clock
         self._waiters: deque[_Waiter] = deque()
+        self._alarm: tuple[asyncio.AbstractEventLoop, asyncio.TimerHandle] | None = None
 
     # ------------------------------------------------------------------ the decisions, pure given the clock
     def wait_before_start(self) -> float | None:
@@ -108,8 +108,9 @@ class FlowControl:
 
     def rate(self) -> float | None:
         """Calls a second this container may start: the lower of DELIVERY_RATE_LIMIT and the learned pace."""
-        rates = [r for r in (self.rate_limit, self.pace) if r]
-        return min(rates) if rates else None
+        if not self.pace or not self.rate_limit:
+            return self.pace or self.rate_limit or None
+        return min(self.pace, self.rate_limit)
 
     def _refill(self, now: float, rate: float) -> None:
         self._tokens = min(max(rate * BURST_SECONDS, 1.0), self._tokens + (now - self._refilled) * rate)
@@ -173,7 +174,10 @@ class FlowControl:
                         self._waiters.popleft()
                         waiter = None
                     slot = self.started()
-                    self._wake_first()  # another slot may be free too (slow start adds one per success)
+                    if self.wait_before_start() is not None:
+                        # the next waiter may start too (slow start adds a slot per success), or must watch the
+                        # clock now that it is first; with every slot taken, a release will wake it
+                        self._wake_first()
                     return slot
                 if wait is not None and wait >= left:
                     return wait
@@ -181,26 +185,47 @@ class FlowControl:
                     waiter = _Waiter()
                     self._waiters.append(waiter)
                     first = len(self._waiters) == 1
-                waiter.woken = asyncio.get_running_loop().create_future()
-                # only the first waiter watches the clock; the others are woken in turn (no timer each: with a
-                # batch of thousands waiting, a timer per waiter made every timer operation of the loop slower)
-                timeout = min(wait or left, left) if first else None
+                loop = asyncio.get_running_loop()
+                waiter.woken = woken = loop.create_future()
+                # only the first waiter watches the clock; the others are woken in turn. A pause or the rate limit
+                # gets a timer of its own; waiting for a free slot shares one alarm at the end of the time left
+                # (the calls in flight usually free a slot long before): a timer per call, at thousands waiting,
+                # made every timer operation of the loop slower
+                timer = loop.call_later(min(wait, left), _wake, woken) if first and wait is not None else None
+                if first and wait is None:
+                    self._alarm_by(loop, loop.time() + left)
                 try:
-                    async with asyncio.timeout(timeout):
-                        await waiter.woken
-                except TimeoutError:
-                    pass
+                    await woken
+                finally:
+                    if timer is not None:
+                        timer.cancel()
         finally:
             if waiter is not None:  # gave up (time, a long pause, cancellation): let the next one look
                 self._waiters.remove(waiter)
                 self._wake_first()
 
-    async def release(self, slot: Slot, signal: Signal, retry_after: float | None = None) -> None:
+    def release(self, slot: Slot, signal: Signal, retry_after: float | None = None) -> None:
         self.finished(slot, signal, retry_after)
         self._wake_first()
 
+    def _alarm_by(self, loop: asyncio.AbstractEventLoop, due: float) -> None:
+        """Wake the first waiter at `due` at the latest (one alarm for every waiter of a batch)."""
+        alarm = self._alarm
+        if alarm is not None and alarm[0] is loop and alarm[1].when() <= due and not alarm[1].cancelled():
+            return
+        if alarm is not None:
+            alarm[1].cancel()
+        self._alarm = (loop, loop.call_at(due, self._on_alarm))
+
+    def _on_alarm(self) -> None:
+        self._alarm = None
+        self._wake_first()
+
     def _wake_first(self) -> None:
-        if self._waiters:
-            woken = self._waiters[0].woken
-            if woken is not None and not woken.done():
-                woken.set_result(None)
+        if self._waiters and self._waiters[0].woken is not None:
+            _wake(self._waiters[0].woken)
+
+
+def _wake(woken: asyncio.Future[None]) -> None:
+    if not woken.done():
+        woken.set_result(None)
