@@ -18,7 +18,7 @@ import app
 from chalicelib.delivery import NO_CONTEXT_MS, Deliverer, get_deliverer, handle_sqs_event, reset_deliverer
 from chalicelib.delivery.calls import RATE_LIMITED_RESENDS
 from chalicelib.settings import get_settings, reset_settings
-from tests.support import ADMIN_KEY, capture_visibility, message_body, receive_event, send
+from tests.support import ADMIN_KEY, capture_visibility, message_body, receive_event, send, stage_environ
 from userhub_sync.local.event_source import LambdaContext
 from userhub_sync.local.fake_userhub import Fault
 from userhub_sync.local.moto import patched_environ
@@ -168,3 +168,24 @@ def test_the_event_source_batch_holds_16_rounds_of_the_concurrency(environ, expe
         check=True,
     )
     assert tuple(int(n) for n in done.stdout.split()) == expected
+
+
+def test_a_cold_start_freezes_what_it_built_out_of_the_collectors_sight_once() -> None:
+    """The warm container's long-lived objects (boto3, pydantic, httpx) are not walked again by every collection a
+    batch triggers. In a fresh interpreter, since this test process may have frozen objects already."""
+    script = (
+        "import gc\n"
+        "from chalicelib.delivery import Deliverer\n"
+        "from chalicelib.settings import get_settings\n"
+        "before = gc.get_freeze_count()\n"
+        "Deliverer(get_settings())\n"
+        "frozen = gc.get_freeze_count()\n"
+        "Deliverer(get_settings())\n"
+        "print(before, frozen > 10_000, gc.get_freeze_count() == frozen)\n"
+    )
+    environ = {**os.environ, **{k: v for k, v in stage_environ().items() if v is not None}}
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=environ, cwd=Path(app.__file__).parent
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["0", "True", "True"]
