@@ -5,11 +5,12 @@
 - (a) the connection guide's way: one inline POST per event, in turn (httpx.Client, 2 s timeout, keep-alive);
 - (b) a bare httpx async loop (AsyncClient + Semaphore(c) + gather) with the same URL, headers, body and pool
   limits: what this machine can do at that concurrency with the same HTTP stack;
-- (b′) the same loop with its pool split into clients of at most 8 connections, as deliver's is: the best bare loop,
-  and the baseline the high-concurrency target is stated on;
-- the batch tail: deliver at the deployed batch size and concurrency against (b′) as one continuous stream (Lambda
+- (b′) the same loop with its pool split into clients of at most 8 connections, as deliver's is;
+- (b″) the same requests, as deliver's client sends them, straight to the transports of pools of at most 8
+  connections (no httpx client layer): the best bare loop, and the baseline the high-concurrency target is stated on;
+- the batch tail: deliver at the deployed batch size and concurrency against (b″) as one continuous stream (Lambda
   waits for a whole batch before it sends the next, so the last calls of each batch leave slots idle) and against
-  (b′) cut into the same batches.
+  (b″) cut into the same batches.
 """
 
 from __future__ import annotations
@@ -157,9 +158,12 @@ class BareLoop:
 
     With `shard`, the pool is split into clients of at most `shard` connections, used in turn: (b′), which shows
     how much of (b) at high concurrency is httpcore's pool bookkeeping (O(connections²) per request in 1.0.9).
+    With `direct` as well, each request goes straight to a pool's httpx transport with deliver's timeouts, as
+    deliver's client sends it (no client layer: cookies, auth and redirect flows, URL merging): (b″), the best
+    bare loop httpx allows.
     """
 
-    def __init__(self, url: str, key: str, concurrency: int, shard: int | None = None) -> None:
+    def __init__(self, url: str, key: str, concurrency: int, shard: int | None = None, direct: bool = False) -> None:
         import httpx
 
         from chalicelib.userhub import API_VERSION, USER_AGENT
@@ -167,24 +171,45 @@ class BareLoop:
         self.concurrency = concurrency
         self.retried = 0
         self.loop = asyncio.new_event_loop()
+        self.url = url
         self.auth = {"authorization": f"Bearer {key}"}
         shards = math.ceil(concurrency / shard) if shard else 1
         size = math.ceil(concurrency / shards)
+        limits = httpx.Limits(max_connections=size, max_keepalive_connections=size, keepalive_expiry=30)
+        timeout = httpx.Timeout(5.0, connect=2.0)
+        headers = {"user-agent": USER_AGENT, "userhub-api-version": API_VERSION}
         self.clients = [
-            httpx.AsyncClient(
-                base_url=url,
-                timeout=httpx.Timeout(5.0, connect=2.0),
-                limits=httpx.Limits(max_connections=size, max_keepalive_connections=size, keepalive_expiry=30),
-                headers={"user-agent": USER_AGENT, "userhub-api-version": API_VERSION},
-            )
-            for _ in range(shards)
+            httpx.AsyncClient(base_url=url, timeout=timeout, limits=limits, headers=headers)
+            for _ in range(0 if direct else shards)
         ]
+        self.transports = [httpx.AsyncHTTPTransport(limits=limits) for _ in range(shards if direct else 0)]
+        self.direct_headers = {**headers, "content-type": "application/json", **self.auth}
+        self.direct_extensions = {"timeout": httpx.Timeout(5.0, connect=2.0, pool=7.0).as_dict()}
+
+    async def _post(self, i: int, path: str) -> int:
+        import httpx
+
+        if not self.transports:
+            response = await self.clients[i % len(self.clients)].post(path, json={"type": "SIGNIN"}, headers=self.auth)
+            return response.status_code
+        request = httpx.Request(
+            "POST",
+            self.url + path,
+            content=b'{"type": "SIGNIN"}',
+            headers=self.direct_headers,
+            extensions=self.direct_extensions,
+        )
+        response = await self.transports[i % len(self.transports)].handle_async_request(request)
+        try:
+            await response.aread()
+        finally:
+            await response.aclose()
+        return response.status_code
 
     async def _post_all(self, paths: list[str], seconds: float, batch: int | None) -> float:
         import httpx
 
         semaphore = asyncio.Semaphore(self.concurrency)
-        clients = self.clients
         started = time.perf_counter()
         deadline, done, last = started + seconds, 0, started
         step = batch or len(paths) or 1
@@ -195,12 +220,12 @@ class BareLoop:
                 if time.perf_counter() >= deadline:
                     return  # the measurement is over: the rest of the stream is not started
                 try:
-                    response = await clients[i % len(clients)].post(path, json={"type": "SIGNIN"}, headers=self.auth)
+                    status = await self._post(i, path)
                 except httpx.TransportError:  # the fake dropped a connection under load: once more, as deliver would
                     self.retried += 1
-                    response = await clients[i % len(clients)].post(path, json={"type": "SIGNIN"}, headers=self.auth)
-                if response.status_code != 200:
-                    raise RuntimeError(f"bare loop got HTTP {response.status_code}")
+                    status = await self._post(i, path)
+                if status != 200:
+                    raise RuntimeError(f"bare loop got HTTP {status}")
                 done, last = done + 1, time.perf_counter()
 
         for first in range(0, len(paths), step):  # with `batch`: each batch ends before the next starts, as in Lambda
@@ -216,6 +241,8 @@ class BareLoop:
     def close(self) -> None:
         for client in self.clients:
             self.loop.run_until_complete(client.aclose())
+        for transport in self.transports:
+            self.loop.run_until_complete(transport.aclose())
         self.loop.close()
 
 
@@ -281,7 +308,8 @@ def _measure(
     tail_batch, tail_c = deployed_defaults()
     subjects = {c: DeliverSubject(c, environ) for c in CONCURRENCIES}
     bares = {c: BareLoop(url, key, c) for c in SINGLE_POOL_AT}
-    sharded = {c: BareLoop(url, key, c, shard=SHARD) for c in {*SHARDED_AT, tail_c}}
+    sharded = {c: BareLoop(url, key, c, shard=SHARD) for c in SHARDED_AT}
+    direct = {c: BareLoop(url, key, c, shard=SHARD, direct=True) for c in {*SHARDED_AT, tail_c}}
     guide = GuideLoop(url, key)
     counter = iter(range(10**9))
 
@@ -300,11 +328,15 @@ def _measure(
                 rates[f"deliver c={c}"] = rates[f"bare c={c}"]
             if c in sharded:
                 rates[f"sharded c={c}"] = sharded[c].run(event_paths(warm, tag()))
-                rates[f"deliver c={c}"] = rates[f"sharded c={c}"]
+            if c in direct:
+                rates[f"direct c={c}"] = direct[c].run(event_paths(warm, tag()))
+                rates[f"deliver c={c}"] = rates[f"direct c={c}"]
             # one invocation lasts about the whole measurement: these rows measure the concurrency, not the tail
             batches[c] = min(MAX_BATCH, max(4 * c, int(rates[f"deliver c={c}"] * seconds)))
         rates["guide (a)"] = guide.run(event_paths(20, tag()))
-        rates["deliver tail"] = rates["sharded batches"] = rates[f"sharded c={tail_c}"]
+        if tail_c not in CONCURRENCIES:
+            rates[f"direct c={tail_c}"] = direct[tail_c].run(event_paths(8 * tail_c, tag()))
+        rates["deliver tail"] = rates["direct batches"] = rates[f"direct c={tail_c}"]
         http_post(f"{url}/_fake/reset")
         log(f"   records per deliver invocation, by concurrency: {batches}; tail: {tail_batch} at c={tail_c}")
 
@@ -332,19 +364,24 @@ def _measure(
                 plan[sh] = lambda c=c, sh=sh: measure(
                     sh, lambda: sharded[c].run(event_paths(supply(sh), tag()), seconds)
                 )
+            if c in direct:
+                di = f"direct c={c}"
+                plan[di] = lambda c=c, di=di: measure(
+                    di, lambda: direct[c].run(event_paths(supply(di), tag()), seconds)
+                )
         # the batch tail, at the deployed defaults: Lambda-sized batches, each waiting for the last
         plan["deliver tail"] = lambda: measure(
             "deliver tail",
             lambda: subjects[tail_c].run_for(make_records(supply("deliver tail"), tag()), tail_batch, seconds),
         )
-        plan["sharded batches"] = lambda: measure(
-            "sharded batches",
-            lambda: sharded[tail_c].run(event_paths(supply("sharded batches"), tag()), seconds, tail_batch),
+        plan["direct batches"] = lambda: measure(
+            "direct batches",
+            lambda: direct[tail_c].run(event_paths(supply("direct batches"), tag()), seconds, tail_batch),
         )
         if tail_c not in CONCURRENCIES:
-            plan[f"sharded c={tail_c}"] = lambda: measure(
-                f"sharded c={tail_c}",
-                lambda: sharded[tail_c].run(event_paths(supply(f"sharded c={tail_c}"), tag()), seconds),
+            plan[f"direct c={tail_c}"] = lambda: measure(
+                f"direct c={tail_c}",
+                lambda: direct[tail_c].run(event_paths(supply(f"direct c={tail_c}"), tag()), seconds),
             )
         measured: dict[str, list[float]] = {name: [] for name in plan}
         for r in range(rounds):
@@ -362,12 +399,12 @@ def _measure(
             "tail": (tail_batch, tail_c),
             "invocations": {c: s.invocations for c, s in subjects.items()},
             "reoffered": sum(s.reoffered for s in subjects.values()),
-            "retried": sum(b.retried for b in [*bares.values(), *sharded.values()]),
+            "retried": sum(b.retried for b in [*bares.values(), *sharded.values(), *direct.values()]),
         }
     finally:
         for subject in subjects.values():
             subject.close()
-        for bare in [*bares.values(), *sharded.values()]:
+        for bare in [*bares.values(), *sharded.values(), *direct.values()]:
             bare.close()
         guide.close()
 
@@ -377,7 +414,7 @@ def _round_order(names: list[str], r: int, tail_c: int) -> list[str]:
     order = [names[0]]
     groups: dict[str, list[str]] = {}
     for name in names[1:]:
-        group = f"c={tail_c}" if name in ("deliver tail", "sharded batches") else name.split(" ", 1)[1]
+        group = f"c={tail_c}" if name in ("deliver tail", "direct batches") else name.split(" ", 1)[1]
         groups.setdefault(group, []).append(name)
     for group in groups.values():
         k = r % len(group)
@@ -404,9 +441,12 @@ def _report(section: Section, results: dict[str, Any], rounds: int, seconds: flo
         "headers, body and pool limits as deliver's client) as one continuous stream, with no batch boundaries; "
         f"run at c = {', '.join(map(str, SINGLE_POOL_AT))} only (at 256 its one pool collapses, finding 1).",
         f"(b′) at c ≥ 16: the same loop with its pool split into clients of ≤ {SHARD} connections used in turn, as "
-        "deliver's pool is: the best bare loop on this machine, and the baseline of the high-concurrency target.",
+        "deliver's pool is.",
+        f"(b″) at c ≥ 16: the same requests (same headers, body and timeouts as deliver's) sent straight to the "
+        f"transports of pools of ≤ {SHARD} connections, without httpx's client layer, as deliver's client sends "
+        "them: the best bare loop httpx allows on this machine, and the baseline of the high-concurrency target.",
         f"Batch tail: deliver on batches of {tail_batch} records at DELIVERY_CONCURRENCY={tail_c} (app.py's and "
-        "settings' defaults), each invocation waiting for the last as Lambda's event source does, against (b′) at "
+        "settings' defaults), each invocation waiting for the last as Lambda's event source does, against (b″) at "
         f"the same concurrency as one continuous stream (the efficiency) and cut into batches of {tail_batch}.",
         f"{rounds} rounds; every round runs each subject for {seconds:g} s (events completed ÷ time) right next to "
         "its baselines, order rotating by round. Figures are medians over rounds; ratios are medians of the "
@@ -414,18 +454,20 @@ def _report(section: Section, results: dict[str, Any], rounds: int, seconds: flo
     ]
     rows = [
         "| concurrency | records per invocation | deliver events/s | bare httpx (b) | bare, sharded pool (b′) | "
-        "guide (a) | deliver ÷ (b) | deliver ÷ (b′) | deliver ÷ (a) |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "bare, sharded, straight to the transports (b″) | guide (a) | deliver ÷ (b) | deliver ÷ (b′) | "
+        "deliver ÷ (b″) | deliver ÷ (a) |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for c in CONCURRENCIES:
         subject, bare = measured[f"deliver c={c}"], measured.get(f"bare c={c}") or []
         if not subject:
             continue
-        sharded = measured.get(f"sharded c={c}") or []
+        sharded, best = measured.get(f"sharded c={c}") or [], measured.get(f"direct c={c}") or []
         to_bare = paired_ratio(subject, bare) if bare else None
         to_sharded = paired_ratio(subject, sharded) if sharded else None
+        to_best = paired_ratio(subject, best) if best else None
         to_guide = paired_ratio(subject, guide[: len(subject)])
-        if to_sharded is None and to_bare is not None:
+        if to_best is None and to_bare is not None:
             section.add(
                 Figure(
                     f"deliver at concurrency {c}",
@@ -438,18 +480,21 @@ def _report(section: Section, results: dict[str, Any], rounds: int, seconds: flo
                     to_bare >= 0.85,
                 )
             )
-        elif to_sharded is not None:
+        elif to_best is not None:
             high = c in HIGH_AT
             section.add(
                 Figure(
                     f"deliver at concurrency {c}",
                     median(subject),
                     "events/s",
-                    median(sharded),
-                    f"best bare loop, pool in shards of {SHARD} (b′)",
-                    to_sharded,
-                    "≥ 0.95 × (b′)" if high else "",
-                    to_sharded >= 0.95 if high else None,
+                    median(best),
+                    f"best bare loop: pools of {SHARD}, straight to the transports (b″)",
+                    to_best,
+                    "≥ 0.95 × (b″)" if high else "",
+                    to_best >= 0.95 if high else None,
+                    note=f"{to_sharded:.2f}× (b′), the bare loop through httpx's client ({fmt(median(sharded))}/s)"
+                    if to_sharded is not None
+                    else "",
                 )
             )
         if c == 16:
@@ -467,11 +512,12 @@ def _report(section: Section, results: dict[str, Any], rounds: int, seconds: flo
             )
         rows.append(
             f"| {c} | {batches[c]} | {fmt(median(subject))} | {fmt(median(bare)) if bare else 'not run'} | "
-            f"{fmt(median(sharded)) if sharded else '= (b)'} | {fmt(median(guide))} | "
-            f"{f'{to_bare:.2f}×' if to_bare is not None else '–'} | "
-            f"{f'{to_sharded:.2f}×' if to_sharded is not None else '–'} | {to_guide:.1f}× |"
+            f"{fmt(median(sharded)) if sharded else '= (b)'} | {fmt(median(best)) if best else '–'} | "
+            f"{fmt(median(guide))} | {f'{to_bare:.2f}×' if to_bare is not None else '–'} | "
+            f"{f'{to_sharded:.2f}×' if to_sharded is not None else '–'} | "
+            f"{f'{to_best:.2f}×' if to_best is not None else '–'} | {to_guide:.1f}× |"
         )
-    tail, stream, cut = measured["deliver tail"], measured[f"sharded c={tail_c}"], measured["sharded batches"]
+    tail, stream, cut = measured["deliver tail"], measured[f"direct c={tail_c}"], measured["direct batches"]
     if tail and stream:
         efficiency = paired_ratio(tail, stream)
         section.add(
@@ -480,16 +526,16 @@ def _report(section: Section, results: dict[str, Any], rounds: int, seconds: flo
                 median(tail),
                 "events/s",
                 median(stream),
-                "(b′), one continuous stream",
+                "(b″), one continuous stream",
                 efficiency,
                 "≥ 0.95 (tail ≤ 5 %)",
                 efficiency >= 0.95,
-                note=f"{paired_ratio(tail, cut):.2f}× (b′) cut into the same batches ({fmt(median(cut))}/s)",
+                note=f"{paired_ratio(tail, cut):.2f}× (b″) cut into the same batches ({fmt(median(cut))}/s)",
             )
         )
         rows.append(
-            f"| {tail_c}, batch tail | {tail_batch} | {fmt(median(tail))} | | {fmt(median(stream))} (stream); "
-            f"{fmt(median(cut))} (cut into batches of {tail_batch}) | | | {efficiency:.2f}× (stream); "
+            f"| {tail_c}, batch tail | {tail_batch} | {fmt(median(tail))} | | | {fmt(median(stream))} (stream); "
+            f"{fmt(median(cut))} (cut into batches of {tail_batch}) | | | | {efficiency:.2f}× (stream); "
             f"{paired_ratio(tail, cut):.2f}× (cut) | |"
         )
     rows.append("")
@@ -520,7 +566,7 @@ def _report(section: Section, results: dict[str, Any], rounds: int, seconds: flo
                 f"≤ {SHARD} connections (b′) go {median(sharded) / median(bare):.1f}× faster. httpcore 1.0.9's pool "
                 "does O(connections × idle connections) work on every request and response "
                 "(`_assign_requests_to_connections`, encode/httpcore#1035); deliver's client shards its pool the "
-                "same way (`chalicelib/userhub.py`), so (b′) is the fair baseline there."
+                "same way (`chalicelib/userhub.py`), and so do (b′) and (b″)."
             )
 
 
@@ -532,18 +578,16 @@ def _plot(measured: dict[str, list[float]], path: Path) -> None:
 
     xs = [c for c in CONCURRENCIES if measured[f"deliver c={c}"]]
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    ax.plot(xs, [median(measured[f"deliver c={c}"]) for c in xs], "o-", label="deliver handler")
-    bare_xs = [c for c in xs if measured.get(f"bare c={c}")]
-    ax.plot(bare_xs, [median(measured[f"bare c={c}"]) for c in bare_xs], "s--", label="bare httpx async loop (b)")
-    shard_xs = [c for c in xs if measured.get(f"sharded c={c}")]
-    if shard_xs:
-        ax.plot(
-            shard_xs,
-            [median(measured[f"sharded c={c}"]) for c in shard_xs],
-            "d-.",
-            alpha=0.7,
-            label=f"bare loop, pool in shards of {SHARD} (b′)",
-        )
+    lines = [
+        ("deliver", "o-", "deliver handler"),
+        ("bare", "s--", "bare httpx async loop (b)"),
+        ("sharded", "d-.", f"bare loop, pool in shards of {SHARD} (b′)"),
+        ("direct", "x-", f"bare loop, shards of {SHARD}, straight to the transports (b″)"),
+    ]
+    for name, style, label in lines:
+        at = [c for c in xs if measured.get(f"{name} c={c}")]
+        if at:
+            ax.plot(at, [median(measured[f"{name} c={c}"]) for c in at], style, label=label)
     ax.plot(xs, [median(measured["guide (a)"])] * len(xs), "^:", label="guide: one inline POST at a time (a)")
     ax.set_xscale("log", base=2)
     ax.set_xticks(xs, [str(x) for x in xs])
