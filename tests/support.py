@@ -59,6 +59,13 @@ class Stack:
     queues: QueueState
     spec: QueueSpec
 
+    def events_batch(self, expected: int) -> dict[str, Any]:
+        """`expected` messages from the events queue, as Lambda hands them to deliver."""
+        return receive_event(self.sqs, self.queues.events_url, expected)
+
+    def dead_letters(self) -> list[dict[str, Any]]:
+        return receive_all(self.sqs, self.queues.dlq_url)
+
 
 def stage_environ(userhub_url: str = "http://127.0.0.1:9", **overrides: str | None) -> dict[str, str | None]:
     """The test stage's variables (`test-events`, `test-dlq`, the key itself), as a deployment would set them."""
