@@ -36,6 +36,8 @@ from userhub_sync.scenarios import rig, traffic
 if TYPE_CHECKING:
     from types_boto3_sqs import SQSClient
 
+    from chalicelib.delivery.flow import FlowControl
+
 REPO = Path(__file__).resolve().parents[1]
 REGION = "us-east-1"
 ADMIN_KEY = "userhub_admin_test_key_0123456789"  # a fixture value, asserted never to appear in output
@@ -45,6 +47,7 @@ POOL_ID = "us-east-1_TestPool1"
 HUB_SEED = 1  # the hub fixture's, for faults with a probability
 OTHER_TRIGGER = f"arn:aws:lambda:{REGION}:{MOTO_ACCOUNT}:function:customer-pre-signup"
 CUSTOM_MESSAGE = f"arn:aws:lambda:{REGION}:{MOTO_ACCOUNT}:function:customer-custom-message"
+CUSTOMER_TRIGGERS = {"PreSignUp": OTHER_TRIGGER, "CustomMessage": CUSTOM_MESSAGE}  # create_pool's, kept by wire
 
 
 @dataclass
@@ -55,6 +58,13 @@ class Stack:
     sqs: SQSClient
     queues: QueueState
     spec: QueueSpec
+
+    def events_batch(self, expected: int) -> dict[str, Any]:
+        """`expected` messages from the events queue, as Lambda hands them to deliver."""
+        return receive_event(self.sqs, self.queues.events_url, expected)
+
+    def dead_letters(self) -> list[dict[str, Any]]:
+        return receive_all(self.sqs, self.queues.dlq_url)
 
 
 def stage_environ(userhub_url: str = "http://127.0.0.1:9", **overrides: str | None) -> dict[str, str | None]:
@@ -244,7 +254,7 @@ def config(project: Path) -> dict[str, Any]:
 
 def create_pool(*, username_attributes: list[str] | None = None, post_auth: str | None = None) -> str:
     """A pool with settings UpdateUserPool would reset if not given: policies, schema, auto-verify, triggers."""
-    lambda_config = {"PreSignUp": OTHER_TRIGGER, "CustomMessage": CUSTOM_MESSAGE}
+    lambda_config = dict(CUSTOMER_TRIGGERS)
     if post_auth:
         lambda_config["PostAuthentication"] = post_auth
     kwargs: dict[str, Any] = {
@@ -275,6 +285,17 @@ def create_pool(*, username_attributes: list[str] | None = None, post_auth: str 
 
 def describe_pool(pool_id: str) -> dict[str, Any]:
     return boto3.client("cognito-idp").describe_user_pool(UserPoolId=pool_id)["UserPool"]
+
+
+def settings_besides_triggers(pool: dict[str, Any]) -> dict[str, Any]:
+    """A described pool without its triggers and the time they changed: all that wire must leave as it was."""
+    return {k: v for k, v in pool.items() if k not in {"LambdaConfig", "LastModifiedDate"}}
+
+
+def cognito_statements(function_arn: str) -> list[dict[str, Any]]:
+    """The function's resource-policy statements that let Cognito invoke it."""
+    policy = json.loads(boto3.client("lambda").get_policy(FunctionName=function_arn)["Policy"])
+    return [s for s in policy["Statement"] if s["Principal"] == {"Service": "cognito-idp.amazonaws.com"}]
 
 
 def bootstrap(pool_id: str | None = None, stage: str = "dev", *extra: str) -> Result:
@@ -403,6 +424,14 @@ class FakeTime:
     def sleep(self, seconds: float) -> None:
         self.slept.append(seconds)
         self.now += seconds
+
+
+def assert_room_for(flow: FlowControl, calls: int) -> None:
+    """Exactly `calls` more calls may start now (started here, and left in flight)."""
+    for _ in range(calls):
+        assert flow.wait_before_start() == 0.0
+        flow.started()
+    assert flow.wait_before_start() is None
 
 
 def run_chalice(project: Path, *args: str, env: dict[str, str], timeout: float) -> str:

@@ -18,17 +18,11 @@ from tests.support import (
     capture_visibility,
     depth,
     message_body,
-    receive_all,
-    receive_event,
     send,
 )
 from userhub_sync.local.event_source import LambdaContext
 from userhub_sync.local.fake_userhub import Fault
 from userhub_sync.local.moto import patched_environ
-
-
-def dlq_messages(stack) -> list[dict]:
-    return receive_all(stack.sqs, stack.queues.dlq_url)
 
 
 def deliverer_with(sqs) -> Deliverer:
@@ -56,7 +50,7 @@ def test_batch_outcomes_success_transient_permanent_poison(pipeline, hub) -> Non
             match_external_id="rejected",
         )
     )
-    event = receive_event(sqs, pipeline.queues.events_url, 5)
+    event = pipeline.events_batch(5)
     ids = {
         json.loads(r["body"]).get("username") if r["body"].startswith('{"v": 1') else r["body"]: r["messageId"]
         for r in event["Records"]
@@ -66,7 +60,7 @@ def test_batch_outcomes_success_transient_permanent_poison(pipeline, hub) -> Non
 
     assert result == {"batchItemFailures": [{"itemIdentifier": ids["flaky"]}]}
     assert [e.external_id for e in hub.events()] == ["ok-user"]
-    dead = dlq_messages(pipeline)
+    dead = pipeline.dead_letters()
     assert sorted(attrs(m)["failure_kind"] for m in dead) == ["permanent", "poison", "poison"]
     [rejected] = [m for m in dead if attrs(m)["failure_kind"] == "permanent"]
     permanent = attrs(rejected)
@@ -92,9 +86,9 @@ def test_poison_reasons_are_specific(pipeline) -> None:
         json.dumps({"v": 2, "type": "SIGNIN"}),
         json.dumps({"v": 1, "type": "LOGOUT", "user_pool_id": "p", "username": "u", "source": "post_auth"}),
     )
-    event = receive_event(sqs, pipeline.queues.events_url, 3)
+    event = pipeline.events_batch(3)
     assert deliverer_with(sqs).handle(event, lambda: 60_000) == {"batchItemFailures": []}
-    dead = dlq_messages(pipeline)
+    dead = pipeline.dead_letters()
     assert [attrs(m)["failure_kind"] for m in dead] == ["poison"] * 3
     reasons = sorted(attrs(m)["failure_reason"] for m in dead)
     assert any("not JSON" in r for r in reasons)
@@ -107,7 +101,7 @@ def test_retry_after_sets_visibility_at_least_that_long(pipeline, hub) -> None:
     seen = capture_visibility(sqs)
     send(sqs, pipeline.queues.events_url, message_body("slow-down"))
     hub.add_fault(Fault(status=429, retry_after="7", body_format="text"))
-    event = receive_event(sqs, pipeline.queues.events_url, 1)
+    event = pipeline.events_batch(1)
     result = deliverer_with(sqs).handle(event, lambda: 60_000)
     assert result["batchItemFailures"] == [{"itemIdentifier": event["Records"][0]["messageId"]}]
     assert len(seen) == 1 and seen[0]["VisibilityTimeout"] >= 7
@@ -123,7 +117,7 @@ def test_retry_after_http_date_is_honoured(pipeline, hub) -> None:
     seen = capture_visibility(sqs)
     send(sqs, pipeline.queues.events_url, message_body("dated"))
     hub.add_fault(Fault(status=503, retry_after=formatdate(time.time() + 120, usegmt=True)))
-    deliverer_with(sqs).handle(receive_event(sqs, pipeline.queues.events_url, 1), lambda: 60_000)
+    deliverer_with(sqs).handle(pipeline.events_batch(1), lambda: 60_000)
     assert 115 <= seen[0]["VisibilityTimeout"] <= 125
 
 
@@ -138,7 +132,7 @@ def test_backoff_grows_with_receive_count(pipeline, hub) -> None:
         reset_settings()
         deliverer = deliverer_with(sqs)
         send(sqs, pipeline.queues.events_url, message_body("down"))
-        event = receive_event(sqs, pipeline.queues.events_url, 1)
+        event = pipeline.events_batch(1)
         for count in (1, 2, 3):
             event["Records"][0]["attributes"]["ApproximateReceiveCount"] = str(count)
             deliverer.handle(event, lambda: 60_000)
@@ -149,10 +143,10 @@ def test_last_attempt_is_dead_lettered_with_reason(pipeline, hub) -> None:
     sqs = pipeline.sqs
     hub.add_fault(Fault(status=503))
     send(sqs, pipeline.queues.events_url, message_body("never-up"))
-    event = receive_event(sqs, pipeline.queues.events_url, 1)
+    event = pipeline.events_batch(1)
     event["Records"][0]["attributes"]["ApproximateReceiveCount"] = "4"  # the queue's maxReceiveCount in conftest
     assert deliverer_with(sqs).handle(event, lambda: 60_000) == {"batchItemFailures": []}
-    [dead] = dlq_messages(pipeline)
+    [dead] = pipeline.dead_letters()
     assert attrs(dead)["failure_kind"] == "exhausted"
     assert attrs(dead)["failure_status"] == "503"
     assert "retries exhausted after 4 attempts" in attrs(dead)["failure_reason"]
@@ -167,7 +161,7 @@ def test_duplicates_in_a_batch_make_one_call(pipeline, hub) -> None:
         message_body("twice", id="b"),
         message_body("twice", "CHANGED", id="c"),
     )
-    result = deliverer_with(sqs).handle(receive_event(sqs, pipeline.queues.events_url, 3), lambda: 60_000)
+    result = deliverer_with(sqs).handle(pipeline.events_batch(3), lambda: 60_000)
     assert result == {"batchItemFailures": []}
     assert sorted(e.type for e in hub.events()) == ["CHANGED", "SIGNIN"]
 
@@ -176,7 +170,7 @@ def test_duplicates_share_the_leaders_failure(pipeline, hub) -> None:
     sqs = pipeline.sqs
     hub.add_fault(Fault(status=503))
     send(sqs, pipeline.queues.events_url, message_body("twice", id="a"), message_body("twice", id="b"))
-    event = receive_event(sqs, pipeline.queues.events_url, 2)
+    event = pipeline.events_batch(2)
     result = deliverer_with(sqs).handle(event, lambda: 60_000)
     assert sorted(f["itemIdentifier"] for f in result["batchItemFailures"]) == sorted(
         r["messageId"] for r in event["Records"]
@@ -187,7 +181,7 @@ def test_duplicates_share_the_leaders_failure(pipeline, hub) -> None:
 def test_no_new_calls_when_time_runs_low(pipeline, hub) -> None:
     sqs = pipeline.sqs
     send(sqs, pipeline.queues.events_url, *(message_body(f"u{i}") for i in range(3)))
-    event = receive_event(sqs, pipeline.queues.events_url, 3)
+    event = pipeline.events_batch(3)
     result = deliverer_with(sqs).handle(event, lambda: 1_000)  # under the 1.5 s default margin
     assert len(result["batchItemFailures"]) == 3
     assert hub.journal() == []
@@ -201,7 +195,7 @@ def test_remaining_time_caps_each_call(pipeline, hub) -> None:
     sqs = pipeline.sqs
     hub.add_fault(Fault(kind="latency", latency_ms=3000))
     send(sqs, pipeline.queues.events_url, message_body("slow"))
-    event = receive_event(sqs, pipeline.queues.events_url, 1)
+    event = pipeline.events_batch(1)
     context = LambdaContext("deliver", 2.5)
     import time
 
@@ -222,14 +216,12 @@ def test_key_rotation_401_fetches_once_and_recovers(pipeline, hub) -> None:
         reset_settings()
         deliverer = deliverer_with(sqs)
         send(sqs, pipeline.queues.events_url, message_body("before"))
-        assert deliverer.handle(receive_event(sqs, pipeline.queues.events_url, 1), lambda: 60_000) == {
-            "batchItemFailures": []
-        }
+        assert deliverer.handle(pipeline.events_batch(1), lambda: 60_000) == {"batchItemFailures": []}
         new_key = "userhub_admin_rotated_9876543210"
         ssm.put_parameter(Name="/test/admin-key", Value=new_key, Type="SecureString", Overwrite=True)
         hub.set_admin_keys([new_key])
         send(sqs, pipeline.queues.events_url, *(message_body(f"after{i}") for i in range(5)))
-        result = deliverer.handle(receive_event(sqs, pipeline.queues.events_url, 5), lambda: 60_000)
+        result = deliverer.handle(pipeline.events_batch(5), lambda: 60_000)
     assert result == {"batchItemFailures": []}
     assert deliverer.keys.fetches == 2  # the first load, then exactly one refetch for five 401s
     assert {e.external_id for e in hub.events()} == {"before", *(f"after{i}" for i in range(5))}
@@ -241,9 +233,9 @@ def test_persistent_401_retries_later(pipeline, hub) -> None:
     hub.set_admin_keys(["some_other_key_entirely"])
     send(sqs, pipeline.queues.events_url, message_body("locked-out"))
     deliverer = deliverer_with(sqs)
-    result = deliverer.handle(receive_event(sqs, pipeline.queues.events_url, 1), lambda: 60_000)
+    result = deliverer.handle(pipeline.events_batch(1), lambda: 60_000)
     assert len(result["batchItemFailures"]) == 1
-    assert dlq_messages(pipeline) == []
+    assert pipeline.dead_letters() == []
     # one call: the refetched key is the same one, and calling again with it cannot help
     assert len(hub.journal()) == 1
     assert deliverer.keys.fetches == 2  # the first load and one refetch
@@ -254,7 +246,7 @@ def test_dlq_send_failure_keeps_the_message(pipeline, hub) -> None:
     sqs = pipeline.sqs
     hub.add_fault(Fault(status=404))
     send(sqs, pipeline.queues.events_url, message_body("nowhere"))
-    event = receive_event(sqs, pipeline.queues.events_url, 1)
+    event = pipeline.events_batch(1)
 
     def refuse(params, **_):
         params["QueueUrl"] += "-gone"  # moto answers QueueDoesNotExist: a real failure of the send
@@ -275,7 +267,7 @@ def test_handler_via_chalice_test_client(pipeline, hub) -> None:
         response = client.lambda_.invoke("deliver", event)
     assert response.payload == {"batchItemFailures": []}
     assert [e.external_id for e in hub.events()] == ["via-chalice"]
-    assert attrs(dlq_messages(pipeline)[0])["failure_kind"] == "poison"
+    assert attrs(pipeline.dead_letters()[0])["failure_kind"] == "poison"
 
 
 def test_connection_comes_from_message_or_settings(pipeline, hub) -> None:
@@ -286,7 +278,7 @@ def test_connection_comes_from_message_or_settings(pipeline, hub) -> None:
         message_body("a", connection_id=None),
         message_body("b", connection_id="conn_other"),
     )
-    deliverer_with(sqs).handle(receive_event(sqs, pipeline.queues.events_url, 2), lambda: 60_000)
+    deliverer_with(sqs).handle(pipeline.events_batch(2), lambda: 60_000)
     assert {(e.external_id, e.connection_id) for e in hub.events()} == {("a", CONNECTION_ID), ("b", "conn_other")}
 
 
@@ -312,7 +304,7 @@ def test_missing_dlq_keeps_the_message(pipeline, hub) -> None:
     sqs = pipeline.sqs
     hub.add_fault(Fault(status=400))
     send(sqs, pipeline.queues.events_url, message_body("orphan"))
-    event = receive_event(sqs, pipeline.queues.events_url, 1)
+    event = pipeline.events_batch(1)
     sqs.delete_queue(QueueUrl=pipeline.queues.dlq_url)
     result = deliverer_with(sqs).handle(event, lambda: 60_000)
     assert result == {"batchItemFailures": [{"itemIdentifier": event["Records"][0]["messageId"]}]}
@@ -324,10 +316,10 @@ def test_a_changed_environment_gets_fresh_settings_and_clients(pipeline, hub) ->
 
     sqs = pipeline.sqs
     send(sqs, pipeline.queues.events_url, message_body("first"))
-    assert app.deliver(receive_event(sqs, pipeline.queues.events_url, 1), None) == {"batchItemFailures": []}
+    assert app.deliver(pipeline.events_batch(1), None) == {"batchItemFailures": []}
     with FakeUserHub(admin_keys=[ADMIN_KEY]) as other, patched_environ({"USERHUB_API_URL": other.url}):
         send(sqs, pipeline.queues.events_url, message_body("second"))
-        assert app.deliver(receive_event(sqs, pipeline.queues.events_url, 1), None) == {"batchItemFailures": []}
+        assert app.deliver(pipeline.events_batch(1), None) == {"batchItemFailures": []}
         assert [e.external_id for e in other.events()] == ["second"]
     assert [e.external_id for e in hub.events()] == ["first"]
 
@@ -347,7 +339,7 @@ class RecordingSQS:
 def test_a_batch_that_all_succeeds_makes_no_sqs_call(pipeline, hub) -> None:
     """The queue's redrive and retention are read only for a record that may have to wait."""
     send(pipeline.sqs, pipeline.queues.events_url, *(message_body(f"ok-{i}") for i in range(5)))
-    event = receive_event(pipeline.sqs, pipeline.queues.events_url, 5)
+    event = pipeline.events_batch(5)
     recording = RecordingSQS(pipeline.sqs)
     deliverer = deliverer_with(recording)
 
@@ -359,7 +351,7 @@ def test_a_batch_that_all_succeeds_makes_no_sqs_call(pipeline, hub) -> None:
 
     send(pipeline.sqs, pipeline.queues.events_url, message_body("flaky"))
     hub.add_fault(Fault(status=503, match_external_id="flaky"))
-    event = receive_event(pipeline.sqs, pipeline.queues.events_url, 1)
+    event = pipeline.events_batch(1)
     result = deliverer.handle(event, LambdaContext("deliver", 60).get_remaining_time_in_millis)
 
     assert len(result["batchItemFailures"]) == 1

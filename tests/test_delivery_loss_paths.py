@@ -78,12 +78,12 @@ def test_a_retry_after_past_the_retention_dead_letters_now_with_the_reason(pipel
     hub.add_fault(Fault(status=429, retry_after=str(3 * 3600), match_external_id="too-late"))
     hub.add_fault(Fault(status=429, retry_after="600", match_external_id="in-time"))
     send(sqs, queues.events_url, message_body("too-late"), message_body("in-time"))
-    event = receive_event(sqs, queues.events_url, 2)
+    event = pipeline.events_batch(2)
 
     result = deliver(event)
 
     assert result == {"batchItemFailures": [{"itemIdentifier": ids_by_user(event)["in-time"]}]}
-    [dead] = receive_all(sqs, queues.dlq_url)
+    [dead] = pipeline.dead_letters()
     failure = attrs(dead)
     assert (failure["failure_kind"], failure["failure_status"], failure["username"]) == ("exhausted", "429", "too-late")
     assert "retention" in failure["failure_reason"] and "2:00:00" in failure["failure_reason"]
@@ -139,7 +139,7 @@ def test_without_report_batch_item_failures_deliver_keeps_the_retries_itself(pip
     sqs, queues = pipeline.sqs, pipeline.queues
     hub.add_fault(Fault(status=503, match_external_id="flaky"))
     send(sqs, queues.events_url, message_body("fine"), message_body("flaky"))
-    event = receive_event(sqs, queues.events_url, 2)
+    event = pipeline.events_batch(2)
 
     with pytest.raises(RetriesPending, match="1 of 2 records must be retried"):
         deliver(event)
@@ -158,7 +158,7 @@ def test_with_report_batch_item_failures_deliver_answers_with_the_partial_respon
     sqs, queues = pipeline.sqs, pipeline.queues
     hub.add_fault(Fault(status=503, match_external_id="flaky"))
     send(sqs, queues.events_url, message_body("fine"), message_body("flaky"))
-    event = receive_event(sqs, queues.events_url, 2)
+    event = pipeline.events_batch(2)
     assert deliver(event) == {"batchItemFailures": [{"itemIdentifier": ids_by_user(event)["flaky"]}]}
 
 
@@ -168,19 +168,19 @@ def test_an_unknown_mapping_counts_as_one_without_partial_responses(pipeline, hu
     hub.add_fault(Fault(status=503))
     send(sqs, queues.events_url, message_body("flaky"))
     with pytest.raises(RetriesPending):
-        deliver(receive_event(sqs, queues.events_url, 1))
+        deliver(pipeline.events_batch(1))
 
 
 def test_a_batch_without_retries_returns_normally_whatever_the_mapping(pipeline, hub, in_lambda) -> None:
     sqs, queues = pipeline.sqs, pipeline.queues
     send(sqs, queues.events_url, message_body("fine"))
-    assert deliver(receive_event(sqs, queues.events_url, 1)) == {"batchItemFailures": []}
+    assert deliver(pipeline.events_batch(1)) == {"batchItemFailures": []}
 
 
 def _one_bad_among_good(pipeline, hub, bad_body: str) -> tuple[dict[str, Any], dict[str, str]]:
     sqs, queues = pipeline.sqs, pipeline.queues
     send(sqs, queues.events_url, message_body("good-1"), bad_body, message_body("good-2"))
-    event = receive_event(sqs, queues.events_url, 3)
+    event = pipeline.events_batch(3)
     return event, {r["body"]: r["messageId"] for r in event["Records"]}
 
 
@@ -203,7 +203,7 @@ def test_an_odd_answer_is_retried_for_that_record_alone(pipeline, hub, fault: Fa
         result = deliver(event)
     assert result == {"batchItemFailures": [{"itemIdentifier": ids[bad]}]}
     assert sorted(e.external_id for e in hub.events()) == ["good-1", "good-2"]
-    assert receive_all(pipeline.sqs, pipeline.queues.dlq_url) == []
+    assert pipeline.dead_letters() == []
     if 300 <= fault.status < 400:
         assert any("USERHUB_API_URL" in str(getattr(r, "error", "")) for r in caplog.records)
 
@@ -213,7 +213,7 @@ def test_a_connection_id_of_70000_characters_is_poison_not_a_crash(pipeline, hub
     event, _ = _one_bad_among_good(pipeline, hub, bad)
     assert deliver(event) == {"batchItemFailures": []}
     assert sorted(e.external_id for e in hub.events()) == ["good-1", "good-2"]
-    [dead] = receive_all(pipeline.sqs, pipeline.queues.dlq_url)
+    [dead] = pipeline.dead_letters()
     assert attrs(dead)["failure_kind"] == "poison" and "connection_id" in attrs(dead)["failure_reason"]
 
 
@@ -227,7 +227,7 @@ def test_an_error_text_sqs_would_refuse_still_reaches_the_dlq(pipeline, hub, tex
     bad = message_body("bad")
     event, _ = _one_bad_among_good(pipeline, hub, bad)
     assert deliver(event) == {"batchItemFailures": []}
-    [dead] = receive_all(pipeline.sqs, pipeline.queues.dlq_url)
+    [dead] = pipeline.dead_letters()
     failure = attrs(dead)
     assert failure["failure_kind"] == "permanent" and failure["failure_status"] == "400"
     assert failure["failure_detail"].endswith(allowed_text(text).split()[-1]) or "\ufffd" in failure["failure_detail"]
@@ -260,11 +260,11 @@ def test_an_admin_key_with_a_pasted_invisible_character_is_retried_and_said_loud
     container(USERHUB_ADMIN_KEY=ADMIN_KEY[:5] + "\u200b" + ADMIN_KEY[5:])
     sqs, queues = pipeline.sqs, pipeline.queues
     send(sqs, queues.events_url, message_body("a"), message_body("b"))
-    event = receive_event(sqs, queues.events_url, 2)
+    event = pipeline.events_batch(2)
     with caplog.at_level(logging.ERROR, logger="userhub_sync"):
         result = deliver(event)
     assert len(result["batchItemFailures"]) == 2
-    assert receive_all(sqs, queues.dlq_url) == []
+    assert pipeline.dead_letters() == []
     [loud] = [r for r in caplog.records if r.getMessage().startswith("configuration error")]
     assert "'\\u200b' at position 5" in str(getattr(loud, "error", ""))
     assert ADMIN_KEY[5:] not in caplog.text and ADMIN_KEY[:5] + "\u200b" not in caplog.text
@@ -275,7 +275,7 @@ def test_a_slow_drip_answer_cannot_hold_deliver_past_its_invocation(pipeline, hu
     hub.add_fault(Fault(status=200, message="x" * 100, drip_ms=100))
     sqs, queues = pipeline.sqs, pipeline.queues
     send(sqs, queues.events_url, message_body("dripped"))
-    event = receive_event(sqs, queues.events_url, 1)
+    event = pipeline.events_batch(1)
     started = time.monotonic()
     result = deliver(event, seconds=3)
     assert time.monotonic() - started < 3, "deliver outlived its invocation: Lambda would have killed it"
@@ -288,7 +288,7 @@ def test_the_handler_honours_the_context_it_is_given(pipeline, hub) -> None:
     sqs, queues = pipeline.sqs, pipeline.queues
     send(sqs, queues.events_url, message_body("slow"))
     started = time.monotonic()
-    result = deliver(receive_event(sqs, queues.events_url, 1), seconds=2.5)
+    result = deliver(pipeline.events_batch(1), seconds=2.5)
     assert time.monotonic() - started < 2.5
     assert len(result["batchItemFailures"]) == 1
 
@@ -299,7 +299,7 @@ def test_the_read_timeout_setting_bounds_a_call_even_with_time_to_spare(pipeline
     sqs, queues = pipeline.sqs, pipeline.queues
     send(sqs, queues.events_url, message_body("slow"))
     started = time.monotonic()
-    deliver(receive_event(sqs, queues.events_url, 1), seconds=60)
+    deliver(pipeline.events_batch(1), seconds=60)
     assert time.monotonic() - started < 2, "a 0.3 s read timeout was stretched to the invocation's time"
 
 
@@ -319,24 +319,24 @@ def test_a_401_a_fresh_key_does_not_cure_costs_one_fetch_a_minute(pipeline, hub,
     deliverer = Deliverer(settings, sqs=sqs, keys=AdminKeyProvider(settings, clock=lambda: now[0]))
     for _ in range(2):
         send(sqs, queues.events_url, *(message_body(f"user{i}") for i in range(10)))
-        result = deliverer.handle(receive_event(sqs, queues.events_url, 10), lambda: 60_000)
+        result = deliverer.handle(pipeline.events_batch(10), lambda: 60_000)
         assert len(result["batchItemFailures"]) == 10
         now[0] += 30
     assert deliverer.keys.fetches == 2, "the first load and one refresh, for twenty 401s in a minute"
     now[0] += 31
     send(sqs, queues.events_url, message_body("later"))
-    deliverer.handle(receive_event(sqs, queues.events_url, 1), lambda: 60_000)
+    deliverer.handle(pipeline.events_batch(1), lambda: 60_000)
     assert deliverer.keys.fetches == 3, "a minute later, a 401 may fetch again"
 
 
 def test_a_record_never_attempted_on_its_last_receive_reaches_the_dlq_with_the_reason(pipeline, hub) -> None:
     sqs, queues = pipeline.sqs, pipeline.queues
     send(sqs, queues.events_url, message_body("starved"))
-    event = receive_event(sqs, queues.events_url, 1)
+    event = pipeline.events_batch(1)
     event["Records"][0]["attributes"]["ApproximateReceiveCount"] = "4"  # the queue's maxReceiveCount in conftest
     assert deliver(event, seconds=1) == {"batchItemFailures": []}
     assert hub.journal() == []
-    [dead] = receive_all(sqs, queues.dlq_url)
+    [dead] = pipeline.dead_letters()
     assert attrs(dead)["failure_kind"] == "exhausted"
     assert "never attempted on its last allowed receive (4)" in attrs(dead)["failure_reason"]
 
@@ -352,7 +352,7 @@ def test_a_failed_visibility_change_still_keeps_the_record(pipeline, hub, caplog
     sqs, queues = pipeline.sqs, pipeline.queues
     hub.add_fault(Fault(status=503))
     send(sqs, queues.events_url, message_body("x"))
-    event = receive_event(sqs, queues.events_url, 1)
+    event = pipeline.events_batch(1)
 
     def break_it(params: dict[str, Any], **_: Any) -> None:
         params["Entries"][0]["ReceiptHandle"] = "not-a-receipt-handle"
@@ -370,7 +370,7 @@ def test_every_retry_of_a_batch_gets_its_own_visibility(pipeline, hub) -> None:
     seen = capture_visibility(sqs)
     hub.add_fault(Fault(status=503))
     send(sqs, queues.events_url, *(message_body(f"u{i}") for i in range(12)))
-    event = receive_event(sqs, queues.events_url, 12)
+    event = pipeline.events_batch(12)
     result = Deliverer(get_settings(), sqs=sqs).handle(event, lambda: 60_000)
     assert len(result["batchItemFailures"]) == 12 and len(seen) == 12
     time.sleep(0.2)
@@ -386,7 +386,7 @@ def test_a_queue_without_a_redrive_policy_uses_max_receive_count(pipeline, hub, 
     event = receive_event(sqs, url, 1)
     event["Records"][0]["attributes"]["ApproximateReceiveCount"] = "2"
     assert deliver(event) == {"batchItemFailures": []}
-    [dead] = receive_all(sqs, pipeline.queues.dlq_url)
+    [dead] = pipeline.dead_letters()
     assert attrs(dead)["failure_kind"] == "exhausted"
 
 
@@ -410,7 +410,7 @@ def test_retry_max_seconds_below_twelve_hours_caps_the_wait(pipeline, hub, conta
     seen = capture_visibility(sqs)
     hub.add_fault(Fault(status=503))
     send(sqs, queues.events_url, message_body("x"))
-    event = receive_event(sqs, queues.events_url, 1)
+    event = pipeline.events_batch(1)
     event["Records"][0]["attributes"]["ApproximateReceiveCount"] = "3"
     Deliverer(get_settings(), sqs=sqs).handle(event, lambda: 60_000)
     assert [e["VisibilityTimeout"] for e in seen] == [100]
@@ -420,9 +420,9 @@ def test_a_poison_body_at_the_size_limit_reaches_the_dlq_with_its_reason(pipelin
     sqs, queues = pipeline.sqs, pipeline.queues
     body = "{" + "x" * (PAYLOAD_BYTES - 200)  # not JSON, and too big to carry every attribute beside it
     sqs.send_message(QueueUrl=queues.events_url, MessageBody=body)
-    event = receive_event(sqs, queues.events_url, 1)
+    event = pipeline.events_batch(1)
     assert deliver(event) == {"batchItemFailures": []}
-    [dead] = receive_all(sqs, queues.dlq_url)
+    [dead] = pipeline.dead_letters()
     assert dead["Body"] == body
     assert attrs(dead)["failure_kind"] == "poison" and "not JSON" in attrs(dead)["failure_reason"]
 
@@ -431,8 +431,8 @@ def test_an_error_answer_without_content_type_keeps_its_text(pipeline, hub) -> N
     hub.add_fault(Fault(status=400, message="connection disabled by admin", content_type=""))
     sqs, queues = pipeline.sqs, pipeline.queues
     send(sqs, queues.events_url, message_body("x"))
-    deliver(receive_event(sqs, queues.events_url, 1))
-    [dead] = receive_all(sqs, queues.dlq_url)
+    deliver(pipeline.events_batch(1))
+    [dead] = pipeline.dead_letters()
     assert attrs(dead)["failure_kind"] == "permanent"
     assert "connection disabled by admin" in attrs(dead)["failure_detail"]
 
@@ -446,7 +446,7 @@ def test_one_call_per_user_connection_and_type(pipeline, hub) -> None:
         message_body("same", id="b"),
         message_body("same", id="c", connection_id="conn_other"),
     )
-    assert deliver(receive_event(sqs, queues.events_url, 3)) == {"batchItemFailures": []}
+    assert deliver(pipeline.events_batch(3)) == {"batchItemFailures": []}
     assert sorted((e.external_id, e.connection_id) for e in hub.events()) == [
         ("same", "conn_other"),
         ("same", "conn_test123"),

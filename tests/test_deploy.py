@@ -21,16 +21,17 @@ import pytest
 
 from tests.support import (
     ADMIN_KEY,
-    CUSTOM_MESSAGE,
-    OTHER_TRIGGER,
+    CUSTOMER_TRIGGERS,
+    bootstrap,
     cli,
+    cognito_statements,
     create_pool,
     describe_pool,
     run_chalice,
+    settings_besides_triggers,
 )
 
 STAGE = "ci"
-IGNORED = {"LambdaConfig", "LastModifiedDate"}
 
 
 def chalice_deploy(project: Path) -> None:
@@ -49,21 +50,7 @@ def test_bootstrap_chalice_deploy_wire(project):
     pool_id = create_pool()
     before = describe_pool(pool_id)
 
-    boot = cli(
-        "bootstrap",
-        "--stage",
-        STAGE,
-        "--create-stage",
-        "--user-pool-id",
-        pool_id,
-        "--connection-id",
-        "conn_deploytest",
-        "--max-concurrency",
-        "9",
-        "--create-trail",
-        env={"USERHUB_ADMIN_KEY": ADMIN_KEY},
-    )
-    assert boot.exit_code == 0, boot.output
+    boot = bootstrap(pool_id, STAGE, "--create-stage", "--max-concurrency", "9", "--create-trail")  # asserts exit 0
     assert ADMIN_KEY not in boot.output
 
     chalice_deploy(project)
@@ -84,15 +71,13 @@ def test_bootstrap_chalice_deploy_wire(project):
     ]
     after = describe_pool(pool_id)
     assert after["LambdaConfig"] == {
-        "PreSignUp": OTHER_TRIGGER,
-        "CustomMessage": CUSTOM_MESSAGE,
+        **CUSTOMER_TRIGGERS,
         "PostAuthentication": functions["post_auth"],
         "PostConfirmation": functions["post_confirmation"],
     }
-    assert {k: v for k, v in after.items() if k not in IGNORED} == {k: v for k, v in before.items() if k not in IGNORED}
+    assert settings_besides_triggers(after) == settings_besides_triggers(before)
     for name in ("post_auth", "post_confirmation"):
-        statements = json.loads(lam.get_policy(FunctionName=functions[name])["Policy"])["Statement"]
-        cognito = [s for s in statements if s["Principal"] == {"Service": "cognito-idp.amazonaws.com"}]
+        cognito = cognito_statements(functions[name])
         assert [s["Condition"]["ArnLike"]["AWS:SourceArn"] for s in cognito] == [after["Arn"]]
 
     # each function runs with its own role and exactly the policy file bootstrap wrote

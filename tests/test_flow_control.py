@@ -10,7 +10,7 @@ import pytest
 from chalicelib.delivery import Deliverer
 from chalicelib.delivery.flow import INITIAL_LIMIT, PACE_DECREASE, PACE_GROWTH, FlowControl, Signal, Slot
 from chalicelib.settings import get_settings
-from tests.support import capture_visibility, message_body, receive_event, send
+from tests.support import assert_room_for, capture_visibility, message_body, receive_event, send
 from userhub_sync.local.event_source import LambdaContext
 from userhub_sync.local.fake_userhub import Fault
 
@@ -82,11 +82,7 @@ def test_a_retry_after_pauses_every_new_call_of_the_container() -> None:
 
 
 def test_the_limit_holds_calls_until_one_finishes() -> None:
-    flow = FlowControl(2, clock=Clock())
-    flow.started()
-    assert flow.wait_before_start() == 0.0
-    flow.started()
-    assert flow.wait_before_start() is None
+    assert_room_for(FlowControl(2, clock=Clock()), 2)
 
 
 def test_a_rate_limit_spaces_calls_whatever_the_concurrency() -> None:

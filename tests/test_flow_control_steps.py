@@ -12,6 +12,7 @@ import time
 import pytest
 
 from chalicelib.delivery.flow import DECREASE, INITIAL_LIMIT, FlowControl, Signal, Slot
+from tests.support import assert_room_for
 
 
 class Clock:
@@ -20,6 +21,12 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+def succeed(flow: FlowControl, times: int = 1) -> None:
+    """`times` calls, one after another, each answered with success."""
+    for _ in range(times):
+        flow.finished(flow.started(), Signal.SUCCESS)
 
 
 def cut_once(flow: FlowControl, clock: Clock) -> None:
@@ -44,27 +51,25 @@ def test_without_adaptivity_the_limit_is_the_configured_concurrency_from_the_sta
 def test_in_slow_start_each_success_adds_one_call() -> None:
     clock = Clock()
     flow = FlowControl(64, clock=clock)
-    flow.finished(flow.started(), Signal.SUCCESS)
+    succeed(flow)
     assert flow.limit == 5.0 and flow.in_flight == 0
 
 
 def test_after_the_first_cut_a_success_adds_one_over_the_limit() -> None:
     clock = Clock()
     flow = FlowControl(64, clock=clock)
-    for _ in range(4):
-        flow.finished(flow.started(), Signal.SUCCESS)
+    succeed(flow, 4)
     assert flow.limit == 8.0
     cut_once(flow, clock)
     assert flow.limit == 4.0 and flow.slow_start is False
-    flow.finished(flow.started(), Signal.SUCCESS)
+    succeed(flow)
     assert flow.limit == pytest.approx(4.25)
 
 
 def test_success_never_lifts_the_limit_above_the_configured_concurrency() -> None:
     clock = Clock()
     flow = FlowControl(5, clock=clock)
-    for _ in range(3):
-        flow.finished(flow.started(), Signal.SUCCESS)
+    succeed(flow, 3)
     assert flow.limit == 5.0
 
 
@@ -82,9 +87,7 @@ def test_congestion_never_cuts_below_one_call() -> None:
     flow = FlowControl(1, clock=clock)
     cut_once(flow, clock)
     assert flow.limit == 1.0
-    assert flow.wait_before_start() == 0.0
-    flow.started()
-    assert flow.wait_before_start() is None, "one call in flight fills a limit of one"
+    assert_room_for(flow, 1)  # one call in flight fills a limit of one
 
 
 def test_a_fractional_limit_allows_its_whole_part() -> None:
@@ -92,20 +95,16 @@ def test_a_fractional_limit_allows_its_whole_part() -> None:
     flow = FlowControl(16, clock=clock)
     cut_once(flow, clock)  # 4 → 2
     cut_once(flow, clock)  # 2 → 1
-    flow.finished(flow.started(), Signal.SUCCESS)  # 1 → 2 (one over one)
-    flow.finished(flow.started(), Signal.SUCCESS)  # 2 → 2.5
+    succeed(flow)  # 1 → 2 (one over one)
+    succeed(flow)  # 2 → 2.5
     assert flow.limit == pytest.approx(2.5)
-    flow.started()
-    assert flow.wait_before_start() == 0.0
-    flow.started()
-    assert flow.wait_before_start() is None
+    assert_room_for(flow, 2)
 
 
 def test_a_call_started_exactly_at_the_last_cut_cuts_again_and_one_started_before_does_not() -> None:
     clock = Clock()
     flow = FlowControl(64, clock=clock)
-    for _ in range(12):
-        flow.finished(flow.started(), Signal.SUCCESS)
+    succeed(flow, 12)
     assert flow.limit == 16.0
     before = flow.started()
     clock.now += 1
@@ -157,7 +156,7 @@ def test_the_rate_starts_with_one_token_and_waits_exactly_for_the_next() -> None
     clock = Clock()
     flow = FlowControl(64, adaptive=False, rate_limit=4, clock=clock)
     assert flow.wait_before_start() == 0.0
-    flow.finished(flow.started(), Signal.SUCCESS)
+    succeed(flow)
     assert flow.wait_before_start() == pytest.approx(0.25)
     clock.now += 0.1
     assert flow.wait_before_start() == pytest.approx(0.15)
@@ -169,7 +168,7 @@ def test_the_rate_s_burst_is_a_tenth_of_a_second_of_calls() -> None:
     clock.now += 3600
     for _ in range(10):
         assert flow.wait_before_start() == 0.0
-        flow.finished(flow.started(), Signal.SUCCESS)
+        succeed(flow)
     assert flow.wait_before_start() == pytest.approx(0.01)
 
 
@@ -178,15 +177,14 @@ def test_a_rate_below_one_a_second_still_bursts_one_call() -> None:
     flow = FlowControl(64, adaptive=False, rate_limit=0.5, clock=clock)
     clock.now += 3600
     assert flow.wait_before_start() == 0.0
-    flow.finished(flow.started(), Signal.SUCCESS)
+    succeed(flow)
     assert flow.wait_before_start() == pytest.approx(2.0)
 
 
 def test_without_a_rate_starting_calls_spends_no_token() -> None:
     clock = Clock()
     flow = FlowControl(64, adaptive=False, clock=clock)
-    for _ in range(50):
-        flow.finished(flow.started(), Signal.SUCCESS)
+    succeed(flow, 50)
     assert flow.wait_before_start() == 0.0
 
 

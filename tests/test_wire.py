@@ -9,26 +9,17 @@ import boto3
 import pytest
 
 from tests.support import (
-    CUSTOM_MESSAGE,
+    CUSTOMER_TRIGGERS,
     OTHER_TRIGGER,
     bootstrap,
     cli,
+    cognito_statements,
     create_pool,
     describe_pool,
     fake_chalice_deploy,
+    settings_besides_triggers,
 )
 from userhub_sync.ops import wire
-
-IGNORED = {"LambdaConfig", "LastModifiedDate"}
-
-
-def _settings(pool: dict) -> dict:
-    return {k: v for k, v in pool.items() if k not in IGNORED}
-
-
-def _cognito_statements(function_arn: str) -> list[dict]:
-    policy = json.loads(boto3.client("lambda").get_policy(FunctionName=function_arn)["Policy"])
-    return [s for s in policy["Statement"] if s["Principal"] == {"Service": "cognito-idp.amazonaws.com"}]
 
 
 def deployed_stage(project: Path, *, record: bool = True) -> tuple[str, dict[str, str]]:
@@ -48,17 +39,14 @@ def test_wire_sets_all_three_and_keeps_every_other_pool_setting(project):
 
     mapping = boto3.client("lambda").get_event_source_mapping(UUID=deployed["uuid"])
     assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
-    (statement,) = _cognito_statements(deployed["post_auth"])
+    (statement,) = cognito_statements(deployed["post_auth"])
     assert statement["Action"] == "lambda:InvokeFunction"
     assert statement["Condition"]["ArnLike"]["AWS:SourceArn"] == before["Arn"]
 
     after = describe_pool(pool_id)
-    assert after["LambdaConfig"] == {
-        "PreSignUp": OTHER_TRIGGER,
-        "CustomMessage": CUSTOM_MESSAGE,
-        "PostAuthentication": deployed["post_auth"],
-    }
-    assert _settings(after) == _settings(before)  # policies, schema, auto-verify, MFA, messages, tags...
+    assert after["LambdaConfig"] == {**CUSTOMER_TRIGGERS, "PostAuthentication": deployed["post_auth"]}
+    # policies, schema, auto-verify, MFA, messages, tags...
+    assert settings_besides_triggers(after) == settings_besides_triggers(before)
     assert after["Policies"]["PasswordPolicy"]["MinimumLength"] == 14
     assert after["AutoVerifiedAttributes"] == ["email"]
     assert any(a["Name"] == "custom:tenant" for a in after["SchemaAttributes"])
@@ -70,7 +58,7 @@ def test_wire_is_idempotent(project):
     again = cli("wire", "--stage", "dev", "--json")
     assert again.exit_code == 0, again.output
     assert {step["status"] for step in json.loads(again.stdout)["steps"]} == {"ok"}
-    assert len(_cognito_statements(deployed["post_auth"])) == 1
+    assert len(cognito_statements(deployed["post_auth"])) == 1
 
 
 def test_a_different_trigger_is_not_replaced_without_force(project):
@@ -85,7 +73,7 @@ def test_a_different_trigger_is_not_replaced_without_force(project):
     assert other in refused.output and "--force" in refused.output
     assert describe_pool(pool_id) == before
     with pytest.raises(boto3.client("lambda").exceptions.ResourceNotFoundException):
-        _cognito_statements(deployed["post_auth"])  # nothing was changed, not even the permission
+        cognito_statements(deployed["post_auth"])  # nothing was changed, not even the permission
     mapping = boto3.client("lambda").get_event_source_mapping(UUID=deployed["uuid"])
     assert not mapping.get("FunctionResponseTypes")
 
@@ -95,7 +83,7 @@ def test_a_different_trigger_is_not_replaced_without_force(project):
     after = describe_pool(pool_id)
     assert after["LambdaConfig"]["PostAuthentication"] == deployed["post_auth"]
     assert after["LambdaConfig"]["PreSignUp"] == OTHER_TRIGGER
-    assert _settings(after) == _settings(before)
+    assert settings_besides_triggers(after) == settings_besides_triggers(before)
 
 
 def test_post_confirmation_is_wired_on_request(project):
@@ -105,7 +93,7 @@ def test_post_confirmation_is_wired_on_request(project):
     config = describe_pool(pool_id)["LambdaConfig"]
     assert config["PostConfirmation"] == deployed["post_confirmation"]
     assert config["PostAuthentication"] == deployed["post_auth"]
-    assert len(_cognito_statements(deployed["post_confirmation"])) == 1
+    assert len(cognito_statements(deployed["post_confirmation"])) == 1
 
 
 def test_without_the_deployed_file_functions_and_mapping_are_found_by_name(project):

@@ -17,7 +17,7 @@ Attribute values in the event are never used: UserHub gets CHANGED and re-reads 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -47,21 +47,15 @@ class Dropped:
 Resolution = SyncMessage | Dropped | Transient | NotStarted
 
 
+@dataclass
 class Resolver:
     """One per container: the pool's sign-in style and the paced ListUsers live across batches."""
 
-    def __init__(
-        self,
-        cognito: Callable[[], Any],
-        pool_id: str | None,
-        subs: SubIndex,
-        list_users: TokenBucket,
-    ) -> None:
-        self._cognito = cognito
-        self._pool_id = pool_id
-        self._subs = subs
-        self._list_users = list_users
-        self._username_is_sub: bool | None = None
+    cognito: Callable[[], Any]
+    pool_id: str | None
+    subs: SubIndex
+    list_users: TokenBucket
+    _username_is_sub: bool | None = field(default=None, init=False)  # learnt from the pool on first need
 
     def resolve_all(self, messages: list[CaptureMessage], time_left: Callable[[], float]) -> list[Resolution]:
         """One resolution per message; repeats of one change (or one user) in a batch cost one lookup."""
@@ -78,7 +72,7 @@ class Resolver:
         return out
 
     def resolve(self, message: CaptureMessage, time_left: Callable[[], float]) -> Resolution:
-        pool = self._pool_id
+        pool = self.pool_id
         if pool is None:
             return Transient("USER_POOL_ID: required to resolve captured changes but not set", configuration=True)
         if message.user_pool_id is not None and message.user_pool_id != pool:
@@ -100,7 +94,7 @@ class Resolver:
     def _find(self, message: CaptureMessage, pool: str, time_left: Callable[[], float]) -> str | None:
         if message.username_hint:
             try:
-                return str(self._cognito().admin_get_user(UserPoolId=pool, Username=message.username_hint)["Username"])
+                return str(self.cognito().admin_get_user(UserPoolId=pool, Username=message.username_hint)["Username"])
             except ClientError as error:
                 if error_code(error) not in NOT_FOUND:
                     raise
@@ -108,17 +102,17 @@ class Resolver:
             return None
         if self._signs_in_by_sub(pool):
             return message.sub
-        if not self._list_users.try_acquire(timeout=max(time_left(), 0.0)):
+        if not self.list_users.try_acquire(timeout=max(time_left(), 0.0)):
             raise _OutOfTime
-        users = self._cognito().list_users(UserPoolId=pool, Filter=f'sub = "{message.sub}"', Limit=1)["Users"]
+        users = self.cognito().list_users(UserPoolId=pool, Filter=f'sub = "{message.sub}"', Limit=1)["Users"]
         if users:
             return str(users[0]["Username"])
-        return self._subs.username(pool, message.sub)  # deleted since: reconcile's map still knows whose sub it was
+        return self.subs.username(pool, message.sub)  # deleted since: reconcile's map still knows whose sub it was
 
     def _signs_in_by_sub(self, pool: str) -> bool:
         """Pools whose sign-in is e-mail or phone (UsernameAttributes) use the sub as the username."""
         if self._username_is_sub is None:
-            described = self._cognito().describe_user_pool(UserPoolId=pool)["UserPool"]
+            described = self.cognito().describe_user_pool(UserPoolId=pool)["UserPool"]
             self._username_is_sub = bool(described.get("UsernameAttributes"))
         return self._username_is_sub
 

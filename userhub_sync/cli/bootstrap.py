@@ -6,10 +6,9 @@ import os
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from userhub_sync.cli import options
-from userhub_sync.cli.output import console, echo_json, styled
+from userhub_sync.cli.output import console, echo_json, folded_table, styled
 from userhub_sync.ops.durations import format_span, parse_duration
 from userhub_sync.ops.errors import ExitCode
 from userhub_sync.ops.stage import find_project_dir, load_stage, read_config, write_config
@@ -156,9 +155,9 @@ def bootstrap_command(
         echo_json(result.to_dict())
     else:
         out = console()
-        table = Table(title=f"bootstrap {stage} ({result.account}, {result.region})")
-        for column in ("resource", "name", "status", "detail"):
-            table.add_column(column, overflow="fold")
+        table = folded_table(
+            f"bootstrap {stage} ({result.account}, {result.region})", ("resource", "name", "status", "detail")
+        )
         for step in result.steps:
             table.add_row(step.resource, step.name, styled(step.status), step.detail)
         out.print(table)

@@ -9,11 +9,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.table import Table
 
 from chalicelib.sqs_limits import MAX_VISIBILITY_SECONDS
 from userhub_sync.cli import options
-from userhub_sync.cli.output import console, echo_json, fail, handle_errors, print_error
+from userhub_sync.cli.output import console, echo_json, fail, folded_table, handle_errors, print_error
 from userhub_sync.ops import dlq
 from userhub_sync.ops.aws import client, queue_arn, queue_url_or_none
 from userhub_sync.ops.dlq_scan import parse_kind
@@ -168,9 +167,10 @@ def dlq_list(
 
 
 def _print_listing(queue: str, listing: dlq.Listing) -> None:
-    table = Table(title=f"{queue}: {len(listing.messages)} of {listing.scanned} message(s)")
-    for column in ("message id", "user", "kind", "status", "code", "reason", "attempts", "first seen", "age"):
-        table.add_column(column, overflow="fold")
+    table = folded_table(
+        f"{queue}: {len(listing.messages)} of {listing.scanned} message(s)",
+        ("message id", "user", "kind", "status", "code", "reason", "attempts", "first seen", "age"),
+    )
     for m in listing.messages:
         table.add_row(
             m.message_id,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -23,6 +23,7 @@ from userhub_sync.ops.errors import ExitCode, OpsError, UsageProblem
 
 if TYPE_CHECKING:
     from rich.console import Console
+    from rich.table import Table
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -57,6 +58,16 @@ def console(stderr: bool = False) -> Console:
     except ValueError:
         width = PIPE_WIDTH
     return Console(stderr=stderr, highlight=False, soft_wrap=True, width=max(width, 40))
+
+
+def folded_table(title: str, columns: Iterable[str]) -> Table:
+    """A table whose long cells (ARNs, ids, reasons) wrap within their column instead of being cut with "…"."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    return table
 
 
 def print_error(message: str) -> None:

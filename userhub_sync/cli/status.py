@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from userhub_sync.cli import options
-from userhub_sync.cli.output import console, echo_json
+from userhub_sync.cli.output import console, echo_json, folded_table
 from userhub_sync.ops.durations import format_duration
 from userhub_sync.ops.errors import ExitCode, OpsError
 from userhub_sync.ops.stage import load_stage
@@ -61,9 +61,9 @@ def _mark(ok: bool, bad: str) -> str:
 
 def _print(report: StatusReport) -> None:
     out = console()
-    queues = Table(title=f"status {report.stage}")
-    for column in ("queue", "visible", "in flight", "delayed", "oldest", "age source"):
-        queues.add_column(column, overflow="fold")
+    queues = folded_table(
+        f"status {report.stage}", ("queue", "visible", "in flight", "delayed", "oldest", "age source")
+    )
     for queue in (report.events_queue, report.dead_letter_queue):
         if not queue.exists:
             queues.add_row(queue.name, "[red]missing[/red]", "", "", "", "run bootstrap")
@@ -103,9 +103,7 @@ def _print_alarms(report: StatusReport) -> None:
     if report.alarms_error:
         out.print(f"alarms: could not be read ({report.alarms_error})", markup=False)
         return
-    table = Table(title="alarms")
-    for column in ("alarm", "state", "reason"):
-        table.add_column(column, overflow="fold")
+    table = folded_table("alarms", ("alarm", "state", "reason"))
     colour = {"OK": "green", "ALARM": "red", "missing": "yellow"}
     for alarm in report.alarms:
         shown = f"[{colour[alarm.state]}]{alarm.state}[/]" if alarm.state in colour else alarm.state

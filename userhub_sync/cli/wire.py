@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from userhub_sync.cli import options
-from userhub_sync.cli.output import console, echo_json, fail, styled
+from userhub_sync.cli.output import console, echo_json, fail, folded_table, styled
 from userhub_sync.ops.stage import load_stage
 from userhub_sync.ops.wire import PoolChangedError, WireResult, wire
 
@@ -66,9 +65,10 @@ def wire_command(
     except PoolChangedError as error:
         _print(error.result, as_json, stage)
         if not as_json:
-            table = Table(title="user pool settings changed by UpdateUserPool (expected: LambdaConfig only)")
-            for column in ("setting", "before", "after"):
-                table.add_column(column, overflow="fold")
+            table = folded_table(
+                "user pool settings changed by UpdateUserPool (expected: LambdaConfig only)",
+                ("setting", "before", "after"),
+            )
             for change in error.result.unexpected:
                 table.add_row(change.path, repr(change.before), repr(change.after))
             console().print(table)
@@ -80,9 +80,7 @@ def _print(result: WireResult, as_json: bool, stage: str) -> None:
     if as_json:
         echo_json(result.to_dict(stage))
         return
-    table = Table(title=f"wire {stage}")
-    for column in ("what", "status", "detail"):
-        table.add_column(column, overflow="fold")
+    table = folded_table(f"wire {stage}", ("what", "status", "detail"))
     for step in result.steps:
         table.add_row(step.what, styled(step.status), step.detail)
     console().print(table)

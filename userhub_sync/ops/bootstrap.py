@@ -78,17 +78,8 @@ class BootstrapResult:
         return any(step.needs_attention for step in self.steps)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "stage": self.stage,
-            "account": self.account,
-            "region": self.region,
-            "max_receive_count": self.max_receive_count,
-            "retry_horizon_seconds": self.retry_horizon_seconds,
-            "visibility_timeout": self.visibility_timeout,
-            "retention": self.retention.to_dict(),
-            "needs_attention": self.needs_attention,
-            "steps": [asdict(step) for step in self.steps],
-        }
+        """Every field as it is, but the retention as its report (with the verdict) and the overall verdict."""
+        return {**asdict(self), "retention": self.retention.to_dict(), "needs_attention": self.needs_attention}
 
 
 def check_horizon(schedule: Schedule, max_receive_count: int, allow_short: bool) -> float:
