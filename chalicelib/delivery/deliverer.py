@@ -66,19 +66,15 @@ class Deliverer:
         *,
         sqs: Any = None,
         keys: AdminKeyProvider | None = None,
-        client: UserHubClient | None = None,
-        metrics: Metrics | None = None,
         rng: random.Random | None = None,
-        lambda_client: Any = None,
     ) -> None:
         self.settings = settings
         # settling a batch must fit in the time kept back for it: short timeouts, one retry
         self.sqs = sqs or aws_client("sqs", connect_timeout=1, read_timeout=3)
         self.queues = QueueDirectory(self.sqs, settings)
-        self.metrics = metrics or Metrics("deliver")
+        self.metrics = Metrics("deliver")
         self.caller = BatchCaller(
-            client
-            or UserHubClient(
+            UserHubClient(
                 settings.userhub_api_url,
                 connect_timeout=settings.userhub_connect_timeout,
                 read_timeout=settings.userhub_read_timeout,
@@ -103,7 +99,7 @@ class Deliverer:
         )
         self._cognito: Any = None
         self._s3: Any = None
-        self._lambda = lambda_client
+        self._lambda: Any = None
         self.mapping = MappingProbe(self._lambda_client)
         self.loop = asyncio.new_event_loop()
         self.rng = rng or random.Random()
