@@ -147,13 +147,13 @@ def test_calls_and_429_answers_are_counted_for_the_429_share_alarm(pipeline, hub
 @pytest.mark.parametrize(
     ("environ", "expected"),
     [
-        ({}, (256, 5)),  # DELIVERY_CONCURRENCY's default of 16
-        ({"DELIVERY_CONCURRENCY": "64"}, (1024, 5)),
-        ({"DELIVERY_CONCURRENCY": "1000"}, (10_000, 5)),  # Lambda's largest SQS batch
+        ({}, (512, 5)),  # DELIVERY_CONCURRENCY's default of 16
+        ({"DELIVERY_CONCURRENCY": "64"}, (2048, 5)),
+        ({"DELIVERY_CONCURRENCY": "400"}, (10_000, 5)),  # Lambda's largest SQS batch
         ({"DELIVER_BATCH_SIZE": "10"}, (10, 0)),  # an operator's choice stands; no window needed up to 10
     ],
 )
-def test_the_event_source_batch_holds_16_rounds_of_the_concurrency(environ, expected) -> None:
+def test_the_event_source_batch_holds_32_rounds_of_the_concurrency(environ, expected) -> None:
     """Lambda waits for a whole batch before the next: with fewer rounds the idle tail of each batch costs more
     than 5 % of a container's throughput (docs/PERFORMANCE.md)."""
     root = Path(__file__).resolve().parent.parent
