@@ -269,8 +269,9 @@ def run(options: Options) -> Section:
     ]
     section.method = [
         f"{backlog:,} SIGNIN messages queued before the containers start; {CONTAINERS} `userhub-sync worker --drain` "
-        f"processes, each deliver at DELIVERY_CONCURRENCY={CONCURRENCY}, batches as app.py sets them; the fake UserHub "
-        f"in its own process allows R = {RATE:g} calls/s (a token bucket with a burst of one second, 429 with "
+        f"processes, each deliver at DELIVERY_CONCURRENCY={CONCURRENCY}, batches of app.py's batch size capped at "
+        f"the local worker's 100; the fake UserHub in its own process allows R = {RATE:g} calls/s (a token bucket "
+        "with a burst of one second, 429 with "
         "Retry-After: 1 beyond it). Ideal drain: backlog ÷ R = "
         f"{ideal:.0f} s. Retries use the production schedule (30 s base, 13 receives).",
         "SQS is the in-memory stand-in of bench/sqs_standin.py (visibility, receive counts, redrive, long polling).",

@@ -115,7 +115,8 @@ def worker(
     stage: Annotated[str | None, typer.Option(help="Read this stage's variables from .chalice/config.json.")] = None,
     drain: Annotated[bool, typer.Option(help="Stop once nothing is visible or in flight.")] = False,
     batch_size: Annotated[
-        int | None, typer.Option(min=1, max=100, help="Records per invocation; default: app.py's BatchSize.")
+        int | None,
+        typer.Option(min=1, max=100, help="Records per invocation; default: app.py's BatchSize, at most 100."),
     ] = None,
     wait_seconds: Annotated[int, typer.Option(min=0, max=20, help="Long-poll wait per receive.")] = 5,
     function_timeout: Annotated[float, typer.Option(min=1, help="The invocation time budget deliver sees (s).")] = 60.0,
