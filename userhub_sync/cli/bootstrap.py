@@ -16,9 +16,7 @@ from userhub_sync.ops.stage import find_project_dir, load_stage, read_config, wr
 
 def bootstrap_command(
     stage: options.StageOpt,
-    user_pool_id: Annotated[
-        str | None, typer.Option(callback=options.pool_id, help="Cognito user pool id; written as USER_POOL_ID.")
-    ] = None,
+    user_pool_id: options.PoolIdOpt = None,
     connection_id: Annotated[
         str | None,
         typer.Option(
