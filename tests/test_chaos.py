@@ -26,18 +26,18 @@ def test_chaos_ci_size(moto_server, tmp_path, capsys) -> None:
     summary = json.dumps(report.summary(), indent=1, default=str)
 
     assert report.problems == [], summary
-    assert report.lost == 0, summary
-    assert report.enqueue_failed == 0, summary
-    assert report.delivered + report.expected_dead == report.enqueued == config.signins
+    assert report.outcome.lost == 0, summary
+    assert report.traffic.enqueue_failed == 0, summary
+    assert report.outcome.delivered + report.dead_letters.expected_dead == report.traffic.enqueued == config.signins
     for kind in ("5xx", "429", "slower than timeout", "dropped"):  # every fault really happened
-        assert report.faults.get(kind, 0) > 0, summary
-    assert report.kills >= 5, summary
+        assert report.traffic.faults.get(kind, 0) > 0, summary
+    assert report.traffic.kills >= 5, summary
     # permanent 4xx, and only those, in the DLQ with their reasons; all delivered after the replay
-    assert report.dead_letter_kinds == {"permanent": report.dead_lettered}
-    assert set(report.dead_letter_reasons) <= {"400 EXTERNAL_ID_REJECTED", "404 USER_NOT_FOUND"}
-    assert report.dead_lettered >= report.expected_dead > 0
-    assert report.replayed == report.dead_lettered
-    assert (report.delivered_after_replay, report.dlq_after_replay) == (config.permanent, 0)
+    assert report.dead_letters.dead_letter_kinds == {"permanent": report.dead_letters.dead_lettered}
+    assert set(report.dead_letters.dead_letter_reasons) <= {"400 EXTERNAL_ID_REJECTED", "404 USER_NOT_FOUND"}
+    assert report.dead_letters.dead_lettered >= report.dead_letters.expected_dead > 0
+    assert report.replay.replayed == report.dead_letters.dead_lettered
+    assert (report.replay.delivered_after_replay, report.replay.dlq_after_replay) == (config.permanent, 0)
     assert report.seconds_to_drain < 120, summary
 
 

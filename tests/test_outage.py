@@ -29,9 +29,10 @@ def test_outage_ci_size(moto_server) -> None:
     summary = json.dumps(report.summary(), indent=1, default=str)
 
     assert report.problems == [], summary
-    assert (report.lost, report.dead_lettered, report.enqueue_failed) == (0, 0, 0), summary
-    assert report.delivered == config.signins
-    assert report.faults == {"5xx": report.userhub_calls - config.signins}  # every call failed until healed
+    assert (report.outcome.lost, report.dead_letters.dead_lettered, report.traffic.enqueue_failed) == (0, 0, 0), summary
+    assert report.outcome.delivered == config.signins
+    traffic = report.traffic
+    assert traffic.faults == {"5xx": traffic.userhub_calls - config.signins}  # every call failed until healed
     # every message's visibility timeouts: 1, 2, 4, 8 ... (RetryPolicy with base 1 s, no jitter), at least two
     assert "-" not in report.notes["sequences"], "a message never met the outage: make it longer"
     for sequence in report.notes["sequences"]:

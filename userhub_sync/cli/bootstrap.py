@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import typer
 
@@ -14,11 +15,24 @@ from userhub_sync.ops.errors import ExitCode
 from userhub_sync.ops.stage import find_project_dir, load_stage, read_config, write_config
 
 
+def _setting(
+    help: str,
+    variable: str,
+    fallback: str | None = None,
+    *,
+    min: float | None = None,
+    max: float | None = None,
+    callback: Callable[[str | None], str | None] | None = None,
+) -> Any:
+    """An option that overrides one of the stage's settings: its help names the setting and what applies without
+    either, in the same words for every such option."""
+    default = f"the stage's {variable}, else {fallback}" if fallback else f"the stage's {variable}"
+    return typer.Option(min=min, max=max, callback=callback, help=f"{help} Default: {default}.")
+
+
 def bootstrap_command(
     stage: options.StageOpt,
-    user_pool_id: Annotated[
-        str | None, typer.Option(callback=options.pool_id, help="Cognito user pool id; written as USER_POOL_ID.")
-    ] = None,
+    user_pool_id: options.PoolIdOpt = None,
     connection_id: Annotated[
         str | None,
         typer.Option(
@@ -28,66 +42,65 @@ def bootstrap_command(
     ] = None,
     max_receive_count: Annotated[
         int | None,
-        typer.Option(
-            min=1,
-            max=1000,
-            help="Receives before SQS dead-letters a message (default: the stage's MAX_RECEIVE_COUNT, else 13 ≈ 29 h).",
-        ),
+        _setting("Receives before SQS dead-letters a message.", "MAX_RECEIVE_COUNT", "13 ≈ 29 h", min=1, max=1000),
     ] = None,
     allow_short_retry: Annotated[bool, typer.Option(help="Accept a retry horizon under 24 h.")] = False,
     events_retention: Annotated[
         str | None,
-        typer.Option(
+        _setting(
+            "How long the events queue keeps a message (4d, 6d, ...; at most 14d); the whole retry schedule plus "
+            "RETENTION_MARGIN_SECONDS must fit.",
+            "EVENTS_RETENTION_SECONDS",
+            "4d",
             callback=options.duration,
-            help="How long the events queue keeps a message (4d, 6d, ...; at most 14d). Default: the stage's "
-            "EVENTS_RETENTION_SECONDS, else 4d. The whole retry schedule plus RETENTION_MARGIN_SECONDS must fit.",
         ),
     ] = None,
     kms_key: Annotated[
         str | None,
-        typer.Option(
-            help="Customer-managed KMS key (id, alias or ARN) for the queues, bucket and parameter; default: "
-            "SQS-managed SSE, SSE-S3 and alias/aws/ssm."
+        _setting(
+            "Customer-managed KMS key (id, alias or ARN) for the queues, bucket and parameter, written as KMS_KEY_ARN.",
+            "KMS_KEY_ARN",
+            "SQS-managed SSE, SSE-S3 and alias/aws/ssm",
         ),
     ] = None,
     max_concurrency: Annotated[
         int | None,
-        typer.Option(
+        _setting(
+            "The fleet bound: at most this many deliver containers (the SQS mapping's MaximumConcurrency), written "
+            "as DELIVER_MAX_CONCURRENCY.",
+            "DELIVER_MAX_CONCURRENCY",
+            "5",
             min=2,
             max=1000,
-            help="The fleet bound: at most this many deliver containers (the SQS mapping's MaximumConcurrency); "
-            "written as DELIVER_MAX_CONCURRENCY. Default: the stage's, else 5.",
         ),
     ] = None,
     alarm_oldest_age: Annotated[
         str | None,
-        typer.Option(
+        _setting(
+            "Alarm when the events queue's oldest message is older than this (30m, 2h, ...).",
+            "ALARM_OLDEST_AGE_SECONDS",
+            "1h",
             callback=options.duration,
-            help="Alarm when the events queue's oldest message is older than this (30m, 2h, ...). Default: the "
-            "stage's ALARM_OLDEST_AGE_SECONDS, else 1h.",
         ),
     ] = None,
     alarm_429_percent: Annotated[
         float | None,
-        typer.Option(
+        _setting(
+            "Alarm when over this share (%) of UserHub calls is answered 429 for 15 minutes.",
+            "ALARM_429_PERCENT",
+            "10",
             min=0.1,
             max=100,
-            help="Alarm when over this share (%) of UserHub calls is answered 429 for 15 minutes. Default: the "
-            "stage's ALARM_429_PERCENT, else 10.",
         ),
     ] = None,
     alarm_reconcile_hours: Annotated[
         int | None,
-        typer.Option(
-            min=2,
-            max=168,
-            help="Alarm when no reconcile run completed in this many hours. Default: the stage's "
-            "ALARM_RECONCILE_HOURS, else 26.",
+        _setting(
+            "Alarm when no reconcile run completed in this many hours.", "ALARM_RECONCILE_HOURS", "26", min=2, max=168
         ),
     ] = None,
     alarm_action: Annotated[
-        list[str] | None,
-        typer.Option(help="An SNS topic ARN the alarms notify (repeatable). Default: the stage's ALARM_ACTIONS."),
+        list[str] | None, _setting("An SNS topic ARN the alarms notify (repeatable).", "ALARM_ACTIONS")
     ] = None,
     create_trail: Annotated[
         bool,

@@ -194,7 +194,7 @@ def dlq_replay(
     filters: dlq.Filters,
     limit: LimitOpt = None,
     rate: Annotated[float, typer.Option(help="Messages per second at most (0: no limit).")] = 50.0,
-    dry_run: Annotated[bool, typer.Option(help="Count what would be replayed; send and delete nothing.")] = False,
+    dry_run: options.DryRunOpt = False,
     include_poison: Annotated[bool, typer.Option(help="Also resend bodies that do not parse (as they are).")] = False,
     native: Annotated[
         bool,

@@ -60,7 +60,7 @@ def demo(
         capture_route=CaptureRoute(capture_through.value),
     )
     print_report(report, out)
-    if not report.ok or report.dead_lettered != report.expected_dead:
+    if not report.ok or report.dead_letters.dead_lettered != report.dead_letters.expected_dead:
         raise typer.Exit(1)
 
 

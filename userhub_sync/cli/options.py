@@ -11,6 +11,7 @@ from userhub_sync.ops.stage import CONNECTION_RE, POOL_ID_RE
 
 StageOpt = Annotated[str, typer.Option("--stage", "-s", help="Stage in .chalice/config.json (dev, prod, ...).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON only.")]
+DryRunOpt = Annotated[bool, typer.Option(help="Show what would be done; change nothing.")]
 
 
 def pool_id(value: str | None) -> str | None:
@@ -18,6 +19,14 @@ def pool_id(value: str | None) -> str | None:
     if value is not None and not POOL_ID_RE.match(value):
         raise typer.BadParameter(f"{value!r} is not a user pool id (like us-east-1_AbC123)")
     return value
+
+
+PoolIdOpt = Annotated[
+    str | None,
+    typer.Option(
+        callback=pool_id, help="Cognito user pool id, like us-east-1_AbC123 (default: the stage's USER_POOL_ID)."
+    ),
+]
 
 
 def connection_id(value: str | None) -> str | None:

@@ -14,9 +14,7 @@ from userhub_sync.ops.wire import PoolChangedError, WireResult, wire
 
 def wire_command(
     stage: options.StageOpt,
-    user_pool_id: Annotated[
-        str | None, typer.Option(callback=options.pool_id, help="Pool to wire (default: the stage's USER_POOL_ID).")
-    ] = None,
+    user_pool_id: options.PoolIdOpt = None,
     post_confirmation: Annotated[
         bool,
         typer.Option(
@@ -24,7 +22,7 @@ def wire_command(
         ),
     ] = False,
     force: Annotated[bool, typer.Option(help="Replace a different trigger already set on the pool.")] = False,
-    dry_run: Annotated[bool, typer.Option(help="Show what would change; change nothing.")] = False,
+    dry_run: options.DryRunOpt = False,
     skip_esm: Annotated[
         bool,
         typer.Option(help="Leave the event source mapping alone (e.g. the CloudFormation template already sets it)."),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import statistics
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
@@ -95,87 +95,128 @@ def accepted_after_timeout(journal: Iterable[JournalEntry]) -> int:
 
 
 @dataclass
-class Report:
-    """The figures of one run; `rows()` is the table, `summary()` the JSON."""
+class TrafficFigures:
+    """What post_auth enqueued, the event calls UserHub received and what the fake did to them."""
 
-    scenario: Scenario
-    signins: int = 0
     enqueued: int = 0
     enqueue_failed: int = 0
     userhub_calls: int = 0
     faults: dict[str, int] = field(default_factory=dict)
     retried: int = 0  # deliver's retries (demo: counted in-process)
-    worker_processes: int = 0
+    worker_processes: int = 0  # chaos: `userhub-sync worker` processes started, and how many were SIGKILLed
     kills: int = 0
+
+
+@dataclass
+class OutcomeFigures:
+    """The sign-ins' fate, as `account` judged it."""
+
     delivered: int = 0
     lost: int = 0
     duplicates: int = 0
     duplicates_after_timeout: int = 0  # accepted by UserHub but answered after the client gave up
+    lost_users: list[str] = field(default_factory=list)
+
+
+@dataclass
+class DeadLetterFigures:
+    """What reached the DLQ, against what the scenario meant to send there."""
+
     dead_lettered: int = 0
+    expected_dead: int = 0
     dead_letter_kinds: dict[str, int] = field(default_factory=dict)
     dead_letter_reasons: dict[str, int] = field(default_factory=dict)
-    expected_dead: int = 0
+
+
+@dataclass
+class ReplayFigures:
+    """chaos: the DLQ sent back once the rejected users exist, and what became of it."""
+
     rejected_users: int = 0
     replayed: int = 0
     delivered_after_replay: int = 0
     dlq_after_replay: int = 0
-    seconds_to_drain: float = 0.0
     seconds_replay_drain: float = 0.0
-    seconds_total: float = 0.0
-    captured: int = 0  # demo: admin changes the CloudTrail emulator passed to capture
+
+
+@dataclass
+class CaptureFigures:
+    """demo: the admin changes the CloudTrail emulator passed to capture."""
+
+    captured: int = 0
     captured_delivered: int = 0  # of them, accepted by UserHub as CHANGED for that user
     capture_seconds: list[float] = field(default_factory=list)  # admin call → UserHub's accepted CHANGED
     capture_failed_calls: int = 0  # admin calls Cognito refused (nothing to capture)
+
+
+@dataclass
+class Report:
+    """The figures of one run, by topic; `rows()` is the table, `summary()` the JSON (flat: one key a figure)."""
+
+    scenario: Scenario
+    signins: int = 0
+    traffic: TrafficFigures = field(default_factory=TrafficFigures)
+    outcome: OutcomeFigures = field(default_factory=OutcomeFigures)
+    dead_letters: DeadLetterFigures = field(default_factory=DeadLetterFigures)
+    replay: ReplayFigures = field(default_factory=ReplayFigures)
+    capture: CaptureFigures = field(default_factory=CaptureFigures)
+    seconds_to_drain: float = 0.0
+    seconds_total: float = 0.0
     notes: dict[str, Any] = field(default_factory=dict)  # scenario-specific figures, for the JSON summary
     problems: list[str] = field(default_factory=list)
-    lost_users: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not self.problems and self.lost == 0
+        return not self.problems and self.outcome.lost == 0
 
     def count_traffic(self, signins: list[SignIn], hub: FakeUserHub) -> None:
         """What post_auth enqueued, and the event calls UserHub received and what the fake did to them."""
         journal = [e for e in hub.journal() if e.verb == "event"]
-        self.enqueued = sum(1 for s in signins if s.enqueued)
-        self.enqueue_failed = len(signins) - self.enqueued
-        self.userhub_calls = len(journal)
-        self.faults = fault_counts(journal)
-        self.duplicates_after_timeout = accepted_after_timeout(journal)
+        traffic = self.traffic
+        traffic.enqueued = sum(1 for s in signins if s.enqueued)
+        traffic.enqueue_failed = len(signins) - traffic.enqueued
+        traffic.userhub_calls = len(journal)
+        traffic.faults = fault_counts(journal)
+        self.outcome.duplicates_after_timeout = accepted_after_timeout(journal)
 
     def take(self, result: Accounting) -> None:
         """The sign-ins' fate, as `account` judged it."""
-        self.delivered, self.duplicates = result.delivered, result.duplicates
-        self.lost, self.lost_users = len(result.lost), result.lost
+        outcome = self.outcome
+        outcome.delivered, outcome.duplicates = result.delivered, result.duplicates
+        outcome.lost, outcome.lost_users = len(result.lost), result.lost
 
     def rows(self) -> list[tuple[str, str]]:
         if self.scenario == Scenario.DEMO:
             return self._demo_rows()
-        faults = ", ".join(f"{k} {v}" for k, v in sorted(self.faults.items())) or "none"
-        dead = ", ".join(f"{k} {v}" for k, v in sorted(self.dead_letter_kinds.items())) or "none"
+        traffic, outcome, dead, replay = self.traffic, self.outcome, self.dead_letters, self.replay
+        faults = ", ".join(f"{k} {v}" for k, v in sorted(traffic.faults.items())) or "none"
+        kinds = ", ".join(f"{k} {v}" for k, v in sorted(dead.dead_letter_kinds.items())) or "none"
         rows = [
             ("sign-ins (events)", str(self.signins)),
-            ("enqueued by post_auth", f"{self.enqueued} ({self.enqueue_failed} failed)"),
-            ("UserHub calls", str(self.userhub_calls)),
+            ("enqueued by post_auth", f"{traffic.enqueued} ({traffic.enqueue_failed} failed)"),
+            ("UserHub calls", str(traffic.userhub_calls)),
             ("faults injected", faults),
         ]
         if self.scenario == Scenario.CHAOS:
             abandoned = self.notes.get("messages_abandoned_by_killed_workers", 0)
-            killed = f"{self.worker_processes} / {self.kills} (holding {abandoned} received messages, redelivered)"
+            killed = (
+                f"{traffic.worker_processes} / {traffic.kills} (holding {abandoned} received messages, redelivered)"
+            )
             rows.append(("worker processes / SIGKILLed", killed))
         rows += [
-            ("delivered", str(self.delivered)),
-            ("lost", str(self.lost)),
-            ("duplicates", f"{self.duplicates} ({self.duplicates_after_timeout} after a client timeout)"),
-            ("dead-lettered", f"{self.dead_lettered} ({dead}; expected {self.expected_dead})"),
+            ("delivered", str(outcome.delivered)),
+            ("lost", str(outcome.lost)),
+            ("duplicates", f"{outcome.duplicates} ({outcome.duplicates_after_timeout} after a client timeout)"),
+            ("dead-lettered", f"{dead.dead_lettered} ({kinds}; expected {dead.expected_dead})"),
         ]
         if self.scenario == Scenario.CHAOS:
             replayed = (
-                f"{self.replayed} message(s); {self.delivered_after_replay} of {self.rejected_users} rejected users "
-                f"then delivered; DLQ left {self.dlq_after_replay}"
+                f"{replay.replayed} message(s); {replay.delivered_after_replay} of {replay.rejected_users} rejected "
+                f"users then delivered; DLQ left {replay.dlq_after_replay}"
             )
             rows.append(("replayed from the DLQ", replayed))
-            rows.append(("time to drain", f"{self.seconds_to_drain:.1f} s (replay: {self.seconds_replay_drain:.1f} s)"))
+            drain = f"{self.seconds_to_drain:.1f} s (replay: {replay.seconds_replay_drain:.1f} s)"
+            rows.append(("time to drain", drain))
         else:
             sequences = "; ".join(f"{k} ×{v}" for k, v in self.notes.get("sequences", {}).items())
             outage = self.notes.get("outage_seconds", 0), self.notes.get("seconds_to_recover", 0)
@@ -186,31 +227,37 @@ class Report:
         return rows
 
     def _demo_rows(self) -> list[tuple[str, str]]:
+        outcome, dead, capture = self.outcome, self.dead_letters, self.capture
         lowest = self.notes.get("lowest_concurrency_limit", float("inf"))
-        seconds = sorted(self.capture_seconds)
+        seconds = sorted(capture.capture_seconds)
         latency = f"p50 {statistics.median(seconds):.2f} s, max {seconds[-1]:.2f} s" if seconds else "none delivered"
         limit = self.notes.get("rate_limit")
+        captured = f"{capture.captured} ({capture.capture_failed_calls} failed call, not captured)"
         return [
             ("signed in", str(self.signins)),
-            ("enqueued by post_auth", str(self.enqueued)),
-            ("delivered to UserHub", str(self.delivered)),
-            ("retried (transient failures)", str(self.retried)),
+            ("enqueued by post_auth", str(self.traffic.enqueued)),
+            ("delivered to UserHub", str(outcome.delivered)),
+            ("retried (transient failures)", str(self.traffic.retried)),
             (
                 f"UserHub 429s (rate limit {limit or 'off'}/s; injected)",
                 f"{self.notes.get('rate_limited', 0)}; {self.notes.get('injected_429', 0)}",
             ),
             ("deliver's lowest concurrency limit", "-" if lowest == float("inf") else f"{lowest:.1f}"),
-            ("dead-lettered (permanent 4xx + poison)", f"{self.dead_lettered} (expected {self.expected_dead})"),
-            ("duplicate deliveries", str(self.duplicates)),
-            ("admin changes captured", f"{self.captured} ({self.capture_failed_calls} failed call, not captured)"),
-            ("captured changes delivered as CHANGED", str(self.captured_delivered)),
+            ("dead-lettered (permanent 4xx + poison)", f"{dead.dead_lettered} (expected {dead.expected_dead})"),
+            ("duplicate deliveries", str(outcome.duplicates)),
+            ("admin changes captured", captured),
+            ("captured changes delivered as CHANGED", str(capture.captured_delivered)),
             ("admin call → UserHub CHANGED", latency),
-            ("lost", str(self.lost)),
+            ("lost", str(outcome.lost)),
             ("time to drain", f"{self.seconds_to_drain:.1f} s"),
         ]
 
     def summary(self) -> dict[str, Any]:
-        data: dict[str, Any] = {k: round(v, 1) if isinstance(v, float) else v for k, v in asdict(self).items()}
+        """One flat object, as before the figures had topics: each topic's figures at the top level."""
+        data: dict[str, Any] = {}
+        for name, value in asdict(self).items():
+            data.update(value if is_dataclass(getattr(self, name)) else {name: value})
+        data = {k: round(v, 1) if isinstance(v, float) else v for k, v in data.items()}
         data["lost_users"] = data["lost_users"][:50]
         data["ok"] = self.ok
         return data
@@ -224,11 +271,11 @@ def print_report(report: Report, console: Console) -> None:
     table.add_column("what")
     table.add_column("figure", justify="right" if report.scenario == Scenario.DEMO else "left", overflow="fold")
     for name, value in report.rows():
-        style = ("bold red" if report.lost else "bold green") if name == "lost" else None
+        style = ("bold red" if report.outcome.lost else "bold green") if name == "lost" else None
         table.add_row(name, value, style=style)
     console.print(table)
-    if report.lost_users:
+    if report.outcome.lost_users:
         console.print("[red]lost users:[/] ", end="")
-        console.print(str(report.lost_users[:20]), markup=False)
+        console.print(str(report.outcome.lost_users[:20]), markup=False)
     for problem in report.problems:
         console.print(f"[red]problem:[/] {problem}")

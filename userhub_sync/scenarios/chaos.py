@@ -158,10 +158,10 @@ def run_chaos(
         say(f"drained in {report.seconds_to_drain:.1f} s")
 
         _account(report, producer.signins, rig, rejections)
-        report.kills = killer.kills
-        report.rejected_users = len(rejections)
+        report.traffic.kills = killer.kills
+        report.replay.rejected_users = len(rejections)
         _heal_and_replay(report, rig.hub, sqs, queues, pool, config, rejections, say)
-        report.worker_processes = len(pool.all)
+        report.traffic.worker_processes = len(pool.all)
         report.problems += pool.crashed()
         if rig.key in pool.output():
             report.problems.append("the Admin key appears in a worker's output")
@@ -173,12 +173,13 @@ def run_chaos(
 def _account(report: Report, signins: list[SignIn], rig: Rig, rejections: dict[str, tuple[int, str]]) -> None:
     """Every sign-in delivered or in the DLQ with its own rejection; only permanent failures in the DLQ."""
     report.count_traffic(signins, rig.hub)
-    report.expected_dead = sum(1 for s in signins if s.enqueued and s.user in rejections)
+    dead = report.dead_letters
+    dead.expected_dead = sum(1 for s in signins if s.enqueued and s.user in rejections)
 
     listing = list_messages(rig.sqs, rig.queues.dlq_url, Filters(), visibility=30)
-    report.dead_lettered = len(listing.messages)
-    report.dead_letter_kinds = dict(Counter(m.kind for m in listing.messages))
-    report.dead_letter_reasons = dict(Counter(f"{m.status} {m.reason}" for m in listing.messages))
+    dead.dead_lettered = len(listing.messages)
+    dead.dead_letter_kinds = dict(Counter(m.kind for m in listing.messages))
+    dead.dead_letter_reasons = dict(Counter(f"{m.status} {m.reason}" for m in listing.messages))
     dead_users: Counter[str] = Counter()
     for message in listing.messages:
         user = message.username or ""
@@ -194,8 +195,8 @@ def _account(report: Report, signins: list[SignIn], rig: Rig, rejections: dict[s
     result = account(signins, rig.hub.events(), dead_users, rig.connection_id)
     report.take(result)
     report.notes["dead_letter_copies_beyond_signins"] = result.extra_dead
-    if result.dead != report.expected_dead:
-        report.problems.append(f"{result.dead} sign-ins matched to the DLQ, expected {report.expected_dead}")
+    if result.dead != dead.expected_dead:
+        report.problems.append(f"{result.dead} sign-ins matched to the DLQ, expected {dead.expected_dead}")
 
 
 def _heal_and_replay(
@@ -213,21 +214,22 @@ def _heal_and_replay(
     healed_at = time.time()
     t0 = time.monotonic()
     result = replay(sqs, queues.dlq_url, queues.events_url, Filters(), rate=0)
-    report.replayed = result.replayed
+    figures = report.replay
+    figures.replayed = result.replayed
     if result.failed or result.not_deleted:
         report.problems.append(f"replay: {result.failed} failed, {result.not_deleted} not deleted")
     drainer = pool.start(drain=True)
     if not pool.wait([drainer], config.drain_timeout):
         report.problems.append("replayed messages not drained in time")
         pool.stop([drainer])
-    report.seconds_replay_drain = time.monotonic() - t0
+    figures.seconds_replay_drain = time.monotonic() - t0
     arrived = {e.external_id for e in hub.events() if e.ts >= healed_at and e.type == "SIGNIN"}
-    report.delivered_after_replay = sum(1 for user in rejections if user in arrived)
+    figures.delivered_after_replay = sum(1 for user in rejections if user in arrived)
     depths = queue_depths(sqs, queues.dlq_url)
-    report.dlq_after_replay = depths.visible + depths.in_flight
+    figures.dlq_after_replay = depths.visible + depths.in_flight
     missing = sorted(set(rejections) - arrived)
     if missing:
         report.problems.append(f"rejected users not delivered after the replay: {missing[:5]}")
-    if report.dlq_after_replay:
-        report.problems.append(f"{report.dlq_after_replay} message(s) left in the DLQ after the replay")
-    say(f"replayed {report.replayed}; {report.delivered_after_replay} of {len(rejections)} rejected users delivered")
+    if figures.dlq_after_replay:
+        report.problems.append(f"{figures.dlq_after_replay} message(s) left in the DLQ after the replay")
+    say(f"replayed {figures.replayed}; {figures.delivered_after_replay} of {len(rejections)} rejected users delivered")

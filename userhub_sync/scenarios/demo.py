@@ -92,8 +92,9 @@ def run_demo(
                 raise producer.error
             for body in POISON:
                 sqs.send_message(QueueUrl=queues.events_url, MessageBody=body)
-            report.enqueued = sum(1 for s in producer.signins if s.enqueued)
-            report.expected_dead = sum(1 for s in producer.signins if s.enqueued and s.user in doomed) + len(POISON)
+            report.traffic.enqueued = sum(1 for s in producer.signins if s.enqueued)
+            doomed_signins = sum(1 for s in producer.signins if s.enqueued and s.user in doomed)
+            report.dead_letters.expected_dead = doomed_signins + len(POISON)
 
             rig.hub.add_fault(Fault(status=503, probability=fault_rate * 0.6))
             rig.hub.add_fault(Fault(status=429, retry_after="1", probability=fault_rate * 0.2))
@@ -106,7 +107,7 @@ def run_demo(
             context = LambdaContext(f"{rig.env['EVENTS_QUEUE_NAME']}-reconcile", 900)
             reconciled = nightly.submit(app.reconcile, {}, context)
             source = LocalEventSource(sqs, queues.events_url, app.deliver, wait_seconds=1)
-            total = report.enqueued + len(POISON) + len(USERS)  # a first run sends every user
+            total = report.traffic.enqueued + len(POISON) + len(USERS)  # a first run sends every user
             settled = progress.add_task("messages settled by deliver", total=total)
             lowest = float("inf")
 
@@ -146,23 +147,23 @@ def run_demo(
         rig.hub.set_rate_limit(None)
 
         dead = list_messages(sqs, queues.dlq_url, Filters(), visibility=60).messages
-        report.dead_lettered = len(dead)
-        report.retried = int(delivery.get_deliverer().metrics.totals.get("retry", 0))
+        report.dead_letters.dead_lettered = len(dead)
+        report.traffic.retried = int(delivery.get_deliverer().metrics.totals.get("retry", 0))
         result = account(producer.signins, rig.hub.events(), Counter(m.username or "" for m in dead), rig.connection_id)
-        report.delivered, report.duplicates = result.delivered, result.duplicates
+        report.outcome.delivered, report.outcome.duplicates = result.delivered, result.duplicates
         not_enqueued = [s.user for s in producer.signins if not s.enqueued]  # neither delivered nor in the DLQ
-        report.lost_users = result.lost + not_enqueued + captured.lost
-        report.lost = len(report.lost_users)
+        report.outcome.lost_users = result.lost + not_enqueued + captured.lost
+        report.outcome.lost = len(report.outcome.lost_users)
         journal = [e for e in rig.hub.journal() if e.verb == "event"]
         report.notes["rate_limit"] = rate_limit
         report.notes["rate_limited"] = sum(1 for e in journal if e.status == RATE_LIMITED and e.fault is None)
         report.notes["injected_429"] = sum(1 for e in journal if e.status == RATE_LIMITED and e.fault is not None)
         report.notes["lowest_concurrency_limit"] = lowest
         report.notes["capture_route"] = capture_route.value
-        report.captured = len(captured.changes)
-        report.captured_delivered = captured.delivered
-        report.capture_seconds = [round(c.seconds, 3) for c in captured.changes if c.seconds is not None]
-        report.capture_failed_calls = captured.failed_calls
+        report.capture.captured = len(captured.changes)
+        report.capture.captured_delivered = captured.delivered
+        report.capture.capture_seconds = [round(c.seconds, 3) for c in captured.changes if c.seconds is not None]
+        report.capture.capture_failed_calls = captured.failed_calls
         if captured.emitted_for_failed:
             report.problems.append(f"{captured.emitted_for_failed} capture event(s) emitted for a failed call")
         report.problems += captured.delivery_errors

@@ -148,9 +148,11 @@ def run_outage(
 
         events = hub.events()
         report.count_traffic(producer.signins, hub)
-        report.dead_lettered = max(dlq_seen, queue_depths(sqs, queues.dlq_url).total)
-        if report.dead_lettered:
-            report.problems.append(f"{report.dead_lettered} message(s) reached the DLQ during a recoverable outage")
+        report.dead_letters.dead_lettered = max(dlq_seen, queue_depths(sqs, queues.dlq_url).total)
+        if report.dead_letters.dead_lettered:
+            report.problems.append(
+                f"{report.dead_letters.dead_lettered} message(s) reached the DLQ during a recoverable outage"
+            )
         if delivered_during:
             report.problems.append(f"{delivered_during} event(s) accepted while UserHub was down")
         report.take(account(producer.signins, events, Counter(), run.rig.connection_id))
