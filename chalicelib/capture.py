@@ -126,9 +126,12 @@ _cached: tuple[tuple[str | None, ...], _EventsQueue] | None = None
 
 
 def _queue(sqs: Any, context: Any) -> _EventsQueue:
-    """One client per container (per environment, for a process that drives the handler with several)."""
+    """One client per container (per environment, for a process that drives the handler with several): the same
+    environment variables decide as for post_auth's queue, the Region and the SQS endpoint included."""
+    from chalicelib.post_auth import queue
+
     global _cached
-    key = tuple(os.environ.get(n) for n in ("AWS_ENDPOINT_URL", "EVENTS_QUEUE_URL", "EVENTS_QUEUE_NAME"))
+    key = queue.environment_key()
     if sqs is not None:
         return _EventsQueue(sqs, context)
     if _cached is None or _cached[0] != key:

@@ -89,3 +89,15 @@ def test_the_event_id_falls_back_to_the_envelope_s_then_to_unknown() -> None:
     del event["id"]
     change = capture.read_change(event, POOL_ID)
     assert isinstance(change, CaptureMessage) and change.event_id == "unknown"
+
+
+def test_another_region_gets_a_client_of_its_own() -> None:
+    """The cached client follows the environment post_auth's does: the Region and the SQS endpoint included."""
+    with patched_environ({"EVENTS_QUEUE_URL": "https://sqs.eu-west-1.amazonaws.com/123456789012/q"}):
+        with patched_environ({"AWS_REGION": "eu-west-1", "AWS_DEFAULT_REGION": "eu-west-1"}):
+            first = capture._queue(None, None)
+        with patched_environ({"AWS_REGION": "eu-central-1", "AWS_DEFAULT_REGION": "eu-central-1"}):
+            second = capture._queue(None, None)
+            again = capture._queue(None, None)
+    assert first.sqs.meta.region_name == "eu-west-1" and second.sqs.meta.region_name == "eu-central-1"
+    assert again is second
