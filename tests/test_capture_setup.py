@@ -227,3 +227,13 @@ def test_capture_off_deploys_no_capture_and_needs_no_trail(project, monkeypatch)
     monkeypatch.setenv("CAPTURE", "off")
     step = _trail_step(bootstrap(create_pool(), "dev", "--json").stdout)
     assert (step["status"], step["name"]) == ("ok", "not needed")
+
+
+def test_a_trail_read_in_its_home_region_gets_the_same_bounded_client_as_every_other_call() -> None:
+    """A multi-Region trail is read where it lives: that client keeps the ops timeouts and retries (no 60 s read)."""
+    from userhub_sync.ops.trail import _regional_cloudtrail
+
+    reader = _regional_cloudtrail("eu-west-1")
+    config = reader.meta.config
+    assert reader.meta.region_name == "eu-west-1"
+    assert (config.connect_timeout, config.read_timeout, config.retries["total_max_attempts"]) == (5, 30.0, 3)

@@ -47,9 +47,10 @@ def client(
 @overload
 def client(service: Literal["logs"], *, max_attempts: int = ..., read_timeout: float = ...) -> CloudWatchLogsClient: ...
 @overload
-def client(service: str, *, max_attempts: int = ..., read_timeout: float = ...) -> Any: ...
-def client(service: str, *, max_attempts: int = 3, read_timeout: float = 30.0) -> Any:
-    """A boto3 client that honours AWS_ENDPOINT_URL / AWS_DEFAULT_REGION like the Lambdas do."""
+def client(service: str, *, max_attempts: int = ..., read_timeout: float = ..., region: str | None = ...) -> Any: ...
+def client(service: str, *, max_attempts: int = 3, read_timeout: float = 30.0, region: str | None = None) -> Any:
+    """A boto3 client that honours AWS_ENDPOINT_URL / AWS_DEFAULT_REGION like the Lambdas do (or `region`, for a
+    resource read in its home Region)."""
     import boto3
     from botocore.config import Config
 
@@ -59,7 +60,9 @@ def client(service: str, *, max_attempts: int = 3, read_timeout: float = 30.0) -
         read_timeout=read_timeout,
         user_agent_appid="userhub-sync-ops",  # type: ignore[call-arg]  # botocore has it; botocore-stubs lag
     )
-    return boto3.client(service, config=config)  # type: ignore[call-overload]  # any service, typed by the overloads
+    return boto3.client(  # type: ignore[call-overload]  # any service, typed by the overloads
+        service, region_name=region, config=config
+    )
 
 
 @dataclass(frozen=True)

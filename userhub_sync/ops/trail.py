@@ -116,10 +116,7 @@ def check_trail(cloudtrail: Any, region: str) -> TrailCheck:
 
 
 def _regional_cloudtrail(region: str) -> Any:
-    import boto3
-    from botocore.config import Config
-
-    return boto3.client("cloudtrail", region_name=region, config=Config(retries={"total_max_attempts": 3}))
+    return client("cloudtrail", region=region)  # the same timeouts and retries as every other ops client
 
 
 def trail_names(ctx: StageContext, ident: Identity) -> tuple[str, str, str]:
