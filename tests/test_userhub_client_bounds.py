@@ -154,4 +154,4 @@ def test_the_proxy_comes_from_the_environment_as_httpx_would_take_it(hub: FakeUs
     report(UserHubClient(hub.url, max_connections=1))
     assert environment_proxy(hub.url) is None and len(hub.events()) == 1
     monkeypatch.delenv("NO_PROXY")
-    assert environment_proxy(hub.url) == f"{os.environ['HTTP_PROXY']}"
+    assert environment_proxy(hub.url) == os.environ["HTTP_PROXY"]

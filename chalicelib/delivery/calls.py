@@ -110,7 +110,6 @@ class BatchCaller:
         self.flow = flow
         self.default_connection = default_connection
         self.metrics = metrics
-        self._call_seconds: list[float] = []  # the batch's calls, each as long as it took
 
     async def call_all(self, messages: Sequence[SyncMessage], deadline: Deadline) -> list[CallResult]:
         """One result per message, in order."""
@@ -121,7 +120,7 @@ class BatchCaller:
             self.metrics.count("duplicates_merged", len(messages) - len(groups))
 
         cut_off = False  # set once the batch's calls are cancelled at the deadline
-        self._call_seconds = []
+        call_seconds: list[float] = []  # each call's duration, into the metrics once the batch is done
 
         async def run(leader: SyncMessage) -> CallResult:
             result: CallResult = NOT_STARTED
@@ -130,12 +129,14 @@ class BatchCaller:
                     slot = await self.flow.acquire(deadline.start_time_left)
                     if not isinstance(slot, Slot):
                         return result if attempt else NotStarted(wait=slot)
+                    started = time.monotonic()
                     try:
                         result = await self.call_one(leader)
                     except asyncio.CancelledError:
                         result = CUT_OFF
                         raise
                     finally:
+                        call_seconds.append(time.monotonic() - started)
                         self.flow.release(slot, *_signal(result))
                     if not (self.flow.adaptive and _rate_limited(result)):
                         break
@@ -161,8 +162,8 @@ class BatchCaller:
         finally:
             for call in calls:  # cancelled from outside: the calls go with it, none is left running
                 call.cancel()
-        self.metrics.count("userhub_calls", len(self._call_seconds))  # with userhub_429: the alarm's 429 share
-        self.metrics.timing("userhub_call_ms", *(seconds * 1000 for seconds in self._call_seconds))
+        self.metrics.count("userhub_calls", len(call_seconds))  # with userhub_429: the alarm's 429 share
+        self.metrics.timing("userhub_call_ms", *(seconds * 1000 for seconds in call_seconds))
         by_index: dict[int, CallResult] = {}
         for indexes, call in zip(groups.values(), calls, strict=True):
             result = NOT_STARTED if call.cancelled() else call.result()  # cancelled before it ever ran
@@ -171,7 +172,6 @@ class BatchCaller:
         return [by_index[index] for index in range(len(messages))]
 
     async def call_one(self, message: SyncMessage) -> CallResult:
-        started = time.monotonic()
         try:
             await self._report(message)
             return DELIVERED
@@ -194,8 +194,6 @@ class BatchCaller:
             self.metrics.count("unexpected_error")
             log.error("unexpected error delivering a message", exc_info=True, extra={"message_id": message.id})
             return Transient(f"unexpected {type(error).__name__}: {error}"[:500])
-        finally:
-            self._call_seconds.append(time.monotonic() - started)  # into the metrics once the batch is done
 
     async def _report(self, message: SyncMessage) -> None:
         connection = message.connection_id or self.default_connection
