@@ -9,9 +9,11 @@ limit only the essential attributes are kept.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from typing import Annotated
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, ValidationError
 
 from chalicelib.observability import redact
 from chalicelib.sqs_limits import MESSAGE_ATTRIBUTES, PAYLOAD_BYTES, allowed_text
@@ -45,60 +47,59 @@ ESSENTIAL = (Attribute.KIND, Attribute.STATUS, Attribute.CODE, Attribute.REASON,
 assert len(Attribute) <= MESSAGE_ATTRIBUTES
 
 
-@dataclass(frozen=True)
-class DeadLetterInfo:
-    kind: FailureKind
-    reason: str
-    attempts: int | None = None
-    status: int | None = None
-    code: str | None = None
-    detail: str | None = None
-    first_seen: datetime | None = None
-    failed_at: datetime | None = None
-    source_message_id: str | None = None
-    username: str | None = None
+def _count(value: object) -> object:
+    """A count read back as text; unreadable text is taken as absent: a reader's filter, not a reason to fail."""
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            return None
+    return value
+
+
+def _moment(value: object) -> object:
+    return parse_time(value) if isinstance(value, str) else value
+
+
+Count = Annotated[int | None, BeforeValidator(_count), PlainSerializer(str, when_used="unless-none")]
+Moment = Annotated[datetime | None, BeforeValidator(_moment), PlainSerializer(utc_iso, when_used="unless-none")]
+
+
+class DeadLetterInfo(BaseModel):
+    """One field per attribute: the alias is the attribute's name, both when deliver writes it and when the
+    `dlq` commands read it back, so the two directions cannot drift apart."""
+
+    model_config = ConfigDict(frozen=True, validate_by_name=True, validate_by_alias=True, serialize_by_alias=True)
+
+    kind: FailureKind = Field(alias=Attribute.KIND)
+    reason: str = Field("", alias=Attribute.REASON)
+    attempts: Count = Field(None, alias=Attribute.ATTEMPTS)
+    status: Count = Field(None, alias=Attribute.STATUS)
+    code: str | None = Field(None, alias=Attribute.CODE)
+    detail: str | None = Field(None, alias=Attribute.DETAIL)
+    first_seen: Moment = Field(None, alias=Attribute.FIRST_SEEN)
+    failed_at: Moment = Field(None, alias=Attribute.FAILED_AT)
+    source_message_id: str | None = Field(None, alias=Attribute.SOURCE_MESSAGE_ID)
+    username: str | None = Field(None, alias=Attribute.USERNAME)
 
     def to_message_attributes(self, *, essential_only: bool = False) -> dict[str, dict[str, str]]:
-        values = {
-            Attribute.KIND: self.kind.value,
-            Attribute.STATUS: str(self.status) if self.status is not None else None,
-            Attribute.CODE: self.code,
-            Attribute.REASON: self.reason,
-            Attribute.DETAIL: self.detail,
-            Attribute.ATTEMPTS: str(self.attempts) if self.attempts is not None else None,
-            Attribute.FIRST_SEEN: utc_iso(self.first_seen) if self.first_seen else None,
-            Attribute.FAILED_AT: utc_iso(self.failed_at) if self.failed_at else None,
-            Attribute.SOURCE_MESSAGE_ID: self.source_message_id,
-            Attribute.USERNAME: self.username,
-        }
+        values: dict[str, str] = self.model_dump(mode="json", exclude_none=True)
         limits = {Attribute.REASON: SHORT_REASON_CHARS if essential_only else TEXT_CHARS, Attribute.USERNAME: 256}
         attributes: dict[str, dict[str, str]] = {}
         for name, value in values.items():
             if value and (not essential_only or name in ESSENTIAL):
                 # redact before clipping, so that no half of a secret survives the cut
-                text = allowed_text(redact(value))[: limits.get(name, TEXT_CHARS)]
-                attributes[name.value] = {"DataType": "String", "StringValue": text}
+                text = allowed_text(redact(value))[: limits.get(Attribute(name), TEXT_CHARS)]
+                attributes[name] = {"DataType": "String", "StringValue": text}
         return attributes
 
     @classmethod
     def from_message_attributes(cls, attributes: Mapping[str, str]) -> DeadLetterInfo | None:
         """What deliver wrote, or None when the message carries no failure (SQS's redrive moved it)."""
         try:
-            kind = FailureKind(attributes.get(Attribute.KIND, ""))
-        except ValueError:
+            return cls.model_validate(attributes)
+        except ValidationError:  # every field but the kind reads anything, so: no failure kind deliver writes
             return None
-        return cls(
-            kind=kind,
-            reason=attributes.get(Attribute.REASON, ""),
-            attempts=_int(attributes.get(Attribute.ATTEMPTS)),
-            status=_int(attributes.get(Attribute.STATUS)),
-            code=attributes.get(Attribute.CODE),
-            detail=attributes.get(Attribute.DETAIL),
-            first_seen=parse_time(attributes.get(Attribute.FIRST_SEEN)),
-            failed_at=parse_time(attributes.get(Attribute.FAILED_AT)),
-            source_message_id=attributes.get(Attribute.SOURCE_MESSAGE_ID),
-            username=attributes.get(Attribute.USERNAME),
-        )
 
 
 def dead_letter_entry(body: str, info: DeadLetterInfo) -> dict[str, object]:
@@ -123,10 +124,3 @@ def attributes_bytes(attributes: Mapping[str, Mapping[str, str]]) -> int:
         len(name.encode()) + len(value["DataType"].encode()) + len(value["StringValue"].encode())
         for name, value in attributes.items()
     )
-
-
-def _int(text: str | None) -> int | None:
-    try:
-        return int(text) if text is not None else None
-    except ValueError:
-        return None

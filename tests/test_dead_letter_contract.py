@@ -5,7 +5,6 @@ Pure: no SQS. Each test pins one promise of the contract that a mutant of `chali
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -85,7 +84,7 @@ def test_unreadable_numbers_and_times_read_back_as_absent_not_as_an_error() -> N
 
 
 def test_essential_only_keeps_what_replay_and_filters_need_with_a_short_reason() -> None:
-    info = DeadLetterInfo(**{**FULL.__dict__, "reason": "r" * 5000, "detail": "d" * 5000})
+    info = FULL.model_copy(update={"reason": "r" * 5000, "detail": "d" * 5000})
     essential = strings(info.to_message_attributes(essential_only=True))
     assert set(essential) == {a.value for a in ESSENTIAL}
     assert essential["failure_reason"] == "r" * SHORT_REASON_CHARS
@@ -134,7 +133,7 @@ def test_every_attribute_name_is_one_of_the_contracts() -> None:
 
 def test_texts_sqs_would_refuse_are_cleaned_and_long_ones_clipped() -> None:
     """A lone surrogate in UserHub's reason would make SendMessageBatch fail as a whole."""
-    info = replace(FULL, reason="R\ud800", detail="x" * 5000, username="ü" * 300)
+    info = FULL.model_copy(update={"reason": "R\ud800", "detail": "x" * 5000, "username": "ü" * 300})
     values = {name: value["StringValue"] for name, value in info.to_message_attributes().items()}
     assert all(allowed_text(v) == v for v in values.values()) and values["failure_reason"] == "R\ufffd"
     assert len(values["failure_detail"]) == 1000 and len(values["username"]) == 256

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from chalicelib.dead_letter import DeadLetterInfo, FailureKind
-from chalicelib.delivery.calls import CallResult, Delivered, NotStarted, Rejected
+from chalicelib.delivery.calls import CallResult, Delivered, NotStarted, Rejected, Transient
 from chalicelib.delivery.policy import RetryPolicy
 from chalicelib.delivery.records import Poison, Record
 from chalicelib.delivery.resolve import Dropped
@@ -73,7 +73,8 @@ def plan(
     now: float,
     rng: random.Random,
 ) -> Action:
-    def dead(kind: FailureKind, reason: str, **failure: object) -> DeadLetter:
+    def dead(kind: FailureKind, reason: str, answer: Rejected | Transient | None = None) -> DeadLetter:
+        """`answer` is UserHub's last answer, kept beside the reason for the operator who reads the DLQ."""
         return DeadLetter(
             DeadLetterInfo(
                 kind=kind,
@@ -83,7 +84,9 @@ def plan(
                 failed_at=datetime.fromtimestamp(now, UTC),
                 source_message_id=record.message_id or None,
                 username=message.username if message else None,
-                **failure,  # type: ignore[arg-type]
+                status=answer.status if answer else None,
+                code=answer.code if answer else None,
+                detail=answer.detail if answer else None,
             )
         )
 
@@ -92,15 +95,9 @@ def plan(
     if isinstance(outcome, Poison):
         return dead(FailureKind.POISON, outcome.reason)
     if isinstance(outcome, Rejected):
-        return dead(
-            FailureKind.PERMANENT,
-            outcome.reason or outcome.detail,
-            status=outcome.status,
-            code=outcome.code,
-            detail=outcome.detail,
-        )
+        return dead(FailureKind.PERMANENT, outcome.reason or outcome.detail, outcome)
     if isinstance(outcome, NotStarted):
-        failure: dict[str, object] = {}
+        answer = None
         seconds = min(math.ceil(outcome.wait), MAX_VISIBILITY_SECONDS)
         why = "not started: the invocation ran low on time"
         if seconds:
@@ -108,7 +105,7 @@ def plan(
     else:
         why = outcome.detail
         seconds = limits.policy.delay(record.receive_count, outcome.retry_after, rng)
-        failure = {"status": outcome.status, "code": outcome.code, "detail": outcome.detail}
+        answer = outcome
     if record.receive_count >= queue.max_receive_count:
         if isinstance(outcome, NotStarted):
             reason = (
@@ -116,7 +113,7 @@ def plan(
             )
         else:
             reason = f"retries exhausted after {record.receive_count} attempts: {outcome.detail}"
-        return dead(FailureKind.EXHAUSTED, reason, **failure)
+        return dead(FailureKind.EXHAUSTED, reason, answer)
     if queue.retention_seconds is not None and record.sent_at is not None:
         last_start = record.sent_at + queue.retention_seconds - limits.retention_margin
         if now + seconds > last_start:
@@ -126,5 +123,5 @@ def plan(
                 f"{timedelta(seconds=queue.retention_seconds)} ends ({utc_iso(expires)}, less a "
                 f"{int(limits.retention_margin)} s margin), where SQS would delete it unseen; last error: {why}"
             )
-            return dead(FailureKind.EXHAUSTED, reason, **failure)
+            return dead(FailureKind.EXHAUSTED, reason, answer)
     return Delay(seconds, why)
