@@ -104,7 +104,7 @@ def test_thresholds_are_options_kept_in_config_and_drift_is_reported_then_fixed(
     alarms = _alarms()
     assert alarms["oldest-message"]["Threshold"] == 1800.0 and alarms["userhub-429-share"]["Threshold"] == 25.0
     assert alarms["no-completed-reconcile"]["EvaluationPeriods"] == 50
-    assert all(a["AlarmActions"] == [topic] for a in alarms.values())
+    assert all(a["AlarmActions"] == [topic] and a["OKActions"] == [topic] for a in alarms.values())
     variables = config(project)["stages"]["dev"]["environment_variables"]
     assert (variables["ALARM_OLDEST_AGE_SECONDS"], variables["ALARM_ACTIONS"]) == ("1800", topic)
 

@@ -195,6 +195,7 @@ def alarm_definitions(names: Names, settings: AlarmSettings) -> dict[AlarmKind, 
     for kind, definition in definitions.items():
         definition["AlarmName"] = f"{names.prefix}-{kind}"
         definition["AlarmActions"] = list(settings.actions)  # always given: a topic removed from config is drift
+        definition["OKActions"] = list(settings.actions)  # whoever was paged also learns that it has passed
     return definitions
 
 
