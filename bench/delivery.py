@@ -38,6 +38,7 @@ from bench.common import (
     paired_ratio,
 )
 from bench.fakes import NoSQS
+from chalicelib.sqs_limits import MAX_EVENT_SOURCE_BATCH
 
 LATENCY_MS = 25.0
 CONCURRENCIES = (1, 4, 16, 64, 256)
@@ -47,7 +48,6 @@ HIGH_AT = (64, 256)  # deliver ≥ 0.95 × (b′) here
 SINGLE_POOL_AT = (1, 4, 16, 64)  # (b); at 256 its one pool collapses (finding 1) and its 256 more connections
 # to the fake (a thread each) overload it on a 2-core machine
 REOFFERS = 3  # a record deliver gives back is offered again, as SQS would, at most this many times
-MAX_BATCH = 10_000  # Lambda's largest SQS batch: the throughput rows use batches that last a whole measurement
 CONNECTION_ID = "conn_bench"
 POOL_ID = "us-east-1_BenchPool1"
 QUEUE_ARN = "arn:aws:sqs:us-east-1:123456789012:userhub-sync-bench-events"
@@ -332,7 +332,7 @@ def _measure(
                 rates[f"direct c={c}"] = direct[c].run(event_paths(warm, tag()))
                 rates[f"deliver c={c}"] = rates[f"direct c={c}"]
             # one invocation lasts about the whole measurement: these rows measure the concurrency, not the tail
-            batches[c] = min(MAX_BATCH, max(4 * c, int(rates[f"deliver c={c}"] * seconds)))
+            batches[c] = min(MAX_EVENT_SOURCE_BATCH, max(4 * c, int(rates[f"deliver c={c}"] * seconds)))
         rates["guide (a)"] = guide.run(event_paths(20, tag()))
         if tail_c not in CONCURRENCIES:
             rates[f"direct c={tail_c}"] = direct[tail_c].run(event_paths(8 * tail_c, tag()))
@@ -433,8 +433,8 @@ def _report(section: Section, results: dict[str, Any], rounds: int, seconds: flo
         "Subject: `app.deliver(event, LambdaContext(60 s))` on synthetic Lambda SQS batches (unique message ids and "
         "usernames, ApproximateReceiveCount 1), the warm container's Deliverer with DELIVERY_CONCURRENCY=c and an "
         "SQS stand-in that fails the run if called at all (it never was). In the throughput rows one invocation "
-        f"carries about a whole measurement's records (at most {MAX_BATCH:,}, Lambda's largest batch), so they "
-        "measure the concurrency; the batch tail is measured on its own, at the deployed batch size.",
+        f"carries about a whole measurement's records (at most {MAX_EVENT_SOURCE_BATCH:,}, Lambda's largest batch), "
+        "so they measure the concurrency; the batch tail is measured on its own, at the deployed batch size.",
         "(a) the connection guide's call: `httpx.Client(timeout=2).post(...)` one event after another, warm "
         "(keep-alive). The guide's real Lambda also pays one Lambda invocation per sign-in, which is not counted here.",
         "(b) a bare `httpx.AsyncClient` + `asyncio.Semaphore(c)` + `gather` posting the same requests (same URL, "

@@ -50,6 +50,7 @@ class Drain:
     delivered_users: int = 0
     dead_lettered: int = 0
     left: int = 0  # still in the queue when the time ran out
+    batch_size: int = 0  # records per deliver invocation: app.py's BatchSize in the workers' environment
     span: float = 0.0  # seconds from the first accepted call to the last
     timeline: list[tuple[int, int, int]] = field(default_factory=list)
 
@@ -87,6 +88,19 @@ def _fake(rate: float, key: str) -> tuple[subprocess.Popen[str], str]:
         stop_process(proc)
         raise RuntimeError(f"the fake UserHub did not start: {line!r}")
     return proc, line.rsplit(" ", 1)[1]
+
+
+def _deployed_batch_size(env: dict[str, str]) -> int:
+    """What the workers hand deliver: app.py reads its BatchSize from the environment once, at import."""
+    done = subprocess.run(
+        [sys.executable, "-c", "import app; print(app.DELIVER_BATCH_SIZE)"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(done.stdout)
 
 
 def _get(url: str) -> Any:
@@ -156,6 +170,7 @@ def drain_once(label: str, backlog: int, *, adaptive: bool, rate: float = RATE) 
                 sqs.send_message_batch(QueueUrl=url, Entries=entries)
             log(f"   {label}: {backlog:,} messages queued; {CONTAINERS} containers start")
             child_env = {k: v for k, v in os.environ.items()}
+            result.batch_size = _deployed_batch_size(child_env)
             started = time.monotonic()
             for _ in range(CONTAINERS):
                 workers.append(
@@ -269,8 +284,9 @@ def run(options: Options) -> Section:
     ]
     section.method = [
         f"{backlog:,} SIGNIN messages queued before the containers start; {CONTAINERS} `userhub-sync worker --drain` "
-        f"processes, each deliver at DELIVERY_CONCURRENCY={CONCURRENCY}, batches of app.py's batch size capped at "
-        f"the local worker's 100; the fake UserHub in its own process allows R = {RATE:g} calls/s (a token bucket "
+        f"processes, each deliver at DELIVERY_CONCURRENCY={CONCURRENCY} on batches of app.py's batch size "
+        f"({runs[0].batch_size} records, as the deployed mapping hands them); the fake UserHub in its own process "
+        f"allows R = {RATE:g} calls/s (a token bucket "
         "with a burst of one second, 429 with "
         "Retry-After: 1 beyond it). Ideal drain: backlog ÷ R = "
         f"{ideal:.0f} s. Retries use the production schedule (30 s base, 13 receives).",

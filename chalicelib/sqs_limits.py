@@ -26,6 +26,8 @@ MAX_RETENTION_SECONDS = 1_209_600  # 14 days
 MIN_MAXIMUM_CONCURRENCY = 2
 MAX_MAXIMUM_CONCURRENCY = 1000
 DEFAULT_DELIVER_MAX_CONCURRENCY = 5
+# its BatchSize for a standard queue (https://docs.aws.amazon.com/lambda/latest/dg/services-sqs-configure.html)
+MAX_EVENT_SOURCE_BATCH = 10_000
 
 
 def deliver_max_concurrency(value: str | None) -> int:

@@ -16,11 +16,8 @@ RATE = 15.0
 WORKERS = 3
 
 
-def test_worker_processes_drain_a_backlog_under_the_rate_limit_losing_nothing(
-    pipeline, hub: FakeUserHub, tmp_path: Path
-):
-    sqs, queues = pipeline.sqs, pipeline.queues
-    for start in range(0, BACKLOG, 10):
+def backlog(sqs, url: str, size: int) -> None:
+    for start in range(0, size, 10):
         entries = [
             {
                 "Id": str(n),
@@ -37,9 +34,16 @@ def test_worker_processes_drain_a_backlog_under_the_rate_limit_losing_nothing(
                     }
                 ),
             }
-            for n in range(10)
+            for n in range(min(10, size - start))
         ]
-        sqs.send_message_batch(QueueUrl=queues.events_url, Entries=entries)
+        sqs.send_message_batch(QueueUrl=url, Entries=entries)
+
+
+def test_worker_processes_drain_a_backlog_under_the_rate_limit_losing_nothing(
+    pipeline, hub: FakeUserHub, tmp_path: Path
+):
+    queues = pipeline.queues
+    backlog(pipeline.sqs, queues.events_url, BACKLOG)
     hub.set_rate_limit(RATE)
     pool = WorkerPool({"RETRY_BASE_SECONDS": "30", "DELIVERY_CONCURRENCY": "16"}, tmp_path)
     workers = [pool.start(drain=True) for _ in range(WORKERS)]
@@ -58,3 +62,21 @@ def test_worker_processes_drain_a_backlog_under_the_rate_limit_losing_nothing(
     # first second, when no container has met the limit yet and each grows in slow start: 10-16 % of the calls over
     # ten runs of this small backlog (0.7 % on the benchmark's 20,000, docs/PERFORMANCE.md section 6).
     assert limited / len(calls) < 0.25, f"{limited} of {len(calls)} calls answered 429"
+
+
+def test_a_worker_hands_deliver_batches_of_the_deployed_size_beyond_a_hundred(
+    pipeline, hub: FakeUserHub, tmp_path: Path
+):
+    """Without --batch-size the worker takes deliver's BatchSize, as the deployed mapping would, up to Lambda's
+    10,000: a bench or a rehearsal on this machine then runs deliver on the batches it gets in Lambda."""
+    size = 150
+    backlog(pipeline.sqs, pipeline.queues.events_url, size)
+    pool = WorkerPool({"DELIVER_BATCH_SIZE": str(size)}, tmp_path, batch_size=None)
+    worker = pool.start(drain=True)
+    try:
+        assert pool.wait([worker], timeout=120), "the backlog was not drained in 120 s"
+    finally:
+        pool.stop()
+    output = pool.output()
+    assert f"(batch {size})" in output and f"batch: {size} received, {size} done" in output, output
+    assert len({e.external_id for e in hub.events()}) == size

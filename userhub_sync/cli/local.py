@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from chalicelib.sqs_limits import MAX_EVENT_SOURCE_BATCH
 from userhub_sync.cli.output import console, fail
 
 if TYPE_CHECKING:
@@ -116,7 +117,11 @@ def worker(
     drain: Annotated[bool, typer.Option(help="Stop once nothing is visible or in flight.")] = False,
     batch_size: Annotated[
         int | None,
-        typer.Option(min=1, max=100, help="Records per invocation; default: app.py's BatchSize, at most 100."),
+        typer.Option(
+            min=1,
+            max=MAX_EVENT_SOURCE_BATCH,
+            help="Records per invocation, at most Lambda's 10,000; default: deliver's BatchSize (DELIVER_BATCH_SIZE).",
+        ),
     ] = None,
     wait_seconds: Annotated[int, typer.Option(min=0, max=20, help="Long-poll wait per receive.")] = 5,
     function_timeout: Annotated[float, typer.Option(min=1, help="The invocation time budget deliver sees (s).")] = 60.0,
@@ -138,7 +143,7 @@ def worker(
         raise fail(f"cannot reach the events queue: {error}") from None
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    batch_size = batch_size or min(app.DELIVER_BATCH_SIZE, 100)
+    batch_size = batch_size or app.DELIVER_BATCH_SIZE
     source = LocalEventSource(
         sqs, url, app.deliver, batch_size=batch_size, wait_seconds=wait_seconds, function_timeout=function_timeout
     )

@@ -57,7 +57,7 @@ class WorkerPool:
         env: dict[str, str | None],
         log_dir: Path,
         *,
-        batch_size: int = 10,
+        batch_size: int | None = 10,  # None: the worker's own default, deliver's BatchSize
         wait_seconds: int = 1,
         function_timeout: float = 30.0,
     ) -> None:
@@ -71,8 +71,7 @@ class WorkerPool:
         self.env = base
         self.log_dir = log_dir
         self.args = [
-            "--batch-size",
-            str(batch_size),
+            *(["--batch-size", str(batch_size)] if batch_size else []),
             "--wait-seconds",
             str(wait_seconds),
             "--function-timeout",
