@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
+from typing import Any
 
 import boto3
+import pytest
 
 from chalicelib.delivery import RetryPolicy
 from tests.support import (
@@ -15,7 +19,11 @@ from tests.support import (
     enable_mapping,
     fake_chalice_deploy,
     queue_url,
+    stage_variable_names,
 )
+from userhub_sync.local.moto import patched_environ
+from userhub_sync.ops import stage as stage_module
+from userhub_sync.ops import status as status_module
 from userhub_sync.ops.durations import format_span
 
 EVENTS = "userhub-sync-dev-events"
@@ -264,3 +272,37 @@ def test_check_flags_a_retention_shorter_than_the_retry_schedule(project):
     assert "margin 1h 00m" in line and "retention of 1d 00h 00m" in line and "up to 14d" in line
     report = json.loads(cli("status", "--stage", "dev", "--json").stdout)
     assert report["retention"]["ok"] is False and report["retention"]["max_receive_count"] == 13
+
+
+def _count_deployed_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Wrap `read_deployed` in every module of the CLI that looks it up; the list names each caller's module.
+
+    Wrapping each module's own name is the only way to count: `from userhub_sync.ops.stage import read_deployed`
+    binds the function in each importing module, so patching the stage module alone misses those calls, and the
+    file itself is read with Path.read_text, which every other file read of the command shares.
+    """
+    reads: list[str] = []
+    original = stage_module.read_deployed
+    for name, module in list(sys.modules.items()):
+        if name.startswith("userhub_sync") and getattr(module, "read_deployed", None) is original:
+
+            def counted(project_dir: Path, stage: str, _name: str = name) -> Any:
+                reads.append(_name)
+                return original(project_dir, stage)
+
+            monkeypatch.setattr(module, "read_deployed", counted)
+    return reads
+
+
+@pytest.mark.parametrize("record", [True, False], ids=["deployed-file", "function-names"])
+def test_the_wiring_check_reads_the_deployed_file_once_and_names_its_source(project, monkeypatch, record):
+    bootstrap(create_pool())
+    fake_chalice_deploy(project, record=record)
+    expected = str(project / ".chalice" / "deployed" / "dev.json") if record else "function names"
+    assert _status()["wiring"]["source"] == expected
+
+    reads = _count_deployed_reads(monkeypatch)
+    with patched_environ(dict.fromkeys(stage_variable_names())):  # load_stage writes the stage into os.environ
+        wiring = status_module.wiring_status(stage_module.load_stage("dev", project))
+    assert wiring.deployed and wiring.source == expected
+    assert len(reads) == 1, reads

@@ -32,7 +32,7 @@ from userhub_sync.ops.durations import format_duration
 from userhub_sync.ops.errors import OpsError
 from userhub_sync.ops.queues import EVENTS_RETENTION_SECONDS, QueueDepths, queue_depths
 from userhub_sync.ops.schedule import RetentionFit, delivery_schedule, retention_fit
-from userhub_sync.ops.stage import StageContext, read_deployed
+from userhub_sync.ops.stage import StageContext
 from userhub_sync.ops.trail import CaptureStatus, capture_status
 from userhub_sync.ops.wire import (
     RESPONSE_TYPE,
@@ -392,8 +392,7 @@ def wiring_status(ctx: StageContext) -> Wiring:
         functions = locate_functions(ctx, lam, {}, ["post_auth", "deliver"], offer_arn_options=False)
     except OpsError as error:
         return Wiring(deployed=False, detail=str(error))
-    deployed = read_deployed(ctx.project_dir, ctx.stage)
-    wiring = Wiring(deployed=True, source=str(deployed.path) if deployed else "function names")
+    wiring = Wiring(deployed=True, source=functions.source)
     try:  # found as wire finds it: Chalice's recorded UUID, else deliver's mapping on this stage's queue
         mapping = find_mapping(lam, functions.arns["deliver"], events_queue_arn(ctx), functions.esm_uuid)
         wiring.event_source_mapping = mapping_check(mapping, ctx.deliver_max_concurrency())
