@@ -306,3 +306,31 @@ def test_the_wiring_check_reads_the_deployed_file_once_and_names_its_source(proj
         wiring = status_module.wiring_status(stage_module.load_stage("dev", project))
     assert wiring.deployed and wiring.source == expected
     assert len(reads) == 1, reads
+
+
+def test_an_unreadable_pool_is_reported_on_the_trigger_and_the_permission(project):
+    pool_id = create_pool()
+    bootstrap(pool_id)
+    fake_chalice_deploy(project)
+    assert cli("wire", "--stage", "dev").exit_code == 0
+    boto3.client("cognito-idp").delete_user_pool(UserPoolId=pool_id)
+
+    wiring = _status()["wiring"]
+    assert wiring["trigger"] == wiring["permission"] == {"ok": False, "detail": wiring["trigger"]["detail"]}
+    detail = wiring["trigger"]["detail"]
+    assert detail.startswith("ResourceNotFoundException: ") and "DescribeUserPool" in detail
+    assert wiring["ok"] is False and wiring["event_source_mapping"]["uuid"]
+
+
+def test_a_programming_error_in_the_pool_checks_is_not_turned_into_a_status_line(project, monkeypatch):
+    bootstrap(create_pool())
+    fake_chalice_deploy(project)
+
+    # mocked: a bug in our own code cannot be provoked through moto; this TypeError stands for one
+    def broken(*_args: Any, **_kwargs: Any) -> bool:
+        raise TypeError("a bug in the permission check")
+
+    monkeypatch.setattr(status_module, "has_cognito_permission", broken)
+    result = cli("status", "--stage", "dev", "--json")
+    assert isinstance(result.exception, TypeError), result.output
+    assert "a bug in the permission check" in str(result.exception)

@@ -397,8 +397,10 @@ def deliver_mapping_check(ctx: StageContext, lam: LambdaClient, functions: Funct
 
 
 def pool_checks(lam: LambdaClient, pool_id: str | None, post_auth_arn: str) -> tuple[TriggerCheck, PermissionCheck]:
-    """The trigger and Cognito's permission to invoke post_auth; a failure is the detail of both (each needs the
-    pool)."""
+    """The trigger and Cognito's permission to invoke post_auth; what AWS refuses is the detail of both (each
+    needs the pool), anything else is a bug and propagates."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
     if not pool_id:
         unset = "USER_POOL_ID not set"
         return TriggerCheck(ok=False, detail=unset), PermissionCheck(ok=False, detail=unset)
@@ -406,7 +408,7 @@ def pool_checks(lam: LambdaClient, pool_id: str | None, post_auth_arn: str) -> t
         pool = describe_pool(client("cognito-idp"), pool_id)
         current = (pool.get("LambdaConfig") or {}).get(TRIGGERS["post_auth"])
         allowed = has_cognito_permission(lam, post_auth_arn, pool["Arn"])
-    except Exception as error:
+    except (ClientError, BotoCoreError, OpsError) as error:
         detail = f"{error_code(error)}: {error}"[:300]
         return TriggerCheck(ok=False, detail=detail), PermissionCheck(ok=False, detail=detail)
     trigger = TriggerCheck(current == post_auth_arn, pool=pool_id, post_authentication=current)
