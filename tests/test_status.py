@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
+from typing import Any
 
 import boto3
+import pytest
 
 from chalicelib.delivery import RetryPolicy
 from tests.support import (
@@ -15,7 +19,11 @@ from tests.support import (
     enable_mapping,
     fake_chalice_deploy,
     queue_url,
+    stage_variable_names,
 )
+from userhub_sync.local.moto import patched_environ
+from userhub_sync.ops import stage as stage_module
+from userhub_sync.ops import status as status_module
 from userhub_sync.ops.durations import format_span
 
 EVENTS = "userhub-sync-dev-events"
@@ -264,3 +272,65 @@ def test_check_flags_a_retention_shorter_than_the_retry_schedule(project):
     assert "margin 1h 00m" in line and "retention of 1d 00h 00m" in line and "up to 14d" in line
     report = json.loads(cli("status", "--stage", "dev", "--json").stdout)
     assert report["retention"]["ok"] is False and report["retention"]["max_receive_count"] == 13
+
+
+def _count_deployed_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Wrap `read_deployed` in every module of the CLI that looks it up; the list names each caller's module.
+
+    Wrapping each module's own name is the only way to count: `from userhub_sync.ops.stage import read_deployed`
+    binds the function in each importing module, so patching the stage module alone misses those calls, and the
+    file itself is read with Path.read_text, which every other file read of the command shares.
+    """
+    reads: list[str] = []
+    original = stage_module.read_deployed
+    for name, module in list(sys.modules.items()):
+        if name.startswith("userhub_sync") and getattr(module, "read_deployed", None) is original:
+
+            def counted(project_dir: Path, stage: str, _name: str = name) -> Any:
+                reads.append(_name)
+                return original(project_dir, stage)
+
+            monkeypatch.setattr(module, "read_deployed", counted)
+    return reads
+
+
+@pytest.mark.parametrize("record", [True, False], ids=["deployed-file", "function-names"])
+def test_the_wiring_check_reads_the_deployed_file_once_and_names_its_source(project, monkeypatch, record):
+    bootstrap(create_pool())
+    fake_chalice_deploy(project, record=record)
+    expected = str(project / ".chalice" / "deployed" / "dev.json") if record else "function names"
+    assert _status()["wiring"]["source"] == expected
+
+    reads = _count_deployed_reads(monkeypatch)
+    with patched_environ(dict.fromkeys(stage_variable_names())):  # load_stage writes the stage into os.environ
+        wiring = status_module.wiring_status(stage_module.load_stage("dev", project))
+    assert wiring.deployed and wiring.source == expected
+    assert len(reads) == 1, reads
+
+
+def test_an_unreadable_pool_is_reported_on_the_trigger_and_the_permission(project):
+    pool_id = create_pool()
+    bootstrap(pool_id)
+    fake_chalice_deploy(project)
+    assert cli("wire", "--stage", "dev").exit_code == 0
+    boto3.client("cognito-idp").delete_user_pool(UserPoolId=pool_id)
+
+    wiring = _status()["wiring"]
+    assert wiring["trigger"] == wiring["permission"] == {"ok": False, "detail": wiring["trigger"]["detail"]}
+    detail = wiring["trigger"]["detail"]
+    assert detail.startswith("ResourceNotFoundException: ") and "DescribeUserPool" in detail
+    assert wiring["ok"] is False and wiring["event_source_mapping"]["uuid"]
+
+
+def test_a_programming_error_in_the_pool_checks_is_not_turned_into_a_status_line(project, monkeypatch):
+    bootstrap(create_pool())
+    fake_chalice_deploy(project)
+
+    # mocked: a bug in our own code cannot be provoked through moto; this TypeError stands for one
+    def broken(*_args: Any, **_kwargs: Any) -> bool:
+        raise TypeError("a bug in the permission check")
+
+    monkeypatch.setattr(status_module, "has_cognito_permission", broken)
+    result = cli("status", "--stage", "dev", "--json")
+    assert isinstance(result.exception, TypeError), result.output
+    assert "a bug in the permission check" in str(result.exception)

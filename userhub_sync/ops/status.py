@@ -32,11 +32,12 @@ from userhub_sync.ops.durations import format_duration
 from userhub_sync.ops.errors import OpsError
 from userhub_sync.ops.queues import EVENTS_RETENTION_SECONDS, QueueDepths, queue_depths
 from userhub_sync.ops.schedule import RetentionFit, delivery_schedule, retention_fit
-from userhub_sync.ops.stage import StageContext, read_deployed
+from userhub_sync.ops.stage import StageContext
 from userhub_sync.ops.trail import CaptureStatus, capture_status
 from userhub_sync.ops.wire import (
     RESPONSE_TYPE,
     TRIGGERS,
+    Functions,
     describe_pool,
     events_queue_arn,
     find_mapping,
@@ -45,6 +46,7 @@ from userhub_sync.ops.wire import (
 )
 
 if TYPE_CHECKING:
+    from types_boto3_lambda import LambdaClient
     from types_boto3_sqs import SQSClient
 
 ENABLED = "Enabled"
@@ -160,7 +162,7 @@ class PermissionCheck(Check):
         return {} if self.source_arn is None else {"source_arn": self.source_arn}
 
 
-@dataclass
+@dataclass(frozen=True)
 class Wiring:
     """The three things `wire` sets and the mapping's state; `deployed` is False before `chalice deploy`."""
 
@@ -385,35 +387,45 @@ def mapping_check(mapping: dict[str, Any], expected_bound: int) -> MappingCheck:
     )
 
 
+def deliver_mapping_check(ctx: StageContext, lam: LambdaClient, functions: Functions) -> MappingCheck:
+    """deliver's mapping, found as wire finds it: Chalice's recorded UUID, else its mapping on this stage's queue."""
+    try:
+        mapping = find_mapping(lam, functions.arns["deliver"], events_queue_arn(ctx), functions.esm_uuid)
+    except OpsError as error:
+        return MappingCheck(ok=False, detail=str(error))
+    return mapping_check(mapping, ctx.deliver_max_concurrency())
+
+
+def pool_checks(lam: LambdaClient, pool_id: str | None, post_auth_arn: str) -> tuple[TriggerCheck, PermissionCheck]:
+    """The trigger and Cognito's permission to invoke post_auth; what AWS refuses is the detail of both (each
+    needs the pool), anything else is a bug and propagates."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    if not pool_id:
+        unset = "USER_POOL_ID not set"
+        return TriggerCheck(ok=False, detail=unset), PermissionCheck(ok=False, detail=unset)
+    try:
+        pool = describe_pool(client("cognito-idp"), pool_id)
+        current = (pool.get("LambdaConfig") or {}).get(TRIGGERS["post_auth"])
+        allowed = has_cognito_permission(lam, post_auth_arn, pool["Arn"])
+    except (ClientError, BotoCoreError, OpsError) as error:
+        detail = f"{error_code(error)}: {error}"[:300]
+        return TriggerCheck(ok=False, detail=detail), PermissionCheck(ok=False, detail=detail)
+    trigger = TriggerCheck(current == post_auth_arn, pool=pool_id, post_authentication=current)
+    return trigger, PermissionCheck(allowed, source_arn=pool["Arn"])
+
+
 def wiring_status(ctx: StageContext) -> Wiring:
-    """The three things `wire` sets, and the mapping's state, checked without changing anything."""
+    """The three things `wire` sets, and the mapping's state, checked without changing anything (the deployed file
+    is read once, by locate_functions, which also says where the ARNs came from)."""
     lam = client("lambda")
     try:
         functions = locate_functions(ctx, lam, {}, ["post_auth", "deliver"], offer_arn_options=False)
     except OpsError as error:
         return Wiring(deployed=False, detail=str(error))
-    deployed = read_deployed(ctx.project_dir, ctx.stage)
-    wiring = Wiring(deployed=True, source=str(deployed.path) if deployed else "function names")
-    try:  # found as wire finds it: Chalice's recorded UUID, else deliver's mapping on this stage's queue
-        mapping = find_mapping(lam, functions.arns["deliver"], events_queue_arn(ctx), functions.esm_uuid)
-        wiring.event_source_mapping = mapping_check(mapping, ctx.deliver_max_concurrency())
-    except OpsError as error:
-        wiring.event_source_mapping = MappingCheck(ok=False, detail=str(error))
-    pool_id = ctx.user_pool_id
-    if not pool_id:
-        wiring.trigger = TriggerCheck(ok=False, detail="USER_POOL_ID not set")
-        wiring.permission = PermissionCheck(ok=False, detail="USER_POOL_ID not set")
-        return wiring
-    try:
-        pool = describe_pool(client("cognito-idp"), pool_id)
-        current = (pool.get("LambdaConfig") or {}).get(TRIGGERS["post_auth"])
-        wiring.trigger = TriggerCheck(current == functions.arns["post_auth"], pool=pool_id, post_authentication=current)
-        allowed = has_cognito_permission(lam, functions.arns["post_auth"], pool["Arn"])
-        wiring.permission = PermissionCheck(allowed, source_arn=pool["Arn"])
-    except Exception as error:
-        detail = f"{error_code(error)}: {error}"[:300]
-        wiring.trigger, wiring.permission = TriggerCheck(ok=False, detail=detail), PermissionCheck(False, detail)
-    return wiring
+    mapping = deliver_mapping_check(ctx, lam, functions)
+    trigger, permission = pool_checks(lam, ctx.user_pool_id, functions.arns["post_auth"])
+    return Wiring(True, source=functions.source, event_source_mapping=mapping, trigger=trigger, permission=permission)
 
 
 def retention_status(sqs: SQSClient, events: QueueStatus) -> RetentionFit | None:

@@ -32,6 +32,7 @@ import json
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, cast
 
 from userhub_sync.ops.aws import caller_identity, client, error_code, queue_arn, queue_url_or_none
@@ -111,13 +112,17 @@ class PoolChangedError(OpsError):
         self.result = result
 
 
-@dataclass
+@dataclass(frozen=True)
 class Functions:
     """The deployed ARNs wire needs, from `.chalice/deployed/<stage>.json` or looked up by name."""
 
     arns: dict[str, str]
     esm_uuid: str | None
-    source: str
+    deployed_file: Path | None  # the deployed file read; None: there is none, the ARNs were found by function name
+
+    @property
+    def source(self) -> str:
+        return str(self.deployed_file) if self.deployed_file else "function names"
 
 
 def locate_functions(
@@ -130,7 +135,6 @@ def locate_functions(
 ) -> Functions:
     deployed = read_deployed(ctx.project_dir, ctx.stage)
     arns: dict[str, str] = dict(deployed.functions) if deployed else {}
-    source = str(deployed.path) if deployed else "function names (no .chalice/deployed file)"
     for name, arn in overrides.items():
         if arn:
             arns[name] = arn
@@ -145,7 +149,7 @@ def locate_functions(
                 deploy = f"chalice deploy --stage {ctx.stage}"
                 raise OpsError(f"function {ctx.function_name(name)} not found: run `{deploy}` first{hint}") from None
     esm = deployed.esm_uuid("deliver") if deployed and not overrides.get("deliver") else None
-    return Functions(arns, esm, source)
+    return Functions(arns, esm, deployed.path if deployed else None)
 
 
 def find_mapping(lam: LambdaClient, deliver_arn: str, queue_arn: str | None, uuid: str | None) -> dict[str, Any]:
