@@ -11,15 +11,24 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import boto3
+import httpx
 import pytest
 
 from tests.support import _zip, bootstrap, cli, create_pool, enable_mapping, fake_chalice_deploy
-from userhub_sync.ops.trail import records_cognito_writes
+from userhub_sync.local.moto import patched_environ
+from userhub_sync.ops import trail as trail_module
+from userhub_sync.ops.aws import client
+from userhub_sync.ops.stage import StageContext, load_stage
+from userhub_sync.ops.trail import _capture_deployed, capture_status, check_trail, read_trails, records_cognito_writes
 
 RULE = "userhub-sync-dev-capture-event"
+OURS = "userhub-sync-dev-capture"  # what `--create-trail` makes for stage dev
 
 
 def _trail_step(output: str) -> dict:
@@ -205,7 +214,10 @@ def test_the_last_captured_events_age_comes_from_the_newest_capture_enqueued_dat
         )
     _, capture = _capture()
     assert capture["last_event_source"] == "cloudwatch, to the minute"
-    assert 19 * 60 <= capture["last_event_age_seconds"] <= 50 * 60 - 1  # the newer of the two, to its minute
+    # The newer point's minute: its bucket starts at most 60 s before the point (AWS aligns it to the minute, moto
+    # starts it at the oldest point, 30 whole minutes earlier), and the point was 20 min old when put; `status` adds
+    # its own run time, a few seconds (a minute of slack for a loaded machine). The older point would read 50 min.
+    assert 20 * 60 <= capture["last_event_age_seconds"] <= 22 * 60
 
 
 def _deployed_functions(capture: str) -> tuple[int, str]:
@@ -237,3 +249,136 @@ def test_a_trail_read_in_its_home_region_gets_the_same_bounded_client_as_every_o
     config = reader.meta.config
     assert reader.meta.region_name == "eu-west-1"
     assert (config.connect_timeout, config.read_timeout, config.retries["total_max_attempts"]) == (5, 30.0, 3)
+
+
+def _describe_trails_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The DescribeTrails calls the trail module sends, counted by botocore's before-call hook on each client it makes
+    (the calls still go to moto over HTTP)."""
+    calls: list[str] = []
+    make = trail_module.client
+
+    def counted(service: str, **kwargs: Any) -> Any:
+        made = make(service, **kwargs)
+        made.meta.events.register("before-call.cloudtrail.DescribeTrails", lambda **_: calls.append(service))
+        return made
+
+    monkeypatch.setattr(trail_module, "client", counted)
+    return calls
+
+
+def test_each_bootstrap_reads_the_trails_once_whether_it_creates_fixes_or_finds_ours(project, monkeypatch):
+    calls = _describe_trails_calls(monkeypatch)
+    created = _trail_step(bootstrap(create_pool(), "dev", "--create-trail", "--json").stdout)
+    assert (created["status"], len(calls)) == ("created", 1)
+    boto3.client("cloudtrail").stop_logging(Name=OURS)
+    fixed = _trail_step(bootstrap(None, "dev", "--create-trail", "--json").stdout)
+    assert (fixed["status"], len(calls)) == ("fixed", 2)
+    found = _trail_step(bootstrap(None, "dev", "--create-trail", "--json").stdout)
+    assert (found["status"], len(calls)) == ("ok", 3)
+
+
+def test_create_trail_puts_our_drifted_trail_right_in_place_and_says_fixed(project):
+    assert _trail_step(bootstrap(create_pool(), "dev", "--create-trail", "--json").stdout)["status"] == "created"
+    cloudtrail = boto3.client("cloudtrail")
+    [made] = cloudtrail.describe_trails()["trailList"]
+    cloudtrail.stop_logging(Name=OURS)
+    cloudtrail.put_event_selectors(
+        TrailName=OURS, EventSelectors=[{"ReadWriteType": "ReadOnly", "IncludeManagementEvents": True}]
+    )
+    drifted = _trail_step(bootstrap(None, "dev", "--json").stdout)
+    assert drifted["status"] == "warning"
+    assert f"{OURS} (us-east-1): logging is off and its selectors drop write management events" in drifted["detail"]
+
+    fixed = _trail_step(bootstrap(None, "dev", "--create-trail", "--json").stdout)
+    assert (fixed["status"], fixed["name"]) == ("fixed", OURS)
+    assert cloudtrail.get_trail_status(Name=OURS)["IsLogging"] is True
+    selectors = cloudtrail.get_event_selectors(TrailName=OURS)["EventSelectors"]
+    assert [(s["ReadWriteType"], s["IncludeManagementEvents"]) for s in selectors] == [("WriteOnly", True)]
+    [after] = cloudtrail.describe_trails()["trailList"]  # the same trail, bucket and ARN: no second trail
+    assert (after["TrailARN"], after["S3BucketName"]) == (made["TrailARN"], made["S3BucketName"])
+    again = _trail_step(bootstrap(None, "dev", "--create-trail", "--json").stdout)
+    assert (again["status"], again["name"]) == ("ok", OURS)
+
+
+@contextmanager
+def _iam_enforced(policy: list[dict[str, Any]], user: str = "operator") -> Iterator[None]:
+    """moto enforcing IAM (its /moto-api/reset-auth switch, over HTTP) for an operator whose policy is `policy`:
+    what that policy does not allow is moto's real AccessDenied. Everything made before this runs as before. moto
+    answers CloudTrail's JSON protocol with an XML error body, so the code botocore reads is the HTTP status, 403
+    (AWS says AccessDeniedException); the status lines show whatever error_code reads, as they always did."""
+    iam = boto3.client("iam")
+    iam.create_user(UserName=user)
+    document = {"Version": "2012-10-17", "Statement": policy}
+    iam.put_user_policy(UserName=user, PolicyName="ops", PolicyDocument=json.dumps(document))
+    key = iam.create_access_key(UserName=user)["AccessKey"]
+    switch = f"{os.environ['AWS_ENDPOINT_URL']}/moto-api/reset-auth"
+    text = {"Content-Type": "text/plain"}  # moto reads the count from the raw body
+    previous = httpx.post(switch, content=b"0", headers=text).json()["PREVIOUS_INITIAL_NO_AUTH_ACTION_COUNT"]
+    operator = {"AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
+    session = boto3.DEFAULT_SESSION  # it keeps the credentials it first read: a new one reads the operator's
+    boto3.DEFAULT_SESSION = None
+    try:
+        with patched_environ({**operator, "AWS_SESSION_TOKEN": None}):
+            yield
+    finally:
+        boto3.DEFAULT_SESSION = session
+        httpx.post(switch, content=previous.encode(), headers=text)
+
+
+def test_a_trail_aws_refuses_to_show_is_still_reported_as_not_readable(project):
+    _trail("audit")
+    allow_describe = [{"Effect": "Allow", "Action": "cloudtrail:DescribeTrails", "Resource": "*"}]
+    with _iam_enforced(allow_describe):
+        cloudtrail = client("cloudtrail")
+        found = check_trail(cloudtrail, "us-east-1", read_trails(cloudtrail))
+    assert (found.ok, found.trail) == (False, None)
+    assert found.detail.startswith("capture gets no events: audit: not readable (403). Run `bootstrap")
+
+    _trail("org-audit", IsOrganizationTrail=True)  # seen from a member account: its owner is trusted to keep it on
+    with _iam_enforced(allow_describe, user="member"):
+        cloudtrail = client("cloudtrail")
+        found = check_trail(cloudtrail, "us-east-1", read_trails(cloudtrail))
+    assert (found.ok, found.trail) == (True, "org-audit")
+    assert found.detail == "us-east-1, organization; status not readable here (403)"
+
+
+def test_trails_aws_refuses_to_list_are_a_bootstrap_warning_and_a_status_detail(project):
+    pool = create_pool()
+    everything_but_trails = [
+        {"Effect": "Allow", "Action": "*", "Resource": "*"},
+        {"Effect": "Deny", "Action": "cloudtrail:DescribeTrails", "Resource": "*"},
+    ]
+    with _iam_enforced(everything_but_trails):
+        step = _trail_step(bootstrap(pool, "dev", "--json").stdout)
+        # capture_status itself: `status` as a whole meets moto's SignatureDoesNotMatch on Lambda's REST paths
+        capture = capture_status(load_stage("dev"), "us-east-1")
+    assert (step["status"], step["name"], step["detail"]) == ("warning", "?", "trails not readable (403)")
+    assert (capture.trail.ok, capture.trail.detail) == (False, "trails not readable: 403")
+
+
+def test_a_bug_while_judging_trails_is_a_traceback_not_a_status_line(project, monkeypatch):
+    bootstrap(create_pool())
+    _trail("audit")
+
+    def broken(selectors: dict[str, Any]) -> bool:
+        raise TypeError("a bug")
+
+    # a programming error has to be planted: nothing in the code raises one on purpose
+    monkeypatch.setattr(trail_module, "records_cognito_writes", broken)
+    for args in (("bootstrap", "--stage", "dev", "--json"), ("status", "--stage", "dev", "--json")):
+        result = cli(*args, env={"USERHUB_ADMIN_KEY": "unused-by-this-test"})
+        assert isinstance(result.exception, TypeError), result.output
+
+
+def test_whether_capture_is_deployed_is_no_when_aws_says_so_and_a_bug_when_the_code_has_one(project, monkeypatch):
+    bootstrap(create_pool())
+    ctx = load_stage("dev")
+    assert _capture_deployed(ctx) is False  # moto's ResourceNotFoundException for GetFunction: not deployed
+
+    def broken(self: StageContext, function: str) -> str:
+        raise TypeError("a bug")
+
+    # a programming error has to be planted: nothing in the code raises one on purpose
+    monkeypatch.setattr(StageContext, "function_name", broken)
+    with pytest.raises(TypeError, match="a bug"):
+        _capture_deployed(ctx)

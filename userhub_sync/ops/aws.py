@@ -2,7 +2,8 @@
 lookups every command needs the same way.
 
 Invariant: a queue that does not exist is `None` from `queue_url_or_none`, whatever spelling of "no such queue"
-the endpoint uses; every other failure propagates, so a missing permission never reads as a missing queue.
+the endpoint uses; every other failure propagates, so a missing permission never reads as a missing queue. A check
+that reports an AWS failure as a status catches `aws_errors()` only: a bug (TypeError, KeyError) stays a traceback.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 from userhub_sync.ops.errors import OpsError
 
 if TYPE_CHECKING:
+    from botocore.exceptions import BotoCoreError, ClientError
     from types_boto3_cloudwatch import CloudWatchClient
     from types_boto3_cognito_idp import CognitoIdentityProviderClient
     from types_boto3_lambda import LambdaClient
@@ -91,6 +93,14 @@ def error_code(error: BaseException) -> str:
     if isinstance(response, dict):
         return str((response.get("Error") or {}).get("Code") or type(error).__name__)
     return type(error).__name__
+
+
+def aws_errors() -> tuple[type[ClientError], type[BotoCoreError]]:
+    """What AWS and the way to it raise (a refused call; no credentials, a timeout, a dropped connection), for
+    `except aws_errors():`. Imported when an exception is being matched: the CLI starts without botocore."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    return ClientError, BotoCoreError
 
 
 def queue_url_or_none(sqs: SQSClient, name: str) -> str | None:

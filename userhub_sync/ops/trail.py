@@ -12,23 +12,55 @@ not filter to read-only calls or leave cognito-idp.amazonaws.com out. No selecto
 `--create-trail`, creates `<app>-<stage>-capture` and its bucket. `status` says whether capture is live: a usable
 trail, the EventBridge rule `chalice deploy` made (`<app>-<stage>-capture-event`) ENABLED, and the age of the newest
 `capture_enqueued` datapoint (unknown without CloudWatch data, e.g. on moto, which ingests no EMF).
+
+Invariants: `ensure_trail` reads DescribeTrails once; that answer (typed `Trail`s) both judges the trails and says
+whether ours exists. An AWS failure becomes a status line (a warning, "not readable"); anything else is a bug and
+propagates as a traceback.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from chalicelib.capture_rule import capture_enabled
 from chalicelib.observability import NAMESPACE
-from userhub_sync.ops.aws import Identity, client, error_code
+from userhub_sync.ops.aws import Identity, aws_errors, client, error_code
 from userhub_sync.ops.stage import StageContext, read_deployed
 from userhub_sync.ops.steps import Step, StepStatus
 
 COGNITO_SOURCE = "cognito-idp.amazonaws.com"
 LOG_EXPIRY_DAYS = 30  # the trail is a conduit to EventBridge; its S3 copies are not read by userhub-sync
+
+
+@dataclass(frozen=True)
+class Trail:
+    """One entry of DescribeTrails' answer: what judging it and finding ours need."""
+
+    name: str
+    arn: str  # what GetTrailStatus and GetEventSelectors take: a shadow trail is only found by its ARN
+    home_region: str | None
+    multi_region: bool
+    organization: bool
+
+    @classmethod
+    def from_api(cls, entry: Mapping[str, Any]) -> Trail:
+        name = str(entry.get("Name") or "?")
+        return cls(
+            name=name,
+            arn=str(entry.get("TrailARN") or name),
+            home_region=entry.get("HomeRegion") or None,
+            multi_region=bool(entry.get("IsMultiRegionTrail")),
+            organization=bool(entry.get("IsOrganizationTrail")),
+        )
+
+
+def read_trails(cloudtrail: Any) -> tuple[Trail, ...]:
+    """This Region's trails and every multi-Region one (shadow trails included): one DescribeTrails call."""
+    return tuple(Trail.from_api(t) for t in cloudtrail.describe_trails(includeShadowTrails=True).get("trailList") or [])
 
 
 @dataclass(frozen=True)
@@ -75,23 +107,22 @@ def _advanced_keeps_cognito_writes(selector: dict[str, Any]) -> bool:
     return not starts or any(COGNITO_SOURCE.startswith(prefix) for prefix in starts)
 
 
-def check_trail(cloudtrail: Any, region: str) -> TrailCheck:
-    """The first trail that feeds capture in `region`, else what each candidate lacks."""
-    trails = cloudtrail.describe_trails(includeShadowTrails=True).get("trailList") or []
+def check_trail(cloudtrail: Any, region: str, trails: Sequence[Trail]) -> TrailCheck:
+    """The first of `trails` (`read_trails`' answer) that feeds capture in `region`, else what each candidate lacks."""
     problems = []
     for trail in trails:
-        name, arn = trail.get("Name", "?"), trail.get("TrailARN") or trail.get("Name")
-        if not (trail.get("IsMultiRegionTrail") or trail.get("HomeRegion") == region):
+        name, arn = trail.name, trail.arn
+        if not (trail.multi_region or trail.home_region == region):
             continue
-        scope = "multi-Region" if trail.get("IsMultiRegionTrail") else region
-        scope += ", organization" if trail.get("IsOrganizationTrail") else ""
-        home = trail.get("HomeRegion") or region
+        scope = "multi-Region" if trail.multi_region else region
+        scope += ", organization" if trail.organization else ""
+        home = trail.home_region or region
         reader = cloudtrail if home == region else _regional_cloudtrail(home)  # a trail is read in its home Region
         try:
             logging = bool(reader.get_trail_status(Name=arn).get("IsLogging"))
             writes = records_cognito_writes(reader.get_event_selectors(TrailName=arn))
-        except Exception as error:  # an organization trail seen from a member account: assume the owner keeps it on
-            if trail.get("IsOrganizationTrail"):
+        except aws_errors() as error:  # an organization trail seen from a member account: assume the owner keeps it on
+            if trail.organization:
                 return TrailCheck(True, name, f"{scope}; status not readable here ({error_code(error)})")
             problems.append(f"{name}: not readable ({error_code(error)})")
             continue
@@ -162,8 +193,9 @@ def ensure_trail(ctx: StageContext, ident: Identity, *, create: bool, check: boo
         return Step("capture trail", "not needed", StepStatus.OK, "CAPTURE=off: this stage deploys no capture")
     cloudtrail = client("cloudtrail")
     try:
-        found = check_trail(cloudtrail, ident.region)
-    except Exception as error:  # e.g. no cloudtrail:DescribeTrails for this operator: say so, do not fail bootstrap
+        trails = read_trails(cloudtrail)
+        found = check_trail(cloudtrail, ident.region, trails)
+    except aws_errors() as error:  # e.g. no cloudtrail:DescribeTrails for this operator: say so, do not fail bootstrap
         return Step("capture trail", "?", StepStatus.WARNING, f"trails not readable ({error_code(error)})")
     name, bucket, arn = trail_names(ctx, ident)
     if found.ok:
@@ -172,7 +204,7 @@ def ensure_trail(ctx: StageContext, ident: Identity, *, create: bool, check: boo
         return Step("capture trail", "none", StepStatus.WARNING, found.detail)
     if check:
         return Step("capture trail", name, StepStatus.MISSING, f"--create-trail would create it. {found.detail}")
-    ours = cloudtrail.describe_trails(trailNameList=[name]).get("trailList") or []
+    ours = any(t.name == name and (t.home_region or ident.region) == ident.region for t in trails)
     if not ours:
         _make_bucket(bucket, arn, ident)
         cloudtrail.create_trail(Name=name, S3BucketName=bucket, IsMultiRegionTrail=False)
@@ -191,7 +223,7 @@ def _make_bucket(bucket: str, trail_arn: str, ident: Identity) -> None:
         kwargs["CreateBucketConfiguration"] = {"LocationConstraint": ident.region}
     try:
         s3.create_bucket(**kwargs)
-    except Exception as error:
+    except aws_errors() as error:
         if error_code(error) != "BucketAlreadyOwnedByYou":
             raise
     s3.put_public_access_block(
@@ -253,12 +285,13 @@ class CaptureStatus:
 def capture_status(ctx: StageContext, region: str) -> CaptureStatus:
     rule = f"{ctx.app_name}-{ctx.stage}-capture-event"  # chalice's name: deploy/appgraph.py, `<name>-event`
     try:
-        trail = check_trail(client("cloudtrail"), region)
-    except Exception as error:
+        cloudtrail = client("cloudtrail")
+        trail = check_trail(cloudtrail, region, read_trails(cloudtrail))
+    except aws_errors() as error:
         trail = TrailCheck(False, None, f"trails not readable: {error_code(error)}")
     try:
         state = str(client("events").describe_rule(Name=rule).get("State") or "unknown")
-    except Exception as error:
+    except aws_errors() as error:
         state = "missing" if error_code(error) == "ResourceNotFoundException" else f"unknown: {error_code(error)}"
     status = CaptureStatus(_capture_deployed(ctx), trail, rule, state)
     newest = _newest_capture()
@@ -277,7 +310,7 @@ def _capture_deployed(ctx: StageContext) -> bool:
     try:
         client("lambda").get_function(FunctionName=ctx.function_name("capture"))
         return True
-    except Exception:  # not found, or not readable: not judged
+    except aws_errors():  # not found, or not readable: not judged
         return False
 
 
@@ -299,7 +332,7 @@ def _newest_capture() -> tuple[datetime, str] | None:
                 ).get("Datapoints")
                 or []
             )
-        except Exception:
+        except aws_errors():  # no permission or no CloudWatch here: the age is simply unknown
             return None
         points = [p for p in points if p.get("Sum")]
         if points:
