@@ -285,12 +285,18 @@ def test_create_trail_puts_our_drifted_trail_right_in_place_and_says_fixed(proje
     cloudtrail.put_event_selectors(
         TrailName=OURS, EventSelectors=[{"ReadWriteType": "ReadOnly", "IncludeManagementEvents": True}]
     )
+    boto3.client("s3").create_bucket(Bucket="moved-trail-logs")  # someone pointed our trail at another bucket
+    cloudtrail.update_trail(Name=OURS, S3BucketName="moved-trail-logs")
+    made["S3BucketName"] = "moved-trail-logs"
     drifted = _trail_step(bootstrap(None, "dev", "--json").stdout)
     assert drifted["status"] == "warning"
     assert f"{OURS} (us-east-1): logging is off and its selectors drop write management events" in drifted["detail"]
+    checked = _trail_step(cli("bootstrap", "--stage", "dev", "--create-trail", "--check", "--json").stdout)
+    assert checked["status"] == "would update" and checked["detail"].startswith("--create-trail would fix it.")
 
     fixed = _trail_step(bootstrap(None, "dev", "--create-trail", "--json").stdout)
     assert (fixed["status"], fixed["name"]) == ("fixed", OURS)
+    assert "logs in s3://moved-trail-logs " in fixed["detail"]  # the bucket it writes to, not the one we would make
     assert cloudtrail.get_trail_status(Name=OURS)["IsLogging"] is True
     selectors = cloudtrail.get_event_selectors(TrailName=OURS)["EventSelectors"]
     assert [(s["ReadWriteType"], s["IncludeManagementEvents"]) for s in selectors] == [("WriteOnly", True)]

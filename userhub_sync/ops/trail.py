@@ -42,6 +42,7 @@ class Trail:
 
     name: str
     arn: str  # what GetTrailStatus and GetEventSelectors take: a shadow trail is only found by its ARN
+    bucket: str | None  # where it writes its log files
     home_region: str | None
     multi_region: bool
     organization: bool
@@ -52,6 +53,7 @@ class Trail:
         return cls(
             name=name,
             arn=str(entry.get("TrailARN") or name),
+            bucket=entry.get("S3BucketName") or None,
             home_region=entry.get("HomeRegion") or None,
             multi_region=bool(entry.get("IsMultiRegionTrail")),
             organization=bool(entry.get("IsOrganizationTrail")),
@@ -202,10 +204,14 @@ def ensure_trail(ctx: StageContext, ident: Identity, *, create: bool, check: boo
         return Step("capture trail", found.trail or "?", StepStatus.OK, found.detail)
     if not create:
         return Step("capture trail", "none", StepStatus.WARNING, found.detail)
+    ours = next((t for t in trails if t.name == name and (t.home_region or ident.region) == ident.region), None)
     if check:
+        if ours:
+            return Step("capture trail", name, StepStatus.WOULD_UPDATE, f"--create-trail would fix it. {found.detail}")
         return Step("capture trail", name, StepStatus.MISSING, f"--create-trail would create it. {found.detail}")
-    ours = any(t.name == name and (t.home_region or ident.region) == ident.region for t in trails)
-    if not ours:
+    if ours:
+        bucket = ours.bucket or bucket  # it keeps the bucket it has: only its logging and selectors are put right
+    else:
         _make_bucket(bucket, arn, ident)
         cloudtrail.create_trail(Name=name, S3BucketName=bucket, IsMultiRegionTrail=False)
     cloudtrail.put_event_selectors(
