@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from chalicelib.timefmt import parse_time
 from userhub_sync.ops.alarms import AlarmState, alarm_states
-from userhub_sync.ops.aws import caller_identity, client, error_code, queue_url_or_none
+from userhub_sync.ops.aws import aws_errors, caller_identity, client, error_code, queue_url_or_none
 from userhub_sync.ops.durations import format_duration
 from userhub_sync.ops.errors import OpsError
 from userhub_sync.ops.queues import EVENTS_RETENTION_SECONDS, QueueDepths, queue_depths
@@ -399,8 +399,6 @@ def deliver_mapping_check(ctx: StageContext, lam: LambdaClient, functions: Funct
 def pool_checks(lam: LambdaClient, pool_id: str | None, post_auth_arn: str) -> tuple[TriggerCheck, PermissionCheck]:
     """The trigger and Cognito's permission to invoke post_auth; what AWS refuses is the detail of both (each
     needs the pool), anything else is a bug and propagates."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
     if not pool_id:
         unset = "USER_POOL_ID not set"
         return TriggerCheck(ok=False, detail=unset), PermissionCheck(ok=False, detail=unset)
@@ -408,7 +406,7 @@ def pool_checks(lam: LambdaClient, pool_id: str | None, post_auth_arn: str) -> t
         pool = describe_pool(client("cognito-idp"), pool_id)
         current = (pool.get("LambdaConfig") or {}).get(TRIGGERS["post_auth"])
         allowed = has_cognito_permission(lam, post_auth_arn, pool["Arn"])
-    except (ClientError, BotoCoreError, OpsError) as error:
+    except (*aws_errors(), OpsError) as error:
         detail = f"{error_code(error)}: {error}"[:300]
         return TriggerCheck(ok=False, detail=detail), PermissionCheck(ok=False, detail=detail)
     trigger = TriggerCheck(current == post_auth_arn, pool=pool_id, post_authentication=current)
