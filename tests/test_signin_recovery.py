@@ -166,7 +166,7 @@ def test_refused_signins_reach_userhub_through_the_cli(tmp_path, monkeypatch, mo
 def test_cli_errors_are_one_clear_line(tmp_path, monkeypatch, moto_server) -> None:
     make_project(tmp_path, monkeypatch, moto_server)
     bad_since = cli("recover-signins", "--stage", "dev", "--since", "yesterday")
-    assert bad_since.exit_code == 1 and "not a duration" in bad_since.output
+    assert bad_since.exit_code == 64 and "not a duration" in bad_since.output  # a usage error, like every duration
     no_bucket = cli("recover-signins", "--stage", "dev")
     assert no_bucket.exit_code == 1 and "error:" in no_bucket.output and "Traceback" not in no_bucket.output
     unknown = cli("recover-signins", "--stage", "nope")

@@ -25,7 +25,9 @@ class CaptureThrough(StrEnum):
     EVENTBRIDGE = "eventbridge"
 
 
-SeedOpt = Annotated[int, typer.Option(help="Random seed (users, faults, kill times; thread timing still varies).")]
+SeedOpt = Annotated[
+    int, typer.Option(help="Random seed (users, faults, and chaos's kill times; thread timing still varies).")
+]
 JsonOutOpt = Annotated[Path | None, typer.Option(help="Also write the JSON summary to this file.")]
 
 

@@ -223,6 +223,7 @@ def recover_signins_command(
         str | None,
         typer.Option(
             "--since",
+            callback=options.duration,
             help="Look back this far (90m, 6h, 2d) instead of from the watermark. The watermark moves only if this "
             "window starts at or before it.",
         ),
