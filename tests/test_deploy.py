@@ -5,9 +5,10 @@ on a temporary copy of the project, so `.chalice/deployed/` and `.chalice/deploy
 
 No workaround is needed for moto: it takes every call `chalice deploy` makes (IAM roles and inline policies,
 CreateFunction, CreateEventSourceMapping, UpdateEventSourceMapping on redeploy, the EventBridge rule and its
-AddPermission), so nothing is stubbed. Packaging the real requirements.txt downloads manylinux wheels from PyPI
-(about 10 s here); without network access, set USERHUB_DEPLOY_TEST_OFFLINE=1 to deploy with an empty
-requirements.txt instead (the zip's contents do not matter to the control-plane calls under test).
+AddPermission), so nothing is stubbed. The suite reaches nothing beyond loopback, so the deploy packages an empty
+requirements.txt by default (the zip's contents do not matter to the control-plane calls under test). With
+USERHUB_DEPLOY_TEST_PYPI=1 it packages the real requirements.txt, which makes Chalice download Lambda's manylinux
+wheels from PyPI (about 10 s): a check that every pinned requirement has a wheel for Lambda's platform.
 """
 
 from __future__ import annotations
@@ -35,13 +36,13 @@ STAGE = "ci"
 
 
 def chalice_deploy(project: Path) -> None:
-    if os.environ.get("USERHUB_DEPLOY_TEST_OFFLINE") == "1":
+    if os.environ.get("USERHUB_DEPLOY_TEST_PYPI") != "1":
         (project / "requirements.txt").write_text("")
     env = dict(os.environ)  # AWS_ENDPOINT_URL, region and moto's dummy credentials from the session fixture
     assert env["AWS_ENDPOINT_URL"].startswith("http://127.0.0.1")
     output = run_chalice(project, "deploy", "--stage", STAGE, env=env, timeout=600)
     assert "Could not install dependencies" not in output, (
-        "chalice could not fetch the wheels of requirements.txt (no network?): rerun with USERHUB_DEPLOY_TEST_OFFLINE=1"
+        "chalice could not fetch the wheels of requirements.txt (USERHUB_DEPLOY_TEST_PYPI=1 needs PyPI)"
     )
 
 
