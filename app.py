@@ -10,19 +10,14 @@ from chalice import Chalice, Cron
 
 from chalicelib import entrypoints
 from chalicelib.capture_rule import EVENT_PATTERN, capture_enabled
-from chalicelib.sqs_limits import MAX_EVENT_SOURCE_BATCH, deliver_max_concurrency
+from chalicelib.sqs_limits import deliver_batch_size, deliver_batching_window, deliver_max_concurrency
 
 app = Chalice(app_name="userhub-sync")
 
 EVENTS_QUEUE_NAME = os.environ.get("EVENTS_QUEUE_NAME", "userhub-sync-events")
-# 32 rounds of DELIVERY_CONCURRENCY calls: the idle tail of a batch costs a container ≤ 5 % (docs/PERFORMANCE.md)
-DELIVER_BATCH_SIZE = int(
-    os.environ.get("DELIVER_BATCH_SIZE")
-    or min(MAX_EVENT_SOURCE_BATCH, 32 * int(os.environ.get("DELIVERY_CONCURRENCY") or 16))
-)
-# Lambda needs a batching window of at least 1 s for batches over 10; 5 s fills batches at modest traffic (fewer
-# invocations, log lines and polls) for at most 5 s more delivery latency
-DELIVER_BATCHING_WINDOW = int(os.environ.get("DELIVER_BATCHING_WINDOW_SECONDS", 0 if DELIVER_BATCH_SIZE <= 10 else 5))
+# unset: 32 rounds of DELIVERY_CONCURRENCY calls, so the idle tail of a batch costs a container ≤ 5 %
+DELIVER_BATCH_SIZE = deliver_batch_size(os.environ.get("DELIVER_BATCH_SIZE"), os.environ.get("DELIVERY_CONCURRENCY"))
+DELIVER_BATCHING_WINDOW = deliver_batching_window(os.environ.get("DELIVER_BATCHING_WINDOW_SECONDS"), DELIVER_BATCH_SIZE)
 # the fleet bound: at most this many deliver containers (docs/CONFIGURATION.md has the arithmetic)
 DELIVER_MAX_CONCURRENCY = deliver_max_concurrency(os.environ.get("DELIVER_MAX_CONCURRENCY"))
 RECONCILE_SCHEDULE = os.environ.get("RECONCILE_SCHEDULE") or Cron(0, 3, "*", "*", "?", "*")  # 03:00 UTC nightly

@@ -16,7 +16,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from chalicelib.identifiers import CONNECTION_ID_PATTERN, USER_POOL_ID_PATTERN
-from chalicelib.sqs_limits import MAX_VISIBILITY_SECONDS
+from chalicelib.sqs_limits import DEFAULT_DELIVERY_CONCURRENCY, MAX_DELIVERY_CONCURRENCY, MAX_VISIBILITY_SECONDS
 
 DEFAULT_API_URL = "https://api.userhub.com"
 
@@ -56,7 +56,7 @@ class Settings(BaseSettings):
     snapshot_bucket: str | None = None
 
     # --- delivery tunables
-    delivery_concurrency: int = Field(default=16, ge=1, le=512)
+    delivery_concurrency: int = Field(default=DEFAULT_DELIVERY_CONCURRENCY, ge=1, le=MAX_DELIVERY_CONCURRENCY)
     adaptive_concurrency: bool = True  # fewer calls in flight on 429/503/timeouts, more on success (delivery/flow.py)
     delivery_rate_limit: float | None = Field(default=None, gt=0, le=10_000)  # calls/s per container; None: no limit
     userhub_connect_timeout: PositiveFloat = 2.0

@@ -26,23 +26,55 @@ MAX_RETENTION_SECONDS = 1_209_600  # 14 days
 MIN_MAXIMUM_CONCURRENCY = 2
 MAX_MAXIMUM_CONCURRENCY = 1000
 DEFAULT_DELIVER_MAX_CONCURRENCY = 5
-# its BatchSize for a standard queue (https://docs.aws.amazon.com/lambda/latest/dg/services-sqs-configure.html)
+# Its BatchSize for a standard queue, and MaximumBatchingWindowInSeconds, which must be at least 1 s for a batch over
+# 10 (https://docs.aws.amazon.com/lambda/latest/dg/services-sqs-configure.html).
 MAX_EVENT_SOURCE_BATCH = 10_000
+MAX_BATCHING_WINDOW_SECONDS = 300
+DEFAULT_DELIVERY_CONCURRENCY = 16  # UserHub calls in flight per deliver container (DELIVERY_CONCURRENCY)
+MAX_DELIVERY_CONCURRENCY = 512
+BATCH_ROUNDS = 32  # a batch's idle tail then costs a container at most about 5 % (docs/PERFORMANCE.md, finding 6)
 
 
 def deliver_max_concurrency(value: str | None) -> int:
     """DELIVER_MAX_CONCURRENCY as a whole number within Lambda's bounds (unset: the default)."""
     if value is None or not value.strip():
         return DEFAULT_DELIVER_MAX_CONCURRENCY
+    bounds = "Lambda's bounds for an SQS event source's MaximumConcurrency"
+    return _whole("DELIVER_MAX_CONCURRENCY", value, MIN_MAXIMUM_CONCURRENCY, MAX_MAXIMUM_CONCURRENCY, bounds)
+
+
+def deliver_batch_size(value: str | None, concurrency: str | None) -> int:
+    """DELIVER_BATCH_SIZE within Lambda's bounds; unset: BATCH_ROUNDS rounds of DELIVERY_CONCURRENCY's calls."""
+    if value is None or not value.strip():
+        calls = DEFAULT_DELIVERY_CONCURRENCY
+        if concurrency and concurrency.strip():
+            calls = _whole("DELIVERY_CONCURRENCY", concurrency, 1, MAX_DELIVERY_CONCURRENCY, "calls in flight")
+        return min(MAX_EVENT_SOURCE_BATCH, BATCH_ROUNDS * calls)
+    return _whole("DELIVER_BATCH_SIZE", value, 1, MAX_EVENT_SOURCE_BATCH, "Lambda's bounds for an SQS batch")
+
+
+def deliver_batching_window(value: str | None, batch_size: int) -> int:
+    """DELIVER_BATCHING_WINDOW_SECONDS within Lambda's bounds; unset: none up to 10 records, 5 s above (a fuller
+    batch at modest traffic, for at most 5 s more latency)."""
+    if value is None or not value.strip():
+        return 0 if batch_size <= 10 else 5
+    bounds = "Lambda's bounds for MaximumBatchingWindowInSeconds"
+    seconds = _whole("DELIVER_BATCHING_WINDOW_SECONDS", value, 0, MAX_BATCHING_WINDOW_SECONDS, bounds)
+    if seconds == 0 and batch_size > 10:
+        raise ValueError(
+            f"DELIVER_BATCHING_WINDOW_SECONDS must be at least 1 with a batch of {batch_size} (over 10): Lambda "
+            "refuses a larger batch without a batching window"
+        )
+    return seconds
+
+
+def _whole(name: str, value: str, low: int, high: int, bounds: str) -> int:
     try:
         number = int(value)
     except ValueError:
-        raise ValueError(f"DELIVER_MAX_CONCURRENCY must be a whole number, not {value!r}") from None
-    if not MIN_MAXIMUM_CONCURRENCY <= number <= MAX_MAXIMUM_CONCURRENCY:
-        raise ValueError(
-            f"DELIVER_MAX_CONCURRENCY must be between {MIN_MAXIMUM_CONCURRENCY} and {MAX_MAXIMUM_CONCURRENCY} "
-            f"(Lambda's bounds for an SQS event source's MaximumConcurrency), not {number}"
-        )
+        raise ValueError(f"{name} must be a whole number, not {value!r}") from None
+    if not low <= number <= high:
+        raise ValueError(f"{name} must be between {low} and {high} ({bounds}), not {number}")
     return number
 
 

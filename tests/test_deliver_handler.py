@@ -156,18 +156,41 @@ def test_calls_and_429_answers_are_counted_for_the_429_share_alarm(pipeline, hub
 def test_the_event_source_batch_holds_32_rounds_of_the_concurrency(environ, expected) -> None:
     """Lambda waits for a whole batch before the next: with fewer rounds the idle tail of each batch costs more
     than 5 % of a container's throughput (docs/PERFORMANCE.md)."""
-    root = Path(__file__).resolve().parent.parent
-    env = {k: v for k, v in os.environ.items() if k not in ("DELIVER_BATCH_SIZE", "DELIVERY_CONCURRENCY")}
-    env.pop("DELIVER_BATCHING_WINDOW_SECONDS", None)
-    done = subprocess.run(  # app.py reads its decorator arguments once, at import (as Chalice deploys it)
+    done = _import_app(environ)
+    assert done.returncode == 0, done.stderr
+    assert tuple(int(n) for n in done.stdout.split()) == expected
+
+
+@pytest.mark.parametrize(
+    ("environ", "refusal"),
+    [
+        ({"DELIVER_BATCH_SIZE": "0"}, "DELIVER_BATCH_SIZE must be between 1 and 10000"),
+        ({"DELIVER_BATCH_SIZE": "20000"}, "DELIVER_BATCH_SIZE must be between 1 and 10000"),
+        ({"DELIVER_BATCH_SIZE": "lots"}, "DELIVER_BATCH_SIZE must be a whole number, not 'lots'"),
+        ({"DELIVERY_CONCURRENCY": "sixteen"}, "DELIVERY_CONCURRENCY must be a whole number"),
+        ({"DELIVER_BATCHING_WINDOW_SECONDS": "301"}, "DELIVER_BATCHING_WINDOW_SECONDS must be between 0 and 300"),
+        ({"DELIVER_BATCHING_WINDOW_SECONDS": "0"}, "must be at least 1 with a batch of 512 (over 10)"),
+    ],
+)
+def test_a_batch_setting_lambda_would_refuse_stops_the_deploy_naming_the_variable(environ, refusal) -> None:
+    """Before: a size over 10,000 or a zero window with a large batch reached CreateEventSourceMapping, which refused
+    it mid-deploy, and a word was a bare `invalid literal for int()`."""
+    done = _import_app(environ)
+    assert done.returncode != 0 and refusal in done.stderr, done.stderr
+
+
+def _import_app(environ: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """app.py reads its decorator arguments once, at import (as `chalice deploy` does), so each case gets a fresh
+    interpreter with only these batch variables set."""
+    names = ("DELIVER_BATCH_SIZE", "DELIVERY_CONCURRENCY", "DELIVER_BATCHING_WINDOW_SECONDS")
+    env = {k: v for k, v in os.environ.items() if k not in names}
+    return subprocess.run(
         [sys.executable, "-c", "import app; print(app.DELIVER_BATCH_SIZE, app.DELIVER_BATCHING_WINDOW)"],
         env=env | environ,
-        cwd=root,
+        cwd=Path(__file__).resolve().parent.parent,
         capture_output=True,
         text=True,
-        check=True,
     )
-    assert tuple(int(n) for n in done.stdout.split()) == expected
 
 
 def test_a_cold_start_freezes_what_it_built_out_of_the_collectors_sight_once() -> None:

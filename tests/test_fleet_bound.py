@@ -48,6 +48,18 @@ def test_bootstrap_refuses_a_bound_outside_lambdas_limits_before_creating_anythi
     assert cli("bootstrap", "--stage", "dev", "--max-concurrency", "1001").exit_code == 64  # the option's own bounds
 
 
+def test_bootstrap_refuses_a_batch_lambda_would_refuse_before_creating_anything(project):
+    """app.py reads DELIVER_BATCH_SIZE at deploy; bootstrap reads it the same way, so the stage fails here, not in
+    the middle of `chalice deploy`."""
+    refused = cli("bootstrap", "--stage", "dev", env={"DELIVER_BATCH_SIZE": "20000", "USERHUB_ADMIN_KEY": "k" * 20})
+    assert refused.exit_code == 1
+    assert "DELIVER_BATCH_SIZE must be between 1 and 10000" in refused.output
+    assert boto3.client("sqs").list_queues().get("QueueUrls") is None
+    result = bootstrap(create_pool(), "dev", "--json")
+    [step] = [s for s in json.loads(result.stdout)["steps"] if s["resource"] == "fleet bound"]
+    assert "batches of up to 512 records, 5 s batching window" in step["detail"]
+
+
 def test_wire_applies_the_bound_reports_what_it_was_and_status_flags_drift(project):
     bootstrap(create_pool(), "dev", "--max-concurrency", "7")
     deployed = fake_chalice_deploy(project)  # a mapping made without ScalingConfig (unbounded)

@@ -123,9 +123,23 @@ def fleet_bound_of(ctx: StageContext, opts: BootstrapOptions) -> int:
         raise OpsError(f"{error}. Nothing was created or changed.") from None
 
 
-def fleet_step(ctx: StageContext, bound: int) -> Step:
+def event_source_batch_of(ctx: StageContext) -> tuple[int, int]:
+    """deliver's batch size and batching window, read as app.py reads them at deploy: a bad value is refused here,
+    before anything is created, not later by `chalice deploy`."""
+    from chalicelib.sqs_limits import deliver_batch_size, deliver_batching_window
+
+    try:
+        size = deliver_batch_size(ctx.var("DELIVER_BATCH_SIZE"), ctx.var("DELIVERY_CONCURRENCY"))
+        return size, deliver_batching_window(ctx.var("DELIVER_BATCHING_WINDOW_SECONDS"), size)
+    except ValueError as error:
+        raise OpsError(f"{error}. Nothing was created or changed.") from None
+
+
+def fleet_step(ctx: StageContext, bound: int, batch: tuple[int, int]) -> Step:
     """The arithmetic an operator agrees with UserHub: containers × calls in flight, containers × calls/s."""
-    concurrency = ctx.var("DELIVERY_CONCURRENCY") or "16"
+    from chalicelib.sqs_limits import DEFAULT_DELIVERY_CONCURRENCY
+
+    concurrency = ctx.var("DELIVERY_CONCURRENCY") or str(DEFAULT_DELIVERY_CONCURRENCY)
     rate = ctx.var("DELIVERY_RATE_LIMIT")
     detail = f"at most {bound} deliver containers × DELIVERY_CONCURRENCY {concurrency}"
     if concurrency.isdigit():
@@ -136,6 +150,7 @@ def fleet_step(ctx: StageContext, bound: int) -> Step:
         detail += f"; DELIVERY_RATE_LIMIT {rate!r} is not a number"
     if not rate:
         detail += "; no DELIVERY_RATE_LIMIT: calls/s not capped"
+    detail += f"; batches of up to {batch[0]} records, {batch[1]} s batching window"
     return Step("fleet bound", f"DELIVER_MAX_CONCURRENCY {bound}", StepStatus.OK, detail)
 
 
@@ -270,6 +285,7 @@ def bootstrap(ctx: StageContext, opts: BootstrapOptions) -> BootstrapResult:
     if not planned.ok and not opts.check:
         raise OpsError(f"{planned.describe()}. Nothing was created or changed.")
     fleet_bound = fleet_bound_of(ctx, opts)
+    batch = event_source_batch_of(ctx)
     alarm_settings, alarm_values = alarm_settings_of(ctx, opts)  # refused here, before anything is created
     visibility = 6 * ctx.deliver_timeout()
     if visibility > MAX_VISIBILITY_SECONDS:
@@ -384,7 +400,7 @@ def bootstrap(ctx: StageContext, opts: BootstrapOptions) -> BootstrapResult:
     if kms_key_arn:
         values["KMS_KEY_ARN"] = kms_key_arn
     values["DELIVER_MAX_CONCURRENCY"] = str(fleet_bound)
-    steps.append(fleet_step(ctx, fleet_bound))
+    steps.append(fleet_step(ctx, fleet_bound, batch))
     values.update(alarm_values)
     names = Names(f"{ctx.app_name}-{ctx.stage}", spec.events_name, spec.dlq_name, ident.region)
     steps.extend(ensure_alarms(client("cloudwatch"), names, alarm_settings, fix=opts.fix, check=opts.check))
