@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import boto3
 from typer.testing import CliRunner, Result
 
+from chalicelib.sqs_limits import chunks
 from userhub_sync.local.event_source import LocalEventSource, lambda_record
 from userhub_sync.local.moto import MOTO_ACCOUNT, MotoServer, patched_environ
 from userhub_sync.ops.queues import QueueSpec, QueueState, queue_depths
@@ -102,6 +103,12 @@ def message_body(username: str, type_: str = "SIGNIN", **fields: object) -> str:
 def send(sqs: Any, url: str, *bodies: str) -> None:
     for body in bodies:
         sqs.send_message(QueueUrl=url, MessageBody=body)
+
+
+def send_batches(sqs: Any, url: str, bodies: Iterable[str]) -> None:
+    """A backlog, queued in SendMessageBatch calls of SQS's largest batch."""
+    for batch in chunks(list(bodies)):
+        sqs.send_message_batch(QueueUrl=url, Entries=[{"Id": str(n), "MessageBody": b} for n, b in enumerate(batch)])
 
 
 def attrs(message: dict[str, Any]) -> dict[str, str]:

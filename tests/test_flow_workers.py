@@ -4,10 +4,9 @@ talking to each other; each learns its pace from the 429s it meets."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from tests.support import CONNECTION_ID, POOL_ID, depth
+from tests.support import depth, message_body, send_batches
 from userhub_sync.local.fake_userhub import FakeUserHub
 from userhub_sync.scenarios.workers import WorkerPool
 
@@ -17,26 +16,7 @@ WORKERS = 3
 
 
 def backlog(sqs, url: str, size: int) -> None:
-    for start in range(0, size, 10):
-        entries = [
-            {
-                "Id": str(n),
-                "MessageBody": json.dumps(
-                    {
-                        "v": 1,
-                        "id": f"id-{start + n}",
-                        "type": "SIGNIN",
-                        "user_pool_id": POOL_ID,
-                        "username": f"backlog-{start + n:04d}",
-                        "connection_id": CONNECTION_ID,
-                        "event_time": "2026-11-26T00:00:00+00:00",
-                        "source": "post_auth",
-                    }
-                ),
-            }
-            for n in range(min(10, size - start))
-        ]
-        sqs.send_message_batch(QueueUrl=url, Entries=entries)
+    send_batches(sqs, url, (message_body(f"backlog-{n:04d}") for n in range(size)))
 
 
 def test_worker_processes_drain_a_backlog_under_the_rate_limit_losing_nothing(
