@@ -2,7 +2,9 @@
 
 Read lazily (not at import) so a cold start pays for pydantic only in the functions that need it, and so a bad
 value surfaces as one `ConfigError` naming the variable instead of a stack trace from deep inside a handler.
-post_auth does not use this module: it reads its own three variables with `os.environ` to stay light.
+post_auth does not use this module: to stay light it reads its own eleven variables with `os.environ` (three
+timing settings, USERHUB_CONNECTION_ID, USER_POOL_ID, EVENTS_QUEUE_URL, EVENTS_QUEUE_NAME and four AWS_ ones).
+capture reads its four the same way.
 """
 
 from __future__ import annotations
