@@ -47,4 +47,4 @@ def capture_enabled(value: str | None) -> bool:
         return True
     if text in ("off", "false", "0", "no"):
         return False
-    raise ValueError(f"CAPTURE must be on or off, not {value!r}")
+    raise ValueError(f"CAPTURE must be on or off (or true/false, yes/no, 1/0), not {value!r}")

@@ -235,7 +235,7 @@ def test_capture_off_deploys_no_capture_and_needs_no_trail(project, monkeypatch)
     assert _deployed_functions("on") == (0, "['capture', 'deliver', 'reconcile']\n")
     assert _deployed_functions("off") == (0, "['deliver', 'reconcile']\n")
     code, output = _deployed_functions("maybe")
-    assert code != 0 and "CAPTURE must be on or off, not 'maybe'" in output
+    assert code != 0 and "CAPTURE must be on or off (or true/false, yes/no, 1/0), not 'maybe'" in output
     monkeypatch.setenv("CAPTURE", "off")
     step = _trail_step(bootstrap(create_pool(), "dev", "--json").stdout)
     assert (step["status"], step["name"]) == ("ok", "not needed")

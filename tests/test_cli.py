@@ -37,6 +37,15 @@ OPS_MODULES = sorted(
             "error: invalid value for '--sample-seconds'",
             "status",
         ),
+        # ListUsers allows 30 a second per account; a rate Cognito cannot give was exit 1, after loading the stage
+        (["reconcile", "--stage", "dev", "--rate", "40"], "error: invalid value for '--rate'", "reconcile"),
+        (["reconcile", "--stage", "dev", "--rate", "0"], "error: invalid value for '--rate'", "reconcile"),
+        (["dlq", "replay", "--stage", "dev", "--rate", "-1"], "error: invalid value for '--rate'", "dlq replay"),
+        (
+            ["recover-signins", "--stage", "dev", "--since", "soon"],
+            "error: invalid value for '--since'",
+            "recover-signins",
+        ),
     ],
 )
 def test_usage_errors_are_one_line_and_exit_64(project, args, expected, command):
@@ -61,7 +70,7 @@ def test_without_moto_the_local_commands_say_what_to_install(command, monkeypatc
     monkeypatch.setitem(sys.modules, "moto", None)
     result = cli(*command)
     assert result.exit_code == 1, result.output
-    assert "pip install 'userhub-sync[local]'" in result.stderr and "Traceback" not in result.output
+    assert "pip install '.[local]' in the userhub-sync checkout" in result.stderr and "Traceback" not in result.output
     assert result.stderr.count("\n") == 1
 
 

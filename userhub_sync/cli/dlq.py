@@ -193,7 +193,7 @@ def dlq_replay(
     stage: options.StageOpt,
     filters: dlq.Filters,
     limit: LimitOpt = None,
-    rate: Annotated[float, typer.Option(help="Messages per second at most (0: no limit).")] = 50.0,
+    rate: Annotated[float, typer.Option(min=0, help="Messages per second at most (0: no limit).")] = 50.0,
     dry_run: options.DryRunOpt = False,
     include_poison: Annotated[bool, typer.Option(help="Also resend bodies that do not parse (as they are).")] = False,
     native: Annotated[

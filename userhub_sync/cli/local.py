@@ -115,7 +115,9 @@ def _finish(report: Report, json_out: Path | None) -> None:
 
 
 def worker(
-    stage: Annotated[str | None, typer.Option(help="Read this stage's variables from .chalice/config.json.")] = None,
+    stage: Annotated[
+        str | None, typer.Option("--stage", "-s", help="Read this stage's variables from .chalice/config.json.")
+    ] = None,
     drain: Annotated[bool, typer.Option(help="Stop once nothing is visible or in flight.")] = False,
     batch_size: Annotated[
         int | None,

@@ -135,6 +135,8 @@ def reconcile_command(
         float | None,
         typer.Option(
             "--rate",
+            min=0.1,
+            max=30,
             help="ListUsers requests per second (overrides "
             "RECONCILE_RATE_LIMIT; at most 30, shared with your own calls).",
         ),

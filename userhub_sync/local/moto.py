@@ -29,7 +29,7 @@ FAKE_CREDENTIALS = {
     "AWS_SECRET_ACCESS_KEY": "testing",
     "AWS_SESSION_TOKEN": "testing",
 }
-INSTALL_HINT = "pip install 'userhub-sync[local]'"
+INSTALL_HINT = "pip install '.[local]' in the userhub-sync checkout"
 
 
 class MotoMissing(OpsError):
