@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import boto3
+import httpx
 from typer.testing import CliRunner, Result
 
 from chalicelib.sqs_limits import chunks
@@ -252,6 +254,31 @@ def cli(*args: str, env: dict[str, str] | None = None, input: str | None = None)
     cleared.update({"COLUMNS": "200", **(env or {})})
     with patched_environ(cleared):
         return CliRunner().invoke(app, list(args), input=input)
+
+
+@contextmanager
+def iam_enforced(policy: list[dict[str, Any]], user: str = "operator") -> Iterator[None]:
+    """moto enforcing IAM (its /moto-api/reset-auth switch, over HTTP) for an operator whose policy is `policy`:
+    what that policy does not allow is moto's real AccessDenied. Everything made before this runs as before. moto
+    answers CloudTrail's JSON protocol with an XML error body, so the code botocore reads is the HTTP status, 403
+    (AWS says AccessDeniedException); the status lines show whatever error_code reads, as they always did."""
+    iam = boto3.client("iam")
+    iam.create_user(UserName=user)
+    document = {"Version": "2012-10-17", "Statement": policy}
+    iam.put_user_policy(UserName=user, PolicyName="ops", PolicyDocument=json.dumps(document))
+    key = iam.create_access_key(UserName=user)["AccessKey"]
+    switch = f"{os.environ['AWS_ENDPOINT_URL']}/moto-api/reset-auth"
+    text = {"Content-Type": "text/plain"}  # moto reads the count from the raw body
+    previous = httpx.post(switch, content=b"0", headers=text).json()["PREVIOUS_INITIAL_NO_AUTH_ACTION_COUNT"]
+    operator = {"AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
+    session = boto3.DEFAULT_SESSION  # it keeps the credentials it first read: a new one reads the operator's
+    boto3.DEFAULT_SESSION = None
+    try:
+        with patched_environ({**operator, "AWS_SESSION_TOKEN": None}):
+            yield
+    finally:
+        boto3.DEFAULT_SESSION = session
+        httpx.post(switch, content=previous.encode(), headers=text)
 
 
 def config(project: Path) -> dict[str, Any]:

@@ -11,17 +11,13 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import boto3
-import httpx
 import pytest
 
-from tests.support import _zip, bootstrap, cli, create_pool, enable_mapping, fake_chalice_deploy
-from userhub_sync.local.moto import patched_environ
+from tests.support import _zip, bootstrap, cli, create_pool, enable_mapping, fake_chalice_deploy, iam_enforced
 from userhub_sync.ops import trail as trail_module
 from userhub_sync.ops.aws import client
 from userhub_sync.ops.stage import StageContext, load_stage
@@ -306,42 +302,17 @@ def test_create_trail_puts_our_drifted_trail_right_in_place_and_says_fixed(proje
     assert (again["status"], again["name"]) == ("ok", OURS)
 
 
-@contextmanager
-def _iam_enforced(policy: list[dict[str, Any]], user: str = "operator") -> Iterator[None]:
-    """moto enforcing IAM (its /moto-api/reset-auth switch, over HTTP) for an operator whose policy is `policy`:
-    what that policy does not allow is moto's real AccessDenied. Everything made before this runs as before. moto
-    answers CloudTrail's JSON protocol with an XML error body, so the code botocore reads is the HTTP status, 403
-    (AWS says AccessDeniedException); the status lines show whatever error_code reads, as they always did."""
-    iam = boto3.client("iam")
-    iam.create_user(UserName=user)
-    document = {"Version": "2012-10-17", "Statement": policy}
-    iam.put_user_policy(UserName=user, PolicyName="ops", PolicyDocument=json.dumps(document))
-    key = iam.create_access_key(UserName=user)["AccessKey"]
-    switch = f"{os.environ['AWS_ENDPOINT_URL']}/moto-api/reset-auth"
-    text = {"Content-Type": "text/plain"}  # moto reads the count from the raw body
-    previous = httpx.post(switch, content=b"0", headers=text).json()["PREVIOUS_INITIAL_NO_AUTH_ACTION_COUNT"]
-    operator = {"AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
-    session = boto3.DEFAULT_SESSION  # it keeps the credentials it first read: a new one reads the operator's
-    boto3.DEFAULT_SESSION = None
-    try:
-        with patched_environ({**operator, "AWS_SESSION_TOKEN": None}):
-            yield
-    finally:
-        boto3.DEFAULT_SESSION = session
-        httpx.post(switch, content=previous.encode(), headers=text)
-
-
 def test_a_trail_aws_refuses_to_show_is_still_reported_as_not_readable(project):
     _trail("audit")
     allow_describe = [{"Effect": "Allow", "Action": "cloudtrail:DescribeTrails", "Resource": "*"}]
-    with _iam_enforced(allow_describe):
+    with iam_enforced(allow_describe):
         cloudtrail = client("cloudtrail")
         found = check_trail(cloudtrail, "us-east-1", read_trails(cloudtrail))
     assert (found.ok, found.trail) == (False, None)
     assert found.detail.startswith("capture gets no events: audit: not readable (403). Run `bootstrap")
 
     _trail("org-audit", IsOrganizationTrail=True)  # seen from a member account: its owner is trusted to keep it on
-    with _iam_enforced(allow_describe, user="member"):
+    with iam_enforced(allow_describe, user="member"):
         cloudtrail = client("cloudtrail")
         found = check_trail(cloudtrail, "us-east-1", read_trails(cloudtrail))
     assert (found.ok, found.trail) == (True, "org-audit")
@@ -354,7 +325,7 @@ def test_trails_aws_refuses_to_list_are_a_bootstrap_warning_and_a_status_detail(
         {"Effect": "Allow", "Action": "*", "Resource": "*"},
         {"Effect": "Deny", "Action": "cloudtrail:DescribeTrails", "Resource": "*"},
     ]
-    with _iam_enforced(everything_but_trails):
+    with iam_enforced(everything_but_trails):
         step = _trail_step(bootstrap(pool, "dev", "--json").stdout)
         # capture_status itself: `status` as a whole meets moto's SignatureDoesNotMatch on Lambda's REST paths
         capture = capture_status(load_stage("dev"), "us-east-1")

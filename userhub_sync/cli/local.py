@@ -136,6 +136,7 @@ def worker(
     import app
     from chalicelib.settings import get_settings
     from userhub_sync.local.event_source import BatchResult, LocalEventSource
+    from userhub_sync.ops.aws import aws_errors
     from userhub_sync.ops.stage import apply_stage
 
     apply_stage(stage, "deliver")
@@ -143,7 +144,7 @@ def worker(
     sqs = boto3.client("sqs")
     try:
         url = sqs.get_queue_url(QueueName=settings.events_queue_name)["QueueUrl"]
-    except Exception as error:
+    except aws_errors() as error:
         raise fail(f"cannot reach the events queue: {error}") from None
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -30,7 +30,7 @@ from rich.table import Table
 from chalicelib.timefmt import utc_iso
 from userhub_sync.cli import options
 from userhub_sync.cli.output import console, print_warning
-from userhub_sync.ops.aws import client
+from userhub_sync.ops.aws import aws_errors, client
 from userhub_sync.ops.durations import parse_duration
 from userhub_sync.ops.errors import ExitCode, OpsError
 from userhub_sync.ops.stage import apply_stage, load_stage
@@ -90,7 +90,7 @@ def _estimate_users(cognito: CognitoIdentityProviderClient, pool_id: str) -> int
     """Cognito's estimate of the pool size, for the progress bar only (one UserPoolRead call)."""
     try:
         return int(cognito.describe_user_pool(UserPoolId=pool_id)["UserPool"].get("EstimatedNumberOfUsers") or 0)
-    except Exception:
+    except aws_errors():
         return None
 
 

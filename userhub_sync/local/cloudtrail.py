@@ -41,6 +41,7 @@ from typing import Any, Protocol
 
 from chalicelib.capture_rule import CAPTURED_OPERATIONS, EVENT_PATTERN
 from userhub_sync.local.moto import DEFAULT_REGION, MOTO_ACCOUNT
+from userhub_sync.ops.aws import aws_errors
 
 log = logging.getLogger("userhub_sync.cloudtrail")
 
@@ -81,7 +82,7 @@ class HandlerDelivery:
             try:
                 handler(event, LambdaContext("capture", 60))
                 return 1
-            except Exception:
+            except Exception:  # broad as EventBridge is: any handler error is retried, the last one raised
                 if attempt == LAMBDA_ASYNC_ATTEMPTS:
                     raise
         return 0  # pragma: no cover (the loop returns or raises)
@@ -189,7 +190,7 @@ class CloudTrailEmulator:
             delivered, reason = 0, None
             try:
                 delivered = self.delivery(event)
-            except Exception as error:  # EventBridge is asynchronous: the caller's call never fails because of it
+            except Exception as error:  # broad: EventBridge is async; the caller's call never fails by it
                 reason = f"{type(error).__name__}: {error}"
                 log.error("emulated capture event not delivered: %s", reason)
             username = _text(params.get("Username"))
@@ -197,7 +198,7 @@ class CloudTrailEmulator:
                 self._emitted.append(
                     EmittedEvent(model.name, username, sub, call["at"], event, failed, delivered, reason)
                 )
-        except Exception:  # a bug here must not turn into a failed Cognito call
+        except Exception:  # broad: even a bug here must not turn into a failed Cognito call (it is logged)
             log.exception("CloudTrail emulation failed for %s", model.name)
 
     def event(
@@ -256,7 +257,7 @@ class CloudTrailEmulator:
             username = _text(params.get("Username")) or _linked_username(params)
             if pool and username:
                 return _sub_of(self.cognito.admin_get_user(UserPoolId=pool, Username=username)["UserAttributes"])
-        except Exception:  # no such user (yet), a bad token: AWS would still record the call, without a sub
+        except aws_errors():  # no such user (yet), a bad token: AWS would still record the call, without a sub
             return None
         return None
 

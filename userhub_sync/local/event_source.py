@@ -147,7 +147,7 @@ class LocalEventSource:
             failed = failed_ids(response, {r["messageId"] for r in records})
             if failed is None:
                 result.error = f"invalid batch response: {str(response)[:200]}"
-        except Exception as error:  # as in Lambda: the whole batch comes back after its visibility timeout
+        except Exception as error:  # broad, as Lambda is: the whole batch comes back after its visibility timeout
             failed, result.error = None, f"{type(error).__name__}: {error}"
         if failed is None:
             failed = {r["messageId"] for r in records}

@@ -140,7 +140,7 @@ class Handler(BaseHTTPRequestHandler):
             return
         try:
             response = self.server.hub.handle(self.command, self.path, self._header_dict(), body)
-        except Exception:
+        except Exception:  # broad: a bug in the fake is a 500 and a traceback on stderr, never a dead server
             traceback.print_exc()
             response = json_response(500, error_body("INTERNAL", "fake UserHub bug, see its stderr"))
         if response is None:

@@ -23,7 +23,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
 from chalicelib.observability import NAMESPACE  # the EMF namespace; dimension `service`
-from userhub_sync.ops.aws import error_code
+from userhub_sync.ops.aws import aws_errors, error_code
 from userhub_sync.ops.errors import OpsError
 from userhub_sync.ops.steps import Step, StepStatus
 
@@ -334,7 +334,7 @@ def ensure_dashboard(cloudwatch: Any, names: Names, *, fix: bool, check: bool) -
     name = names.prefix
     try:
         current = json.loads(cloudwatch.get_dashboard(DashboardName=name)["DashboardBody"])
-    except Exception as error:
+    except aws_errors() as error:
         if error_code(error) not in ("ResourceNotFound", "ResourceNotFoundException"):
             raise
         current = None

@@ -106,7 +106,7 @@ def aws_errors() -> tuple[type[ClientError], type[BotoCoreError]]:
 def queue_url_or_none(sqs: SQSClient, name: str) -> str | None:
     try:
         return sqs.get_queue_url(QueueName=name)["QueueUrl"]
-    except Exception as error:
+    except aws_errors() as error:
         if error_code(error) in MISSING_QUEUE_CODES:
             return None
         raise

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from chalicelib.sqs_limits import MAX_RETENTION_SECONDS, MAX_VISIBILITY_SECONDS, MIN_RETENTION_SECONDS
 from userhub_sync.ops import policies
 from userhub_sync.ops.alarms import Names, alarm_settings_of, ensure_alarms
-from userhub_sync.ops.aws import caller_identity, client, error_code
+from userhub_sync.ops.aws import aws_errors, caller_identity, client, error_code
 from userhub_sync.ops.bucket import ensure_bucket
 from userhub_sync.ops.durations import format_span
 from userhub_sync.ops.errors import OpsError
@@ -160,7 +160,7 @@ def resolve_kms_key(key: str | None) -> str | None:
         return None
     try:
         return client("kms").describe_key(KeyId=key)["KeyMetadata"]["Arn"]
-    except Exception as error:
+    except aws_errors() as error:
         raise OpsError(f"KMS key {key!r} not found or not readable ({error_code(error)})") from None
 
 
@@ -231,7 +231,7 @@ def _put_key(ssm: SSMClient, name: str, value: str, stage: str, kms_key_arn: str
         kwargs["KeyId"] = kms_key_arn
     try:
         return int(ssm.put_parameter(**kwargs).get("Version", 1))
-    except Exception as error:  # never let a message that might quote the request escape
+    except Exception as error:  # broad: any error's text might quote the request, which carries the key
         raise OpsError(f"could not store the Admin key in {name}: {error_code(error)}") from None
 
 
@@ -322,7 +322,7 @@ def bootstrap(ctx: StageContext, opts: BootstrapOptions) -> BootstrapResult:
             steps.append(
                 Step("user pool", pool_id, StepStatus.OK, "exists (wire sets its trigger after chalice deploy)")
             )
-        except Exception as error:
+        except aws_errors() as error:
             if error_code(error) != "ResourceNotFoundException":
                 raise
             raise OpsError(f"user pool {pool_id} not found in {ident.region}") from None

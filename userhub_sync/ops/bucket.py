@@ -11,7 +11,7 @@ import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from userhub_sync.ops.aws import error_code
+from userhub_sync.ops.aws import aws_errors, error_code
 from userhub_sync.ops.errors import OpsError
 from userhub_sync.ops.steps import Step, StepStatus
 
@@ -67,7 +67,7 @@ def _lifecycle_rule() -> LifecycleRuleTypeDef:
 def _get_or_none(call: Callable[[], Any], *missing_codes: str) -> Any:
     try:
         return call()
-    except Exception as error:
+    except aws_errors() as error:
         if error_code(error) in missing_codes:
             return None
         raise
@@ -87,7 +87,7 @@ def ensure_bucket(
     try:
         s3.head_bucket(Bucket=name)
         exists = True
-    except Exception as error:
+    except aws_errors() as error:
         code = error_code(error)
         if code in ("404", "NoSuchBucket", "NotFound"):
             exists = False

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from chalicelib.sqs_limits import batches_within
 from chalicelib.timefmt import utc_iso
 from chalicelib.token_bucket import TokenBucket
-from userhub_sync.ops.aws import client, error_code
+from userhub_sync.ops.aws import aws_errors, client, error_code
 from userhub_sync.ops.dlq_scan import DlqMessage, Filters, Scanner
 from userhub_sync.ops.errors import OpsError
 
@@ -216,7 +216,7 @@ def _send_and_delete(
             int(e["Id"]): f"{e.get('Code', 'Failed')}: {e.get('Message', '')}".strip(": ")
             for e in response.get("Failed") or []
         }
-    except Exception as error:  # nothing confirmed: everything stays in the DLQ
+    except aws_errors() as error:  # nothing confirmed: everything stays in the DLQ
         ok, failed = set(), {i: error_code(error) for i in range(len(chunk))}
     confirmed = [m for i, m in enumerate(chunk) if i in ok]
     for i, message in enumerate(chunk):
@@ -268,7 +268,7 @@ def purge(
     if not filters.active:
         try:
             sqs.purge_queue(QueueUrl=url)
-        except Exception as error:
+        except aws_errors() as error:
             if error_code(error) in ("AWS.SimpleQueueService.PurgeQueueInProgress", "PurgeQueueInProgress"):
                 raise OpsError("a purge of this queue is already in progress (SQS allows one per 60 s)") from None
             raise
@@ -295,7 +295,7 @@ def native_move(dlq_arn: str, events_arn: str, rate: float | None) -> str:
         kwargs["MaxNumberOfMessagesPerSecond"] = int(min(max(rate, 1), 500))
     try:
         return sqs.start_message_move_task(**kwargs)["TaskHandle"]
-    except Exception as error:
+    except aws_errors() as error:
         raise OpsError(
             f"StartMessageMoveTask failed ({error_code(error)}): this endpoint may not support SQS's native "
             "redrive (moto does not); drop --native to replay client-side"

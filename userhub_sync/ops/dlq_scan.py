@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from chalicelib.dead_letter import DeadLetterInfo, FailureKind
 from chalicelib.sqs_limits import chunks
 from chalicelib.timefmt import parse_time, utc_iso
-from userhub_sync.ops.aws import error_code
+from userhub_sync.ops.aws import aws_errors, error_code
 from userhub_sync.ops.errors import OpsError
 
 if TYPE_CHECKING:
@@ -236,7 +236,7 @@ class Scanner:
                 response = self.sqs.delete_message_batch(QueueUrl=self.url, Entries=entries)
                 ok = {int(e["Id"]) for e in response.get("Successful") or []}
                 codes = {int(e["Id"]): e.get("Code", "Failed") for e in response.get("Failed") or []}
-            except Exception as error:
+            except aws_errors() as error:
                 ok, codes = set(), {i: error_code(error) for i in range(len(chunk))}
             for i, message in enumerate(chunk):
                 if i in ok:
@@ -257,7 +257,7 @@ class Scanner:
             try:
                 response = self.sqs.change_message_visibility_batch(QueueUrl=self.url, Entries=entries)
                 released += len(response.get("Successful") or [])
-            except Exception:  # they become visible when the timeout lapses anyway
+            except aws_errors():  # they become visible when the timeout lapses anyway
                 continue
         self.held.clear()
         return released

@@ -277,7 +277,7 @@ def oldest_from_cloudwatch(name: str) -> tuple[float, str] | None:
             .get("Datapoints")
             or []
         )
-    except Exception:  # no permission or no CloudWatch here: the age is simply unknown
+    except aws_errors():  # no permission or no CloudWatch here: the age is simply unknown
         return None
     if not points:
         return None
@@ -322,14 +322,14 @@ def queue_status(sqs: SQSClient, name: str, peek: bool) -> QueueStatus:
 
 
 def last_reconcile(bucket: str | None) -> LastReconcile:
-    """The last reconcile run, as chalicelib.reconcile stored it in the bucket; `failing` if that run failed.
-
-    `summary` is the last run that ended (reconcile/last-run.json). If it failed or stopped, `last_complete` is the
-    last complete one (reconcile/last-complete.json; None if there is none) and `detail` says both, e.g.
-    "last complete run 1d 02h ago (…); last run failed at …: <error>".
-    """
+    """The last run that ended (reconcile/last-run.json; `failing` if it failed). If it failed or stopped,
+    `last_complete` is the last complete one (reconcile/last-complete.json; None if none) and `detail` says both,
+    e.g. "last complete run 1d 02h ago (…); last run failed at …: <error>". A summary that does not parse is an
+    `error`, like a bucket AWS does not let us read: both are what the operator must look at, not bugs."""
     if not bucket:
         return LastReconcile(ReconcileHealth.UNKNOWN, detail="SNAPSHOT_BUCKET not set")
+    from pydantic import ValidationError
+
     from chalicelib.reconcile import RunStatus, read_last_complete, read_last_summary
 
     unfinished = (RunStatus.FAILED, RunStatus.STOPPED)
@@ -337,7 +337,7 @@ def last_reconcile(bucket: str | None) -> LastReconcile:
         s3 = client("s3")
         summary = read_last_summary(s3, bucket)
         complete = read_last_complete(s3, bucket) if summary and summary.status in unfinished else None
-    except Exception as error:
+    except (*aws_errors(), ValidationError) as error:  # AWS, or a summary that does not parse: a status
         return LastReconcile(ReconcileHealth.ERROR, detail=f"{error_code(error)}: {error}"[:300])
     if not summary:
         return LastReconcile(ReconcileHealth.NEVER, detail=f"no reconcile/last-run.json in {bucket}")
@@ -490,7 +490,7 @@ def gather(ctx: StageContext, *, peek: bool = False, sample_seconds: float = 0.0
     report = StatusReport(ctx.stage, events, dead_letters, reconcile, wiring, retention, backlog)
     try:
         report.alarms = alarm_states(client("cloudwatch"), f"{ctx.app_name}-{ctx.stage}")
-    except Exception as error:
+    except aws_errors() as error:
         report.alarms_error = f"{error_code(error)}: {error}"[:300]
     report.capture = capture_status(ctx, caller_identity().region)
     return report

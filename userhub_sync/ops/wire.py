@@ -35,7 +35,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, cast
 
-from userhub_sync.ops.aws import caller_identity, client, error_code, queue_arn, queue_url_or_none
+from userhub_sync.ops.aws import aws_errors, caller_identity, client, error_code, queue_arn, queue_url_or_none
 from userhub_sync.ops.errors import ExitCode, OpsError
 from userhub_sync.ops.stage import POOL_ID_RE, StageContext, read_deployed
 
@@ -142,7 +142,7 @@ def locate_functions(
         if name not in arns:
             try:
                 arns[name] = lam.get_function(FunctionName=ctx.function_name(name))["Configuration"]["FunctionArn"]
-            except Exception as error:
+            except aws_errors() as error:
                 if error_code(error) != "ResourceNotFoundException":
                     raise
                 hint = f" (or pass --{name.replace('_', '-')}-arn)" if offer_arn_options else ""
@@ -157,7 +157,7 @@ def find_mapping(lam: LambdaClient, deliver_arn: str, queue_arn: str | None, uui
     if uuid:
         try:
             return document(lam.get_event_source_mapping(UUID=uuid))
-        except Exception as error:
+        except aws_errors() as error:
             if error_code(error) != "ResourceNotFoundException":
                 raise
     mappings: list[dict[str, Any]] = []
@@ -234,7 +234,7 @@ def ensure_logging_config(
 def _statements(lam: LambdaClient, function_arn: str) -> list[dict[str, Any]]:
     try:
         policy = lam.get_policy(FunctionName=function_arn)["Policy"]
-    except Exception as error:
+    except aws_errors() as error:
         if error_code(error) == "ResourceNotFoundException":  # no resource policy yet
             return []
         raise
@@ -292,7 +292,7 @@ def ensure_permission(
 
     try:
         add()
-    except Exception as error:
+    except aws_errors() as error:
         if error_code(error) != "ResourceConflictException":
             raise
         # our statement id exists but does not match (e.g. edited by hand): replace it, it is ours
@@ -460,7 +460,7 @@ def wire(
     cognito = client("cognito-idp")
     try:
         pool = describe_pool(cognito, pool_id)
-    except Exception as error:
+    except aws_errors() as error:
         if error_code(error) == "ResourceNotFoundException":
             raise OpsError(f"user pool {pool_id} not found") from None
         raise
