@@ -53,8 +53,10 @@ def test_dry_run_lists_by_category_then_a_real_run_enqueues(harness: Harness) ->
 def test_missing_variable_and_bad_rate_are_clear_errors(harness: Harness) -> None:
     missing = invoke(USER_POOL_ID=None)
     assert missing.exit_code == 1 and "USER_POOL_ID: required here but not set" in missing.output
-    too_fast = invoke("--rate", "31")
-    assert too_fast.exit_code == 1 and "RECONCILE_RATE_LIMIT" in too_fast.output
+    too_fast = invoke("--rate", "31")  # the option's own bounds: a usage error, before anything is read
+    assert too_fast.exit_code == 64 and "--rate" in too_fast.output
+    configured_too_fast = invoke(RECONCILE_RATE_LIMIT="31")  # the stage's variable: the settings' check
+    assert configured_too_fast.exit_code == 1 and "RECONCILE_RATE_LIMIT" in configured_too_fast.output
 
 
 def test_unknown_stage_is_a_clear_error(harness: Harness) -> None:
