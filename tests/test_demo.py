@@ -49,6 +49,10 @@ def test_demo_accounts_for_every_signin_and_captured_change(monkeypatch: pytest.
     summary = reports[0].summary()
     moto = summary["notes"]
     assert isinstance(moto["moto_errors_retried"], int) and isinstance(moto["moto_double_receives"], int)
+    assert (
+        lines["moto's own errors / double receives"]
+        == f"{moto['moto_errors_retried']} / {moto['moto_double_receives']}"
+    )
     assert summary["seconds_total"] >= summary["seconds_to_drain"] > 0
 
 
