@@ -250,7 +250,13 @@ class Report:
             ("admin call → UserHub CHANGED", latency),
             ("lost", str(outcome.lost)),
             ("time to drain", f"{self.seconds_to_drain:.1f} s"),
+            ("moto's own errors / double receives", self._moto_figures()),
+            ("wall time", f"{self.seconds_total:.1f} s"),
         ]
+
+    def _moto_figures(self) -> str:
+        """What scenario_run's watch on moto saw: a defect of the stand-in, not of the pipeline."""
+        return f"{self.notes.get('moto_errors_retried', 0)} / {self.notes.get('moto_double_receives', 0)}"
 
     def summary(self) -> dict[str, Any]:
         """One flat object, as before the figures had topics: each topic's figures at the top level."""

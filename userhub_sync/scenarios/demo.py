@@ -11,13 +11,12 @@ neither place is lost, and the demo fails.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import random
 import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -29,11 +28,22 @@ from userhub_sync.local.moto import new_container, patched_environ
 from userhub_sync.ops.dlq import Filters, list_messages
 from userhub_sync.scenarios.accounting import Report, Scenario, account
 from userhub_sync.scenarios.capture import USERS, CaptureRoute, create_pool, delivery_for, make_changes
-from userhub_sync.scenarios.rig import StageConfig, log_level
+from userhub_sync.scenarios.rig import StageConfig, log_level, scenario_run
 from userhub_sync.scenarios.traffic import Producer, usernames
 
 POISON = ('{"v": 99, "note": "from a future version"}', "not json at all")
 RATE_LIMIT = 15.0  # UserHub's calls a second in the demo: above it, 429 with Retry-After
+REJECTED = Fault(status=400, code="INVALID_ARGUMENT", reason="DEMO_REJECTED", message="rejected")  # for good
+
+
+def transient_faults(fault_rate: float) -> list[Fault]:
+    """Everyone's share of trouble: 503s, 429s asking for 1 s, answers slower than the 1 s read timeout, drops."""
+    return [
+        Fault(status=503, probability=fault_rate * 0.6),
+        Fault(status=429, retry_after="1", probability=fault_rate * 0.2),
+        Fault(kind=FaultKind.LATENCY, latency_ms=1500, probability=fault_rate * 0.1),
+        Fault(kind=FaultKind.DROP, probability=fault_rate * 0.1),
+    ]
 
 
 def run_demo(
@@ -51,14 +61,12 @@ def run_demo(
     from chalicelib import delivery
 
     console = console or Console()
-    rng = random.Random(seed)
-    report = Report(Scenario.DEMO, signins=signins)
-    with ExitStack() as stack:
-        stage = StageConfig(signins, seed, max_receive_count=8)
-        rig = stage.open_rig(stack, "demo", USERHUB_READ_TIMEOUT="1", LOG_LEVEL="ERROR")
+    stage = StageConfig(signins, seed, max_receive_count=8)
+    with scenario_run(Scenario.DEMO, stage, progress=console.print, USERHUB_READ_TIMEOUT="1", LOG_LEVEL="ERROR") as run:
+        stack, rig, report, rng = run.stack, run.rig, run.report, run.rng
         sqs, queues = rig.sqs, rig.queues
         stack.enter_context(log_level(logging.ERROR))
-        console.print(f"[bold]moto[/] on {rig.endpoint}, [bold]fake UserHub[/] on {rig.hub.url}")
+        run.say(f"[bold]moto[/] on {rig.endpoint}, [bold]fake UserHub[/] on {rig.hub.url}")
         pool_id = create_pool(f"demo-{rig.env['EVENTS_QUEUE_NAME']}")  # capture and reconcile need a real pool
         stack.enter_context(patched_environ({"USER_POOL_ID": pool_id}))
         new_container()
@@ -68,15 +76,7 @@ def run_demo(
         users = unique + [rng.choice(unique) for _ in range(signins - len(unique))]  # a third sign in twice
         doomed = set(rng.sample(unique, min(permanent, len(unique))))
         for user in doomed:
-            rig.hub.add_fault(
-                Fault(
-                    status=400,
-                    code="INVALID_ARGUMENT",
-                    reason="DEMO_REJECTED",
-                    message="rejected",
-                    match_external_id=user,
-                )
-            )
+            rig.hub.add_fault(dataclasses.replace(REJECTED, match_external_id=user))
         with Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -96,10 +96,8 @@ def run_demo(
             doomed_signins = sum(1 for s in producer.signins if s.enqueued and s.user in doomed)
             report.dead_letters.expected_dead = doomed_signins + len(POISON)
 
-            rig.hub.add_fault(Fault(status=503, probability=fault_rate * 0.6))
-            rig.hub.add_fault(Fault(status=429, retry_after="1", probability=fault_rate * 0.2))
-            rig.hub.add_fault(Fault(kind=FaultKind.LATENCY, latency_ms=1500, probability=fault_rate * 0.1))  # > 1 s
-            rig.hub.add_fault(Fault(kind=FaultKind.DROP, probability=fault_rate * 0.1))
+            for fault in transient_faults(fault_rate):
+                rig.hub.add_fault(fault)
             rig.hub.set_rate_limit(rate_limit)  # bursts of one second's worth, then 429 + Retry-After
             # the nightly run, alongside (its sub→username map takes 256 S3 writes): the pool's users as CHANGED,
             # and the map a captured delete needs
@@ -150,9 +148,9 @@ def run_demo(
         report.dead_letters.dead_lettered = len(dead)
         report.traffic.retried = int(delivery.get_deliverer().metrics.totals.get("retry", 0))
         result = account(producer.signins, rig.hub.events(), Counter(m.username or "" for m in dead), rig.connection_id)
-        report.outcome.delivered, report.outcome.duplicates = result.delivered, result.duplicates
+        report.take(result)
         not_enqueued = [s.user for s in producer.signins if not s.enqueued]  # neither delivered nor in the DLQ
-        report.outcome.lost_users = result.lost + not_enqueued + captured.lost
+        report.outcome.lost_users += not_enqueued + captured.lost
         report.outcome.lost = len(report.outcome.lost_users)
         journal = [e for e in rig.hub.journal() if e.verb == "event"]
         report.notes["rate_limit"] = rate_limit
