@@ -59,6 +59,13 @@ def test_bootstrap_refuses_a_batch_lambda_would_refuse_before_creating_anything(
     [step] = [s for s in json.loads(result.stdout)["steps"] if s["resource"] == "fleet bound"]
     assert "batches of up to 512 records, 5 s batching window" in step["detail"]
 
+    # config.json's value is the one `chalice deploy` gives app.py, whatever a stale shell says
+    data = config(project)
+    data["stages"]["dev"]["environment_variables"]["DELIVER_BATCH_SIZE"] = "20000"
+    (project / ".chalice" / "config.json").write_text(json.dumps(data))
+    stale_shell = cli("bootstrap", "--stage", "dev", env={"DELIVER_BATCH_SIZE": "100"})
+    assert stale_shell.exit_code == 1 and "DELIVER_BATCH_SIZE must be between 1 and 10000" in stale_shell.output
+
 
 def test_wire_applies_the_bound_reports_what_it_was_and_status_flags_drift(project):
     bootstrap(create_pool(), "dev", "--max-concurrency", "7")

@@ -4,9 +4,10 @@ talking to each other; each learns its pace from the 429s it meets."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from tests.support import depth, message_body, send_batches
+from tests.support import bootstrap, cli, create_pool, depth, message_body, send_batches
 from userhub_sync.local.fake_userhub import FakeUserHub
 from userhub_sync.scenarios.workers import WorkerPool
 
@@ -60,3 +61,23 @@ def test_a_worker_hands_deliver_batches_of_the_deployed_size_beyond_a_hundred(
     output = pool.output()
     assert f"(batch {size})" in output and f"batch: {size} received, {size} done" in output, output
     assert len({e.external_id for e in hub.events()}) == size
+
+
+def test_a_worker_for_a_stage_takes_that_stages_batch_size_from_config_json(project) -> None:
+    """`--stage` puts config.json's variables in the environment before deliver's batch size is read, as `chalice
+    deploy` gives them to app.py; a bad value is one clear error line, not a traceback."""
+    bootstrap(create_pool(), "dev")
+    path = project / ".chalice" / "config.json"
+    data = json.loads(path.read_text())
+    variables = data["stages"]["dev"]["environment_variables"]
+    variables["DELIVER_BATCH_SIZE"] = "150"
+    path.write_text(json.dumps(data))
+    unset = {"DELIVER_BATCH_SIZE": None}  # not in the shell: only in config.json (and cleared again afterwards)
+    polled = cli("worker", "--stage", "dev", "--drain", "--wait-seconds", "0", env=unset)
+    assert polled.exit_code == 0 and "(batch 150)" in polled.output, polled.output
+
+    variables["DELIVER_BATCH_SIZE"] = "20000"
+    path.write_text(json.dumps(data))
+    refused = cli("worker", "--stage", "dev", "--drain", "--wait-seconds", "0", env=unset)
+    assert refused.exit_code == 1 and "DELIVER_BATCH_SIZE must be between 1 and 10000" in refused.output
+    assert "Traceback" not in refused.output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import threading
 from enum import StrEnum
@@ -133,13 +134,21 @@ def worker(
     """Run `deliver` against the stage's events queue outside Lambda, with Lambda's SQS semantics."""
     import boto3
 
-    import app
     from chalicelib.settings import get_settings
+    from chalicelib.sqs_limits import deliver_batch_size
     from userhub_sync.local.event_source import BatchResult, LocalEventSource
     from userhub_sync.ops.aws import aws_errors
     from userhub_sync.ops.stage import apply_stage
 
     apply_stage(stage, "deliver")
+    try:  # read as app.py reads it, once the stage's variables are in the environment
+        batch_size = batch_size or deliver_batch_size(
+            os.environ.get("DELIVER_BATCH_SIZE"), os.environ.get("DELIVERY_CONCURRENCY")
+        )
+    except ValueError as error:
+        raise fail(str(error)) from None
+    import app  # after apply_stage: app.py reads the stage's variables at import, as in Lambda
+
     settings = get_settings()
     sqs = boto3.client("sqs")
     try:
@@ -148,7 +157,6 @@ def worker(
         raise fail(f"cannot reach the events queue: {error}") from None
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    batch_size = batch_size or app.DELIVER_BATCH_SIZE
     source = LocalEventSource(
         sqs, url, app.deliver, batch_size=batch_size, wait_seconds=wait_seconds, function_timeout=function_timeout
     )

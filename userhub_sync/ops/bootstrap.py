@@ -129,8 +129,8 @@ def event_source_batch_of(ctx: StageContext) -> tuple[int, int]:
     from chalicelib.sqs_limits import deliver_batch_size, deliver_batching_window
 
     try:
-        size = deliver_batch_size(ctx.var("DELIVER_BATCH_SIZE"), ctx.var("DELIVERY_CONCURRENCY"))
-        return size, deliver_batching_window(ctx.var("DELIVER_BATCHING_WINDOW_SECONDS"), size)
+        size = deliver_batch_size(ctx.deploy_var("DELIVER_BATCH_SIZE"), ctx.deploy_var("DELIVERY_CONCURRENCY"))
+        return size, deliver_batching_window(ctx.deploy_var("DELIVER_BATCHING_WINDOW_SECONDS"), size)
     except ValueError as error:
         raise OpsError(f"{error}. Nothing was created or changed.") from None
 

@@ -135,6 +135,10 @@ class StageContext:
         value = os.environ.get(name) or self.variables.get(name)
         return value or default
 
+    def deploy_var(self, name: str) -> str | None:
+        """The value `chalice deploy` gives app.py: it puts the stage's config.json variables over the shell's."""
+        return self.variables.get(name) or os.environ.get(name) or None
+
     @property
     def user_pool_id(self) -> str | None:
         pool = self.var("USER_POOL_ID")
