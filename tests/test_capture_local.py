@@ -144,6 +144,25 @@ def test_a_delivery_that_fails_never_fails_the_cognito_call(pool) -> None:
     assert len(attempts) == 3 and len(set(attempts)) == 1  # Lambda's two retries of an asynchronous invocation
 
 
+def test_a_bug_in_the_emulator_before_the_call_never_fails_the_cognito_call(pool, monkeypatch) -> None:
+    """The sub is read in a botocore hook that runs before the admin's call: a bug there is logged, and the call and
+    its record still happen (without a sub). The bug is planted; nothing else makes the emulator's own code fail."""
+    cognito = boto3.client("cognito-idp")
+    emulator = CloudTrailEmulator(cognito)
+    calls = iter([TypeError("a bug"), None])
+
+    def buggy_then_fine(params: dict[str, Any], parsed: Any = None) -> str | None:
+        error = next(calls, None)
+        if error:
+            raise error
+        return None
+
+    monkeypatch.setattr(emulator, "_sub", buggy_then_fine)
+    cognito.admin_enable_user(UserPoolId=pool["id"], Username="bob")  # raised TypeError before the guard
+    [emitted] = emulator.emitted()
+    assert emitted.operation == "AdminEnableUser" and not emitted.failed
+
+
 def test_a_users_own_change_names_no_pool_and_reaches_userhub(pipeline, hub, pool) -> None:
     """A call made with the user's access token: CloudTrail records no pool, the sub still names the user."""
     cognito = boto3.client("cognito-idp")

@@ -171,7 +171,12 @@ class CloudTrailEmulator:
 
     def _before(self, params: dict[str, Any], model: Any, context: dict[str, Any], **_: Any) -> None:
         """Runs before the call: remembers what was asked, when, and whose sub it is while the user still exists."""
-        context[_CALL] = {"params": dict(params), "at": time.time(), "sub": self._sub(dict(params))}
+        try:
+            sub = self._sub(dict(params))
+        except Exception:  # broad: as in _after, a bug in the emulator must not fail the admin's Cognito call
+            log.exception("CloudTrail emulation could not read the sub before %s", model.name)
+            sub = None
+        context[_CALL] = {"params": dict(params), "at": time.time(), "sub": sub}
 
     def _after(self, http_response: Any, parsed: dict[str, Any], model: Any, context: dict[str, Any], **_: Any) -> None:
         call = context.get(_CALL)
