@@ -42,7 +42,7 @@ EVENT_PATTERN: dict[str, Any] = {
 def capture_enabled(value: str | None) -> bool:
     """CAPTURE: `on` (the default) deploys the capture function and its rule; `off` leaves them out, for stages
     that do without a CloudTrail trail and rely on sign-ins and the nightly reconcile alone."""
-    text = (value or "on").strip().lower()
+    text = (value or "").strip().lower() or "on"
     if text in ("on", "true", "1", "yes"):
         return True
     if text in ("off", "false", "0", "no"):

@@ -237,6 +237,17 @@ def test_capture_off_deploys_no_capture_and_needs_no_trail(project, monkeypatch)
     assert (step["status"], step["name"]) == ("ok", "not needed")
 
 
+@pytest.mark.parametrize(
+    ("value", "enabled"),
+    [(None, True), ("", True), ("  ", True), ("On", True), ("yes", True), ("1", True), (" Off ", False), ("no", False)],
+)
+def test_capture_takes_every_spelling_the_docs_list(value: str | None, enabled: bool) -> None:
+    """Unset, empty or blank means on (a blank value was refused although the docs call it the default)."""
+    from chalicelib.capture_rule import capture_enabled
+
+    assert capture_enabled(value) is enabled
+
+
 def test_a_trail_read_in_its_home_region_gets_the_same_bounded_client_as_every_other_call() -> None:
     """A multi-Region trail is read where it lives: that client keeps the ops timeouts and retries (no 60 s read)."""
     from userhub_sync.ops.trail import _regional_cloudtrail
@@ -292,7 +303,7 @@ def test_create_trail_puts_our_drifted_trail_right_in_place_and_says_fixed(proje
 
     fixed = _trail_step(bootstrap(None, "dev", "--create-trail", "--json").stdout)
     assert (fixed["status"], fixed["name"]) == ("fixed", OURS)
-    assert "logs in s3://moved-trail-logs " in fixed["detail"]  # the bucket it writes to, not the one we would make
+    assert fixed["detail"].endswith("logs in s3://moved-trail-logs")  # its own bucket, with no expiry we never set
     assert cloudtrail.get_trail_status(Name=OURS)["IsLogging"] is True
     selectors = cloudtrail.get_event_selectors(TrailName=OURS)["EventSelectors"]
     assert [(s["ReadWriteType"], s["IncludeManagementEvents"]) for s in selectors] == [("WriteOnly", True)]

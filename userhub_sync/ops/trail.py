@@ -209,7 +209,9 @@ def ensure_trail(ctx: StageContext, ident: Identity, *, create: bool, check: boo
         if ours:
             return Step("capture trail", name, StepStatus.WOULD_UPDATE, f"--create-trail would fix it. {found.detail}")
         return Step("capture trail", name, StepStatus.MISSING, f"--create-trail would create it. {found.detail}")
+    expiry = f" (expire after {LOG_EXPIRY_DAYS} d)"  # the lifecycle rule _make_bucket gives the bucket it makes
     if ours:
+        expiry = "" if ours.bucket and ours.bucket != bucket else expiry
         bucket = ours.bucket or bucket  # it keeps the bucket it has: only its logging and selectors are put right
     else:
         _make_bucket(bucket, arn, ident)
@@ -218,7 +220,7 @@ def ensure_trail(ctx: StageContext, ident: Identity, *, create: bool, check: boo
         TrailName=name, EventSelectors=[{"ReadWriteType": "WriteOnly", "IncludeManagementEvents": True}]
     )
     cloudtrail.start_logging(Name=name)
-    detail = f"{ident.region}, write management events, logs in s3://{bucket} (expire after {LOG_EXPIRY_DAYS} d)"
+    detail = f"{ident.region}, write management events, logs in s3://{bucket}{expiry}"
     return Step("capture trail", name, StepStatus.FIXED if ours else StepStatus.CREATED, detail)
 
 
