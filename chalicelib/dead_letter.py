@@ -90,16 +90,18 @@ class DeadLetterInfo(BaseModel):
             if value and (not essential_only or name in ESSENTIAL):
                 # redact before clipping, so that no half of a secret survives the cut
                 text = allowed_text(redact(value))[: limits.get(Attribute(name), TEXT_CHARS)]
-                attributes[name] = {"DataType": "String", "StringValue": text}
+                attributes[str(name)] = {"DataType": "String", "StringValue": text}
         return attributes
 
     @classmethod
     def from_message_attributes(cls, attributes: Mapping[str, str]) -> DeadLetterInfo | None:
         """What deliver wrote, or None when the message carries no failure (SQS's redrive moved it)."""
-        try:
-            return cls.model_validate(attributes)
-        except ValidationError:  # every field but the kind reads anything, so: no failure kind deliver writes
-            return None
+        try:  # by the attribute names only: a message attribute called `kind` or `status` is not deliver's
+            return cls.model_validate(attributes, by_name=False)
+        except ValidationError as error:  # every field but the kind reads any text
+            if all(item["loc"] == (Attribute.KIND.value,) for item in error.errors()):
+                return None  # no failure kind deliver writes
+            raise
 
 
 def dead_letter_entry(body: str, info: DeadLetterInfo) -> dict[str, object]:

@@ -74,6 +74,7 @@ def test_absent_fields_write_no_attribute_and_read_back_as_absent() -> None:
 def test_a_message_without_a_known_failure_kind_was_moved_by_sqs_not_by_deliver() -> None:
     assert DeadLetterInfo.from_message_attributes({}) is None
     assert DeadLetterInfo.from_message_attributes({"failure_kind": "lost", "failure_reason": "?"}) is None
+    assert DeadLetterInfo.from_message_attributes({"kind": "poison", "reason": "a sender's own attributes"}) is None
 
 
 def test_unreadable_numbers_and_times_read_back_as_absent_not_as_an_error() -> None:

@@ -74,7 +74,8 @@ def plan(
     rng: random.Random,
 ) -> Action:
     def dead(kind: FailureKind, reason: str, answer: Rejected | Transient | None = None) -> DeadLetter:
-        """`answer` is UserHub's last answer, kept beside the reason for the operator who reads the DLQ."""
+        """`answer` is how the last call ended (UserHub's answer, or a timeout or connection error with no status),
+        kept beside the reason for the operator who reads the DLQ."""
         return DeadLetter(
             DeadLetterInfo(
                 kind=kind,
