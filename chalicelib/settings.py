@@ -2,9 +2,9 @@
 
 Read lazily (not at import) so a cold start pays for pydantic only in the functions that need it, and so a bad
 value surfaces as one `ConfigError` naming the variable instead of a stack trace from deep inside a handler.
-post_auth does not use this module: to stay light it reads its own eleven variables with `os.environ` (three
-timing settings, USERHUB_CONNECTION_ID, USER_POOL_ID, EVENTS_QUEUE_URL, EVENTS_QUEUE_NAME and four AWS_ ones).
-capture reads its four the same way.
+post_auth does not use this module: to stay light it reads its own variables with `os.environ` (its timing
+settings, the connection id, pool, queue and AWS variables, and the logging ones), and so does capture, which sends
+through post_auth's queue client; docs/CONFIGURATION.md lists them.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from chalicelib.identifiers import CONNECTION_ID_PATTERN, USER_POOL_ID_PATTERN
 from chalicelib.sqs_limits import DEFAULT_DELIVERY_CONCURRENCY, MAX_DELIVERY_CONCURRENCY, MAX_VISIBILITY_SECONDS
+from chalicelib.token_bucket import LIST_USERS_PER_SECOND
 
 DEFAULT_API_URL = "https://api.userhub.com"
 
@@ -74,10 +75,10 @@ class Settings(BaseSettings):
     retention_margin_seconds: int = Field(default=3600, ge=0, le=86_400)
 
     # --- capture: resolving a captured change's user (ListUsers' 30/s quota is the account's, shared with reconcile)
-    capture_list_users_rate: float = Field(default=2.0, gt=0, le=30.0)
+    capture_list_users_rate: float = Field(default=2.0, gt=0, le=LIST_USERS_PER_SECOND)
 
     # --- reconcile tunables
-    reconcile_rate_limit: PositiveFloat = Field(default=5.0, le=30.0)  # ListUsers is 30 req/s per account, shared
+    reconcile_rate_limit: PositiveFloat = Field(default=5.0, le=LIST_USERS_PER_SECOND)
     reconcile_time_margin_seconds: float = Field(default=60.0, ge=0)
     reconcile_max_invocations: int = Field(default=200, ge=1)
     reconcile_max_restarts: int = Field(default=5, ge=0, le=100)  # scans restarted after a rejected page token

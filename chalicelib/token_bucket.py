@@ -7,6 +7,8 @@ import threading
 import time
 from collections.abc import Callable
 
+LIST_USERS_PER_SECOND = 30.0  # Cognito's UserList quota, per account and Region, shared with every other caller
+
 
 class TokenBucket:
     """At most `rate` tokens a second, in bursts of at most `burst`: in any window of t seconds, ≤ burst + rate·t.

@@ -28,6 +28,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 
 from chalicelib.timefmt import utc_iso
+from chalicelib.token_bucket import LIST_USERS_PER_SECOND
 from userhub_sync.cli import options
 from userhub_sync.cli.output import console, print_warning
 from userhub_sync.ops.aws import aws_errors, client
@@ -115,6 +116,13 @@ def _print_listed(title: str, lines: list[str], show: int) -> None:
         out.print(f"  … and {len(lines) - len(listed)} more (--show 0 lists all)")
 
 
+def _list_users_rate(value: float | None) -> float | None:
+    """The bound RECONCILE_RATE_LIMIT has, as a usage error: above zero and within Cognito's ListUsers quota."""
+    if value is not None and not 0 < value <= LIST_USERS_PER_SECOND:
+        raise typer.BadParameter(f"must be above 0 and at most {LIST_USERS_PER_SECOND:g} (Cognito's ListUsers quota)")
+    return value
+
+
 def reconcile_command(
     stage: Annotated[
         str | None,
@@ -135,8 +143,7 @@ def reconcile_command(
         float | None,
         typer.Option(
             "--rate",
-            min=0.1,
-            max=30,
+            callback=_list_users_rate,
             help="ListUsers requests per second (overrides "
             "RECONCILE_RATE_LIMIT; at most 30, shared with your own calls).",
         ),
