@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import ROOT, Figure, Options, Section, log, stop_process
+from chalicelib.sqs_limits import deliver_batch_size
 
 RATE = 200.0  # calls a second UserHub allows
 LATENCY_MS = 25.0  # UserHub's own answer time, as in the delivery benchmark
@@ -88,19 +89,6 @@ def _fake(rate: float, key: str) -> tuple[subprocess.Popen[str], str]:
         stop_process(proc)
         raise RuntimeError(f"the fake UserHub did not start: {line!r}")
     return proc, line.rsplit(" ", 1)[1]
-
-
-def _deployed_batch_size(env: dict[str, str]) -> int:
-    """What the workers hand deliver: app.py reads its BatchSize from the environment once, at import."""
-    done = subprocess.run(
-        [sys.executable, "-c", "import app; print(app.DELIVER_BATCH_SIZE)"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return int(done.stdout)
 
 
 def _get(url: str) -> Any:
@@ -170,7 +158,10 @@ def drain_once(label: str, backlog: int, *, adaptive: bool, rate: float = RATE) 
                 sqs.send_message_batch(QueueUrl=url, Entries=entries)
             log(f"   {label}: {backlog:,} messages queued; {CONTAINERS} containers start")
             child_env = {k: v for k, v in os.environ.items()}
-            result.batch_size = _deployed_batch_size(child_env)
+            # what the workers hand deliver: app.py's rule, read from the workers' environment
+            result.batch_size = deliver_batch_size(
+                child_env.get("DELIVER_BATCH_SIZE"), child_env.get("DELIVERY_CONCURRENCY")
+            )
             started = time.monotonic()
             for _ in range(CONTAINERS):
                 workers.append(

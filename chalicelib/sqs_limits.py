@@ -1,4 +1,5 @@
-"""Amazon SQS's limits, stated once, and the two helpers that keep requests within them.
+"""Amazon SQS's limits and those of Lambda's SQS event source, stated once, with the helpers that keep requests and
+deliver's event-source settings (batch size, batching window, fleet bound) within them.
 
 Standard library only: post_auth imports it on the sign-in path. Sources: the SQS quotas page
 (https://docs.aws.amazon.com/AWSSimpleQueueService/latest/SQSDeveloperGuide/quotas-messages.html) and AWS's
