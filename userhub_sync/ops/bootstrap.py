@@ -18,7 +18,7 @@ import copy
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from chalicelib.sqs_limits import MAX_RETENTION_SECONDS, MAX_VISIBILITY_SECONDS, MIN_RETENTION_SECONDS
 from userhub_sync.ops import policies
@@ -123,24 +123,30 @@ def fleet_bound_of(ctx: StageContext, opts: BootstrapOptions) -> int:
         raise OpsError(f"{error}. Nothing was created or changed.") from None
 
 
-def event_source_batch_of(ctx: StageContext) -> tuple[int, int]:
+class EventSourceBatch(NamedTuple):
+    size: int  # records per deliver invocation (the mapping's BatchSize)
+    window_seconds: int  # MaximumBatchingWindowInSeconds
+
+
+def event_source_batch_of(ctx: StageContext) -> EventSourceBatch:
     """deliver's batch size and batching window, read as app.py reads them at deploy: a bad value is refused here,
     before anything is created, not later by `chalice deploy`."""
     from chalicelib.sqs_limits import deliver_batch_size, deliver_batching_window
 
     try:
         size = deliver_batch_size(ctx.deploy_var("DELIVER_BATCH_SIZE"), ctx.deploy_var("DELIVERY_CONCURRENCY"))
-        return size, deliver_batching_window(ctx.deploy_var("DELIVER_BATCHING_WINDOW_SECONDS"), size)
+        return EventSourceBatch(size, deliver_batching_window(ctx.deploy_var("DELIVER_BATCHING_WINDOW_SECONDS"), size))
     except ValueError as error:
         raise OpsError(f"{error}. Nothing was created or changed.") from None
 
 
-def fleet_step(ctx: StageContext, bound: int, batch: tuple[int, int]) -> Step:
-    """The arithmetic an operator agrees with UserHub: containers × calls in flight, containers × calls/s."""
+def fleet_step(ctx: StageContext, bound: int, batch: EventSourceBatch) -> Step:
+    """The arithmetic an operator agrees with UserHub: containers × calls in flight, containers × calls/s (with the
+    values the deployed functions get, as the batch is read)."""
     from chalicelib.sqs_limits import DEFAULT_DELIVERY_CONCURRENCY
 
-    concurrency = ctx.var("DELIVERY_CONCURRENCY") or str(DEFAULT_DELIVERY_CONCURRENCY)
-    rate = ctx.var("DELIVERY_RATE_LIMIT")
+    concurrency = ctx.deploy_var("DELIVERY_CONCURRENCY") or str(DEFAULT_DELIVERY_CONCURRENCY)
+    rate = ctx.deploy_var("DELIVERY_RATE_LIMIT")
     detail = f"at most {bound} deliver containers × DELIVERY_CONCURRENCY {concurrency}"
     if concurrency.isdigit():
         detail += f" = {bound * int(concurrency)} UserHub calls in flight"
@@ -150,7 +156,7 @@ def fleet_step(ctx: StageContext, bound: int, batch: tuple[int, int]) -> Step:
         detail += f"; DELIVERY_RATE_LIMIT {rate!r} is not a number"
     if not rate:
         detail += "; no DELIVERY_RATE_LIMIT: calls/s not capped"
-    detail += f"; batches of up to {batch[0]} records, {batch[1]} s batching window"
+    detail += f"; batches of up to {batch.size} records, {batch.window_seconds} s batching window"
     return Step("fleet bound", f"DELIVER_MAX_CONCURRENCY {bound}", StepStatus.OK, detail)
 
 
